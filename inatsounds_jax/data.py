@@ -1,0 +1,63 @@
+"""Entry points to the iNatSounds TFDS dataset from Python.
+
+The builder itself lives in `tfds_builders/inat_sounds/` so that the `tfds`
+command line finds it; this module creates it with the right config and
+prepares it on first use.
+"""
+
+from __future__ import annotations
+
+import tensorflow_datasets as tfds
+
+
+def _builder_module():
+  # Imported lazily: it registers the dataset with TFDS on import.
+  from tfds_builders.inat_sounds import inat_sounds_dataset_builder  # pylint: disable=import-outside-toplevel
+  return inat_sounds_dataset_builder
+
+
+def builder(config: str = "synthetic", data_dir: str | None = None,
+            strict: bool = False, **config_fields) -> tfds.core.DatasetBuilder:
+  """The iNatSounds builder for `config` ('full' or 'synthetic').
+
+  Args:
+    config: 'full' (the official release from a manual dir) or 'synthetic'.
+    data_dir: where TFDS keeps prepared datasets (TFDS's default if None).
+    strict: stop at the first bad item instead of skipping and reporting it.
+    **config_fields: fields of `InatSoundsConfig` (num_species,
+      num_recordings, seed). A synthetic corpus other than the default gets
+      its own config name, so different sizes never share records.
+  """
+  module = _builder_module()
+  base = next((c for c in module.Builder.BUILDER_CONFIGS if c.name == config),
+              None)
+  if base is None:
+    raise ValueError(f"unknown config {config!r}; choose from "
+                     f"{[c.name for c in module.Builder.BUILDER_CONFIGS]}")
+  if not config_fields:
+    return module.Builder(config=config, data_dir=data_dir, strict=strict)
+  fields = {k: getattr(base, k) for k in
+            ("num_species", "num_recordings", "seed")}
+  unknown = set(config_fields) - set(fields)
+  if unknown:
+    raise ValueError(f"unknown config fields {sorted(unknown)}; "
+                     f"known: {sorted(fields)}")
+  fields.update(config_fields)
+  name = config
+  if config == "synthetic" and fields != {k: getattr(base, k) for k in fields}:
+    name = (f"synthetic_s{fields['num_species']}_r{fields['num_recordings']}"
+            f"_seed{fields['seed']}")
+  return module.Builder(
+      config=module.InatSoundsConfig(name=name, description=base.description,
+                                     **fields),
+      data_dir=data_dir, strict=strict)
+
+
+def prepare(config: str = "synthetic", data_dir: str | None = None,
+            manual_dir: str | None = None, strict: bool = False,
+            **config_fields) -> tfds.core.DatasetBuilder:
+  """`builder(...)`, prepared (built if not yet) and ready to read."""
+  b = builder(config, data_dir, strict=strict, **config_fields)
+  b.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return b

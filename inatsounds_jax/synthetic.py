@@ -1,0 +1,663 @@
+"""A synthetic corpus laid out exactly like the iNatSounds release.
+
+    python -m inatsounds_jax.synthetic --out DIR [--num_species 50 --seed 0]
+
+writes `train/`, `val/`, `test/` folders of `<category dir>/<recording>.wav`
+(mono 16-bit PCM, 22,050 Hz), `train.json` / `val.json` / `test.json` in the
+official schema, the archives the release ships (`train.tar.gz`,
+`val.tar.gz`, `public_test.tar.gz`, `*.json.tar.gz`), and two files the
+release does not have: `strong_labels.json` (every species audible in every
+recording, with time spans) and `species_ranges.json` (each species' true
+range), so that single-positive methods and range models can be measured
+against the truth.
+
+What makes learning on it mean something:
+- species in the release's five supercategories in roughly its proportions,
+  with a call family each (FM whistles and trills for birds, broadband buzz for
+  insects, pulsed harmonic calls for frogs, low harmonic calls for mammals,
+  click trains for reptiles), per-species parameters and variation within the
+  species;
+- look-alike pairs (same genus, nearly the same call) that live on different
+  continents, so only location tells them apart; other species share ranges;
+- background noise of several kinds and signal-to-noise ratios, other species
+  calling in the background (weak labels), silent stretches;
+- long-tailed species counts, durations from 1 s to minutes, locations drawn
+  from the species' ranges (some missing), dates by split year, and val/test
+  species a subset of the train species.
+
+Deterministic for a seed: the same arguments give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import io
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import tarfile
+import time
+
+import numpy as np
+import scipy.fft
+
+from inatsounds_jax import audio as audio_lib
+
+SR = audio_lib.SAMPLE_RATE
+COMPLETE_MARKER = ".synthetic_complete.json"
+SPLITS = (("train", "train", (2015, 2021)), ("val", "val", (2022, 2022)),
+          ("test", "public_test", (2023, 2023)))
+# (supercategory, share of the release's species, phylum, class, orders,
+#  call families, common-name nouns). Shares follow the dataset README.
+SUPERCATEGORIES = (
+    ("Aves", 3846, "Chordata", "Aves",
+     ("Passeriformes", "Piciformes", "Strigiformes", "Charadriiformes"),
+     ("whistle", "trill"), ("Warbler", "Thrush", "Wren", "Finch", "Vireo",
+                            "Owl", "Sandpiper", "Woodpecker", "Tanager")),
+    ("Insecta", 745, "Arthropoda", "Insecta", ("Orthoptera", "Hemiptera"),
+     ("buzz",), ("Katydid", "Cricket", "Cicada", "Conehead")),
+    ("Amphibia", 650, "Chordata", "Amphibia", ("Anura",),
+     ("pulsed_harmonic",), ("Treefrog", "Toad", "Chorus Frog", "Peeper")),
+    ("Mammalia", 296, "Chordata", "Mammalia",
+     ("Rodentia", "Carnivora", "Artiodactyla"),
+     ("low_harmonic",), ("Squirrel", "Fox", "Deer", "Pika")),
+    ("Reptilia", 32, "Chordata", "Reptilia", ("Squamata",),
+     ("click_train",), ("Gecko",)),
+)
+# Rough continents: species ranges cluster in these, so species of one realm
+# overlap and look-alike partners are put in different realms.
+REALMS = ((42, -100), (-12, -60), (50, 12), (2, 22), (35, 100), (-25, 135))
+_SYLLABLES = ("ca", "lo", "phi", "ra", "ne", "tur", "mi", "sy", "vi", "do",
+              "pte", "an", "chro", "me", "la", "ti", "go", "zo", "ber", "hy")
+_ADJECTIVES = ("Pale", "Dusky", "Lesser", "Greater", "Spotted", "Rufous",
+               "Olive", "Northern", "Southern", "Striped", "Crested", "Ashy",
+               "Golden", "Little", "Common", "Mountain", "Marsh", "Forest")
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusConfig:
+  """What to generate. The defaults make about 2,000 recordings."""
+  num_species: int = 50
+  num_recordings: int = 2000
+  seed: int = 0
+  median_duration_s: float = 3.5
+  max_duration_s: float = 240.0
+  long_recording_fraction: float = 0.01  # Drawn from 1 to 4 minutes.
+  lookalike_pair_fraction: float = 0.3  # Of species, in look-alike pairs.
+  missing_location_fraction: float = 0.08
+  background_species_prob: float = 0.35
+  silent_stretch_prob: float = 0.3
+  val_test_species_fraction: float = 0.8
+  split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+  key_style: str = "audio"  # "audio": audio_id/audio_dir_name; or "image".
+  archives: bool = True
+
+  def __post_init__(self):
+    if self.num_species < 2:
+      raise ValueError(f"num_species must be at least 2, got {self.num_species}")
+    if self.num_recordings < 3 * self.num_species:
+      raise ValueError(
+          f"num_recordings ({self.num_recordings}) must be at least 3 per "
+          f"species ({3 * self.num_species}) so every split has data")
+    if self.key_style not in ("audio", "image"):
+      raise ValueError(f"key_style must be 'audio' or 'image', "
+                       f"got {self.key_style!r}")
+
+
+# ---------------------------------------------------------------------------
+# Species: taxonomy, call parameters, ranges.
+# ---------------------------------------------------------------------------
+
+def _allocate(total: int, weights) -> list[int]:
+  """Largest-remainder split of `total` by `weights`, at least 1 each."""
+  weights = np.asarray(weights, np.float64)
+  k = len(weights)
+  if total < k:
+    return [1 if i < total else 0 for i in range(k)]
+  raw = (total - k) * weights / weights.sum()
+  counts = np.floor(raw).astype(int)
+  order = np.argsort(-(raw - counts), kind="stable")
+  counts[order[:total - k - counts.sum()]] += 1
+  return list(counts + 1)
+
+
+def _call_params(family: str, rng: np.random.Generator) -> dict[str, float]:
+  u = rng.uniform
+  if family == "whistle":
+    return dict(f0=u(1500, 7000), sweep=u(-2000, 2000), fm_rate=u(0, 30),
+                fm_depth=u(0, 600), note_dur=u(0.12, 0.45),
+                notes=float(rng.integers(1, 5)), note_gap=u(0.04, 0.2),
+                harmonic2=u(0, 0.3), interval=u(0.4, 2.5))
+  if family == "trill":
+    return dict(f0=u(2000, 8000), note_dur=u(0.015, 0.045),
+                note_rate=u(8, 28), notes=float(rng.integers(6, 25)),
+                sweep=u(-3000, 1000), slope=u(-0.8, 0.8), interval=u(0.5, 3))
+  if family == "buzz":
+    return dict(fc=u(3500, 9500), bandwidth=u(300, 2500),
+                pulse_rate=u(15, 200), duty=u(0.2, 0.8),
+                call_dur=u(0.5, 3.0), interval=u(0.2, 2))
+  if family == "pulsed_harmonic":
+    rate = u(4, 60)
+    return dict(f0=u(250, 1800), harmonics=float(rng.integers(2, 7)),
+                decay=u(0.3, 0.8), pulse_rate=rate,
+                pulse_dur=u(0.3, 0.8) / rate, call_dur=u(0.2, 1.5),
+                interval=u(0.5, 3))
+  if family == "low_harmonic":
+    return dict(f0=u(80, 600), harmonics=float(rng.integers(3, 9)),
+                fm_depth=u(0, 0.3), fm_rate=u(0.5, 4), call_dur=u(0.4, 2.0),
+                interval=u(1, 4))
+  if family == "click_train":
+    return dict(f0=u(1000, 4000), clicks=float(rng.integers(3, 11)),
+                click_rate=u(3, 12), click_dur=u(0.01, 0.03),
+                interval=u(1, 4))
+  raise ValueError(f"unknown call family {family!r}")
+
+
+def _latin_word(rng: np.random.Generator, syllables: int) -> str:
+  return "".join(rng.choice(_SYLLABLES, size=syllables))
+
+
+def _angular_distance(lat1, lon1, lat2, lon2) -> np.ndarray:
+  """Great-circle distance in radians (arrays broadcast)."""
+  p1, p2 = np.radians(lat1), np.radians(lat2)
+  dl = np.radians(np.asarray(lon2) - np.asarray(lon1))
+  c = np.sin(p1) * np.sin(p2) + np.cos(p1) * np.cos(p2) * np.cos(dl)
+  return np.arccos(np.clip(c, -1.0, 1.0))
+
+
+def in_range(ranges: list[dict], lat, lon) -> np.ndarray:
+  """Whether points lie inside any of a species' range circles."""
+  lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
+  inside = np.zeros(np.broadcast(lat, lon).shape, bool)
+  for r in ranges:
+    d = _angular_distance(r["lat"], r["lon"], lat, lon)
+    inside |= d <= r["radius_km"] / 6371.0
+  return inside
+
+
+def _point_in_range(ranges: list[dict], rng: np.random.Generator):
+  """A point uniform over a random one of the range's spherical caps."""
+  r = ranges[rng.integers(len(ranges))]
+  radius = r["radius_km"] / 6371.0
+  dist = np.arccos(1 - rng.uniform() * (1 - math.cos(radius)))
+  bearing = rng.uniform(0, 2 * math.pi)
+  lat1, lon1 = math.radians(r["lat"]), math.radians(r["lon"])
+  lat2 = math.asin(math.sin(lat1) * math.cos(dist) +
+                   math.cos(lat1) * math.sin(dist) * math.cos(bearing))
+  lon2 = lon1 + math.atan2(
+      math.sin(bearing) * math.sin(dist) * math.cos(lat1),
+      math.cos(dist) - math.sin(lat1) * math.sin(lat2))
+  lon2 = (math.degrees(lon2) + 540) % 360 - 180
+  return round(math.degrees(lat2), 5), round(lon2, 5)
+
+
+def _ranges_in_realm(realm: int, rng: np.random.Generator) -> list[dict]:
+  lat0, lon0 = REALMS[realm]
+  return [dict(lat=float(np.clip(lat0 + rng.uniform(-15, 15), -70, 75)),
+               lon=float((lon0 + rng.uniform(-25, 25) + 540) % 360 - 180),
+               radius_km=float(rng.uniform(800, 2500)))
+          for _ in range(int(rng.integers(1, 3)))]
+
+
+def make_species(config: CorpusConfig, rng: np.random.Generator) -> list[dict]:
+  """Species with taxonomy, call family, call parameters and range."""
+  counts = _allocate(config.num_species, [s[1] for s in SUPERCATEGORIES])
+  species = []
+  names = set()
+  for (supercat, _, phylum, cls, orders, families, nouns), n in zip(
+      SUPERCATEGORIES, counts):
+    members = []
+    for _ in range(n):
+      while True:
+        genus = _latin_word(rng, 3).capitalize()
+        epithet = _latin_word(rng, 2) + rng.choice(("us", "a", "is", "ii"))
+        if f"{genus} {epithet}" not in names:
+          break
+      order = str(rng.choice(orders))
+      family = str(rng.choice(families))
+      members.append(dict(
+          supercategory=supercat, phylum=phylum, cls=cls, order=order,
+          family_name=_latin_word(rng, 2).capitalize() + "idae",
+          genus=genus, epithet=epithet, call_family=family,
+          params=_call_params(family, rng),
+          realm=int(rng.integers(len(REALMS))),
+          common_name=f"{rng.choice(_ADJECTIVES)} {rng.choice(nouns)}"))
+      names.add(f"{genus} {epithet}")
+    # Look-alike pairs: the second member copies the first's genus, family and
+    # call (2% apart) but lives in another realm.
+    num_pairs = int(round(len(members) * config.lookalike_pair_fraction / 2))
+    for i in range(num_pairs):
+      a, b = members[2 * i], members[2 * i + 1]
+      b.update(order=a["order"], family_name=a["family_name"],
+               genus=a["genus"], call_family=a["call_family"],
+               lookalike_of=2 * i)
+      b["params"] = {k: v * (1.0 + 0.02 * rng.choice((-1, 1)))
+                     if k not in ("notes", "harmonics", "clicks") else v
+                     for k, v in a["params"].items()}
+      b["realm"] = int((a["realm"] + rng.integers(2, len(REALMS) - 1))
+                       % len(REALMS))
+      while f"{b['genus']} {b['epithet']}" in names:
+        b["epithet"] = _latin_word(rng, 2) + "oides"
+      names.add(f"{b['genus']} {b['epithet']}")
+    species.extend(members)
+  for cid, s in enumerate(species):
+    s["id"] = cid
+    s["name"] = f"{s['genus']} {s['epithet']}"
+    s["ranges"] = _ranges_in_realm(s["realm"], rng)
+    s["dir_name"] = "_".join([f"{cid:05d}", "Animalia", s["phylum"], s["cls"],
+                              s["order"], s["family_name"], s["genus"],
+                              s["epithet"]])
+  for s in species:
+    if "lookalike_of" in s:
+      first_of_group = next(t for t in species
+                            if t["supercategory"] == s["supercategory"])
+      s["lookalike_of"] = first_of_group["id"] + s["lookalike_of"]
+  return species
+
+
+# ---------------------------------------------------------------------------
+# Sound synthesis.
+# ---------------------------------------------------------------------------
+
+def _envelope(n: int) -> np.ndarray:
+  return np.sin(np.linspace(0.0, np.pi, n)) ** 2 if n > 1 else np.ones(n)
+
+
+def _tone(freq: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  phase = 2 * np.pi * np.cumsum(freq) / SR + rng.uniform(0, 2 * np.pi)
+  return np.sin(phase)
+
+
+def synthesize_call(family: str, p: dict, rng: np.random.Generator
+                    ) -> np.ndarray:
+  """One call (a song, a trill, a buzz) with small variation per call."""
+  j = lambda: 1.0 + 0.02 * rng.standard_normal()  # pylint: disable=unnecessary-lambda-assignment
+  nyquist_guard = 0.45 * SR
+  if family == "whistle":
+    parts = []
+    for _ in range(int(p["notes"])):
+      n = int(p["note_dur"] * j() * SR)
+      t = np.arange(n) / SR
+      f = (p["f0"] * j() + p["sweep"] * t / max(t[-1], 1e-3) +
+           p["fm_depth"] * np.sin(2 * np.pi * p["fm_rate"] * t))
+      f = np.clip(f, 200, nyquist_guard)
+      note = _tone(f, rng) + p["harmonic2"] * _tone(
+          np.minimum(2 * f, nyquist_guard), rng)
+      parts += [note * _envelope(n), np.zeros(int(p["note_gap"] * SR))]
+    return np.concatenate(parts)
+  if family == "trill":
+    notes = int(p["notes"])
+    period = int(SR / p["note_rate"])
+    n_note = int(p["note_dur"] * SR)
+    out = np.zeros(notes * period + n_note)
+    t = np.arange(n_note) / SR
+    for k in range(notes):
+      f = np.clip(p["f0"] * j() + p["sweep"] * t / t[-1], 300, nyquist_guard)
+      gain = 1.0 + p["slope"] * (k / max(notes - 1, 1) - 0.5)
+      out[k * period:k * period + n_note] += gain * _tone(f, rng) * _envelope(
+          n_note)
+    return out
+  if family == "buzz":
+    n = int(p["call_dur"] * j() * SR)
+    width = max(1, int(SR / p["bandwidth"]))
+    noise = rng.standard_normal(n + width)
+    smooth = (np.cumsum(noise)[width:] - np.cumsum(noise)[:-width]) / width
+    t = np.arange(n) / SR
+    band = smooth * np.cos(2 * np.pi * p["fc"] * j() * t)
+    pulses = ((t * p["pulse_rate"]) % 1.0) < p["duty"]
+    return band * pulses * _envelope(n) ** 0.25
+  if family == "pulsed_harmonic":
+    n = int(p["call_dur"] * j() * SR)
+    t = np.arange(n) / SR
+    f0 = p["f0"] * j()
+    stack = sum(p["decay"] ** h * np.sin(2 * np.pi * (h + 1) * f0 * t)
+                for h in range(int(p["harmonics"])) if (h + 1) * f0 < nyquist_guard)
+    phase = (t * p["pulse_rate"]) % 1.0
+    pulse_frac = min(p["pulse_dur"] * p["pulse_rate"], 0.95)
+    pulse_env = np.where(phase < pulse_frac,
+                         np.sin(np.pi * phase / pulse_frac) ** 2, 0.0)
+    return stack * pulse_env * _envelope(n) ** 0.25
+  if family == "low_harmonic":
+    n = int(p["call_dur"] * j() * SR)
+    t = np.arange(n) / SR
+    f0 = p["f0"] * j() * (1 + p["fm_depth"] * np.sin(
+        2 * np.pi * p["fm_rate"] * t + rng.uniform(0, 2 * np.pi)))
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    stack = sum(np.sin((h + 1) * phase) / (h + 1)
+                for h in range(int(p["harmonics"])))
+    return stack * _envelope(n)
+  if family == "click_train":
+    period = int(SR / p["click_rate"])
+    n_click = int(p["click_dur"] * SR)
+    clicks = int(p["clicks"])
+    out = np.zeros(clicks * period + n_click)
+    t = np.arange(n_click) / SR
+    for k in range(clicks):
+      f = p["f0"] * j() * (1.0 - 0.3 * t / t[-1])
+      out[k * period:k * period + n_click] += _tone(f, rng) * _envelope(n_click)
+    return out
+  raise ValueError(f"unknown call family {family!r}")
+
+
+def _colored_noise(n: int, exponent: float, rng: np.random.Generator
+                   ) -> np.ndarray:
+  # A fast FFT length, cut back to n: arbitrary lengths can be 10x slower.
+  m = scipy.fft.next_fast_len(n, real=True)
+  spectrum = scipy.fft.rfft(rng.standard_normal(m))
+  freqs = np.maximum(scipy.fft.rfftfreq(m, 1.0 / SR), 20.0)
+  spectrum *= freqs ** (-exponent / 2)
+  out = scipy.fft.irfft(spectrum, m)[:n]
+  return out / (out.std() + 1e-12)
+
+
+def background_noise(kind: str, n: int, rng: np.random.Generator
+                     ) -> np.ndarray:
+  """Unit-RMS background of one kind."""
+  if kind == "white":
+    return rng.standard_normal(n)
+  if kind == "pink":
+    return _colored_noise(n, 1.0, rng)
+  if kind == "brown":
+    return _colored_noise(n, 2.0, rng)
+  if kind == "wind":
+    gusts = 0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(0.05, 0.5) *
+                               np.arange(n) / SR + rng.uniform(0, 6.3))
+    out = _colored_noise(n, 2.5, rng) * gusts
+    return out / (out.std() + 1e-12)
+  if kind == "rain":
+    out = 0.3 * _colored_noise(n, 0.5, rng)
+    drops = rng.integers(0, n, size=max(1, int(n / SR * rng.uniform(20, 200))))
+    out[drops] += rng.standard_normal(len(drops)) * 8
+    return out / (out.std() + 1e-12)
+  raise ValueError(f"unknown noise kind {kind!r}")
+
+
+NOISE_KINDS = ("white", "pink", "brown", "wind", "rain")
+
+
+def _place_calls(species: dict, n: int, rng: np.random.Generator,
+                 silence: tuple[int, int] | None, max_calls: int | None
+                 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+  """A species calling through the recording: signal and call spans."""
+  out = np.zeros(n)
+  spans = []
+  t = int(rng.uniform(0, min(1.0, n / SR / 3)) * SR)
+  while t < n and (max_calls is None or len(spans) < max_calls):
+    call = synthesize_call(species["call_family"], species["params"], rng)
+    in_silence = silence is not None and silence[0] <= t < silence[1]
+    if not in_silence:
+      end = min(n, t + len(call))
+      out[t:end] += call[:end - t]
+      spans.append((t, end))
+    gap = species["params"]["interval"] * rng.exponential(1.0)
+    t += len(call) + int(gap * SR) + 1
+    if in_silence:
+      t = max(t, silence[1])
+  if not spans:  # Always at least one call of the species.
+    call = synthesize_call(species["call_family"], species["params"], rng)
+    start = int(rng.integers(0, max(1, n - len(call))))
+    end = min(n, start + len(call))
+    out[start:end] += call[:end - start]
+    spans.append((start, end))
+  return out, spans
+
+
+def _merge_spans(spans, gap: int) -> list[tuple[int, int]]:
+  merged = []
+  for s, e in sorted(spans):
+    if merged and s - merged[-1][1] <= gap:
+      merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+    else:
+      merged.append((s, e))
+  return merged
+
+
+def synthesize_recording(spec: dict, species: list[dict]
+                         ) -> tuple[np.ndarray, list[dict]]:
+  """The waveform (int16) and strong labels of one recording spec."""
+  rng = np.random.default_rng(spec["rng_key"])
+  n = int(round(spec["duration"] * SR))
+  silence = None
+  if rng.uniform() < spec["silent_stretch_prob"] and n > 3 * SR:
+    length = int(rng.uniform(0.2, 0.4) * n)
+    start = int(rng.integers(0, n - length))
+    silence = (start, start + length)
+  target, spans = _place_calls(species[spec["category_id"]], n, rng, silence,
+                               None)
+  snr_db = rng.uniform(0, 25)
+  call_power = np.mean(np.concatenate([target[s:e] for s, e in spans]) ** 2)
+  noise = background_noise(NOISE_KINDS[rng.integers(len(NOISE_KINDS))], n, rng)
+  mix = target / math.sqrt(call_power + 1e-12) * 10 ** (snr_db / 20) + noise
+  events = [dict(category_id=spec["category_id"], start=s / SR, end=e / SR,
+                 role="target") for s, e in _merge_spans(spans, SR // 2)]
+  for other in spec["background"]:
+    sig, other_spans = _place_calls(species[other], n, rng, None,
+                                    int(rng.integers(1, 4)))
+    power = np.mean(np.concatenate([sig[s:e] for s, e in other_spans]) ** 2)
+    level_db = snr_db - rng.uniform(6, 20)
+    mix += sig / math.sqrt(power + 1e-12) * 10 ** (level_db / 20)
+    events += [dict(category_id=other, start=s / SR, end=e / SR,
+                    role="background")
+               for s, e in _merge_spans(other_spans, SR // 2)]
+  mix *= rng.uniform(0.1, 0.8) / (np.abs(mix).max() + 1e-12)
+  return audio_lib.to_int16(mix), events
+
+
+# ---------------------------------------------------------------------------
+# Recordings: which species, where, when, how long.
+# ---------------------------------------------------------------------------
+
+def _split_counts(config: CorpusConfig, species: list[dict],
+                  rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """Long-tailed per-species counts; val/test over a subset of species."""
+  n_species = len(species)
+  totals = [int(round(config.num_recordings * f))
+            for f in config.split_fractions]
+  ranks = rng.permutation(n_species) + 1
+  weights = ranks ** -0.7
+  train = np.maximum(2, np.round(totals[0] * weights / weights.sum()))
+  train = train.astype(int)
+  num_eval = max(2, int(round(n_species * config.val_test_species_fraction)))
+  eval_species = np.argsort(-train, kind="stable")[:num_eval]
+  counts = {"train": train}
+  for split, total in zip(("val", "test"), totals[1:]):
+    weights = np.zeros(n_species)
+    weights[eval_species] = rng.permutation(num_eval) + 1.0
+    weights[eval_species] = weights[eval_species] ** -0.3
+    c = np.zeros(n_species, int)
+    c[eval_species] = np.maximum(
+        1, np.round(total * weights[eval_species] / weights.sum()))
+    counts[split] = c
+  return counts
+
+
+def make_recording_specs(config: CorpusConfig, species: list[dict],
+                         rng: np.random.Generator) -> list[dict]:
+  """Every recording's split, species, duration, place, date, id."""
+  counts = _split_counts(config, species, rng)
+  specs = []
+  for split, folder, (year0, year1) in SPLITS:
+    for cid in np.repeat(np.arange(len(species)), counts[split]):
+      s = species[cid]
+      if rng.uniform() < config.long_recording_fraction:
+        duration = rng.uniform(60, config.max_duration_s)
+      else:
+        duration = float(np.clip(
+            config.median_duration_s * math.exp(0.9 * rng.standard_normal()),
+            1.0, config.max_duration_s))
+      lat, lon = _point_in_range(s["ranges"], rng)
+      # Background callers are species of the same place, as in the field.
+      here = [t["id"] for t in species
+              if t["id"] != cid and in_range(t["ranges"], lat, lon)]
+      background = []
+      if here and rng.uniform() < config.background_species_prob:
+        background = [int(x) for x in rng.choice(
+            here, size=min(len(here), int(rng.integers(1, 3))), replace=False)]
+      if rng.uniform() < config.missing_location_fraction:
+        lat = lon = None
+      date = (f"{rng.integers(year0, year1 + 1)}-{rng.integers(1, 13):02d}-"
+              f"{rng.integers(1, 29):02d} {rng.integers(0, 24):02d}:"
+              f"{rng.integers(0, 60):02d}:00")
+      specs.append(dict(
+          split=split, folder=folder, category_id=int(cid),
+          duration=round(duration, 3), latitude=lat, longitude=lon,
+          location_uncertainty=(None if lat is None or rng.uniform() < 0.2
+                                else int(rng.integers(5, 5000))),
+          date=date, background=background,
+          silent_stretch_prob=config.silent_stretch_prob,
+          recording_name=f"{rng.integers(0, 2**63):016x}"))
+  order = rng.permutation(len(specs))
+  for audio_id, spec in enumerate(specs):
+    spec["audio_id"] = int(order[audio_id]) + 1
+    spec["rng_key"] = (config.seed, spec["audio_id"])
+    spec["file_name"] = (f"{spec['split']}/{species[spec['category_id']]['dir_name']}/"
+                         f"{spec['recording_name']}.wav")
+  return specs
+
+
+# ---------------------------------------------------------------------------
+# Writing the release layout.
+# ---------------------------------------------------------------------------
+
+def _write_one(args) -> list[dict]:
+  spec, species, out_dir = args
+  waveform, events = synthesize_recording(spec, species)
+  path = os.path.join(out_dir, spec["file_name"])
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  audio_lib.write_wav(path, waveform)
+  return events
+
+
+def _annotation_json(config: CorpusConfig, split: str, species: list[dict],
+                     specs: list[dict]) -> dict:
+  audio_key = f"{config.key_style}_id"
+  dir_key = f"{config.key_style}_dir_name"
+  return {
+      "info": {"year": 2024, "version": "synthetic-1.0",
+               "description": f"inatsounds_jax synthetic corpus, {split} split",
+               "contributor": "inatsounds_jax", "url": "",
+               "date_created": "2024-01-01"},
+      "audio": [{"id": s["audio_id"], "duration": s["duration"],
+                 "file_name": s["file_name"], "license": 1,
+                 "rights_holder": "synthetic", "date": s["date"],
+                 "latitude": s["latitude"], "longitude": s["longitude"],
+                 "location_uncertainty": s["location_uncertainty"]}
+                for s in specs],
+      "categories": [{"id": t["id"], "name": t["name"],
+                      "common_name": t["common_name"],
+                      "supercategory": t["supercategory"],
+                      "kingdom": "Animalia", "phylum": t["phylum"],
+                      "class": t["cls"], "order": t["order"],
+                      "family": t["family_name"], "genus": t["genus"],
+                      "specific_epithet": t["epithet"],
+                      dir_key: t["dir_name"]} for t in species],
+      "annotations": [{"id": s["audio_id"], audio_key: s["audio_id"],
+                       "category_id": s["category_id"]} for s in specs],
+      "licenses": [{"id": 1, "name": "CC0 (synthetic)", "url": ""}],
+  }
+
+
+def _deterministic_tar_gz(path: str, members: list[tuple[str, str]]) -> None:
+  """A .tar.gz whose bytes depend only on the members' contents."""
+  with open(path, "wb") as raw, gzip.GzipFile(
+      fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz, tarfile.open(
+          fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    for arcname, source in members:
+      info = tarfile.TarInfo(arcname)
+      info.size = os.path.getsize(source)
+      info.mode = 0o644
+      with open(source, "rb") as f:
+        tar.addfile(info, f)
+
+
+def generate(out_dir: str, config: CorpusConfig = CorpusConfig(),
+             num_workers: int | None = None) -> dict:
+  """Writes the corpus to `out_dir` and returns a summary."""
+  start = time.time()
+  rng = np.random.default_rng(config.seed)
+  species = make_species(config, rng)
+  specs = make_recording_specs(config, species, rng)
+  os.makedirs(out_dir, exist_ok=True)
+  marker = os.path.join(out_dir, COMPLETE_MARKER)
+  if os.path.exists(marker):
+    os.remove(marker)
+  for _, folder, _ in SPLITS:
+    shutil.rmtree(os.path.join(out_dir, folder), ignore_errors=True)
+  num_workers = num_workers or os.cpu_count() or 1
+  jobs = [(s, species, out_dir) for s in specs]
+  if num_workers > 1:
+    with multiprocessing.get_context("spawn").Pool(num_workers) as pool:
+      events = pool.map(_write_one, jobs, chunksize=4)
+  else:
+    events = [_write_one(j) for j in jobs]
+
+  strong = []
+  for split, folder, _ in SPLITS:
+    split_specs = [s for s in specs if s["split"] == split]
+    json_path = os.path.join(out_dir, f"{split}.json")
+    with open(json_path, "w") as f:
+      json.dump(_annotation_json(config, split, species, split_specs), f)
+    if config.archives:
+      _deterministic_tar_gz(os.path.join(out_dir, f"{folder}.json.tar.gz"),
+                            [(f"{split}.json", json_path)])
+      _deterministic_tar_gz(
+          os.path.join(out_dir, f"{folder}.tar.gz"),
+          [(s["file_name"], os.path.join(out_dir, s["file_name"]))
+           for s in split_specs])
+  for spec, ev in zip(specs, events):
+    strong.append({"audio_id": spec["audio_id"], "split": spec["split"],
+                   "file_name": spec["file_name"], "events": ev})
+  with open(os.path.join(out_dir, "strong_labels.json"), "w") as f:
+    json.dump(strong, f)
+  with open(os.path.join(out_dir, "species_ranges.json"), "w") as f:
+    json.dump([{"category_id": t["id"], "name": t["name"],
+                "lookalike_of": t.get("lookalike_of"), "ranges": t["ranges"]}
+               for t in species], f, indent=1)
+  summary = {
+      "config": dataclasses.asdict(config),
+      "num_species": len(species),
+      "recordings": {split: sum(s["split"] == split for s in specs)
+                     for split, _, _ in SPLITS},
+      "hours_of_audio": round(sum(s["duration"] for s in specs) / 3600, 3),
+  }
+  with open(marker, "w") as f:
+    json.dump(summary, f, indent=1)
+  return dict(summary, seconds=round(time.time() - start, 1))
+
+
+def is_complete(out_dir: str, config: CorpusConfig) -> bool:
+  """Whether `out_dir` holds a finished corpus made with `config`."""
+  try:
+    with open(os.path.join(out_dir, COMPLETE_MARKER)) as f:
+      return json.load(f)["config"] == json.loads(
+          json.dumps(dataclasses.asdict(config)))
+  except (OSError, ValueError, KeyError):
+    return False
+
+
+def main(argv=None) -> None:
+  defaults = CorpusConfig()
+  parser = argparse.ArgumentParser(
+      prog="python -m inatsounds_jax.synthetic",
+      description=__doc__.split("\n\n")[0])
+  parser.add_argument("--out", required=True, help="output folder")
+  for field in dataclasses.fields(CorpusConfig):
+    value = getattr(defaults, field.name)
+    if isinstance(value, bool):
+      parser.add_argument(f"--{field.name}", default=value,
+                          action=argparse.BooleanOptionalAction)
+    elif isinstance(value, (int, float, str)):
+      parser.add_argument(f"--{field.name}", type=type(value), default=value)
+  parser.add_argument("--num_workers", type=int, default=None)
+  args = vars(parser.parse_args(argv))
+  out, workers = args.pop("out"), args.pop("num_workers")
+  summary = generate(out, CorpusConfig(**args), num_workers=workers)
+  print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+  main()

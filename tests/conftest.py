@@ -1,0 +1,36 @@
+"""Shared fixtures: a small synthetic corpus and builds from it."""
+
+import os
+
+# Tests see 8 fake CPU devices (sharding tests) and keep TF off any GPU.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+from inatsounds_jax import data  # pylint: disable=g-import-not-at-top
+from inatsounds_jax import synthetic  # pylint: disable=g-import-not-at-top
+
+SMALL = synthetic.CorpusConfig(num_species=8, num_recordings=48, seed=3,
+                               median_duration_s=2.0, max_duration_s=30.0)
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory):
+  """A finished small corpus; tests must not modify it (copy first)."""
+  out = str(tmp_path_factory.mktemp("corpus"))
+  synthetic.generate(out, SMALL, num_workers=1)
+  return out
+
+
+def build(manual_dir, data_dir, **fields):
+  """Prepares the `full` config from `manual_dir` into `data_dir`."""
+  return data.prepare("full", data_dir=str(data_dir),
+                      manual_dir=str(manual_dir), **fields)
+
+
+@pytest.fixture(scope="session")
+def small_dataset(small_corpus, tmp_path_factory):
+  """The small corpus built into TFDS records (from its extracted folders)."""
+  return build(small_corpus, tmp_path_factory.mktemp("tfds"))

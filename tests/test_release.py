@@ -1,0 +1,129 @@
+import json
+import math
+
+import pytest
+
+from inatsounds_jax import release
+
+
+def _annotations(audio_key="audio_id", dir_key="audio_dir_name"):
+  return {
+      "info": {},
+      "licenses": [],
+      "categories": [
+          {"id": 0, "name": "Turdus a", "common_name": "A", "supercategory":
+           "Aves", "kingdom": "Animalia", dir_key: "00000_a"},
+          {"id": 1, "name": "Turdus b", "common_name": "B", "supercategory":
+           "Aves", "kingdom": "Animalia", dir_key: "00001_b"},
+      ],
+      "audio": [
+          {"id": 10, "file_name": "train/00000_a/x.wav", "duration": 2.5,
+           "latitude": 10.5, "longitude": -20.25, "date": "2020-01-01",
+           "location_uncertainty": 30, "license": 2, "rights_holder": "me"},
+          {"id": 11, "file_name": "train/00001_b/y.wav", "duration": 1.0,
+           "latitude": None, "longitude": None, "date": "2021-01-01"},
+      ],
+      "annotations": [
+          {"id": 100, audio_key: 10, "category_id": 0},
+          {"id": 101, audio_key: 11, "category_id": 1},
+      ],
+  }
+
+
+@pytest.mark.parametrize("audio_key, dir_key", [
+    ("audio_id", "audio_dir_name"), ("image_id", "image_dir_name")])
+def test_both_key_spellings(audio_key, dir_key):
+  parsed = release.parse_annotations(_annotations(audio_key, dir_key),
+                                     "train", "train.json")
+  assert not parsed.problems
+  assert [i.audio_id for i in parsed.items] == [10, 11]
+  assert parsed.categories[1].dir_name == "00001_b"
+  first, second = parsed.items
+  assert (first.latitude, first.longitude, first.location_uncertainty) == (
+      10.5, -20.25, 30)
+  assert math.isnan(second.latitude) and math.isnan(second.longitude)
+  assert math.isnan(second.location_uncertainty)
+
+
+def _problems_after(edit):
+  data = _annotations()
+  edit(data)
+  parsed = release.parse_annotations(data, "train", "train.json")
+  return parsed, [(p.file, p.reason) for p in parsed.problems]
+
+
+def test_unknown_category():
+  parsed, problems = _problems_after(
+      lambda d: d["annotations"][0].update(category_id=7))
+  assert [i.audio_id for i in parsed.items] == [11]
+  assert any("unknown category id 7" in r and f == "train/00000_a/x.wav"
+             for f, r in problems)
+
+
+def test_unknown_recording_id():
+  parsed, problems = _problems_after(lambda d: d["annotations"].append(
+      {"id": 102, "audio_id": 999, "category_id": 0}))
+  assert len(parsed.items) == 2
+  assert any("unknown recording id 999" in r for _, r in problems)
+
+
+def test_duplicate_recording_ids_are_all_left_out():
+  parsed, problems = _problems_after(lambda d: d["audio"].append(
+      dict(d["audio"][0], file_name="train/00000_a/z.wav")))
+  assert [i.audio_id for i in parsed.items] == [11]
+  assert sum("duplicate recording id 10" in r for _, r in problems) == 2
+
+
+def test_duplicate_annotation_ids():
+  parsed, problems = _problems_after(
+      lambda d: d["annotations"][1].update(id=100))
+  assert not parsed.items
+  assert sum("duplicate annotation id 100" in r for _, r in problems) == 2
+
+
+@pytest.mark.parametrize("lat, lon", [(123.0, 0.0), (0.0, -181.0),
+                                      ("north", 3.0), (5.0, None)])
+def test_impossible_coordinates(lat, lon):
+  parsed, problems = _problems_after(
+      lambda d: d["audio"][0].update(latitude=lat, longitude=lon))
+  assert [i.audio_id for i in parsed.items] == [11]
+  assert any("coordinates" in r and f == "train/00000_a/x.wav"
+             for f, r in problems)
+
+
+def test_recording_without_annotation_is_reported():
+  parsed, problems = _problems_after(lambda d: d["annotations"].pop())
+  assert len(parsed.items) == 1
+  assert ("train/00001_b/y.wav", "recording 11 has no valid annotation"
+          ) in problems
+
+
+def test_unusable_file_raises_naming_it(tmp_path):
+  path = tmp_path / "train.json"
+  path.write_text("{not json")
+  with pytest.raises(release.ReleaseError, match="train.json"):
+    release.load_json(str(path))
+  with pytest.raises(release.ReleaseError, match="no list under key"):
+    release.parse_annotations({"audio": []}, "train", "train.json")
+
+
+def test_relative_key_ignores_split_folder():
+  assert release.relative_key("./train/a/b.wav") == "a/b.wav"
+  assert release.relative_key("public_test/a/b.wav") == "a/b.wav"
+  assert release.relative_key("a/b.wav") == "a/b.wav"
+
+
+def test_find_split_sources(tmp_path):
+  (tmp_path / "train.json").write_text(json.dumps(_annotations()))
+  (tmp_path / "train.tar.gz").write_bytes(b"")
+  (tmp_path / "public_test.json.tar.gz").write_bytes(b"")
+  (tmp_path / "test").mkdir()
+  sources = release.find_split_sources(str(tmp_path))
+  assert set(sources) == {"train", "test"}
+  assert sources["train"].archive_path.endswith("train.tar.gz")
+  assert sources["test"].audio_dir.endswith("test")
+  (tmp_path / "val.tar.gz").write_bytes(b"")
+  with pytest.raises(release.ReleaseError, match="no annotation file"):
+    release.find_split_sources(str(tmp_path))
+  with pytest.raises(release.ReleaseError, match="no iNatSounds files"):
+    release.find_split_sources(str(tmp_path / "test"))

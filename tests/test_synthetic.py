@@ -1,0 +1,160 @@
+import collections
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+
+from inatsounds_jax import audio
+from inatsounds_jax import release
+from inatsounds_jax import synthetic
+from tests.conftest import SMALL
+
+
+def _load(corpus, name):
+  with open(os.path.join(corpus, name)) as f:
+    return json.load(f)
+
+
+def _digest(folder):
+  h = hashlib.sha256()
+  for root, _, files in sorted(os.walk(folder)):
+    for name in sorted(files):
+      path = os.path.join(root, name)
+      h.update(os.path.relpath(path, folder).encode())
+      with open(path, "rb") as f:
+        h.update(f.read())
+  return h.hexdigest()
+
+
+def test_same_seed_gives_identical_bytes(small_corpus, tmp_path):
+  again = tmp_path / "again"
+  synthetic.generate(str(again), SMALL, num_workers=2)
+  assert _digest(small_corpus) == _digest(str(again))
+  other = tmp_path / "other"
+  synthetic.generate(str(other), synthetic.CorpusConfig(
+      **{**SMALL.__dict__, "seed": SMALL.seed + 1}), num_workers=1)
+  assert _load(small_corpus, "train.json") != _load(str(other), "train.json")
+
+
+def test_release_layout_and_schema(small_corpus):
+  for split, folder in (("train", "train"), ("val", "val"),
+                        ("test", "public_test")):
+    ann = _load(small_corpus, f"{split}.json")
+    assert set(ann) == {"info", "audio", "categories", "annotations",
+                        "licenses"}
+    parsed = release.parse_annotations(ann, split, split)
+    assert not parsed.problems
+    assert len(parsed.items) == len(ann["audio"])
+    for rec in ann["audio"]:
+      assert set(rec) == {"id", "duration", "file_name", "license",
+                          "rights_holder", "date", "latitude", "longitude",
+                          "location_uncertainty"}
+      assert rec["file_name"].startswith(f"{split}/")
+      assert rec["date"].startswith(
+          {"train": "20", "val": "2022", "test": "2023"}[split])
+      path = os.path.join(small_corpus, rec["file_name"])
+      info = __import__("soundfile").info(path)
+      assert (info.samplerate, info.channels, info.subtype) == (
+          22050, 1, "PCM_16")
+      assert abs(info.frames / 22050 - rec["duration"]) < 1e-3
+    cat = ann["categories"][0]
+    for key in release.TAXONOMY_KEYS + ("name", "common_name",
+                                        "supercategory", "audio_dir_name"):
+      assert cat[key], key
+    assert "audio_id" in ann["annotations"][0]
+    with tarfile.open(os.path.join(small_corpus, f"{folder}.tar.gz")) as t:
+      names = sorted(m.name for m in t.getmembers() if m.isfile())
+    assert names == sorted(r["file_name"] for r in ann["audio"])
+    assert release.load_json(
+        os.path.join(small_corpus, f"{folder}.json.tar.gz")) == ann
+
+
+def test_corpus_statistics_are_realistic(tmp_path):
+  # The default species mix on a corpus big enough to see the tail.
+  config = synthetic.CorpusConfig(num_species=50, num_recordings=2000)
+  rng = np.random.default_rng(config.seed)
+  species = synthetic.make_species(config, rng)
+  specs = synthetic.make_recording_specs(config, species, rng)
+  supercats = collections.Counter(s["supercategory"] for s in species)
+  assert set(supercats) == {"Aves", "Insecta", "Amphibia", "Mammalia",
+                            "Reptilia"}
+  assert supercats["Aves"] > 0.6 * 50
+  families = {s["call_family"] for s in species}
+  assert families == {"whistle", "trill", "buzz", "pulsed_harmonic",
+                      "low_harmonic", "click_train"}
+  train = collections.Counter(s["category_id"] for s in specs
+                              if s["split"] == "train")
+  assert max(train.values()) >= 8 * min(train.values())  # Long tail.
+  test_species = {s["category_id"] for s in specs if s["split"] == "test"}
+  val_species = {s["category_id"] for s in specs if s["split"] == "val"}
+  assert test_species == val_species and test_species < set(train)
+  durations = np.array([s["duration"] for s in specs])
+  assert durations.min() >= 1.0 and durations.max() > 60
+  missing = np.mean([s["latitude"] is None for s in specs])
+  assert 0.03 < missing < 0.15
+  assert np.mean([bool(s["background"]) for s in specs]) > 0.15
+  # Look-alikes: same genus and call family, ranges far apart.
+  pairs = [(s, species[s["lookalike_of"]]) for s in species
+           if s.get("lookalike_of") is not None]
+  assert len(pairs) >= 5
+  for a, b in pairs:
+    assert a["genus"] == b["genus"] and a["call_family"] == b["call_family"]
+    assert a["realm"] != b["realm"]
+  # Locations come from the species' ranges.
+  for s in specs[:300]:
+    if s["latitude"] is not None:
+      assert synthetic.in_range(species[s["category_id"]]["ranges"],
+                                s["latitude"], s["longitude"])
+
+
+def test_strong_labels_cover_target_and_background(small_corpus):
+  strong = _load(small_corpus, "strong_labels.json")
+  ann = {a["id"]: a for split in ("train", "val", "test")
+         for a in _load(small_corpus, f"{split}.json")["annotations"]}
+  assert len(strong) == len(ann)
+  for rec in strong:
+    target = [e for e in rec["events"] if e["role"] == "target"]
+    assert target
+    assert {e["category_id"] for e in target} == {
+        ann[rec["audio_id"]]["category_id"]}
+    for e in rec["events"]:
+      assert 0 <= e["start"] < e["end"]
+  # Target calls are audible: louder inside the spans than outside.
+  rec = max(strong, key=lambda r: len(r["events"]))
+  wave = audio.read_audio_file(os.path.join(small_corpus, rec["file_name"]))
+  assert np.abs(wave).max() > 1000
+
+
+def test_call_families_have_their_frequency_bands():
+  rng = np.random.default_rng(0)
+  def peak_hz(family, params):
+    call = synthetic.synthesize_call(family, params, rng)
+    spec = np.abs(np.fft.rfft(call))
+    return np.argmax(spec) * 22050 / len(call)
+  assert 1000 < peak_hz("whistle", synthetic._call_params("whistle", rng)) < 10000  # pylint: disable=protected-access
+  low = dict(f0=150.0, harmonics=4.0, fm_depth=0.0, fm_rate=1.0,
+             call_dur=1.0, interval=1.0)
+  assert 100 < peak_hz("low_harmonic", low) < 200
+  buzz = dict(fc=6000.0, bandwidth=800.0, pulse_rate=50.0, duty=0.5,
+              call_dur=1.0, interval=1.0)
+  assert 5000 < peak_hz("buzz", buzz) < 7000
+
+
+def test_command_line(tmp_path):
+  out = tmp_path / "cli"
+  result = subprocess.run(
+      [sys.executable, "-m", "inatsounds_jax.synthetic", "--out", str(out),
+       "--num_species", "5", "--num_recordings", "20", "--no-archives",
+       "--key_style", "image", "--num_workers", "1"],
+      capture_output=True, text=True, check=True)
+  summary = json.loads(result.stdout)
+  assert summary["num_species"] == 5
+  assert sum(summary["recordings"].values()) >= 15
+  assert not (out / "train.tar.gz").exists()
+  ann = _load(str(out), "train.json")
+  assert "image_id" in ann["annotations"][0]
+  assert "image_dir_name" in ann["categories"][0]

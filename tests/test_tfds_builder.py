@@ -1,0 +1,204 @@
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from inatsounds_jax import audio
+from inatsounds_jax import data
+from tests.conftest import build
+
+from tfds_builders.inat_sounds import inat_sounds_dataset_builder as builder_lib
+
+SPLITS = {"train": "train", "validation": "val", "test": "test"}
+
+
+def _examples(builder, split):
+  return {int(ex["annotation_id"]): ex
+          for ex in tfds.as_numpy(builder.as_dataset(split=split))}
+
+
+def _report(builder):
+  with open(os.path.join(builder.data_dir, builder_lib.REPORT_NAME)) as f:
+    return list(csv.DictReader(f, delimiter="\t"))
+
+
+def _copy_release(corpus, dest, archives):
+  """The corpus as only archives, or only extracted folders + JSON."""
+  os.makedirs(dest)
+  for name in os.listdir(corpus):
+    src = os.path.join(corpus, name)
+    if name.endswith(".tar.gz") == archives and name != "strong_labels.json":
+      (shutil.copytree if os.path.isdir(src) else shutil.copy)(
+          src, os.path.join(dest, name))
+  return dest
+
+
+def test_waveform_and_metadata_round_trip(small_corpus, small_dataset):
+  assert not _report(small_dataset)
+  label_names = small_dataset.info.features["label"].names
+  for split, json_name in SPLITS.items():
+    with open(os.path.join(small_corpus, f"{json_name}.json")) as f:
+      ann = json.load(f)
+    recs = {a["id"]: a for a in ann["audio"]}
+    cats = {c["id"]: c for c in ann["categories"]}
+    examples = _examples(small_dataset, split)
+    assert sorted(examples) == sorted(a["id"] for a in ann["annotations"])
+    for a in ann["annotations"]:
+      ex, rec, cat = examples[a["id"]], recs[a["audio_id"]], cats[
+          a["category_id"]]
+      wav = audio.read_audio_file(os.path.join(small_corpus, rec["file_name"]))
+      assert ex["audio"].dtype == np.int16
+      np.testing.assert_array_equal(ex["audio"], wav)  # Bit-exact.
+      assert label_names[ex["label"]] == cat["name"]
+      assert ex["species"].decode() == cat["name"]
+      assert ex["common_name"].decode() == cat["common_name"]
+      assert ex["supercategory"].decode() == cat["supercategory"]
+      assert ex["taxonomy"]["genus"].decode() == cat["genus"]
+      assert ex["taxonomy"]["class"].decode() == cat["class"]
+      assert ex["category_id"] == cat["id"]
+      assert ex["recording_id"] == rec["id"]
+      assert ex["file_name"].decode() == rec["file_name"]
+      assert ex["date"].decode() == rec["date"]
+      assert ex["duration"] == np.float32(rec["duration"])
+      if rec["latitude"] is None:
+        assert math.isnan(ex["latitude"]) and math.isnan(ex["longitude"])
+      else:
+        assert ex["latitude"] == np.float32(rec["latitude"])
+        assert ex["longitude"] == np.float32(rec["longitude"])
+      if rec["location_uncertainty"] is None:
+        assert math.isnan(ex["location_uncertainty"])
+      else:
+        assert ex["location_uncertainty"] == rec["location_uncertainty"]
+
+
+def test_archives_and_folders_give_identical_datasets(
+    small_corpus, small_dataset, tmp_path):
+  archives = _copy_release(small_corpus, tmp_path / "archives", True)
+  assert not os.path.exists(os.path.join(archives, "train"))
+  from_archives = build(archives, tmp_path / "tfds")
+  assert from_archives.info.features["label"].names == (
+      small_dataset.info.features["label"].names)
+  for split in SPLITS:
+    a, b = _examples(from_archives, split), _examples(small_dataset, split)
+    assert sorted(a) == sorted(b)
+    for key in a:
+      assert a[key]["audio"].tobytes() == b[key]["audio"].tobytes()
+      assert a[key]["label"] == b[key]["label"]
+      assert a[key]["file_name"] == b[key]["file_name"]
+
+
+@pytest.fixture
+def damaged_release(small_corpus, tmp_path):
+  """Extracted release with one of each kind of bad item; returns
+  (manual_dir, {file: expected reason fragment}, number of valid items)."""
+  root = _copy_release(small_corpus, tmp_path / "damaged", False)
+  path = lambda rel: os.path.join(root, rel)  # pylint: disable=unnecessary-lambda-assignment
+  with open(path("train.json")) as f:
+    ann = json.load(f)
+  recs = ann["audio"]
+  expected = {}
+  with open(path(recs[0]["file_name"]), "wb") as f:
+    f.write(b"not a wav file at all" * 20)
+  expected[recs[0]["file_name"]] = "unreadable audio"
+  with open(path(recs[1]["file_name"]), "r+b") as f:
+    f.truncate(os.path.getsize(path(recs[1]["file_name"])) // 2)
+  expected[recs[1]["file_name"]] = "truncated WAV"
+  open(path(recs[2]["file_name"]), "wb").close()
+  expected[recs[2]["file_name"]] = "empty file"
+  os.remove(path(recs[3]["file_name"]))
+  expected[recs[3]["file_name"]] = "missing file"
+  recs[4]["latitude"] = 95.0
+  expected[recs[4]["file_name"]] = "impossible coordinates"
+  by_audio = {a["audio_id"]: a for a in ann["annotations"]}
+  by_audio[recs[5]["id"]]["category_id"] = 4242
+  expected[recs[5]["file_name"]] = "unknown category id 4242"
+  recs.append(dict(recs[6]))  # Duplicate id.
+  expected[recs[6]["file_name"]] = "duplicate recording id"
+  ann["annotations"].append({"id": 10**6, "audio_id": 10**7,
+                             "category_id": 0})
+  expected["train.json annotation 1000000"] = "unknown recording id"
+  num_valid = len(ann["annotations"]) - 8  # 7 bad recordings, 1 bad annotation.
+  with open(path("train.json"), "w") as f:
+    json.dump(ann, f)
+  return root, expected, num_valid
+
+
+def test_bad_items_are_skipped_and_reported(damaged_release, tmp_path,
+                                            capsys):
+  root, expected, num_valid = damaged_release
+  builder = build(root, tmp_path / "tfds")
+  examples = _examples(builder, "train")
+  assert len(examples) == num_valid
+  report = _report(builder)
+  for file, reason in expected.items():
+    rows = [r for r in report if r["file"].endswith(file)]
+    assert rows, f"{file} missing from report"
+    assert any(reason in r["reason"] for r in rows), (file, rows)
+    assert all(r["split"] == "train" for r in rows)
+  skipped = {r["file"] for r in report}
+  assert not skipped & {ex["file_name"].decode() for ex in examples.values()}
+  summary = capsys.readouterr().err
+  assert "items skipped" in summary and "truncated WAV" in summary
+  assert builder_lib.REPORT_NAME in summary
+  # The other splits were untouched.
+  assert len(_examples(builder, "test")) > 0
+
+
+def test_strict_mode_stops_at_first_problem(damaged_release, tmp_path):
+  root, _, _ = damaged_release
+  with pytest.raises(builder_lib.BuildError, match="strict mode"):
+    build(root, tmp_path / "tfds", strict=True)
+  # Nothing half-built is left where a later run would pick it up.
+  assert not data.builder("full", str(tmp_path / "tfds"),
+                          strict=True).is_prepared()
+
+
+def test_damaged_archive_keeps_what_was_read(small_corpus, tmp_path):
+  root = _copy_release(small_corpus, tmp_path / "arch", True)
+  train = os.path.join(root, "train.tar.gz")
+  with open(train, "r+b") as f:
+    f.truncate(os.path.getsize(train) * 2 // 3)
+  builder = build(root, tmp_path / "tfds")
+  kept = len(_examples(builder, "train"))
+  report = [r for r in _report(builder) if r["split"] == "train"]
+  assert kept > 0 and report
+  assert all("damaged" in r["reason"] for r in report)
+  with open(os.path.join(small_corpus, "train.json")) as f:
+    assert kept + len(report) == len(json.load(f)["annotations"])
+
+
+def test_full_config_without_manual_dir_explains(tmp_path):
+  with pytest.raises(Exception, match="manual_dir"):
+    data.prepare("full", data_dir=str(tmp_path))
+
+
+def test_synthetic_config_generates_its_corpus(tmp_path):
+  b = data.prepare("synthetic", data_dir=str(tmp_path), num_species=4,
+                   num_recordings=16)
+  assert b.info.config_name == "synthetic_s4_r16_seed0"
+  assert b.info.splits["train"].num_examples > 0
+  assert len(b.info.features["label"].names) == 4
+
+
+@pytest.mark.slow
+def test_tfds_command_line(small_corpus, tmp_path):
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+      ["tfds", "build", os.path.join(repo, "tfds_builders", "inat_sounds"),
+       "--config", "full", "--manual_dir", small_corpus,
+       "--data_dir", str(tmp_path), "--noforce_checksums_validation"],
+      capture_output=True, text=True, cwd=tmp_path,
+      env=dict(os.environ, PATH=os.path.dirname(sys.executable) + ":" +
+               os.environ["PATH"]))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "no problems found" in result.stderr
+  built = tfds.builder_from_directory(
+      str(tmp_path / "inat_sounds" / "full" / "1.0.0"))
+  assert built.info.splits["train"].num_examples > 0

@@ -1,0 +1,309 @@
+"""TFDS builder for iNatSounds: the official release or the synthetic corpus.
+
+    tfds build tfds_builders/inat_sounds --config=full --manual_dir=DIR
+    tfds build tfds_builders/inat_sounds --config=synthetic
+    INATSOUNDS_STRICT=1 tfds build tfds_builders/inat_sounds --config=full ...
+
+From Python: `inatsounds_jax.data.builder(config, data_dir=...)`.
+
+Bad items (corrupt, truncated or missing audio, unknown ids, duplicates,
+impossible coordinates) are skipped and written to `build_report.tsv` next to
+the dataset, with a summary printed at the end; `strict` stops at the first.
+With Beam options (`--beam_pipeline_options=...`) preparation runs on Apache
+Beam, one task per recording (extracted folders only); bad items are then
+logged by the workers and counted in the metric `inat_sounds/skipped`.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import math
+import os
+import sys
+
+from absl import logging
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from inatsounds_jax import audio as audio_lib
+from inatsounds_jax import release
+from inatsounds_jax import synthetic
+
+REPORT_NAME = "build_report.tsv"
+_SPLIT_FOLDERS = {"train": "train", "validation": "val", "test": "test"}
+
+
+class BuildError(RuntimeError):
+  """Raised in strict mode on the first bad item."""
+
+
+@dataclasses.dataclass
+class InatSoundsConfig(tfds.core.BuilderConfig):
+  """`full` reads the release; `synthetic` generates the corpus if needed.
+
+  Attributes:
+    num_species, num_recordings, seed: synthetic corpus size and seed (only
+      for `synthetic`).
+  """
+  num_species: int = 50
+  num_recordings: int = 2000
+  seed: int = 0
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+  """iNatSounds recordings with species labels, metadata and location."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First release."}
+  BUILDER_CONFIGS = [
+      InatSoundsConfig(name="full", description="The official release, "
+                       "from archives or extracted folders in manual_dir."),
+      InatSoundsConfig(name="synthetic", description="The library's "
+                       "synthetic corpus in the release's format; generated "
+                       "when manual_dir holds none."),
+  ]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Download from https://github.com/visipedia/inat_sounds (AWS Open Data) into
+  manual_dir: train.tar.gz, val.tar.gz, public_test.tar.gz and
+  train.json.tar.gz, val.json.tar.gz, public_test.json.tar.gz. The archives
+  are read as they are; extracted folders (train/, val/, test/) with the
+  .json files work too. Any subset of the splits can be built.
+  """
+
+  def __init__(self, *, strict: bool | None = None, **kwargs):
+    """`strict`: stop at the first bad item instead of skipping it.
+
+    It changes no record, so it is not part of the config; from the command
+    line set INATSOUNDS_STRICT=1.
+    """
+    super().__init__(**kwargs)
+    self._strict = (os.environ.get("INATSOUNDS_STRICT", "0") == "1"
+                    if strict is None else strict)
+    self._use_beam = False
+    self._problems = None
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    text = tfds.features.Text()
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            # Raw int16 bytes: 2 bytes per sample on disk. (tfds Audio
+            # cannot store int16 as bytes; it widens to int64 varints.)
+            "audio": tfds.features.Tensor(
+                shape=(None,), dtype=np.int16,
+                encoding=tfds.features.Encoding.BYTES,
+                doc=f"mono waveform at {audio_lib.SAMPLE_RATE} Hz"),
+            "label": tfds.features.ClassLabel(),
+            "species": text,
+            "common_name": text,
+            "supercategory": text,
+            "taxonomy": {k: text for k in release.TAXONOMY_KEYS},
+            "recording_id": np.int64,
+            "annotation_id": np.int64,
+            "category_id": np.int64,
+            "file_name": text,
+            "duration": np.float32,
+            "latitude": np.float32,
+            "longitude": np.float32,
+            "location_uncertainty": np.float32,
+            "date": text,
+            "license": np.int32,
+            "rights_holder": text,
+        }),
+        supervised_keys=("audio", "label"),
+        homepage="https://github.com/visipedia/inat_sounds",
+    )
+
+  # -- Sources ---------------------------------------------------------------
+
+  def _manual_dir_or_none(self, dl_manager) -> str | None:
+    try:
+      return os.fspath(dl_manager.manual_dir)
+    except AssertionError:  # Not given, missing or empty.
+      return None
+
+  def _release_dir(self, dl_manager) -> str:
+    manual_dir = self._manual_dir_or_none(dl_manager)
+    if self.builder_config.name == "full":
+      if manual_dir is None:
+        raise release.ReleaseError(
+            "config 'full' needs --manual_dir with the iNatSounds release:"
+            + self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+      return manual_dir
+    if manual_dir is not None and any(
+        os.path.exists(os.path.join(manual_dir, n))
+        for n in ("train.json", "train.json.tar.gz")):
+      return manual_dir
+    cfg = self.builder_config
+    corpus_config = synthetic.CorpusConfig(
+        num_species=cfg.num_species, num_recordings=cfg.num_recordings,
+        seed=cfg.seed)
+    out = manual_dir or os.path.join(
+        os.fspath(dl_manager.download_dir),
+        f"synthetic_corpus_s{cfg.num_species}_r{cfg.num_recordings}_"
+        f"seed{cfg.seed}")
+    if not synthetic.is_complete(out, corpus_config):
+      print(f"Generating the synthetic corpus in {out} ...", file=sys.stderr)
+      synthetic.generate(out, corpus_config)
+    return out
+
+  def _split_generators(self, dl_manager):
+    sources = release.find_split_sources(self._release_dir(dl_manager))
+    annotations = {
+        split: release.parse_annotations(
+            release.load_json(src.annotation_path), split,
+            src.annotation_path)
+        for split, src in sources.items()}
+    # The label space is the first split's category list (train when present:
+    # val/test use a subset of its species); the others must agree with it.
+    reference = next(iter(annotations.values()))
+    categories = reference.categories
+    for split_ann in annotations.values():
+      for cid, cat in split_ann.categories.items():
+        if cid in categories and categories[cid].name != cat.name:
+          raise release.ReleaseError(
+              f"{split_ann.source}: category {cid} is {cat.name!r} but "
+              f"{reference.source} calls it {categories[cid].name!r}; the "
+              "files come from different releases")
+    self._categories = categories
+    self._label_of = {cid: i for i, cid in enumerate(sorted(categories))}
+    self.info.features["label"].names = [
+        categories[c].name for c in sorted(categories)]
+    self._problems = []
+    return {split: self._generate_examples(sources[split], annotations[split])
+            for split in sources}
+
+  # -- Examples --------------------------------------------------------------
+
+  def _report(self, problem: release.Problem) -> None:
+    if self._strict:
+      raise BuildError(f"{problem} (strict mode: stopping at the first "
+                       "problem; build without strict to skip and report)")
+    self._problems.append(problem)
+
+  def _generate_examples(self, source: release.SplitSource,
+                         annotations: release.SplitAnnotations):
+    for problem in annotations.problems:
+      self._report(problem)
+    items = []
+    for item in annotations.items:
+      if item.category_id in self._label_of:
+        items.append(item)
+      else:
+        self._report(release.Problem(
+            source.split, item.file_name, "unknown category",
+            f"category {item.category_id} is not in the label space"))
+    if self._use_beam:
+      return self._beam_examples(source, items)
+    return self._stream_examples(source, items)
+
+  def _stream_examples(self, source, items):
+    for item, data, problem in release.iter_recordings(source, items):
+      result = make_example(source.split, item, data, problem,
+                            self._categories, self._label_of)
+      if isinstance(result, release.Problem):
+        self._report(result)
+      else:
+        yield result
+
+  def _beam_examples(self, source, items):
+    """The same examples as a Beam transform, one worker task per file."""
+    import apache_beam as beam  # pylint: disable=import-outside-toplevel
+    if source.audio_dir is None:
+      raise release.ReleaseError(
+          f"{source.archive_path}: Beam needs random access; extract the "
+          "archive next to it (tar xzf) and build again")
+    return (beam.Create(items)
+            | beam.FlatMap(_beam_example, source, self._categories,
+                           self._label_of, self._strict))
+
+  # -- Report ----------------------------------------------------------------
+
+  def _download_and_prepare(self, dl_manager, download_config):
+    # Beam runs exactly when the user gives Beam options or a runner
+    # (`tfds build --beam_pipeline_options=...`).
+    self._use_beam = (download_config.beam_options is not None or
+                      download_config.beam_runner is not None)
+    super()._download_and_prepare(dl_manager, download_config)
+    # data_path is the not-yet-renamed build folder here, so the report lands
+    # next to the dataset's records only when the build succeeds.
+    with open(os.path.join(self.data_path, REPORT_NAME), "w",
+              newline="") as f:
+      writer = csv.writer(f, delimiter="\t")
+      writer.writerow(["split", "file", "reason"])
+      for p in self._problems:
+        writer.writerow([p.split, p.file, p.reason])
+
+  def download_and_prepare(self, *args, **kwargs):
+    self._problems = None
+    super().download_and_prepare(*args, **kwargs)
+    if self._problems is not None:  # Built now, not found ready.
+      print(build_summary(self.info, self._problems,
+                          os.path.join(self.data_dir, REPORT_NAME)),
+            file=sys.stderr)
+
+
+def make_example(split: str, item: release.Item, data: bytes | None,
+                 problem: release.Problem | None, categories: dict,
+                 label_of: dict):
+  """`(key, example)` for one recording, or the `Problem` that stops it."""
+  if problem is not None:
+    return problem
+  try:
+    waveform = audio_lib.decode_audio(data)
+  except audio_lib.AudioError as e:
+    return release.Problem(split, item.file_name, str(e).split(":")[0],
+                           str(e))
+  cat = categories[item.category_id]
+  return item.annotation_id, {
+      "audio": waveform,
+      "label": label_of[item.category_id],
+      "species": cat.name,
+      "common_name": cat.common_name,
+      "supercategory": cat.supercategory,
+      "taxonomy": cat.taxonomy,
+      "recording_id": item.audio_id,
+      "annotation_id": item.annotation_id,
+      "category_id": item.category_id,
+      "file_name": item.file_name,
+      "duration": (item.duration if not math.isnan(item.duration)
+                   else len(waveform) / audio_lib.SAMPLE_RATE),
+      "latitude": item.latitude,
+      "longitude": item.longitude,
+      "location_uncertainty": item.location_uncertainty,
+      "date": item.date,
+      "license": item.license,
+      "rights_holder": item.rights_holder,
+  }
+
+
+def _beam_example(item, source, categories, label_of, strict):
+  import apache_beam as beam  # pylint: disable=import-outside-toplevel
+  item, data, problem = next(release.iter_recordings(source, [item]))
+  result = make_example(source.split, item, data, problem, categories,
+                        label_of)
+  if isinstance(result, release.Problem):
+    if strict:
+      raise BuildError(str(result))
+    logging.warning("skipped %s", result)
+    beam.metrics.Metrics.counter("inat_sounds", "skipped").inc()
+    return
+  yield result
+
+
+def build_summary(info: tfds.core.DatasetInfo, problems, report_path: str
+                  ) -> str:
+  """What was written and what was skipped, per split."""
+  lines = [f"{info.full_name}: built"]
+  for name, split in info.splits.items():
+    lines.append(f"  {name}: {split.num_examples} examples")
+  if not problems:
+    lines.append("  no problems found")
+    return "\n".join(lines)
+  lines.append(f"  {len(problems)} items skipped (details in {report_path}):")
+  counts = collections.Counter((p.split, p.kind) for p in problems)
+  for (split, kind), n in sorted(counts.items()):
+    lines.append(f"    {split}: {n} x {kind}")
+  return "\n".join(lines)
