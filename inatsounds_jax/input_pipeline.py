@@ -1,0 +1,192 @@
+"""tf.data input pipeline over the TFDS records: waveform windows.
+
+The pipeline cuts waveforms, not spectrograms: the spectrogram is computed on
+the accelerator by the model's frontend. Every window is cut on the frame
+grid of the whole-file spectrogram (starts at a multiple of the hop), so the
+frontend applied to a window gives exactly those frames of the whole file.
+
+- Train: one random `window_frames` window per file per epoch; files shorter
+  than a window are zero-padded, centred. Shuffled, repeated, sharded per
+  process; each process yields its part of the global batch.
+- Eval: dense windows every `eval_stride_frames`, centred zero padding so the
+  last window fits (REFERENCE section 3). Each window carries its recording
+  id and a validity mask; the last partial batch is padded with masked
+  windows, so every window of every file is seen exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from inatsounds_jax import frontend as frontend_lib
+
+# Fields carried next to the waveform (besides label and recording id).
+_META = ("latitude", "longitude")
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowConfig:
+  """How recordings are cut into model windows."""
+  window_frames: int = 512  # About 2.97 s.
+  eval_stride_frames: int = 256
+  frontend: frontend_lib.FrontendConfig = frontend_lib.PRESETS["inatsounds"]
+
+  @property
+  def window_samples(self) -> int:
+    return self.frontend.num_samples(self.window_frames)
+
+
+def hide_gpus_from_tensorflow() -> None:
+  """TF would otherwise claim the GPU memory that JAX needs."""
+  tf.config.set_visible_devices([], "GPU")
+
+
+# ---------------------------------------------------------------------------
+# Windowing: the one function that cuts windows, and the two layouts.
+# ---------------------------------------------------------------------------
+
+def num_frames(num_samples, config: WindowConfig):
+  """Frames of the whole-file spectrogram (tf or Python ints)."""
+  hop, window = config.frontend.hop_length, config.frontend.window_length
+  return tf.maximum(0, (num_samples - window) // hop + 1)
+
+
+def cut_windows(waveform: tf.Tensor, start_frames: tf.Tensor,
+                left_pad_frames: tf.Tensor, config: WindowConfig
+                ) -> tf.Tensor:
+  """Windows `[n, window_samples]` of a 1-D waveform.
+
+  The waveform is first padded on the left with `left_pad_frames` hops of
+  zeros; window k then covers frames start_frames[k] ..
+  start_frames[k] + window_frames - 1 of the padded signal. Zeros are added
+  on the right as needed.
+  """
+  hop = config.frontend.hop_length
+  left = left_pad_frames * hop
+  needed = tf.reduce_max(start_frames) * hop + config.window_samples
+  right = tf.maximum(0, needed - left - tf.shape(waveform)[0])
+  padded = tf.pad(waveform, [[left, right]])
+  index = (start_frames[:, None] * hop +
+           tf.range(config.window_samples)[None, :])
+  return tf.gather(padded, index)
+
+
+def eval_layout(num_samples, config: WindowConfig):
+  """(start frames, left padding in frames) of the dense eval windows.
+
+  n = 1 if the file has at most one window of frames, else
+  ceil((frames - window) / stride) + 1; the padding that makes the last
+  window fit is split evenly, the odd frame on the right.
+  """
+  frames = num_frames(num_samples, config)
+  window, stride = config.window_frames, config.eval_stride_frames
+  n = tf.where(frames <= window, 1,
+               (frames - window + stride - 1) // stride + 1)
+  pad = (n - 1) * stride + window - frames
+  return tf.range(n) * stride, pad // 2
+
+
+def train_layout(num_samples, seed: tf.Tensor, config: WindowConfig):
+  """(start frame, left padding) of one random training window."""
+  frames = num_frames(num_samples, config)
+  slack = frames - config.window_frames
+  start = tf.random.stateless_uniform(
+      [], seed, minval=0, maxval=tf.maximum(slack, 0) + 1, dtype=tf.int32)
+  start = tf.where(slack >= 0, start, 0)
+  left = tf.where(slack >= 0, 0, -slack // 2)
+  return start[None], left
+
+
+# ---------------------------------------------------------------------------
+# Datasets.
+# ---------------------------------------------------------------------------
+
+def _features(example) -> dict:
+  out = {"label": tf.cast(example["label"], tf.int32),
+         "recording_id": example["recording_id"]}
+  out.update({k: example[k] for k in _META})
+  return out
+
+
+def train_dataset(builder: tfds.core.DatasetBuilder, split: str,
+                  global_batch_size: int, config: WindowConfig = WindowConfig(),
+                  seed: int = 0, shuffle_buffer: int = 2048,
+                  process_index: int | None = None,
+                  process_count: int | None = None) -> tf.data.Dataset:
+  """Endless batches of `{waveform int16 [B, S], label, recording_id, ...}`.
+
+  B is this process's share of `global_batch_size`. Deterministic for a
+  seed: element i of the stream gets crop seed (seed, i).
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if global_batch_size % process_count:
+    raise ValueError(f"global batch {global_batch_size} is not divisible by "
+                     f"{process_count} processes")
+  split = tfds.even_splits(split, n=process_count,
+                           drop_remainder=True)[process_index]
+  ds = builder.as_dataset(
+      split=split, shuffle_files=True,
+      read_config=tfds.ReadConfig(shuffle_seed=seed, skip_prefetch=True))
+  ds = ds.repeat().shuffle(shuffle_buffer, seed=seed,
+                           reshuffle_each_iteration=True)
+
+  def crop(index, example):
+    start, left = train_layout(tf.shape(example["audio"])[0],
+                               tf.stack([tf.cast(seed, tf.int64), index]),
+                               config)
+    window = cut_windows(example["audio"], start, left, config)[0]
+    return dict(_features(example), waveform=window)
+
+  ds = ds.enumerate().map(crop, num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True)
+  return ds.batch(global_batch_size // process_count,
+                  drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(builder: tfds.core.DatasetBuilder, split: str,
+                 global_batch_size: int, config: WindowConfig = WindowConfig(),
+                 process_index: int | None = None,
+                 process_count: int | None = None) -> tf.data.Dataset:
+  """One pass of dense windows: `{waveform, label, recording_id, mask, ...}`.
+
+  Files are split across processes (none dropped); every batch has the full
+  per-process size, the last one padded with `mask == 0` windows.
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  split = tfds.even_splits(split, n=process_count,
+                           drop_remainder=False)[process_index]
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          read_config=tfds.ReadConfig(skip_prefetch=True))
+
+  def windows(example):
+    starts, left = eval_layout(tf.shape(example["audio"])[0], config)
+    n = tf.shape(starts)[0]
+    out = {k: tf.repeat(v[None], n, axis=0)
+           for k, v in _features(example).items()}
+    out["waveform"] = cut_windows(example["audio"], starts, left, config)
+    out["mask"] = tf.ones([n], tf.bool)
+    return tf.data.Dataset.from_tensor_slices(out)
+
+  batch = global_batch_size // process_count
+  ds = ds.flat_map(windows).batch(batch)
+
+  def pad_batch(b):
+    missing = batch - tf.shape(b["mask"])[0]
+    return {k: tf.pad(v, [[0, missing]] + [[0, 0]] * (len(v.shape) - 1))
+            for k, v in b.items()}
+
+  return ds.map(pad_batch).prefetch(tf.data.AUTOTUNE)
+
+
+def shard_batch(batch: dict, sharding: jax.sharding.Sharding) -> dict:
+  """Numpy per-process batch -> global `jax.Array`s split over the mesh."""
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+      batch)

@@ -1,0 +1,138 @@
+import collections
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from inatsounds_jax import input_pipeline as ip
+
+CONFIG = ip.WindowConfig()
+W = CONFIG.window_samples  # 65,920 samples = 512 frames.
+
+
+def paper_window_count(frames):
+  if frames <= 512:
+    return 1
+  return math.ceil((frames - 512) / 256) + 1
+
+
+@pytest.mark.parametrize("samples", [
+    100, 511, 512, 65919, W, W + 1, W + 127, W + 128, W + 256 * 128,
+    W + 256 * 128 + 128, 10 * 22050, 60 * 22050])
+def test_eval_layout_counts_and_centring(samples):
+  starts, left = ip.eval_layout(samples, CONFIG)
+  frames = max(0, (samples - 512) // 128 + 1)
+  n = paper_window_count(frames)
+  assert len(starts) == n
+  np.testing.assert_array_equal(starts, np.arange(n) * 256)
+  total_pad = (n - 1) * 256 + 512 - frames
+  assert int(left) == total_pad // 2
+  windows = ip.cut_windows(tf.ones([samples], tf.int16), starts, left, CONFIG)
+  assert windows.shape == (n, W)
+
+
+def test_cut_windows_land_on_the_frame_grid():
+  x = tf.range(W + 1000, dtype=tf.int32)
+  windows = ip.cut_windows(x, tf.constant([0, 3]), tf.constant(2), CONFIG)
+  np.testing.assert_array_equal(windows[0, :256], 0)  # 2 frames of padding.
+  np.testing.assert_array_equal(windows[0, 256:300], np.arange(44))
+  np.testing.assert_array_equal(windows[1, :10], np.arange(128, 138))
+
+
+def test_train_layout_short_file_is_centred():
+  frames = 100
+  samples = (frames - 1) * 128 + 512
+  start, left = ip.train_layout(samples, tf.constant([0, 0], tf.int64), CONFIG)
+  assert int(start[0]) == 0 and int(left) == (512 - frames) // 2
+
+
+def _all(ds):
+  return list(tfds.as_numpy(ds))
+
+
+def test_eval_covers_every_window_exactly_once(small_dataset):
+  batches = _all(ip.eval_dataset(small_dataset, "validation", 8, CONFIG,
+                                 process_index=0, process_count=1))
+  assert all(b["waveform"].shape == (8, W) for b in batches)
+  masks = np.concatenate([b["mask"] for b in batches])
+  assert masks[:masks.sum()].all() and not masks[masks.sum():].any()
+  assert len(masks) - masks.sum() < 8  # Only the last batch is padded.
+  ids = np.concatenate([b["recording_id"] for b in batches])[masks]
+  seen = collections.Counter(ids.tolist())
+  waves = np.concatenate([b["waveform"] for b in batches])[masks]
+  expected = {}
+  for ex in tfds.as_numpy(small_dataset.as_dataset(split="validation")):
+    frames = max(0, (len(ex["audio"]) - 512) // 128 + 1)
+    expected[int(ex["recording_id"])] = (paper_window_count(frames),
+                                         ex["audio"])
+  assert seen == {k: v[0] for k, v in expected.items()}
+  # Window contents: the centred, zero-padded file, stride 256 frames.
+  rid = max(expected, key=lambda k: expected[k][0])
+  audio = expected[rid][1]
+  frames = (len(audio) - 512) // 128 + 1
+  n = expected[rid][0]
+  left = ((n - 1) * 256 + 512 - frames) // 2 * 128
+  padded = np.concatenate([np.zeros(left, np.int16), audio,
+                           np.zeros(n * 256 * 128 + W, np.int16)])
+  mine = waves[ids == rid]
+  for k in range(n):
+    np.testing.assert_array_equal(mine[k], padded[k * 32768:k * 32768 + W])
+
+
+def test_eval_process_shards_are_disjoint_and_complete(small_dataset):
+  ids = []
+  for index in range(3):
+    batches = _all(ip.eval_dataset(small_dataset, "test", 4, CONFIG,
+                                   process_index=index, process_count=3))
+    ids.append({int(r) for b in batches for r, m in
+                zip(b["recording_id"], b["mask"]) if m})
+  assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+  assert len(set().union(*ids)) == small_dataset.info.splits[
+      "test"].num_examples
+
+
+def test_train_batches_deterministic_and_on_grid(small_dataset):
+  def take(seed, n=3):
+    ds = ip.train_dataset(small_dataset, "train", 4, CONFIG, seed=seed,
+                          shuffle_buffer=16, process_index=0, process_count=1)
+    return _all(ds.take(n))
+  a, b, c = take(0), take(0), take(1)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["waveform"], y["waveform"])
+    np.testing.assert_array_equal(x["label"], y["label"])
+  assert not all(np.array_equal(x["waveform"], y["waveform"])
+                 for x, y in zip(a, c))
+  assert a[0]["waveform"].shape == (4, W) and a[0]["waveform"].dtype == np.int16
+  files = {int(ex["recording_id"]): ex["audio"] for ex in
+           tfds.as_numpy(small_dataset.as_dataset(split="train"))}
+  for batch in a:
+    for rid, window in zip(batch["recording_id"], batch["waveform"]):
+      audio = files[int(rid)]
+      if len(audio) >= W:
+        starts = [s for s in range(0, len(audio) - W + 1, 128)
+                  if np.array_equal(audio[s:s + W], window)]
+        assert starts, "window is not on the hop grid of the file"
+      else:  # Zero-padded, centred in whole frames.
+        frames = max(0, (len(audio) - 512) // 128 + 1)
+        left = (512 - frames) // 2 * 128
+        want = np.zeros(W, np.int16)
+        want[left:left + len(audio)] = audio[:W - left]
+        np.testing.assert_array_equal(window, want)
+
+
+def test_train_shards_per_process(small_dataset):
+  ids = []
+  for index in range(2):
+    ds = ip.train_dataset(small_dataset, "train", 4, CONFIG, seed=0,
+                          process_index=index, process_count=2)
+    batch = next(iter(tfds.as_numpy(ds)))
+    assert batch["waveform"].shape == (2, W)
+    n = small_dataset.info.splits["train"].num_examples // 2
+    ids.append({int(r) for b in tfds.as_numpy(ds.take(n)) for r in
+                b["recording_id"]})
+  assert not ids[0] & ids[1]
+  with pytest.raises(ValueError, match="not divisible"):
+    ip.train_dataset(small_dataset, "train", 5, CONFIG, process_count=2,
+                     process_index=0)
