@@ -148,7 +148,51 @@ def _periodic_hann(n: int) -> np.ndarray:
   return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)
 
 
+# Long inputs are computed in segments of this many frames: the per-frame
+# intermediates (frames, FFT, magnitudes) then stay in cache, which halves the
+# time on CPU, and memory stays bounded on hour-long files.
+_SEGMENT_FRAMES = 256
+
+
+def map_segments(per_frame_fn, waveform: jax.Array, config: FrontendConfig
+                 ) -> jax.Array:
+  """Applies `per_frame_fn` ([n, samples] -> [n, K, frames]) in segments.
+
+  Each segment holds the samples of `_SEGMENT_FRAMES` whole frames, cut on
+  the hop grid, so the result is `per_frame_fn(waveform)` up to float32
+  rounding (a quantised pixel on a level boundary can move by one).
+  """
+  hop, num_samples = config.hop_length, waveform.shape[-1]
+  total = config.num_frames(num_samples)
+  if total <= _SEGMENT_FRAMES or config.window_length % hop:
+    return per_frame_fn(waveform)
+  lead = waveform.shape[:-1]
+  x = waveform.reshape((-1, num_samples))
+  num_segments = -(-total // _SEGMENT_FRAMES)
+  extra_hops = config.window_length // hop - 1
+  needed = (num_segments * _SEGMENT_FRAMES + extra_hops) * hop
+  x = jnp.pad(x, [(0, 0), (0, max(0, needed - num_samples))])[:, :needed]
+  hops = x.reshape((x.shape[0], -1, hop))
+  index = (np.arange(num_segments)[:, None] * _SEGMENT_FRAMES +
+           np.arange(_SEGMENT_FRAMES + extra_hops))
+  segments = hops[:, index].reshape((-1, (_SEGMENT_FRAMES + extra_hops) * hop))
+  # Sequential groups on CPU keep the working set in cache; accelerators
+  # take every segment at once.
+  group = 4 if jax.default_backend() == "cpu" else segments.shape[0]
+  out = jax.lax.map(per_frame_fn, segments, batch_size=group)
+  out = out.reshape((x.shape[0], num_segments) + out.shape[1:])
+  out = jnp.moveaxis(out, 1, -2).reshape(
+      (x.shape[0],) + out.shape[2:-1] + (num_segments * _SEGMENT_FRAMES,))
+  return out[..., :total].reshape(lead + out.shape[1:-1] + (total,))
+
+
 def _mel_image(waveform: jax.Array, config: FrontendConfig) -> jax.Array:
+  """[..., samples] -> [..., mel, frames]."""
+  return map_segments(lambda x: _dense_mel_image(x, config), waveform, config)
+
+
+def _dense_mel_image(waveform: jax.Array, config: FrontendConfig
+                     ) -> jax.Array:
   window = _periodic_hann(config.window_length)
   x = frames(waveform.astype(jnp.float32) * config.waveform_scale, config)
   # The 512-sample window sits at the start of each 1024-point FFT frame.
