@@ -136,3 +136,20 @@ def test_train_shards_per_process(small_dataset):
   with pytest.raises(ValueError, match="not divisible"):
     ip.train_dataset(small_dataset, "train", 5, CONFIG, process_count=2,
                      process_index=0)
+
+
+def test_batches_are_laid_out_over_the_device_mesh(small_dataset):
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
+  assert jax.device_count() == 8  # conftest asks for 8 fake CPU devices.
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  sharding = NamedSharding(mesh, PartitionSpec("data"))
+  ds = ip.eval_dataset(small_dataset, "test", 16, CONFIG)
+  local = next(iter(tfds.as_numpy(ds)))
+  batch = ip.shard_batch(local, sharding)
+  wave = batch["waveform"]
+  assert wave.shape == (16, W) and wave.sharding == sharding
+  assert len(wave.addressable_shards) == 8
+  for shard in wave.addressable_shards:
+    assert shard.data.shape == (2, W)
+    np.testing.assert_array_equal(shard.data, local["waveform"][shard.index])
