@@ -1,0 +1,54 @@
+"""Waveform classifier: frontend, image conversion and backbone in one module.
+
+An exported `Classifier` takes int16 or float waveforms and returns logits,
+so preprocessing cannot drift between training, evaluation and use. Training
+runs the parts separately to augment in between:
+
+    images = model.apply(v, waveform, method=Classifier.spectrogram)
+    images, targets = augment.augment(rng, images, targets, aug_config)
+    logits = model.apply(v, images, train=True, method=Classifier.classify)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from inatsounds_jax import augment
+from inatsounds_jax import frontend as frontend_lib
+from inatsounds_jax import models as models_lib
+
+
+class Classifier(nn.Module):
+  """Waveforms `[batch, samples]` -> logits `[batch, num_classes]`."""
+  backbone: str
+  num_classes: int
+  frontend: frontend_lib.FrontendConfig = frontend_lib.PRESETS["inatsounds"]
+  image: augment.ImageConfig = augment.ImageConfig()
+  backbone_options: tuple[tuple[str, Any], ...] = ()
+
+  def setup(self):
+    options = dict(self.backbone_options)
+    if self.backbone.startswith("vit"):
+      options.setdefault("image_size", tuple(self.image.size))
+    self.net = models_lib.create(self.backbone, self.num_classes, **options)
+    self.spectrogram_frontend = frontend_lib.Frontend(self.frontend)
+
+  def spectrogram(self, waveform: jax.Array) -> jax.Array:
+    """`[batch, mel, frames]` image, values 0..255."""
+    return self.spectrogram_frontend(waveform)
+
+  def classify(self, images: jax.Array, train: bool = False) -> jax.Array:
+    """Logits of spectrogram images (after any augmentation)."""
+    return self.net(augment.to_model_image(images, self.image), train=train)
+
+  def __call__(self, waveform: jax.Array, train: bool = False) -> jax.Array:
+    return self.classify(self.spectrogram(waveform), train=train)
+
+
+def from_backbone_variables(backbone_variables: dict) -> dict:
+  """Classifier variables from backbone ones (e.g. `convert.from_torch`)."""
+  return {collection: {"net": tree}
+          for collection, tree in backbone_variables.items()}

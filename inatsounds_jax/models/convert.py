@@ -1,0 +1,212 @@
+"""Import of torchvision / timm weights into the Flax backbones.
+
+    variables = from_torch("resnet50", "resnet50-imagenet.pth", num_classes=50)
+
+Each backbone names its layers after the PyTorch module path (dots become
+underscores), so conversion is: rename torchvision ViT modules to timm's
+names, then move every tensor to its Flax leaf with the layout change
+(conv [O, I, kh, kw] -> [kh, kw, I, O], linear [O, I] -> [I, O], batch-norm
+weight/bias/running stats -> scale/bias/mean/var). Every Flax leaf must be
+filled exactly once and every tensor used, or the error lists what is off.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+
+import flax
+import jax
+import numpy as np
+
+from inatsounds_jax import models as models_lib
+from inatsounds_jax.models import vit as vit_lib
+
+# (stem conv, head) module names per family.
+_STEM_AND_HEAD = {"resnet": ("conv1", "fc"),
+                  "mobilenet": ("features_0_0", "classifier_3"),
+                  "vit": ("patch_embed_proj", "head")}
+# torchvision's ViT module names -> timm's (which the Flax ViT uses).
+_TORCHVISION_VIT = (
+    (r"^conv_proj\.", "patch_embed.proj."),
+    (r"^class_token$", "cls_token"),
+    (r"^encoder\.pos_embedding$", "pos_embed"),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.ln_1\.", r"blocks.\1.norm1."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.ln_2\.", r"blocks.\1.norm2."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.in_proj_",
+     r"blocks.\1.attn.qkv."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.out_proj\.",
+     r"blocks.\1.attn.proj."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.0\.", r"blocks.\1.mlp.fc1."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.3\.", r"blocks.\1.mlp.fc2."),
+    (r"^encoder\.ln\.", "norm."),
+    (r"^heads\.head\.", "head."),
+)
+_IGNORED = re.compile(r"num_batches_tracked$")
+
+
+class ConversionError(ValueError):
+  """The state dict does not fit the architecture; says what is off."""
+
+
+def family(name: str) -> str:
+  return name.split("_")[0] if not name.startswith("resnet") else "resnet"
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+  """Tensors from `.safetensors` (no torch needed) or `.pth` / `.pt`.
+
+  Training checkpoints that wrap the weights (`{"state_dict": ...}`,
+  `{"model": ...}`) and DataParallel's `module.` prefix are unwrapped.
+  """
+  if path.endswith(".safetensors"):
+    from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+    state = load_file(path)
+  else:
+    try:
+      import torch  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+      raise ImportError(f"reading {path} needs torch; or convert it to "
+                        ".safetensors first") from e
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "model_state_dict"):
+      if isinstance(state, Mapping) and key in state and isinstance(
+          state[key], Mapping):
+        state = state[key]
+  return {re.sub(r"^module\.", "", k): _to_numpy(v) for k, v in state.items()}
+
+
+def _to_numpy(value) -> np.ndarray:
+  if hasattr(value, "detach"):  # A torch tensor.
+    return value.detach().cpu().float().numpy()
+  return np.asarray(value, np.float32)
+
+
+def _flax_name(torch_module: str) -> str:
+  return torch_module.replace(".", "_")
+
+
+def from_torch(name: str, state_dict: Mapping | str,
+               num_classes: int | None = None,
+               head_classes: Sequence[int] | None = None,
+               in_channels: int = 3, image_size=(224, 224),
+               head_bias_init: float = 0.0) -> dict:
+  """Flax variables (`params`, and `batch_stats` for CNNs) for model `name`.
+
+  Args:
+    name: a registry name (`resnet50`, `mobilenet_v3_large`, `vit_b16`, ...).
+    state_dict: torchvision or timm state dict (tensors or arrays), or a path
+      to `.pth` / `.pt` / `.safetensors`.
+    num_classes: head size; None keeps the checkpoint's head. A different
+      size replaces the head with a zero-initialised one (bias
+      `head_bias_init`), unless `head_classes` picks rows of the old head.
+    head_classes: rows of the checkpoint's head to keep, in order (e.g. the
+      checkpoint classes matching a label list).
+    in_channels: 1 folds a 3-channel stem into one channel by summing.
+    image_size: ViT input size; position embeddings are resampled to it.
+    head_bias_init: bias of a replaced head.
+  """
+  if isinstance(state_dict, (str, os.PathLike)):
+    state_dict = load_state_dict(os.fspath(state_dict))
+  state = {k: _to_numpy(v) for k, v in state_dict.items()
+           if not _IGNORED.search(k)}
+  fam = family(name)
+  if fam == "vit" and any(k.startswith("encoder.layers.") for k in state):
+    state = _rename(state, _TORCHVISION_VIT)
+  stem, head = _STEM_AND_HEAD[fam]
+  old_classes = state[f"{head.replace('_', '.')}.weight"].shape[0]
+
+  if head_classes is not None:
+    rows = np.asarray(head_classes)
+    for leaf in ("weight", "bias"):
+      key = f"{head.replace('_', '.')}.{leaf}"
+      state[key] = state[key][rows]
+    old_classes = len(rows)
+  num_classes = old_classes if num_classes is None else num_classes
+  replace_head = num_classes != old_classes
+  options = {"image_size": tuple(image_size)} if fam == "vit" else {}
+  model = models_lib.create(name, num_classes, **options)
+  target = jax.eval_shape(lambda: models_lib.init(
+      model, jax.random.PRNGKey(0), image_size, in_channels))
+  flat_target = flax.traverse_util.flatten_dict(
+      flax.core.unfreeze(target), sep="/")
+
+  out: dict[str, np.ndarray] = {}
+  unused = []
+  for key, value in state.items():
+    module, _, leaf = key.rpartition(".")
+    module_name = _flax_name(module) if module else ""
+    if module_name == head and replace_head:
+      continue
+    placed = _place(module_name, leaf, value, flat_target)
+    if placed is None:
+      unused.append(key)
+      continue
+    path, array = placed
+    if path in out:
+      raise ConversionError(f"{key} maps onto {path} twice")
+    out[path] = array
+
+  if fam == "vit":
+    grid_old = int(round(np.sqrt(out["params/pos_embed"].shape[1] - 1)))
+    out["params/pos_embed"] = vit_lib.resample_pos_embed(
+        out["params/pos_embed"], (grid_old, grid_old),
+        vit_lib.grid_size(image_size))
+  kernel = f"params/{stem}/kernel"
+  if in_channels != out[kernel].shape[2]:
+    if in_channels != 1:
+      raise ConversionError(f"can fold the stem to 1 channel, not "
+                            f"{in_channels}")
+    out[kernel] = out[kernel].sum(axis=2, keepdims=True)
+  if replace_head:
+    out[f"params/{head}/kernel"] = np.zeros(
+        flat_target[f"params/{head}/kernel"].shape, np.float32)
+    out[f"params/{head}/bias"] = np.full((num_classes,), head_bias_init,
+                                         np.float32)
+
+  missing = sorted(set(flat_target) - set(out))
+  wrong = sorted(f"{p}: checkpoint {out[p].shape} vs model "
+                 f"{flat_target[p].shape}" for p in out
+                 if p in flat_target and out[p].shape != flat_target[p].shape)
+  if missing or unused or wrong:
+    raise ConversionError(
+        f"state dict does not fit {name}: "
+        + (f"model leaves not in checkpoint {missing[:8]}"
+           f"{' ...' if len(missing) > 8 else ''}; " if missing else "")
+        + (f"checkpoint tensors with no place {unused[:8]}"
+           f"{' ...' if len(unused) > 8 else ''}; " if unused else "")
+        + (f"shape mismatches {wrong[:8]}" if wrong else ""))
+  return flax.traverse_util.unflatten_dict(
+      {k: np.asarray(v, np.float32) for k, v in out.items()}, sep="/")
+
+
+def _rename(state: dict, rules) -> dict:
+  out = {}
+  for key, value in state.items():
+    for pattern, repl in rules:
+      key = re.sub(pattern, repl, key)
+    out[key] = value
+  return out
+
+
+def _place(module: str, leaf: str, value: np.ndarray, target: dict):
+  """(flax path, array in Flax layout) for one tensor, or None."""
+  if not module:  # A bare parameter (cls_token, pos_embed).
+    path = f"params/{leaf}"
+    return (path, value) if path in target else None
+  params = f"params/{module}"
+  if f"{params}/kernel" in target:  # Conv or dense.
+    if leaf == "weight":
+      kernel = (value.transpose(2, 3, 1, 0) if value.ndim == 4
+                else value.T)
+      return f"{params}/kernel", kernel
+    if leaf == "bias":
+      return f"{params}/bias", value
+    return None
+  if f"{params}/scale" in target:  # Batch or layer norm.
+    names = {"weight": f"{params}/scale", "bias": f"{params}/bias",
+             "running_mean": f"batch_stats/{module}/mean",
+             "running_var": f"batch_stats/{module}/var"}
+    return (names[leaf], value) if leaf in names else None
+  return None
