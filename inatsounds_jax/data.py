@@ -7,6 +7,9 @@ prepares it on first use.
 
 from __future__ import annotations
 
+import json
+import os
+
 import tensorflow_datasets as tfds
 
 
@@ -61,3 +64,12 @@ def prepare(config: str = "synthetic", data_dir: str | None = None,
   b.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return b
+
+
+def label_counts(builder: tfds.core.DatasetBuilder) -> dict | None:
+  """Examples per label and split, as counted at build time (None if not)."""
+  path = os.path.join(os.fspath(builder.data_path), "label_counts.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)

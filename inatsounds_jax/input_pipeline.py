@@ -115,38 +115,57 @@ def _features(example) -> dict:
 
 def train_dataset(builder: tfds.core.DatasetBuilder, split: str,
                   global_batch_size: int, config: WindowConfig = WindowConfig(),
-                  seed: int = 0, shuffle_buffer: int = 2048,
+                  seed: int = 0, start_step: int = 0, num_epochs: int = 1,
+                  shuffle_buffer: int = 2048,
                   process_index: int | None = None,
                   process_count: int | None = None) -> tf.data.Dataset:
-  """Endless batches of `{waveform int16 [B, S], label, recording_id, ...}`.
+  """Batches of `{waveform int16 [B, S], label, recording_id, ...}`.
 
-  B is this process's share of `global_batch_size`. Deterministic for a
-  seed: element i of the stream gets crop seed (seed, i).
+  B is this process's share of `global_batch_size`. The stream is a pure
+  function of `seed`: epoch e reads the files in an order seeded by
+  (seed, e), and element i gets crop seed (seed, i). `start_step` resumes it
+  exactly where a run at that step was: only the current epoch is re-read,
+  and skipped records are not decoded. Set `num_epochs` to the run's length:
+  epochs after it repeat one reshuffled dataset, which resumes exactly only
+  from its start.
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if global_batch_size % process_count:
     raise ValueError(f"global batch {global_batch_size} is not divisible by "
                      f"{process_count} processes")
+  local_batch = global_batch_size // process_count
   split = tfds.even_splits(split, n=process_count,
                            drop_remainder=True)[process_index]
-  ds = builder.as_dataset(
-      split=split, shuffle_files=True,
-      read_config=tfds.ReadConfig(shuffle_seed=seed, skip_prefetch=True))
-  ds = ds.repeat().shuffle(shuffle_buffer, seed=seed,
-                           reshuffle_each_iteration=True)
+  epoch_size = builder.info.splits[split].num_examples
+  start = start_step * local_batch
+  first_epoch, offset = divmod(start, epoch_size)
+
+  def epoch(e: int) -> tf.data.Dataset:
+    epoch_seed = seed * 100_003 + e
+    ds = builder.as_dataset(
+        split=split, shuffle_files=True,
+        decoders={"audio": tfds.decode.SkipDecoding()},
+        read_config=tfds.ReadConfig(shuffle_seed=epoch_seed,
+                                    skip_prefetch=True))
+    return ds.shuffle(shuffle_buffer, seed=epoch_seed)
+
+  ds = epoch(first_epoch).skip(offset)
+  for e in range(first_epoch + 1, max(num_epochs, first_epoch + 1)):
+    ds = ds.concatenate(epoch(e))
+  ds = ds.concatenate(epoch(num_epochs).repeat())
+  audio_feature = builder.info.features["audio"]
 
   def crop(index, example):
-    start, left = train_layout(tf.shape(example["audio"])[0],
-                               tf.stack([tf.cast(seed, tf.int64), index]),
-                               config)
-    window = cut_windows(example["audio"], start, left, config)[0]
+    audio = audio_feature.decode_example(example["audio"])
+    start_frame, left = train_layout(
+        tf.shape(audio)[0], tf.stack([tf.cast(seed, tf.int64), index]), config)
+    window = cut_windows(audio, start_frame, left, config)[0]
     return dict(_features(example), waveform=window)
 
-  ds = ds.enumerate().map(crop, num_parallel_calls=tf.data.AUTOTUNE,
-                          deterministic=True)
-  return ds.batch(global_batch_size // process_count,
-                  drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  ds = ds.enumerate(start).map(crop, num_parallel_calls=tf.data.AUTOTUNE,
+                               deterministic=True)
+  return ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_dataset(builder: tfds.core.DatasetBuilder, split: str,

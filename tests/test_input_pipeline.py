@@ -153,3 +153,21 @@ def test_batches_are_laid_out_over_the_device_mesh(small_dataset):
   for shard in wave.addressable_shards:
     assert shard.data.shape == (2, W)
     np.testing.assert_array_equal(shard.data, local["waveform"][shard.index])
+
+
+def test_train_stream_resumes_exactly_at_a_step(small_dataset):
+  def batches(start_step, n):
+    ds = ip.train_dataset(small_dataset, "train", 4, CONFIG, seed=5,
+                          start_step=start_step, num_epochs=3,
+                          shuffle_buffer=8, process_index=0, process_count=1)
+    return _all(ds.take(n))
+  epoch_steps = small_dataset.info.splits["train"].num_examples // 4
+  whole = batches(0, 2 * epoch_steps + 3)
+  for start in (1, epoch_steps - 1, epoch_steps + 2):  # Across epochs too.
+    resumed = batches(start, 3)
+    for a, b in zip(whole[start:start + 3], resumed):
+      np.testing.assert_array_equal(a["waveform"], b["waveform"])
+      np.testing.assert_array_equal(a["recording_id"], b["recording_id"])
+  # Each epoch visits every file once.
+  first = np.concatenate([b["recording_id"] for b in whole[:epoch_steps]])
+  assert len(set(first.tolist())) == len(first)

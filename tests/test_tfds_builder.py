@@ -202,3 +202,15 @@ def test_tfds_command_line(small_corpus, tmp_path):
   built = tfds.builder_from_directory(
       str(tmp_path / "inat_sounds" / "full" / "1.0.0"))
   assert built.info.splits["train"].num_examples > 0
+
+
+def test_label_counts_and_true_ranges_next_to_records(small_dataset):
+  counts = data.label_counts(small_dataset)
+  for split, info in small_dataset.info.splits.items():
+    assert sum(counts[split]) == info.num_examples
+  labels = [int(ex["label"]) for ex in
+            tfds.as_numpy(small_dataset.as_dataset(split="train"))]
+  assert counts["train"] == np.bincount(
+      labels, minlength=len(counts["train"])).tolist()
+  assert os.path.exists(os.path.join(small_dataset.data_dir,
+                                     "species_ranges.json"))

@@ -19,8 +19,10 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import json
 import math
 import os
+import shutil
 import sys
 
 from absl import logging
@@ -33,6 +35,9 @@ from inatsounds_jax import release
 from inatsounds_jax import synthetic
 
 REPORT_NAME = "build_report.tsv"
+LABEL_COUNTS_NAME = "label_counts.json"
+# Files of the synthetic corpus copied next to the records (true ranges).
+_SIDE_FILES = ("species_ranges.json",)
 _SPLIT_FOLDERS = {"train": "train", "validation": "val", "test": "test"}
 
 
@@ -84,6 +89,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     if strict is None else strict)
     self._use_beam = False
     self._problems = None
+    self._label_counts = None
+    self._source_dir = None
 
   def _info(self) -> tfds.core.DatasetInfo:
     text = tfds.features.Text()
@@ -150,7 +157,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     return out
 
   def _split_generators(self, dl_manager):
-    sources = release.find_split_sources(self._release_dir(dl_manager))
+    self._source_dir = self._release_dir(dl_manager)
+    sources = release.find_split_sources(self._source_dir)
     annotations = {
         split: release.parse_annotations(
             release.load_json(src.annotation_path), split,
@@ -172,6 +180,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     self.info.features["label"].names = [
         categories[c].name for c in sorted(categories)]
     self._problems = []
+    self._label_counts = {split: [0] * len(categories) for split in sources}
     return {split: self._generate_examples(sources[split], annotations[split])
             for split in sources}
 
@@ -206,6 +215,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       if isinstance(result, release.Problem):
         self._report(result)
       else:
+        self._label_counts[source.split][result[1]["label"]] += 1
         yield result
 
   def _beam_examples(self, source, items):
@@ -235,6 +245,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       writer.writerow(["split", "file", "reason"])
       for p in self._problems:
         writer.writerow([p.split, p.file, p.reason])
+    if not self._use_beam:  # Beam workers do not report back counts.
+      with open(os.path.join(self.data_path, LABEL_COUNTS_NAME), "w") as f:
+        json.dump(self._label_counts, f)
+    for name in _SIDE_FILES:
+      if os.path.exists(os.path.join(self._source_dir, name)):
+        shutil.copy(os.path.join(self._source_dir, name), self.data_path)
 
   def download_and_prepare(self, *args, **kwargs):
     self._problems = None
