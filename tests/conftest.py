@@ -7,6 +7,15 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# torchvision imports Triton's native library, which segfaults when it loads
+# after TensorFlow's and XLA's; loaded first, all coexist. Only the model
+# parity tests use torch, and they skip when it is absent.
+try:
+  import timm  # pylint: disable=g-import-not-at-top,unused-import
+  import torchvision  # pylint: disable=g-import-not-at-top,unused-import
+except ImportError:
+  pass
+
 import pytest  # pylint: disable=g-import-not-at-top
 
 from inatsounds_jax import data  # pylint: disable=g-import-not-at-top
