@@ -47,7 +47,7 @@ def _best_time(fn, repeats: int) -> float:
 def _dense_bare_fft(x):
   """|rfft| of the windowed frames, [n, bins, frames] like the image."""
   frames = frontend.frames(x, CFG)
-  window = 0.5 - 0.5 * jnp.cos(2 * jnp.pi * jnp.arange(512) / 512)
+  window = frontend.periodic_hann(CFG.window_length).astype(np.float32)
   spectrum = jnp.abs(jnp.fft.rfft(frames * window, n=CFG.fft_length))
   return jnp.swapaxes(spectrum, -1, -2)
 

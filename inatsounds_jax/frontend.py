@@ -144,7 +144,7 @@ def frames(waveform: jax.Array, config: FrontendConfig) -> jax.Array:
       axis=-1)
 
 
-def _periodic_hann(n: int) -> np.ndarray:
+def periodic_hann(n: int) -> np.ndarray:
   return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)
 
 
@@ -193,7 +193,7 @@ def _mel_image(waveform: jax.Array, config: FrontendConfig) -> jax.Array:
 
 def _dense_mel_image(waveform: jax.Array, config: FrontendConfig
                      ) -> jax.Array:
-  window = _periodic_hann(config.window_length)
+  window = periodic_hann(config.window_length)
   x = frames(waveform.astype(jnp.float32) * config.waveform_scale, config)
   # The 512-sample window sits at the start of each 1024-point FFT frame.
   spectrum = jnp.fft.rfft(x * window.astype(np.float32), n=config.fft_length)

@@ -279,9 +279,6 @@ class SplitSource:
   audio_dir: str | None = None  # Folder with `<category dir>/<file>`.
   archive_path: str | None = None
 
-  def describe(self) -> str:
-    return f"{self.annotation_path} + {self.audio_dir or self.archive_path}"
-
 
 def find_split_sources(manual_dir: str) -> dict[str, SplitSource]:
   """Finds each split's annotations and recordings under `manual_dir`.
