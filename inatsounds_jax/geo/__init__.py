@@ -1,0 +1,1 @@
+"""Geographic priors: which species can occur where."""

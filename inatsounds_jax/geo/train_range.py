@@ -1,0 +1,104 @@
+"""The range-model job: `python -m inatsounds_jax.main --config=configs/sinr.py`.
+
+Reads observations (the dataset's train split, or a CSV), trains SINR, saves
+it to `WORKDIR/range_model`, draws range maps and writes
+`range_results.json`: the training summary and, when the true ranges are
+known (the synthetic corpus), the range quality against them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import logging
+from clu import metric_writers
+import numpy as np
+
+from inatsounds_jax import data
+from inatsounds_jax.geo import range_model as range_lib
+
+QUALITY_POINTS = 20_000  # Evenly over the sphere, ~160 km apart.
+
+
+def _observations(config):
+  """(observations, builder or None)."""
+  if config.get("observations_csv"):
+    return range_lib.observations_from_csv(config.observations_csv), None
+  builder = data.prepare(config.dataset, data_dir=config.data_dir or None,
+                         manual_dir=config.get("manual_dir") or None,
+                         **dict(config.get("dataset_options", {})))
+  return range_lib.observations_from_tfds(builder, "train"), builder
+
+
+def _true_ranges_path(builder):
+  if builder is None:
+    return None
+  path = os.path.join(os.fspath(builder.data_path), "species_ranges.json")
+  return path if os.path.exists(path) else None
+
+
+def evaluate(config, workdir: str, model: range_lib.RangeModel,
+             observations: range_lib.Observations, builder) -> dict:
+  """Quality against the true ranges (if known), maps, `range_results.json`."""
+  counts = np.bincount(observations.located().species,
+                       minlength=len(observations.species_names))
+  results = {"num_species": len(model.species_names),
+             "num_observations": int(len(observations.species)),
+             "num_located": int(counts.sum())}
+  truth_path = _true_ranges_path(builder)
+  if truth_path:
+    lat, lon = range_lib.sphere_points(QUALITY_POINTS)
+    truth = range_lib.true_ranges(truth_path, model.species_names, lat, lon)
+    results["quality"] = range_lib.quality(model.presence(lat, lon), truth,
+                                           config.threshold)
+    logging.info("Range quality against the true ranges: %s",
+                 results["quality"])
+  if config.get("map_species"):
+    species = [s.strip() for s in config.map_species.split(",")]
+  else:
+    species = [model.species_names[i]
+               for i in np.argsort(-counts, kind="stable")[:6]]
+  results["maps"] = range_lib.plot_range_maps(
+      model.presence, model.species_names, species,
+      os.path.join(workdir, "range_maps.png"))
+  with open(os.path.join(workdir, "range_results.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  return results
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  os.makedirs(workdir, exist_ok=True)
+  observations, builder = _observations(config)
+  writer = metric_writers.create_default_writer(workdir)
+
+  def log(epoch, loss):
+    writer.write_scalars(epoch, {"range/loss": loss})
+
+  model = range_lib.train(
+      observations, epochs=config.epochs, batch_size=config.batch_size,
+      learning_rate=config.learning_rate,
+      lr_decay_per_epoch=config.lr_decay_per_epoch, width=config.width,
+      depth=config.depth, dropout=config.dropout,
+      pos_weight=config.pos_weight, seed=config.seed, log=log)
+  model.save(os.path.join(workdir, "range_model"))
+  writer.flush()
+  return evaluate(config, workdir, model, observations, builder)
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict:
+  observations, builder = _observations(config)
+  return evaluate(config, workdir, range_lib.load(workdir), observations,
+                  builder)
+
+
+def format_results(results: dict) -> str:
+  lines = [f"range model: {results['num_species']} species from "
+           f"{results['num_located']} located observations"]
+  if "quality" in results:
+    q = results["quality"]
+    lines.append(f"against the true ranges: mAP {q['map']:.3f}, true range "
+                 f"kept {q['kept']:.3f}, outside masked "
+                 f"{q['masked_outside']:.3f}")
+  lines.append(f"maps: {results['maps']}")
+  return "\n".join(lines)
