@@ -4,7 +4,8 @@ Names: resnet18, resnet34, resnet50, resnet101, mobilenet_v3_large,
 mobilenet_v3_small, vit_ti16, vit_s16, vit_b16, vit_l16. Inputs are NHWC
 images; outputs float32 logits. Options: `dtype` (e.g. jnp.bfloat16 compute,
 float32 parameters), `dropout`, `drop_path`, `head_bias_init` (log(1/C) for
-BCE heads), and for ViTs `image_size` (e.g. (128, 512)).
+BCE heads), `bn_momentum` (CNNs; flax convention), and for ViTs
+`image_size` (e.g. (128, 512)).
 """
 
 from __future__ import annotations

@@ -51,10 +51,13 @@ class MobileNetV3(nn.Module):
   dropout: float = 0.2
   drop_path: float = 0.0
   head_bias_init: float = 0.0
+  # Flax convention (1 - torch's); torchvision's default. Lower it for short
+  # runs, whose running statistics would otherwise lag.
+  bn_momentum: float = 0.99
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    L = layers_lib.Layers(self.dtype, train, 0.99, 1e-3)  # pylint: disable=invalid-name
+    L = layers_lib.Layers(self.dtype, train, self.bn_momentum, 1e-3)  # pylint: disable=invalid-name
     x = jax.nn.hard_swish(L.bn("features_0_1")(
         L.conv("features_0_0", 16, 3, 2)(x)))
     blocks = BLOCKS[self.variant]

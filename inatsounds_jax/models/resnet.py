@@ -31,11 +31,14 @@ class ResNet(nn.Module):
   dropout: float = 0.0  # Before the head (torchvision has none).
   drop_path: float = 0.0  # Max stochastic-depth rate, linear over blocks.
   head_bias_init: float = 0.0
+  # Flax convention (1 - torch's); torchvision's default. Lower it for short
+  # runs, whose running statistics would otherwise lag.
+  bn_momentum: float = 0.9
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     block, depths = STAGES[self.variant]
-    L = layers_lib.Layers(self.dtype, train, 0.9, 1e-5)  # pylint: disable=invalid-name
+    L = layers_lib.Layers(self.dtype, train, self.bn_momentum, 1e-5)  # pylint: disable=invalid-name
     x = nn.relu(L.bn("bn1")(L.conv("conv1", 64, 7, 2)(x)))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     expansion = 1 if block == "basic" else 4

@@ -1,0 +1,72 @@
+"""Defaults shared by the classifier configs in `configs/` (REFERENCE s.3).
+
+The recipe configs start from `classifier()` (the paper's ResNet recipe) and
+change what their model needs; `tiny()` shrinks any of them to a CPU-sized
+smoke run. In the package, not in `configs/`, so that a config file imports
+it from any working directory.
+"""
+
+import ml_collections
+
+
+def classifier() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # Data.
+  c.dataset = "full"  # "full" (the release) or "synthetic".
+  c.data_dir = ""  # TFDS data dir; "" = TFDS's default.
+  c.manual_dir = ""  # The release's archives or folders (config "full").
+  # Fields of the builder config, e.g. num_species for "synthetic".
+  c.dataset_options = ml_collections.ConfigDict()
+  c.frontend_preset = "inatsounds"
+  c.window_frames = 512
+  c.eval_stride_frames = 256
+  c.shuffle_buffer = 2048
+  # Model.
+  c.model = "resnet50"
+  c.model_options = ml_collections.ConfigDict()  # dropout, drop_path, ...
+  c.image = ml_collections.ConfigDict({"size": (224, 224), "channels": 3})
+  c.dtype = "float32"  # or "bfloat16" compute.
+  c.init_checkpoint = ""  # torchvision/timm .pth or .safetensors.
+  # Augmentation (SpecAugment on; mixup off).
+  c.augment = ml_collections.ConfigDict({
+      "freq_mask_max_width": 14, "time_mask_max_width": 14,
+      "num_freq_masks": 1, "num_time_masks": 1,
+      "mixup": False, "mixup_alpha": 1.0})
+  # Loss and optimisation.
+  c.loss = "softmax_ce"  # or "assume_negative_bce".
+  c.optimizer = "sgd"  # sgd (Nesterov), adam, adamw.
+  c.learning_rate = 0.05
+  c.momentum = 0.9
+  c.nesterov = True
+  c.weight_decay = 1e-5
+  c.grad_clip_norm = 100.0
+  c.batch_size = 128
+  c.num_epochs = 50.0
+  c.warmup_epochs = 5.0
+  c.warmup_init_factor = 0.1
+  c.final_lr_factor = 0.1
+  c.ema_decay = 0.0  # e.g. 0.999 to evaluate an EMA of the parameters.
+  c.shard_params = False  # FSDP-style sharding of parameters and optimizer.
+  c.distributed = False  # jax.distributed.initialize() for multi-host.
+  # Evaluation and bookkeeping.
+  c.eval_batch_size = 128
+  c.eval_every_epochs = 1.0
+  # "": none; "synthetic_truth": the synthetic corpus's true ranges; or the
+  # workdir of a trained range model (configs/sinr.py).
+  c.geo_prior = ""
+  c.geo_threshold = 0.1
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.seed = 0
+  return c
+
+
+def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks any recipe to run a few steps on CPU on a small synthetic set."""
+  c.update(dataset="synthetic", init_checkpoint="", batch_size=8,
+           eval_batch_size=16, num_epochs=1.0, warmup_epochs=0.0,
+           log_every_steps=1, checkpoint_every_steps=2, shuffle_buffer=64)
+  c.dataset_options = {"num_species": 6, "num_recordings": 36}
+  c.image.size = (64, 64)
+  return c

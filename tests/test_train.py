@@ -1,0 +1,189 @@
+"""The training loop end to end on a tiny synthetic set (CPU, 8 fake devices).
+
+These runs take tens of seconds each, so they are marked slow.
+"""
+
+import importlib
+import importlib.util
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from inatsounds_jax import config_defaults
+from inatsounds_jax import evaluate
+from inatsounds_jax import losses
+from inatsounds_jax import main
+from inatsounds_jax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.py"))
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds_train"))
+
+
+def load_config(name, *args):
+  spec = importlib.util.spec_from_file_location(
+      name, REPO / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*args)
+
+
+def tiny_config(data_dir, **overrides):
+  c = config_defaults.tiny(config_defaults.classifier())
+  c.model = "resnet18"
+  c.image.size = (32, 64)
+  c.image.channels = 1
+  c.optimizer = "adam"
+  c.learning_rate = 1e-3
+  c.data_dir = data_dir
+  c.update(overrides)
+  return c
+
+
+def final_params(workdir):
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  restored = manager.restore(manager.latest_step())
+  return manager.latest_step(), restored["params"]
+
+
+def checkpoint_started(directory, step):
+  return directory.exists() and any(
+      p.name.split(".")[0] == str(step) for p in directory.iterdir())
+
+
+def assert_trees_close(a, b, **tolerances):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **tolerances),
+               a, b)
+
+
+def test_tiny_run_trains_evaluates_and_writes_results(data_dir, tmp_path):
+  c = tiny_config(data_dir, geo_prior="synthetic_truth", num_epochs=2.0)
+  results = train.train_and_evaluate(c, str(tmp_path))
+  with open(tmp_path / "eval_results.json") as f:
+    saved = json.load(f)
+  assert saved["step"] >= 1
+  for split in ("validation", "test"):
+    for pooling in ("mean", "max"):
+      for view in ("no_prior", "prior"):
+        m = saved["splits"][split][pooling][view]
+        assert 0.0 <= m["top1"] <= m["top5"] <= 1.0
+        assert m["num_files"] > 0
+    assert results[split]["mean"]["no_prior"]["top1"] == (
+        saved["splits"][split]["mean"]["no_prior"]["top1"])
+    for plot in ("long_tail", "confusions"):
+      assert (tmp_path / f"{split}_{plot}.png").stat().st_size > 1000
+  assert list((tmp_path).glob("events.out.tfevents.*"))
+  # --mode=eval on the same workdir reproduces the final numbers.
+  again = train.evaluate_checkpoint(c, str(tmp_path))
+  assert (evaluate.summary_for_json(again) ==
+          evaluate.summary_for_json(results))
+
+
+def test_one_device_and_eight_devices_agree(data_dir, tmp_path):
+  # SGD: Adam's m / sqrt(v) would magnify float noise in near-zero gradients.
+  c = tiny_config(data_dir, num_epochs=2.0, optimizer="sgd",
+                  learning_rate=0.01)
+  train.train_and_evaluate(c, str(tmp_path / "one"), devices=jax.devices()[:1])
+  train.train_and_evaluate(c, str(tmp_path / "eight"), devices=jax.devices())
+  step_one, one = final_params(str(tmp_path / "one"))
+  step_eight, eight = final_params(str(tmp_path / "eight"))
+  assert step_one == step_eight > 1
+  assert_trees_close(one, eight, rtol=2e-4, atol=2e-5)
+
+
+def test_parameter_sharding_matches_replicated(data_dir, tmp_path):
+  c = tiny_config(data_dir, model="vit_ti16", num_epochs=1.0,
+                  optimizer="sgd", learning_rate=0.01)
+  train.train_and_evaluate(c, str(tmp_path / "replicated"))
+  c.shard_params = True
+  train.train_and_evaluate(c, str(tmp_path / "sharded"))
+  assert_trees_close(final_params(str(tmp_path / "replicated"))[1],
+                     final_params(str(tmp_path / "sharded"))[1],
+                     rtol=2e-4, atol=2e-5)
+
+
+def test_killed_run_resumes_to_the_same_parameters(data_dir, tmp_path):
+  overrides = dict(num_epochs=4.0, checkpoint_every_steps=1)
+  c = tiny_config(data_dir, **overrides)
+  train.train_and_evaluate(c, str(tmp_path / "straight"))
+  total, straight = final_params(str(tmp_path / "straight"))
+  assert total >= 6
+
+  killed = tmp_path / "killed"
+  args = [sys.executable, "-m", "inatsounds_jax.main",
+          f"--config={REPO / 'configs' / 'resnet50.py'}:tiny",
+          f"--workdir={killed}", f"--config.data_dir={data_dir}",
+          "--config.model=resnet18", "--config.image.size=(32, 64)",
+          "--config.image.channels=1", "--config.optimizer=adam",
+          "--config.learning_rate=0.001", "--config.num_epochs=4.0",
+          "--config.checkpoint_every_steps=1"]
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  # SIGKILL once step 3 is being written (or is done).
+  deadline = time.time() + 300
+  while not checkpoint_started(killed / "checkpoints", 3):
+    assert proc.poll() is None, "the run ended before it could be killed"
+    assert time.time() < deadline, "no checkpoint appeared"
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  # A half-written step must never be picked up on resume.
+  (killed / "checkpoints" / f"{total + 5}.orbax-checkpoint-tmp-0").mkdir()
+  resumed = subprocess.run(args, env=env, cwd=REPO, capture_output=True,
+                           text=True)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "Resumed from step" in resumed.stderr
+  step, params = final_params(str(killed))
+  assert step == total
+  assert_trees_close(straight, params, rtol=1e-5, atol=1e-6)
+
+
+def _nan_from_second_step(logits, targets, batch, state):
+  # The state counts finite steps: a stateful loss, as the loop allows.
+  value, _ = losses.get("softmax_ce")(logits, targets, batch, ())
+  return jax.numpy.where(state >= 1, jax.numpy.nan, value), state + 1
+
+
+def test_non_finite_loss_stops_with_a_clear_message(data_dir, tmp_path,
+                                                    monkeypatch):
+  monkeypatch.setitem(losses.REGISTRY, "nan_from_second_step", losses.Loss(
+      _nan_from_second_step, init=lambda num_classes: jax.numpy.zeros(())))
+  c = tiny_config(data_dir, loss="nan_from_second_step", num_epochs=2.0,
+                  checkpoint_every_steps=1)
+  with pytest.raises(train.NonFiniteLossError,
+                     match="loss became nan at step 2"):
+    train.train_and_evaluate(c, str(tmp_path))
+  step, params = final_params(str(tmp_path))
+  assert step == 1
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_shipped_config_runs_a_step(name, data_dir, tmp_path):
+  if name == "quickstart":
+    c = load_config(name)
+    c.dataset_options = {"num_species": 6, "num_recordings": 36}
+  else:
+    c = load_config(name, "tiny")
+  c.data_dir = data_dir
+  job = importlib.import_module(main.JOBS[c.get("job", "classifier")])
+  if job is train:
+    c.num_epochs = 0.5  # One step.
+    c.eval_every_epochs = 0.5
+  results = job.train_and_evaluate(c, str(tmp_path))
+  assert job.format_results(results)
