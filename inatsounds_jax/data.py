@@ -73,3 +73,15 @@ def label_counts(builder: tfds.core.DatasetBuilder) -> dict | None:
     return None
   with open(path) as f:
     return json.load(f)
+
+
+def class_table(builder: tfds.core.DatasetBuilder) -> list[dict] | None:
+  """Per label: species, common_name, supercategory, category_id, taxonomy.
+
+  None for records built before the table was written.
+  """
+  path = os.path.join(os.fspath(builder.data_path), "classes.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)

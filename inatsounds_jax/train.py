@@ -259,7 +259,9 @@ def run_evaluation(config, workdir, model, state, builder, mesh, splits,
                    write_plots: bool, known: dict | None = None) -> dict:
   """Evaluates `splits` (except those in `known`, results of this state)."""
   prior = load_prior(config, builder)
-  supercategories = config.get("class_groups")
+  classes = data.class_table(builder)
+  supercategories = (None if classes is None else
+                     [row["supercategory"] for row in classes])
   data_sharding = jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec("data"))
   predict = evaluate.make_predict_fn(

@@ -204,7 +204,14 @@ def test_tfds_command_line(small_corpus, tmp_path):
   assert built.info.splits["train"].num_examples > 0
 
 
-def test_label_counts_and_true_ranges_next_to_records(small_dataset):
+def test_label_counts_classes_and_true_ranges_next_to_records(small_dataset):
+  classes = data.class_table(small_dataset)
+  assert [row["species"] for row in classes] == (
+      small_dataset.info.features["label"].names)
+  for ex in tfds.as_numpy(small_dataset.as_dataset(split="validation")):
+    row = classes[int(ex["label"])]
+    assert row["supercategory"] == ex["supercategory"].decode()
+    assert row["common_name"] == ex["common_name"].decode()
   counts = data.label_counts(small_dataset)
   for split, info in small_dataset.info.splits.items():
     assert sum(counts[split]) == info.num_examples

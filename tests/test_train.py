@@ -82,6 +82,8 @@ def test_tiny_run_trains_evaluates_and_writes_results(data_dir, tmp_path):
         m = saved["splits"][split][pooling][view]
         assert 0.0 <= m["top1"] <= m["top5"] <= 1.0
         assert m["num_files"] > 0
+        assert sum(g["num_classes"] for g in m["groups"].values()) == (
+            m["num_classes"])
     assert results[split]["mean"]["no_prior"]["top1"] == (
         saved["splits"][split]["mean"]["no_prior"]["top1"])
     for plot in ("long_tail", "confusions"):
@@ -93,30 +95,37 @@ def test_tiny_run_trains_evaluates_and_writes_results(data_dir, tmp_path):
           evaluate.summary_for_json(results))
 
 
-def _one_and_eight_devices(data_dir, tmp_path, num_epochs):
+def _one_and_eight_devices(data_dir, tmp_path, **overrides):
   # SGD: Adam's m / sqrt(v) would magnify float noise in near-zero gradients.
   # The unquantised frontend: float noise between partitionings can flip the
   # rounding of a pixel in the paper's 8-bit image, a real input change.
-  c = tiny_config(data_dir, num_epochs=num_epochs, optimizer="sgd",
-                  learning_rate=0.01, frontend_preset="inatsounds_float")
+  c = tiny_config(data_dir, optimizer="sgd", learning_rate=0.01,
+                  frontend_preset="inatsounds_float", **overrides)
   train.train_and_evaluate(c, str(tmp_path / "one"), devices=jax.devices()[:1])
   train.train_and_evaluate(c, str(tmp_path / "eight"), devices=jax.devices())
   step_one, one = final_params(str(tmp_path / "one"))
   step_eight, eight = final_params(str(tmp_path / "eight"))
   assert step_one == step_eight
+  return step_one, one, eight
+
+
+def test_one_device_and_eight_devices_agree_on_a_batch_norm_step(data_dir,
+                                                                 tmp_path):
+  # Batch statistics over the global batch, all-reduced across devices.
+  # Only one step: a ResNet on 32x64 images (BatchNorm over 1x2 maps of 8
+  # examples) is chaotic; a 1e-6 perturbation of its initial parameters on
+  # ONE device moves parameters by 5% within two steps, so no partitioning
+  # could agree further than that.
+  _, one, eight = _one_and_eight_devices(data_dir, tmp_path, num_epochs=0.5)
   assert_trees_close(one, eight, rtol=2e-4, atol=2e-5)
 
 
-def test_one_device_and_eight_devices_agree_on_a_step(data_dir, tmp_path):
-  _one_and_eight_devices(data_dir, tmp_path, num_epochs=0.5)
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "open: from the second step on, 1- and 8-device runs diverge (params "
-    "2e-3 apart at step 2) although one step agrees to 2e-6; see the issue"))
-def test_one_device_and_eight_devices_agree_over_several_steps(data_dir,
-                                                               tmp_path):
-  _one_and_eight_devices(data_dir, tmp_path, num_epochs=2.0)
+def test_one_device_and_eight_devices_agree_over_an_epoch(data_dir, tmp_path):
+  # A model without BatchNorm stays well conditioned over many steps.
+  steps, one, eight = _one_and_eight_devices(
+      data_dir, tmp_path, num_epochs=2.0, model="vit_ti16")
+  assert steps >= 4
+  assert_trees_close(one, eight, rtol=2e-4, atol=2e-5)
 
 
 def test_parameter_sharding_matches_replicated(data_dir, tmp_path):

@@ -36,6 +36,8 @@ from inatsounds_jax import synthetic
 
 REPORT_NAME = "build_report.tsv"
 LABEL_COUNTS_NAME = "label_counts.json"
+# Per label: species, common name, supercategory, taxonomy, category id.
+CLASSES_NAME = "classes.json"
 # Files of the synthetic corpus copied next to the records (true ranges).
 _SIDE_FILES = ("species_ranges.json",)
 _SPLIT_FOLDERS = {"train": "train", "validation": "val", "test": "test"}
@@ -245,6 +247,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       writer.writerow(["split", "file", "reason"])
       for p in self._problems:
         writer.writerow([p.split, p.file, p.reason])
+    with open(os.path.join(self.data_path, CLASSES_NAME), "w") as f:
+      json.dump(class_table(self._categories, self._label_of), f, indent=0)
     if not self._use_beam:  # Beam workers do not report back counts.
       with open(os.path.join(self.data_path, LABEL_COUNTS_NAME), "w") as f:
         json.dump(self._label_counts, f)
@@ -259,6 +263,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       print(build_summary(self.info, self._problems,
                           os.path.join(self.data_dir, REPORT_NAME)),
             file=sys.stderr)
+
+
+def class_table(categories: dict, label_of: dict) -> list[dict]:
+  """One row per label, in label order."""
+  rows = [None] * len(label_of)
+  for cid, label in label_of.items():
+    cat = categories[cid]
+    rows[label] = {"label": label, "species": cat.name,
+                   "common_name": cat.common_name,
+                   "supercategory": cat.supercategory,
+                   "category_id": cid, "taxonomy": cat.taxonomy}
+  return rows
 
 
 def make_example(split: str, item: release.Item, data: bytes | None,
