@@ -18,6 +18,8 @@ range quality (AP against the truth):
 
 import ml_collections
 
+from inatsounds_jax import config_defaults
+
 
 def get_config(variant: str = ""):
   c = ml_collections.ConfigDict()
@@ -47,7 +49,7 @@ def get_config(variant: str = ""):
     c.learning_rate = 2e-3
   elif variant == "tiny":
     c.dataset = "synthetic"
-    c.dataset_options = {"num_species": 6, "num_recordings": 36}
+    c.dataset_options = dict(config_defaults.TINY_DATASET)
     c.epochs = 2
   elif variant:
     raise ValueError(f"unknown variant {variant!r}; use '', 'synthetic' or "

@@ -12,6 +12,8 @@ import os
 
 import tensorflow_datasets as tfds
 
+from inatsounds_jax import synthetic
+
 
 def _builder_module():
   # Imported lazily: it registers the dataset with TFDS on import.
@@ -85,3 +87,16 @@ def class_table(builder: tfds.core.DatasetBuilder) -> list[dict] | None:
     return None
   with open(path) as f:
     return json.load(f)
+
+
+def prepare_from_config(config) -> tfds.core.DatasetBuilder:
+  """`prepare(...)` from a job config's dataset fields."""
+  return prepare(config.dataset, data_dir=config.data_dir or None,
+                 manual_dir=config.get("manual_dir") or None,
+                 **dict(config.get("dataset_options", {})))
+
+
+def true_ranges_path(builder: tfds.core.DatasetBuilder) -> str | None:
+  """The synthetic corpus's true ranges next to its records, else None."""
+  path = os.path.join(os.fspath(builder.data_path), synthetic.RANGES_FILE)
+  return path if os.path.exists(path) else None

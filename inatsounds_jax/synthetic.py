@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gzip
-import io
 import json
 import math
 import multiprocessing
@@ -49,6 +48,7 @@ from inatsounds_jax import audio as audio_lib
 
 SR = audio_lib.SAMPLE_RATE
 COMPLETE_MARKER = ".synthetic_complete.json"
+RANGES_FILE = "species_ranges.json"  # True ranges; copied next to the records.
 SPLITS = (("train", "train", (2015, 2021)), ("val", "val", (2022, 2022)),
           ("test", "public_test", (2023, 2023)))
 # (supercategory, share of the release's species, phylum, class, orders,
@@ -613,7 +613,7 @@ def generate(out_dir: str, config: CorpusConfig = CorpusConfig(),
                    "file_name": spec["file_name"], "events": ev})
   with open(os.path.join(out_dir, "strong_labels.json"), "w") as f:
     json.dump(strong, f)
-  with open(os.path.join(out_dir, "species_ranges.json"), "w") as f:
+  with open(os.path.join(out_dir, RANGES_FILE), "w") as f:
     json.dump([{"category_id": t["id"], "name": t["name"],
                 "lookalike_of": t.get("lookalike_of"), "ranges": t["ranges"]}
                for t in species], f, indent=1)

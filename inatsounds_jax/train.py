@@ -32,6 +32,7 @@ from inatsounds_jax import frontend as frontend_lib
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import losses
 from inatsounds_jax import models
+from inatsounds_jax import synthetic
 from inatsounds_jax.geo import prior as prior_lib
 from inatsounds_jax.geo import range_model as range_lib
 from inatsounds_jax.models import classifier as classifier_lib
@@ -241,29 +242,24 @@ def load_prior(config, builder) -> prior_lib.GeoPrior | None:
   if not source:
     return None
   if source == "synthetic_truth":
-    path = os.path.join(os.fspath(builder.data_path), "species_ranges.json")
-    if not os.path.exists(path):
+    path = data.true_ranges_path(builder)
+    if path is None:
       raise FileNotFoundError(
-          f"{path} not found: 'synthetic_truth' needs a synthetic dataset")
+          f"no {synthetic.RANGES_FILE} in {builder.data_path}: "
+          "'synthetic_truth' needs a synthetic dataset")
     return prior_lib.from_range_circles(path, label_names(builder))
   return range_lib.load(source).prior(label_names(builder))
 
 
-def prepare_data(config):
-  return data.prepare(config.dataset, data_dir=config.data_dir or None,
-                      manual_dir=config.get("manual_dir") or None,
-                      **dict(config.get("dataset_options", {})))
+def run_evaluation(config, workdir, s: dict, state, splits, write_plots: bool,
+                   known: dict | None = None) -> dict:
+  """Evaluates `splits` (except those in `known`, results of this state).
 
-
-def run_evaluation(config, workdir, model, state, builder, mesh, splits,
-                   write_plots: bool, known: dict | None = None) -> dict:
-  """Evaluates `splits` (except those in `known`, results of this state)."""
-  prior = load_prior(config, builder)
-  classes = data.class_table(builder)
-  supercategories = (None if classes is None else
-                     [row["supercategory"] for row in classes])
+  `s` is `_setup(...)`'s mesh, model, builder, prior and class groups.
+  """
+  builder, model = s["builder"], s["model"]
   data_sharding = jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec("data"))
+      s["mesh"], jax.sharding.PartitionSpec("data"))
   predict = evaluate.make_predict_fn(
       lambda v, w: model.apply(v, w), state.variables(bool(config.ema_decay)),
       data_sharding)
@@ -274,8 +270,8 @@ def run_evaluation(config, workdir, model, state, builder, mesh, splits,
       continue
     results[split] = evaluate.evaluate_split(
         predict, builder, split, window_config(config), config.eval_batch_size,
-        prior=prior, threshold=config.get("geo_threshold", 0.1),
-        groups=supercategories)
+        prior=s["prior"], threshold=config.get("geo_threshold", 0.1),
+        groups=s["supercategories"])
   if jax.process_index() == 0:
     evaluate.write_results(workdir, int(state.step), results)
     if write_plots:
@@ -302,7 +298,7 @@ def _restore(manager, step, abstract, sharding):
 
 
 def _setup(config, workdir, devices=None):
-  """Mesh, prepared data, model, optimizer and the abstract state."""
+  """Mesh, prepared data, prior, model, optimizer and the abstract state."""
   if config.get("distributed") and not jax.distributed.is_initialized():
     jax.distributed.initialize()
   input_pipeline.hide_gpus_from_tensorflow()
@@ -312,7 +308,7 @@ def _setup(config, workdir, devices=None):
   if config.batch_size % len(devices):
     raise ValueError(f"batch_size {config.batch_size} must be divisible by "
                      f"the {len(devices)} devices")
-  builder = prepare_data(config)
+  builder = data.prepare_from_config(config)
   num_classes = len(label_names(builder))
   steps_per_epoch = max(
       1, builder.info.splits["train"].num_examples // config.batch_size)
@@ -324,9 +320,13 @@ def _setup(config, workdir, devices=None):
   rng = jax.random.PRNGKey(config.seed)
   abstract = jax.eval_shape(init, rng)
   sharding = state_sharding(abstract, mesh, config.get("shard_params", False))
+  classes = data.class_table(builder)
   return dict(mesh=mesh, builder=builder, steps_per_epoch=steps_per_epoch,
               model=model, schedule=schedule, tx=tx, init=init, rng=rng,
-              abstract=abstract, sharding=sharding)
+              abstract=abstract, sharding=sharding,
+              prior=load_prior(config, builder),
+              supercategories=(None if classes is None else
+                               [row["supercategory"] for row in classes]))
 
 
 def evaluate_checkpoint(config, workdir: str, which: str = "best",
@@ -339,8 +339,8 @@ def evaluate_checkpoint(config, workdir: str, which: str = "best",
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {workdir} to evaluate")
   state = _restore(manager, step, s["abstract"], s["sharding"])
-  return run_evaluation(config, workdir, s["model"], state, s["builder"],
-                        s["mesh"], ["validation", "test"], write_plots=True)
+  return run_evaluation(config, workdir, s, state, ["validation", "test"],
+                        write_plots=True)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -409,8 +409,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if step % config.checkpoint_every_steps == 0 or step == total_steps:
       latest.save(step, args=ocp.args.StandardSave(state))
     if step % eval_every == 0 or step == total_steps:
-      results = run_evaluation(config, workdir, model, state, builder, mesh,
-                               ["validation"], write_plots=False)
+      results = run_evaluation(config, workdir, s, state, ["validation"],
+                               write_plots=False)
       val = results["validation"]["mean"]["no_prior"]
       writer.write_scalars(step, {f"val/{k}": val[k]
                                   for k in ("top1", "top5", "map", "mf1")})
@@ -426,9 +426,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
            if best_step == int(state.step) and results else {})
   if best_step is not None and best_step != int(state.step):
     state = _restore(best, best_step, s["abstract"], sharding)
-  results = run_evaluation(config, workdir, model, state, builder, mesh,
-                           ["validation", "test"], write_plots=True,
-                           known=reuse)
+  results = run_evaluation(config, workdir, s, state, ["validation", "test"],
+                           write_plots=True, known=reuse)
   writer.flush()
   return results
 

@@ -25,7 +25,6 @@ import orbax.checkpoint as ocp
 
 from inatsounds_jax import metrics as metrics_lib
 from inatsounds_jax import plots
-from inatsounds_jax import synthetic
 from inatsounds_jax.geo import prior as prior_lib
 from inatsounds_jax.geo import sinr
 
@@ -278,13 +277,11 @@ def quality(presence: np.ndarray, truth: np.ndarray,
 def true_ranges(species_ranges_path: str, species_names: Sequence[str],
                 lat, lon) -> np.ndarray:
   """bool `[points, species]` from the synthetic `species_ranges.json`."""
-  with open(species_ranges_path) as f:
-    ranges = {s["name"]: s["ranges"] for s in json.load(f)}
-  missing = [n for n in species_names if n not in ranges]
-  if missing:
+  truth = prior_lib.from_range_circles(species_ranges_path, species_names)
+  if not truth.covered.all():
+    missing = [n for n, c in zip(species_names, truth.covered) if not c]
     raise ValueError(f"{species_ranges_path} has no range for {missing[:3]}")
-  return np.stack([synthetic.in_range(ranges[n], lat, lon)
-                   for n in species_names], axis=1)
+  return truth.probabilities(lat, lon) == 1.0
 
 
 def plot_range_maps(presence_fn: Callable, species_names: Sequence[str],

@@ -25,17 +25,8 @@ def _observations(config):
   """(observations, builder or None)."""
   if config.get("observations_csv"):
     return range_lib.observations_from_csv(config.observations_csv), None
-  builder = data.prepare(config.dataset, data_dir=config.data_dir or None,
-                         manual_dir=config.get("manual_dir") or None,
-                         **dict(config.get("dataset_options", {})))
+  builder = data.prepare_from_config(config)
   return range_lib.observations_from_tfds(builder, "train"), builder
-
-
-def _true_ranges_path(builder):
-  if builder is None:
-    return None
-  path = os.path.join(os.fspath(builder.data_path), "species_ranges.json")
-  return path if os.path.exists(path) else None
 
 
 def evaluate(config, workdir: str, model: range_lib.RangeModel,
@@ -46,7 +37,7 @@ def evaluate(config, workdir: str, model: range_lib.RangeModel,
   results = {"num_species": len(model.species_names),
              "num_observations": int(len(observations.species)),
              "num_located": int(counts.sum())}
-  truth_path = _true_ranges_path(builder)
+  truth_path = builder and data.true_ranges_path(builder)
   if truth_path:
     lat, lon = range_lib.sphere_points(QUALITY_POINTS)
     truth = range_lib.true_ranges(truth_path, model.species_names, lat, lon)

@@ -39,7 +39,7 @@ LABEL_COUNTS_NAME = "label_counts.json"
 # Per label: species, common name, supercategory, taxonomy, category id.
 CLASSES_NAME = "classes.json"
 # Files of the synthetic corpus copied next to the records (true ranges).
-_SIDE_FILES = ("species_ranges.json",)
+_SIDE_FILES = (synthetic.RANGES_FILE,)
 _SPLIT_FOLDERS = {"train": "train", "validation": "val", "test": "test"}
 
 
