@@ -3,7 +3,8 @@
 The canonical form is what the iNatSounds release ships: mono 16-bit PCM at
 22,050 Hz. Anything else that libsndfile can read (other rates, stereo, 24-bit,
 float, FLAC) is converted to it; anything broken raises `AudioError` with a
-reason a person can act on.
+reason a person can act on. Decoding streams: the output is the only
+full-length array it holds.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+from typing import BinaryIO
 
 import numpy as np
 import soundfile
@@ -21,32 +23,50 @@ SAMPLE_RATE = 22_050
 INT16_SCALE = 32767.0
 
 
+# Frames decoded at a time: a 48 kHz stereo block in float64 is 1 MB, so
+# decoding holds the output and a few blocks, never the whole file as float.
+_BLOCK_FRAMES = 1 << 16
+
+
 class AudioError(ValueError):
-  """A recording that cannot be turned into a waveform, with the reason."""
+  """A recording that cannot be turned into a waveform, with the reason.
+
+  Attributes:
+    kind: the problem's short name for summaries ("truncated WAV",
+      "unreadable audio", ...); the message is the full sentence.
+  """
+
+  def __init__(self, kind: str, message: str):
+    super().__init__(message)
+    self.kind = kind
 
 
-def _check_wav_not_truncated(data: bytes) -> None:
+def _check_wav_not_truncated(f: BinaryIO, size: int) -> None:
   """Raises if a RIFF/WAVE file's data chunk is shorter than its header says.
 
   libsndfile silently returns the frames that are present, which would turn a
-  half-downloaded file into a short but valid-looking example.
+  half-downloaded file into a short but valid-looking example. Reads only the
+  chunk headers of `f` (`size` bytes long).
   """
-  if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+  f.seek(0)
+  head = f.read(12)
+  if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
     return
   offset = 12
-  while offset + 8 <= len(data):
-    chunk_id = data[offset:offset + 4]
-    (chunk_size,) = struct.unpack("<I", data[offset + 4:offset + 8])
+  while offset + 8 <= size:
+    f.seek(offset)
+    chunk = f.read(8)
+    chunk_id, (chunk_size,) = chunk[:4], struct.unpack("<I", chunk[4:])
     if chunk_id == b"data":
-      available = len(data) - offset - 8
+      available = size - offset - 8
       # 0xFFFFFFFF and 0 are used by streaming writers for "unknown length".
       if chunk_size not in (0, 0xFFFFFFFF) and chunk_size > available:
         raise AudioError(
-            f"truncated WAV: header declares {chunk_size} bytes of audio, "
-            f"file holds {available}")
+            "truncated WAV", f"truncated WAV: header declares {chunk_size} "
+            f"bytes of audio, file holds {available}")
       return
     offset += 8 + chunk_size + (chunk_size & 1)
-  raise AudioError("WAV file has no data chunk")
+  raise AudioError("no data chunk", "WAV file has no data chunk")
 
 
 def to_int16(waveform: np.ndarray) -> np.ndarray:
@@ -55,53 +75,162 @@ def to_int16(waveform: np.ndarray) -> np.ndarray:
   return np.clip(scaled, -32768, 32767).astype(np.int16)
 
 
-def decode_audio(data: bytes) -> np.ndarray:
-  """Decodes a recording's bytes to mono int16 at `SAMPLE_RATE`.
+def _resample_filter(up: int, down: int) -> tuple[np.ndarray, int]:
+  """`scipy.signal.resample_poly`'s filter (Kaiser, beta 5) and output offset.
+
+  The filter is front-padded with zeros so that output m is
+  `upfirdn(h, x, up, down)[m + offset]`, as resample_poly computes it.
+  """
+  max_rate = max(up, down)
+  half_len = 10 * max_rate
+  h = signal.firwin(2 * half_len + 1, 1.0 / max_rate,
+                    window=("kaiser", 5.0)) * up
+  pre_pad = down - half_len % down
+  return np.concatenate([np.zeros(pre_pad), h]), (half_len + pre_pad) // down
+
+
+class StreamingResampler:
+  """Polyphase resampling by `up / down`, fed in pieces, equal to whole-file.
+
+  Output m of `scipy.signal.resample_poly(x, up, down)` (zero padding) is
+  `sum_k h[k] u[(m + offset) down - k]`, with u the input stuffed with zeros
+  (u[n up] = x[n]): it needs the inputs n with
+  `(m + offset) down - len(h) < n up <= (m + offset) down`. `upfirdn` on a
+  slice `x[start:]`, `start` a multiple of `down`, computes the same sums at
+  index `m + offset - start up / down` as long as the slice holds every input
+  that output needs, so each piece keeps only that overlap of the last.
+  """
+
+  def __init__(self, up: int, down: int):
+    self.up, self.down = up, down
+    self._h, self._offset = _resample_filter(up, down)
+    self._pending = np.zeros(0)  # Inputs from `_start` on.
+    self._start = 0  # Index of _pending[0]: a multiple of `down`.
+    self._received = 0
+    self._emitted = 0
+
+  def output_length(self, num_inputs: int) -> int:
+    """Outputs for `num_inputs` inputs: ceil(num_inputs up / down)."""
+    return -(-num_inputs * self.up // self.down)
+
+  def _first_input(self, m: int) -> int:
+    """Start of the slice output m needs: a multiple of `down`, >= 0."""
+    first = -(-((m + self._offset) * self.down - len(self._h) + 1) // self.up)
+    return max(0, first) // self.down * self.down
+
+  def _emit(self, end: int) -> np.ndarray:
+    """Outputs `_emitted` to `end` (exclusive); drops inputs no longer needed."""
+    if end <= self._emitted:
+      return np.zeros(0)
+    y = signal.upfirdn(self._h, self._pending, self.up, self.down)
+    first = self._emitted + self._offset - self._start * self.up // self.down
+    out = y[first:first + end - self._emitted]
+    self._emitted = end
+    start = self._first_input(end)
+    self._pending = self._pending[start - self._start:]
+    self._start = start
+    return out
+
+  def process(self, x: np.ndarray) -> np.ndarray:
+    """Takes the next inputs; returns every output they complete."""
+    self._pending = np.concatenate([self._pending, x])
+    self._received += len(x)
+    # Output m is complete once (m + offset) down < received up.
+    return self._emit(self.output_length(self._received) - self._offset)
+
+  def finish(self) -> np.ndarray:
+    """The remaining outputs (zeros after the end, as resample_poly)."""
+    self._pending = np.concatenate(
+        [self._pending, np.zeros(len(self._h) // self.up + 1)])
+    return self._emit(self.output_length(self._received))
+
+
+def _decode(f: BinaryIO) -> np.ndarray:
+  """`decode_audio` on a seekable binary file, without the file's name."""
+  f.seek(0, io.SEEK_END)
+  size = f.tell()
+  if size == 0:
+    raise AudioError("empty file", "empty file (0 bytes)")
+  _check_wav_not_truncated(f, size)
+  f.seek(0)
+  try:
+    with soundfile.SoundFile(f) as sf:
+      native_int16 = sf.subtype == "PCM_16"
+      passthrough = (native_int16 and sf.channels == 1
+                     and sf.samplerate == SAMPLE_RATE)
+      resampler = None
+      if sf.samplerate != SAMPLE_RATE:
+        g = math.gcd(sf.samplerate, SAMPLE_RATE)
+        resampler = StreamingResampler(SAMPLE_RATE // g, sf.samplerate // g)
+      out = np.empty(resampler.output_length(sf.frames) if resampler
+                     else sf.frames, np.int16)
+      written = 0
+
+      def put(mono: np.ndarray) -> None:
+        nonlocal written
+        out[written:written + len(mono)] = to_int16(mono)
+        written += len(mono)
+
+      for block in sf.blocks(_BLOCK_FRAMES, dtype="int16" if native_int16
+                             else "float64", always_2d=True):
+        if passthrough:
+          out[written:written + len(block)] = block[:, 0]
+          written += len(block)
+          continue
+        if native_int16:
+          mono = block.astype(np.float64).mean(axis=1) / INT16_SCALE
+        else:
+          mono = block.mean(axis=1)
+        if not np.all(np.isfinite(mono)):
+          raise AudioError("non-finite samples",
+                           "audio contains NaN or infinite samples")
+        put(resampler.process(mono) if resampler else mono)
+      if resampler:
+        put(resampler.finish())
+  except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
+    # libsndfile's own text names the file object ("<_io.BytesIO ...>").
+    reason = getattr(e, "error_string", None) or str(e)
+    raise AudioError("unreadable audio", f"unreadable audio: {reason}") from e
+  if written == 0:
+    raise AudioError("no samples", "audio has no samples")
+  return out if written == len(out) else out[:written].copy()
+
+
+def decode_audio(data: bytes | BinaryIO, name: str | None = None
+                 ) -> np.ndarray:
+  """Decodes a recording to mono int16 at `SAMPLE_RATE`.
 
   Mono 16-bit input at 22,050 Hz passes through bit for bit. Stereo is
-  averaged, other rates are resampled with a polyphase filter.
+  averaged, other rates are resampled exactly as `scipy.signal.resample_poly`
+  would resample the whole file. Decoding runs in blocks, so memory holds the
+  int16 output plus a few blocks, whatever the input's length, rate or
+  sample format.
+
+  Args:
+    data: the file's bytes, or a seekable binary file holding them.
+    name: the file's name for error messages.
 
   Raises:
-    AudioError: empty, corrupt or truncated input, or no samples.
+    AudioError: empty, corrupt or truncated input, or no samples; the message
+      starts with `name` when given.
   """
-  if not data:
-    raise AudioError("empty file (0 bytes)")
-  _check_wav_not_truncated(data)
+  f = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
   try:
-    with soundfile.SoundFile(io.BytesIO(data)) as f:
-      native_int16 = f.subtype == "PCM_16"
-      samples = f.read(dtype="int16" if native_int16 else "float64",
-                       always_2d=True)
-      rate = f.samplerate
-  except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
-    raise AudioError(f"unreadable audio: {e}") from e
-  if samples.shape[0] == 0:
-    raise AudioError("audio has no samples")
-  if native_int16 and samples.shape[1] == 1 and rate == SAMPLE_RATE:
-    return samples[:, 0].copy()
-  if native_int16:
-    mono = samples.astype(np.float64).mean(axis=1) / INT16_SCALE
-  else:
-    mono = samples.mean(axis=1)
-  if rate != SAMPLE_RATE:
-    g = math.gcd(rate, SAMPLE_RATE)
-    mono = signal.resample_poly(mono, SAMPLE_RATE // g, rate // g)
-  if not np.all(np.isfinite(mono)):
-    raise AudioError("audio contains NaN or infinite samples")
-  return to_int16(mono)
+    return _decode(f)
+  except AudioError as e:
+    if name is None:
+      raise
+    raise AudioError(e.kind, f"{name}: {e}") from e
 
 
 def read_audio_file(path: str) -> np.ndarray:
-  """`decode_audio` on a file; errors name the file."""
+  """`decode_audio` on a file, streamed from disk; errors name the file."""
   try:
     with open(path, "rb") as f:
-      data = f.read()
+      return decode_audio(f, name=path)
   except OSError as e:
-    raise AudioError(f"cannot read {path}: {e.strerror}") from e
-  try:
-    return decode_audio(data)
-  except AudioError as e:
-    raise AudioError(f"{path}: {e}") from e
+    raise AudioError("unreadable file",
+                     f"cannot read {path}: {e.strerror}") from e
 
 
 def write_wav(path_or_file, waveform_int16: np.ndarray,

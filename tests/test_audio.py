@@ -1,8 +1,11 @@
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import soundfile
+from scipy import signal
 
 from inatsounds_jax import audio
 
@@ -66,3 +69,76 @@ def test_read_audio_file_names_the_file(tmp_path):
   path.write_bytes(b"RIFF....WAVEjunk")
   with pytest.raises(audio.AudioError, match="broken.wav"):
     audio.read_audio_file(str(path))
+
+
+def test_errors_name_the_file_not_a_buffer():
+  with pytest.raises(audio.AudioError) as e:
+    audio.decode_audio(b"this is not audio at all" * 10,
+                       name="train/a/x.wav")
+  assert str(e.value).startswith("train/a/x.wav: unreadable audio: ")
+  assert "BytesIO" not in str(e.value) and "0x" not in str(e.value)
+  assert e.value.kind == "unreadable audio"
+
+
+@pytest.mark.parametrize("rate", [48_000, 44_100, 16_000, 96_000])
+def test_streaming_resampler_equals_whole_signal(rate):
+  rng = np.random.default_rng(rate)
+  x = rng.standard_normal(3 * rate + 17) * 0.3
+  g = np.gcd(rate, audio.SAMPLE_RATE)
+  up, down = audio.SAMPLE_RATE // g, rate // g
+  resampler = audio.StreamingResampler(up, down)
+  pieces, start = [], 0
+  for size in [1, 0, 7] + list(rng.integers(1, 20_000, 40)):  # Any sizes.
+    pieces.append(resampler.process(x[start:start + size]))
+    start += size
+  pieces += [resampler.process(x[start:]), resampler.finish()]
+  np.testing.assert_allclose(np.concatenate(pieces),
+                             signal.resample_poly(x, up, down),
+                             rtol=0, atol=1e-12)
+
+
+def _long_stereo_wav(path, seconds, rate=48_000):
+  """A tone plus noise, written block by block."""
+  rng = np.random.default_rng(0)
+  with soundfile.SoundFile(path, "w", rate, 2, "PCM_16") as f:
+    for start in range(0, seconds * rate, rate):
+      t = (start + np.arange(rate)) / rate
+      tone = 0.3 * np.sin(2 * np.pi * 1000 * t)
+      f.write(np.stack([tone + 0.05 * rng.standard_normal(rate),
+                        0.5 * tone], axis=1))
+
+
+def test_long_stereo_file_decodes_in_blocks_like_the_whole_file(tmp_path):
+  path = str(tmp_path / "long.wav")
+  _long_stereo_wav(path, 20)
+  samples, _ = soundfile.read(path, dtype="int16")
+  mono = samples.astype(np.float64).mean(axis=1) / audio.INT16_SCALE
+  whole = audio.to_int16(signal.resample_poly(mono, 147, 320))
+  streamed = audio.read_audio_file(path)
+  assert len(streamed) == len(whole)
+  assert np.abs(streamed.astype(int) - whole).max() <= 1  # int16 rounding.
+
+
+_PEAK_MEMORY_SCRIPT = """
+import resource, sys
+from inatsounds_jax import audio
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open(sys.argv[1], "rb") as f:  # As the builder gives it.
+  waveform = audio.decode_audio(f)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) * 1024, waveform.nbytes)
+"""
+
+
+def test_decoding_memory_is_bounded_by_input_and_output(tmp_path):
+  # Four minutes of 48 kHz stereo: 46 MB of PCM, whose float64 copy alone
+  # would be 184 MB.
+  path = str(tmp_path / "four_minutes.wav")
+  _long_stereo_wav(path, 240)
+  result = subprocess.run([sys.executable, "-c", _PEAK_MEMORY_SCRIPT, path],
+                          capture_output=True, text=True, check=True)
+  peak_growth, output_bytes = map(int, result.stdout.split())
+  # The int16 output and a few blocks of working memory; the file is read
+  # block by block, never whole.
+  assert peak_growth < 2 * output_bytes + (16 << 20), (peak_growth,
+                                                       output_bytes)
