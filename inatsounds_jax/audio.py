@@ -119,7 +119,7 @@ class StreamingResampler:
     return max(0, first) // self.down * self.down
 
   def _emit(self, end: int) -> np.ndarray:
-    """Outputs `_emitted` to `end` (exclusive); drops inputs no longer needed."""
+    """Outputs `_emitted` to `end` (exclusive); drops inputs not needed."""
     if end <= self._emitted:
       return np.zeros(0)
     y = signal.upfirdn(self._h, self._pending, self.up, self.down)

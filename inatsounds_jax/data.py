@@ -12,7 +12,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from inatsounds_jax import synthetic
+from inatsounds_jax import release
 
 
 def _builder_module():
@@ -60,9 +60,22 @@ def builder(config: str = "synthetic", data_dir: str | None = None,
 
 def prepare(config: str = "synthetic", data_dir: str | None = None,
             manual_dir: str | None = None, strict: bool = False,
-            **config_fields) -> tfds.core.DatasetBuilder:
-  """`builder(...)`, prepared (built if not yet) and ready to read."""
+            overwrite: bool = False, **config_fields
+            ) -> tfds.core.DatasetBuilder:
+  """`builder(...)`, prepared (built if not yet) and ready to read.
+
+  Records already prepared are checked against the source (`manual_dir`, or
+  the synthetic corpus): if they were built from other files, this raises
+  the builder's `StaleRecordsError`, saying what differs.
+
+  Args:
+    overwrite: delete prepared records first and build them again.
+  """
   b = builder(config, data_dir, strict=strict, **config_fields)
+  if overwrite and b.is_prepared():
+    b.data_path.rmtree()
+    # A fresh builder: the old one holds the deleted records' info.
+    b = builder(config, data_dir, strict=strict, **config_fields)
   b.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return b
@@ -98,5 +111,5 @@ def prepare_from_config(config) -> tfds.core.DatasetBuilder:
 
 def true_ranges_path(builder: tfds.core.DatasetBuilder) -> str | None:
   """The synthetic corpus's true ranges next to its records, else None."""
-  path = os.path.join(os.fspath(builder.data_path), synthetic.RANGES_FILE)
+  path = os.path.join(os.fspath(builder.data_path), release.RANGES_FILE)
   return path if os.path.exists(path) else None

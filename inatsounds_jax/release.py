@@ -5,7 +5,8 @@ The release ships per split a COCO-like annotation JSON (`train.json`,
 `train.tar.gz` / `val.tar.gz` / `public_test.tar.gz` holding
 `<split>/<category dir>/<recording>.wav`. This module validates the JSON and
 pairs every annotation with its recording, from extracted folders or straight
-from the archives, streaming, so memory stays bounded whatever the split size.
+from the archives, streaming, so memory stays bounded whatever the split size
+or the recordings' lengths.
 
 Nothing here dies on one bad item: each is turned into a `Problem` naming the
 file and the reason, and the caller decides whether to skip it or stop.
@@ -14,19 +15,33 @@ file and the reason, and the caller decides whether to skip it or stop.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import shutil
 import tarfile
+import tempfile
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
-# Split name in the TFDS dataset -> names used by the release.
+# Split name in the TFDS dataset -> names used by the release. Readers accept
+# each name for the annotation file (`<name>.json[.tar.gz]`), the extracted
+# folder (`<name>/`) and the archive (`<name>.tar.gz`).
 RELEASE_SPLITS = {
     "train": ("train",),
     "validation": ("val",),
     "test": ("test", "public_test"),
 }
+# Files the synthetic corpus adds to the release layout (the release has
+# neither): every species audible in each recording with its time spans, and
+# each species' true range as circles (`geo/ranges.py`). The builder copies
+# the ranges next to the records.
+STRONG_LABELS_FILE = "strong_labels.json"
+RANGES_FILE = "species_ranges.json"
+# A recording streamed from an archive stays in memory up to this size, then
+# goes to a temporary file.
+_SPOOL_MEMORY_BYTES = 32 << 20
 TAXONOMY_KEYS = ("kingdom", "phylum", "class", "order", "family", "genus",
                  "specific_epithet")
 
@@ -79,12 +94,17 @@ class Item:
 
 @dataclasses.dataclass
 class SplitAnnotations:
-  """The validated content of one split's annotation file."""
+  """The validated content of one split's annotation file.
+
+  `num_annotations` counts every entry under "annotations", valid or not: the
+  number of examples the split would have if nothing were wrong.
+  """
   split: str
   source: str
   categories: dict[int, Category]
   items: list[Item]
   problems: list[Problem]
+  num_annotations: int
 
 
 def load_json(path: str) -> dict[str, Any]:
@@ -254,7 +274,8 @@ def parse_annotations(data: Any, split: str, source: str) -> SplitAnnotations:
     if aid not in annotated_audio:
       bad(rec["file_name"], "unannotated recording",
           f"recording {aid} has no valid annotation")
-  return SplitAnnotations(split, source, categories, items, problems)
+  return SplitAnnotations(split, source, categories, items, problems,
+                          len(data["annotations"]))
 
 
 def relative_key(file_name: str) -> str:
@@ -272,12 +293,40 @@ def relative_key(file_name: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class SplitFiles:
+  """The names of one split's files in the release as downloaded."""
+  name: str  # The release's name of the split, its folder in the archive.
+  annotations: str  # `<name>.json`.
+  annotations_archive: str  # `*.json.tar.gz` holding the annotations.
+  archive: str  # `*.tar.gz` holding `<name>/<category dir>/<recording>`.
+
+
+def split_files(split: str) -> SplitFiles:
+  """How the release names `split`'s files (the test archives `public_test`)."""
+  names = RELEASE_SPLITS[split]
+  return SplitFiles(name=names[0], annotations=f"{names[0]}.json",
+                    annotations_archive=f"{names[-1]}.json.tar.gz",
+                    archive=f"{names[-1]}.tar.gz")
+
+
+@dataclasses.dataclass(frozen=True)
 class SplitSource:
   """Where one split's annotation file and recordings are."""
   split: str
   annotation_path: str
   audio_dir: str | None = None  # Folder with `<category dir>/<file>`.
   archive_path: str | None = None
+
+
+def _annotation_path(folder: str, split: str) -> str | None:
+  return next((os.path.join(folder, n + ext) for n in RELEASE_SPLITS[split]
+               for ext in (".json", ".json.tar.gz")
+               if os.path.isfile(os.path.join(folder, n + ext))), None)
+
+
+def holds_release(folder: str) -> bool:
+  """Whether `folder` holds an annotation file of any split."""
+  return any(_annotation_path(folder, split) for split in RELEASE_SPLITS)
 
 
 def find_split_sources(manual_dir: str) -> dict[str, SplitSource]:
@@ -288,10 +337,7 @@ def find_split_sources(manual_dir: str) -> dict[str, SplitSource]:
   """
   sources = {}
   for split, names in RELEASE_SPLITS.items():
-    annotation = next(
-        (os.path.join(manual_dir, n + ext) for n in names
-         for ext in (".json", ".json.tar.gz")
-         if os.path.isfile(os.path.join(manual_dir, n + ext))), None)
+    annotation = _annotation_path(manual_dir, split)
     folder = next((os.path.join(manual_dir, n) for n in names
                    if os.path.isdir(os.path.join(manual_dir, n))), None)
     archive = next((os.path.join(manual_dir, n + ".tar.gz") for n in names
@@ -316,28 +362,144 @@ def find_split_sources(manual_dir: str) -> dict[str, SplitSource]:
   return sources
 
 
-def iter_recordings(source: SplitSource, items: list[Item]
-                    ) -> Iterator[tuple[Item, bytes | None, Problem | None]]:
-  """Yields `(item, file bytes, problem)` for every item, exactly once.
+# Where a recording listed in several splits is kept: the split evaluated
+# last first, never train (training on an evaluation recording inflates its
+# scores).
+_KEEP_DUPLICATE_IN = ("test", "validation", "train")
 
-  From a folder, items are read in annotation order. From an archive, members
-  are streamed in archive order (no extraction, one file in memory at a time)
-  and items whose file never appears are reported missing at the end.
-  Exactly one of bytes and problem is set.
+
+def drop_cross_split_duplicates(annotations: dict[str, SplitAnnotations]
+                                ) -> dict[str, SplitAnnotations]:
+  """Keeps a recording listed in several splits in one evaluation split only.
+
+  Two items are the same recording when their recording ids or their files
+  (`relative_key`) match. The recording stays in test rather than validation,
+  and in either rather than train; each copy left out becomes a `Problem` of
+  kind "cross-split duplicate" in the split it leaves.
+
+  Returns:
+    The same splits, with duplicates moved from `items` to `problems`.
+  """
+  out = {}
+  kept_ids, kept_files = {}, {}  # -> (split, annotation file) keeping it.
+  for split in sorted(annotations, key=_KEEP_DUPLICATE_IN.index):
+    split_ann = annotations[split]
+    items, problems = [], list(split_ann.problems)
+    for item in split_ann.items:
+      key = relative_key(item.file_name)
+      kept_in = kept_ids.get(item.audio_id) or kept_files.get(key)
+      if kept_in is None:
+        items.append(item)
+      else:
+        problems.append(Problem(
+            split, item.file_name, "cross-split duplicate",
+            f"recording {item.audio_id} is also listed in the {kept_in[0]} "
+            f"split ({kept_in[1]}); kept there only"))
+    for item in items:
+      kept_ids[item.audio_id] = kept_files[relative_key(item.file_name)] = (
+          split, split_ann.source)
+    out[split] = dataclasses.replace(split_ann, items=items, problems=problems)
+  return {split: out[split] for split in annotations}
+
+
+def _file_digest(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _folder_listing(folder: str) -> dict[str, Any]:
+  """Count, total size and digest of a folder's (relative path, size) list."""
+  entries = []
+  for root, _, files in os.walk(folder):
+    for name in files:
+      path = os.path.join(root, name)
+      entries.append((os.path.relpath(path, folder).replace(os.sep, "/"),
+                      os.path.getsize(path)))
+  h = hashlib.sha256()
+  for rel, size in sorted(entries):
+    h.update(f"{rel}\t{size}\n".encode())
+  return {"folder": os.path.basename(folder), "files": len(entries),
+          "bytes": sum(size for _, size in entries), "sha256": h.hexdigest()}
+
+
+def source_fingerprint(manual_dir: str) -> dict[str, dict]:
+  """What a build from `manual_dir` reads, to tell stale records from fresh.
+
+  Per split: the annotation file's name, size and SHA-256 of its content; the
+  recordings folder's file list with every file's size (as a count, a total
+  and a digest), or the archive's name and size (archives are not hashed:
+  that would read the whole release on every run). Names are relative to
+  `manual_dir`, so a copy of the same release elsewhere matches.
+  """
+  out = {}
+  for split, src in find_split_sources(manual_dir).items():
+    recordings = (_folder_listing(src.audio_dir) if src.audio_dir else
+                  {"archive": os.path.basename(src.archive_path),
+                   "bytes": os.path.getsize(src.archive_path)})
+    out[split] = {
+        "annotations": {"file": os.path.basename(src.annotation_path),
+                        "bytes": os.path.getsize(src.annotation_path),
+                        "sha256": _file_digest(src.annotation_path)},
+        "recordings": recordings}
+  return out
+
+
+def _describe_source(entry: dict[str, Any]) -> str:
+  return ", ".join(f"{key} {str(value)[:12]}" if key == "sha256" else
+                   f"{value:,} {key}" if isinstance(value, int) else str(value)
+                   for key, value in entry.items())
+
+
+def fingerprint_differences(built: dict[str, dict], now: dict[str, dict]
+                            ) -> list[str]:
+  """One line per split and part where two `source_fingerprint`s differ."""
+  lines = []
+  for split in sorted(set(built) | set(now)):
+    if split not in now:
+      lines.append(f"{split}: in the records, no longer in the source")
+    elif split not in built:
+      lines.append(f"{split}: in the source, not in the records")
+    else:
+      for part in ("annotations", "recordings"):
+        if built[split][part] != now[split][part]:
+          lines.append(f"{split} {part}: "
+                       f"{_describe_source(built[split][part])} when built; "
+                       f"{_describe_source(now[split][part])} now")
+  return lines
+
+
+def iter_recordings(source: SplitSource, items: list[Item]
+                    ) -> Iterator[tuple[Item, BinaryIO | None,
+                                        Problem | None]]:
+  """Yields `(item, recording file, problem)` for every item, exactly once.
+
+  Exactly one of file and problem is set. The file is an open, seekable
+  binary file, valid until the next item is requested (then it is closed):
+  recordings are never whole in memory. From a folder, items come in
+  annotation order. From an archive, members are streamed in archive order
+  (no extraction; each is spooled to a temporary file, in memory up to
+  `_SPOOL_MEMORY_BYTES`) and items whose file never appears are reported
+  missing at the end.
   """
   if source.audio_dir is not None:
     for item in items:
       path = os.path.join(source.audio_dir, relative_key(item.file_name))
       try:
-        with open(path, "rb") as f:
-          yield item, f.read(), None
+        f = open(path, "rb")  # pylint: disable=consider-using-with
       except FileNotFoundError:
         yield item, None, Problem(source.split, item.file_name,
                                   "missing file", f"missing file ({path})")
+        continue
       except OSError as e:
         yield item, None, Problem(source.split, item.file_name,
                                   "unreadable file",
                                   f"cannot read {path}: {e.strerror}")
+        continue
+      with f:
+        yield item, f, None
     return
 
   by_key: dict[str, list[Item]] = {}
@@ -352,10 +514,12 @@ def iter_recordings(source: SplitSource, items: list[Item]
           continue
         if key in seen:
           continue  # A repeated member: the first copy was used.
-        data = tar.extractfile(member).read()
-        seen.add(key)  # Only once read whole: a cut-off file is reported.
-        for item in by_key[key]:
-          yield item, data, None
+        with tempfile.SpooledTemporaryFile(_SPOOL_MEMORY_BYTES) as f:
+          shutil.copyfileobj(tar.extractfile(member), f)
+          seen.add(key)  # Only once read whole: a cut-off file is reported.
+          for item in by_key[key]:
+            f.seek(0)
+            yield item, f, None
   except (tarfile.TarError, EOFError, OSError) as e:
     # A damaged archive ends the stream; what was read stays, the rest is
     # reported below as missing with this reason.

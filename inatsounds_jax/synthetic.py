@@ -11,6 +11,11 @@ recording, with time spans) and `species_ranges.json` (each species' true
 range), so that single-positive methods and range models can be measured
 against the truth.
 
+It never deletes or overwrites a file it did not write: it lists what it
+writes in `.synthetic_manifest.json`, reuses a complete generation with the
+same config, replaces only its own files when the config differs, and
+refuses a folder holding anything else, naming the files.
+
 What makes learning on it mean something:
 - species in the release's five supercategories in roughly its proportions,
   with a call family each (FM whistles and trills for birds, broadband buzz for
@@ -37,7 +42,6 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
 import tarfile
 import time
 
@@ -45,12 +49,16 @@ import numpy as np
 import scipy.fft
 
 from inatsounds_jax import audio as audio_lib
+from inatsounds_jax import release
+from inatsounds_jax.geo import ranges as ranges_lib
 
 SR = audio_lib.SAMPLE_RATE
-COMPLETE_MARKER = ".synthetic_complete.json"
-RANGES_FILE = "species_ranges.json"  # True ranges; copied next to the records.
-SPLITS = (("train", "train", (2015, 2021)), ("val", "val", (2022, 2022)),
-          ("test", "public_test", (2023, 2023)))
+# What the generator wrote (relative paths) and with which config; it never
+# deletes or overwrites a file that is not listed there.
+MANIFEST = ".synthetic_manifest.json"
+# Dataset split -> years its recordings' dates are drawn from.
+SPLIT_YEARS = {"train": (2015, 2021), "validation": (2022, 2022),
+               "test": (2023, 2023)}
 # (supercategory, share of the release's species, phylum, class, orders,
 #  call families, common-name nouns). Shares follow the dataset README.
 SUPERCATEGORIES = (
@@ -159,40 +167,6 @@ def _call_params(family: str, rng: np.random.Generator) -> dict[str, float]:
 
 def _latin_word(rng: np.random.Generator, syllables: int) -> str:
   return "".join(rng.choice(_SYLLABLES, size=syllables))
-
-
-def _angular_distance(lat1, lon1, lat2, lon2) -> np.ndarray:
-  """Great-circle distance in radians (arrays broadcast)."""
-  p1, p2 = np.radians(lat1), np.radians(lat2)
-  dl = np.radians(np.asarray(lon2) - np.asarray(lon1))
-  c = np.sin(p1) * np.sin(p2) + np.cos(p1) * np.cos(p2) * np.cos(dl)
-  return np.arccos(np.clip(c, -1.0, 1.0))
-
-
-def in_range(ranges: list[dict], lat, lon) -> np.ndarray:
-  """Whether points lie inside any of a species' range circles."""
-  lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
-  inside = np.zeros(np.broadcast(lat, lon).shape, bool)
-  for r in ranges:
-    d = _angular_distance(r["lat"], r["lon"], lat, lon)
-    inside |= d <= r["radius_km"] / 6371.0
-  return inside
-
-
-def _point_in_range(ranges: list[dict], rng: np.random.Generator):
-  """A point uniform over a random one of the range's spherical caps."""
-  r = ranges[rng.integers(len(ranges))]
-  radius = r["radius_km"] / 6371.0
-  dist = np.arccos(1 - rng.uniform() * (1 - math.cos(radius)))
-  bearing = rng.uniform(0, 2 * math.pi)
-  lat1, lon1 = math.radians(r["lat"]), math.radians(r["lon"])
-  lat2 = math.asin(math.sin(lat1) * math.cos(dist) +
-                   math.cos(lat1) * math.sin(dist) * math.cos(bearing))
-  lon2 = lon1 + math.atan2(
-      math.sin(bearing) * math.sin(dist) * math.cos(lat1),
-      math.cos(dist) - math.sin(lat1) * math.sin(lat2))
-  lon2 = (math.degrees(lon2) + 540) % 360 - 180
-  return round(math.degrees(lat2), 5), round(lon2, 5)
 
 
 def _ranges_in_realm(realm: int, rng: np.random.Generator) -> list[dict]:
@@ -464,7 +438,7 @@ def _split_counts(config: CorpusConfig, species: list[dict],
   num_eval = max(2, int(round(n_species * config.val_test_species_fraction)))
   eval_species = np.argsort(-train, kind="stable")[:num_eval]
   counts = {"train": train}
-  for split, total in zip(("val", "test"), totals[1:]):
+  for split, total in zip(("validation", "test"), totals[1:]):
     weights = np.zeros(n_species)
     weights[eval_species] = rng.permutation(num_eval) + 1.0
     weights[eval_species] = weights[eval_species] ** -0.3
@@ -477,10 +451,14 @@ def _split_counts(config: CorpusConfig, species: list[dict],
 
 def make_recording_specs(config: CorpusConfig, species: list[dict],
                          rng: np.random.Generator) -> list[dict]:
-  """Every recording's split, species, duration, place, date, id."""
+  """Every recording's split, species, duration, place, date, id.
+
+  A spec's `split` is the release's name of its split (`train`, `val`,
+  `test`), as in its `file_name`.
+  """
   counts = _split_counts(config, species, rng)
   specs = []
-  for split, folder, (year0, year1) in SPLITS:
+  for split, (year0, year1) in SPLIT_YEARS.items():
     for cid in np.repeat(np.arange(len(species)), counts[split]):
       s = species[cid]
       if rng.uniform() < config.long_recording_fraction:
@@ -489,10 +467,10 @@ def make_recording_specs(config: CorpusConfig, species: list[dict],
         duration = float(np.clip(
             config.median_duration_s * math.exp(0.9 * rng.standard_normal()),
             1.0, config.max_duration_s))
-      lat, lon = _point_in_range(s["ranges"], rng)
+      lat, lon = ranges_lib.random_point_in_range(s["ranges"], rng)
       # Background callers are species of the same place, as in the field.
       here = [t["id"] for t in species
-              if t["id"] != cid and in_range(t["ranges"], lat, lon)]
+              if t["id"] != cid and ranges_lib.in_range(t["ranges"], lat, lon)]
       background = []
       if here and rng.uniform() < config.background_species_prob:
         background = [int(x) for x in rng.choice(
@@ -503,7 +481,7 @@ def make_recording_specs(config: CorpusConfig, species: list[dict],
               f"{rng.integers(1, 29):02d} {rng.integers(0, 24):02d}:"
               f"{rng.integers(0, 60):02d}:00")
       specs.append(dict(
-          split=split, folder=folder, category_id=int(cid),
+          split=release.split_files(split).name, category_id=int(cid),
           duration=round(duration, 3), latitude=lat, longitude=lon,
           location_uncertainty=(None if lat is None or rng.uniform() < 0.2
                                 else int(rng.integers(5, 5000))),
@@ -574,19 +552,124 @@ def _deterministic_tar_gz(path: str, members: list[tuple[str, str]]) -> None:
         tar.addfile(info, f)
 
 
+class CorpusDirError(ValueError):
+  """The output folder holds files the generator did not write."""
+
+
+def _config_json(config: CorpusConfig) -> dict:
+  return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _planned_files(config: CorpusConfig, specs: list[dict]) -> list[str]:
+  """Every file `generate` writes, relative to the output folder."""
+  files = [s["file_name"] for s in specs]
+  for split in SPLIT_YEARS:
+    names = release.split_files(split)
+    files.append(names.annotations)
+    if config.archives:
+      files += [names.annotations_archive, names.archive]
+  return files + [release.STRONG_LABELS_FILE, release.RANGES_FILE]
+
+
+def _read_manifest(out_dir: str) -> dict | None:
+  """The manifest in `out_dir`, None if there is none."""
+  path = os.path.join(out_dir, MANIFEST)
+  try:
+    with open(path) as f:
+      manifest = json.load(f)
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError) as e:
+    raise CorpusDirError(f"{path}: unreadable generator manifest ({e}); "
+                         "delete the folder and generate again") from e
+  files = manifest.get("files") if isinstance(manifest, dict) else None
+  if not isinstance(files, list) or not all(
+      isinstance(p, str) and p and not os.path.isabs(p)
+      and os.path.normpath(p) == p and not p.startswith("..") for p in files):
+    raise CorpusDirError(f"{path}: damaged generator manifest (its file list "
+                         "is not a list of paths inside the folder); delete "
+                         "the folder and generate again")
+  return manifest
+
+
+def _write_manifest(out_dir: str, manifest: dict) -> None:
+  """Replaces the manifest atomically (a crash leaves the old or the new)."""
+  path = os.path.join(out_dir, MANIFEST)
+  with open(path + ".tmp", "w") as f:
+    json.dump(manifest, f, indent=1)
+  os.replace(path + ".tmp", path)
+
+
+def _refuse_foreign_files(out_dir: str, owned: set[str]) -> None:
+  """Raises `CorpusDirError` naming files in `out_dir` not in `owned`."""
+  foreign = []
+  for root, folders, files in os.walk(out_dir):
+    # A link to a folder would lead writes out of `out_dir`: never followed.
+    links = [name for name in folders
+             if os.path.islink(os.path.join(root, name))]
+    for name in files + links:
+      rel = os.path.relpath(os.path.join(root, name), out_dir)
+      if rel not in owned and rel not in (MANIFEST, MANIFEST + ".tmp"):
+        foreign.append(rel)
+  if foreign:
+    foreign.sort()
+    raise CorpusDirError(
+        f"{out_dir} holds {len(foreign)} file(s) the synthetic generator did "
+        f"not write ({MANIFEST} does not list them), e.g. "
+        f"{', '.join(foreign[:5])}. Generating there could overwrite or "
+        "delete them: choose an empty or new folder, or move them out.")
+
+
+def _remove_own_files(out_dir: str, files) -> None:
+  """Deletes listed files, then the folders that this leaves empty."""
+  folders = set()
+  for rel in files:
+    path = os.path.join(out_dir, rel)
+    if os.path.lexists(path):
+      os.remove(path)
+    folder = os.path.dirname(rel)
+    while folder:
+      folders.add(folder)
+      folder = os.path.dirname(folder)
+  for folder in sorted(folders, key=len, reverse=True):
+    path = os.path.join(out_dir, folder)
+    if os.path.isdir(path) and not os.listdir(path):
+      os.rmdir(path)
+
+
 def generate(out_dir: str, config: CorpusConfig = CorpusConfig(),
              num_workers: int | None = None) -> dict:
-  """Writes the corpus to `out_dir` and returns a summary."""
+  """Writes the corpus to `out_dir` and returns a summary.
+
+  Safe on any folder: it writes only into a new or empty folder or one it
+  generated before. A complete earlier generation with the same config is
+  reused as it is (the summary then says `"reused": true`); one with another
+  config is replaced, deleting only the files its manifest lists.
+
+  Raises:
+    CorpusDirError: `out_dir` holds files the generator did not write (named
+      in the message); nothing is written or deleted.
+  """
   start = time.time()
   rng = np.random.default_rng(config.seed)
   species = make_species(config, rng)
   specs = make_recording_specs(config, species, rng)
+  files = _planned_files(config, specs)
+  previous = _read_manifest(out_dir) or {"files": []}
+  same_config = previous.get("config") == _config_json(config)
+  if (previous.get("complete") and same_config
+      and all(os.path.isfile(os.path.join(out_dir, p)) for p in files)):
+    return dict(previous["summary"], seconds=round(time.time() - start, 1),
+                reused=True)
   os.makedirs(out_dir, exist_ok=True)
-  marker = os.path.join(out_dir, COMPLETE_MARKER)
-  if os.path.exists(marker):
-    os.remove(marker)
-  for _, folder, _ in SPLITS:
-    shutil.rmtree(os.path.join(out_dir, folder), ignore_errors=True)
+  _refuse_foreign_files(out_dir, set(previous["files"]))
+  # Listed before anything is written, so that a crash leaves no file that a
+  # later run would take for a stranger's.
+  _write_manifest(out_dir, {
+      "complete": False, "config": _config_json(config),
+      "files": sorted(set(files) | set(previous["files"]))})
+  _remove_own_files(out_dir, set(previous["files"]) - set(files))
+
   num_workers = num_workers or os.cpu_count() or 1
   jobs = [(s, species, out_dir) for s in specs]
   if num_workers > 1:
@@ -595,48 +678,49 @@ def generate(out_dir: str, config: CorpusConfig = CorpusConfig(),
   else:
     events = [_write_one(j) for j in jobs]
 
-  strong = []
-  for split, folder, _ in SPLITS:
-    split_specs = [s for s in specs if s["split"] == split]
-    json_path = os.path.join(out_dir, f"{split}.json")
+  for split in SPLIT_YEARS:
+    names = release.split_files(split)
+    split_specs = [s for s in specs if s["split"] == names.name]
+    json_path = os.path.join(out_dir, names.annotations)
     with open(json_path, "w") as f:
-      json.dump(_annotation_json(config, split, species, split_specs), f)
+      json.dump(_annotation_json(config, names.name, species, split_specs), f)
     if config.archives:
-      _deterministic_tar_gz(os.path.join(out_dir, f"{folder}.json.tar.gz"),
-                            [(f"{split}.json", json_path)])
+      _deterministic_tar_gz(os.path.join(out_dir, names.annotations_archive),
+                            [(names.annotations, json_path)])
       _deterministic_tar_gz(
-          os.path.join(out_dir, f"{folder}.tar.gz"),
+          os.path.join(out_dir, names.archive),
           [(s["file_name"], os.path.join(out_dir, s["file_name"]))
            for s in split_specs])
-  for spec, ev in zip(specs, events):
-    strong.append({"audio_id": spec["audio_id"], "split": spec["split"],
-                   "file_name": spec["file_name"], "events": ev})
-  with open(os.path.join(out_dir, "strong_labels.json"), "w") as f:
+  strong = [{"audio_id": spec["audio_id"], "split": spec["split"],
+             "file_name": spec["file_name"], "events": ev}
+            for spec, ev in zip(specs, events)]
+  with open(os.path.join(out_dir, release.STRONG_LABELS_FILE), "w") as f:
     json.dump(strong, f)
-  with open(os.path.join(out_dir, RANGES_FILE), "w") as f:
+  with open(os.path.join(out_dir, release.RANGES_FILE), "w") as f:
     json.dump([{"category_id": t["id"], "name": t["name"],
                 "lookalike_of": t.get("lookalike_of"), "ranges": t["ranges"]}
                for t in species], f, indent=1)
   summary = {
       "config": dataclasses.asdict(config),
       "num_species": len(species),
-      "recordings": {split: sum(s["split"] == split for s in specs)
-                     for split, _, _ in SPLITS},
+      "recordings": {name: sum(s["split"] == name for s in specs)
+                     for name in (release.split_files(split).name
+                                  for split in SPLIT_YEARS)},
       "hours_of_audio": round(sum(s["duration"] for s in specs) / 3600, 3),
   }
-  with open(marker, "w") as f:
-    json.dump(summary, f, indent=1)
+  _write_manifest(out_dir, {"complete": True, "config": _config_json(config),
+                            "files": sorted(files), "summary": summary})
   return dict(summary, seconds=round(time.time() - start, 1))
 
 
 def is_complete(out_dir: str, config: CorpusConfig) -> bool:
   """Whether `out_dir` holds a finished corpus made with `config`."""
   try:
-    with open(os.path.join(out_dir, COMPLETE_MARKER)) as f:
-      return json.load(f)["config"] == json.loads(
-          json.dumps(dataclasses.asdict(config)))
-  except (OSError, ValueError, KeyError):
+    manifest = _read_manifest(out_dir)
+  except CorpusDirError:
     return False
+  return bool(manifest and manifest.get("complete")
+              and manifest.get("config") == _config_json(config))
 
 
 def main(argv=None) -> None:
@@ -655,7 +739,10 @@ def main(argv=None) -> None:
   parser.add_argument("--num_workers", type=int, default=None)
   args = vars(parser.parse_args(argv))
   out, workers = args.pop("out"), args.pop("num_workers")
-  summary = generate(out, CorpusConfig(**args), num_workers=workers)
+  try:
+    summary = generate(out, CorpusConfig(**args), num_workers=workers)
+  except CorpusDirError as e:
+    parser.exit(2, f"error: {e}\n")
   print(json.dumps(summary, indent=1))
 
 

@@ -12,6 +12,7 @@ import pytest
 from inatsounds_jax import synthetic
 from inatsounds_jax.geo import prior as prior_lib
 from inatsounds_jax.geo import range_model as range_lib
+from inatsounds_jax.geo import ranges as ranges_lib
 from inatsounds_jax.geo import sinr
 
 
@@ -59,7 +60,7 @@ def _observations(num_species=6, per_species=300, seed=0):
   lat, lon, label = [], [], []
   for i, s in enumerate(species):
     for _ in range(per_species):
-      a, b = synthetic._point_in_range(s["ranges"], rng)  # pylint: disable=protected-access
+      a, b = ranges_lib.random_point_in_range(s["ranges"], rng)
       lat.append(a)
       lon.append(b)
       label.append(i)
@@ -77,7 +78,7 @@ def trained():
 def test_training_recovers_the_ranges(trained):
   model, species = trained
   lat, lon = range_lib.sphere_points(5000)
-  truth = np.stack([synthetic.in_range(s["ranges"], lat, lon)
+  truth = np.stack([ranges_lib.in_range(s["ranges"], lat, lon)
                     for s in species], axis=1)
   q = range_lib.quality(model.presence(lat, lon), truth)
   chance = truth.mean()
@@ -234,3 +235,26 @@ def test_synthetic_truth_prior_follows_species_ranges(tmp_path):
   prior = prior_lib.from_range_circles(str(path), ["A", "B"])
   np.testing.assert_array_equal(prior.mask([0.0, 40.0], [0.0, 0.0]),
                                 [[True, True], [False, True]])
+
+
+def test_coverage_summary_and_check(caplog):
+  labels = ["A", "B", "C", "D"]
+  half = _constant_prior(labels, ["B", "A", "Z"], [0.5, 0.5, 0.5])
+  assert half.coverage() == (
+      "geo prior covers 2/4 labels (50%); not covered: C, D")
+  with caplog.at_level("WARNING"):
+    assert half.check_coverage(min_fraction=0.5) == half.coverage()
+  assert "below the minimum" not in caplog.text
+  with caplog.at_level("WARNING"):
+    half.check_coverage(min_fraction=0.75)
+  assert "covers 2/4 labels (50%)" in caplog.text
+  assert "below the minimum of 75%" in caplog.text
+
+  many = _constant_prior([f"S{i}" for i in range(9)], ["S0"], [1.0])
+  assert many.coverage().endswith("not covered: S1, S2, S3, S4, S5 ...")
+
+  # Common names against scientific names: nothing matches.
+  none = _constant_prior(["Turdus merula"], ["Blackbird"], [1.0])
+  with pytest.raises(ValueError, match=r"covers 0/1 labels.*'Blackbird'.*"
+                     r"'Turdus merula'.*exact name"):
+    none.check_coverage()

@@ -127,3 +127,84 @@ def test_find_split_sources(tmp_path):
     release.find_split_sources(str(tmp_path))
   with pytest.raises(release.ReleaseError, match="no iNatSounds files"):
     release.find_split_sources(str(tmp_path / "test"))
+
+
+def test_split_files_and_holds_release(tmp_path):
+  assert release.split_files("validation") == release.SplitFiles(
+      "val", "val.json", "val.json.tar.gz", "val.tar.gz")
+  assert release.split_files("test").archive == "public_test.tar.gz"
+  assert not release.holds_release(str(tmp_path))
+  (tmp_path / "train").mkdir()
+  assert not release.holds_release(str(tmp_path))
+  (tmp_path / "public_test.json.tar.gz").write_bytes(b"")
+  assert release.holds_release(str(tmp_path))
+
+
+def _split(split, items):
+  return release.SplitAnnotations(split, f"{split}.json", {}, items, [],
+                                  len(items))
+
+
+def _item(audio_id, file_name):
+  return release.Item(annotation_id=audio_id, audio_id=audio_id,
+                      category_id=0, file_name=file_name, duration=1.0,
+                      latitude=0.0, longitude=0.0, location_uncertainty=1.0,
+                      date="", license=0, rights_holder="")
+
+
+def test_cross_split_duplicates_stay_in_one_evaluation_split():
+  annotations = {
+      "train": _split("train", [_item(1, "train/a/1.wav"),
+                                _item(2, "train/a/2.wav"),
+                                _item(3, "train/a/3.wav")]),
+      "validation": _split("validation", [_item(1, "val/a/1.wav"),
+                                          _item(4, "val/a/4.wav")]),
+      # Recording 4 under another id, same file; recording 2 by id.
+      "test": _split("test", [_item(40, "test/a/4.wav"),
+                              _item(2, "test/a/two.wav")]),
+  }
+  out = release.drop_cross_split_duplicates(annotations)
+  assert list(out) == ["train", "validation", "test"]
+  assert [i.audio_id for i in out["train"].items] == [3]
+  assert [i.audio_id for i in out["validation"].items] == [1]
+  assert [i.audio_id for i in out["test"].items] == [40, 2]
+  assert not out["test"].problems
+  assert {(p.file, p.kind) for p in out["train"].problems} == {
+      ("train/a/1.wav", "cross-split duplicate"),
+      ("train/a/2.wav", "cross-split duplicate")}
+  (problem,) = out["validation"].problems
+  assert problem.file == "val/a/4.wav"
+  assert "also listed in the test split (test.json)" in problem.reason
+  assert out["train"].num_annotations == 3  # Still counted as annotations.
+
+
+def test_source_fingerprint_tells_what_changed(tmp_path):
+  (tmp_path / "train.json").write_text(json.dumps(_annotations()))
+  (tmp_path / "train" / "00000_a").mkdir(parents=True)
+  (tmp_path / "train" / "00000_a" / "x.wav").write_bytes(b"12345")
+  (tmp_path / "val.json").write_text(json.dumps(_annotations()))
+  (tmp_path / "val.tar.gz").write_bytes(b"archive")
+  before = release.source_fingerprint(str(tmp_path))
+  assert set(before) == {"train", "validation"}
+  assert before == release.source_fingerprint(str(tmp_path))
+  assert not release.fingerprint_differences(before, before)
+
+  (tmp_path / "train" / "00000_a" / "x.wav").write_bytes(b"123456")
+  (tmp_path / "val.tar.gz").write_bytes(b"archive, longer")
+  after = release.source_fingerprint(str(tmp_path))
+  assert release.fingerprint_differences(before, after) == [
+      "train recordings: train, 1 files, 5 bytes, sha256 "
+      f"{before['train']['recordings']['sha256'][:12]} when built; train, "
+      f"1 files, 6 bytes, sha256 {after['train']['recordings']['sha256'][:12]}"
+      " now",
+      "validation recordings: val.tar.gz, 7 bytes when built; val.tar.gz, "
+      "15 bytes now"]
+  edited = _annotations()
+  edited["annotations"].pop()
+  (tmp_path / "train.json").write_text(json.dumps(edited))
+  (tmp_path / "val.json").unlink()
+  (tmp_path / "val.tar.gz").unlink()
+  lines = release.fingerprint_differences(
+      after, release.source_fingerprint(str(tmp_path)))
+  assert lines[0].startswith("train annotations: train.json, ")
+  assert lines[1] == "validation: in the records, no longer in the source"

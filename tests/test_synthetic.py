@@ -1,4 +1,5 @@
 import collections
+import dataclasses
 import hashlib
 import json
 import os
@@ -7,10 +8,12 @@ import sys
 import tarfile
 
 import numpy as np
+import pytest
 
 from inatsounds_jax import audio
 from inatsounds_jax import release
 from inatsounds_jax import synthetic
+from inatsounds_jax.geo import ranges as ranges_lib
 from tests.conftest import SMALL
 
 
@@ -107,8 +110,8 @@ def test_corpus_statistics_are_realistic(tmp_path):
   # Locations come from the species' ranges.
   for s in specs[:300]:
     if s["latitude"] is not None:
-      assert synthetic.in_range(species[s["category_id"]]["ranges"],
-                                s["latitude"], s["longitude"])
+      assert ranges_lib.in_range(species[s["category_id"]]["ranges"],
+                                 s["latitude"], s["longitude"])
 
 
 def test_strong_labels_cover_target_and_background(small_corpus):
@@ -158,3 +161,89 @@ def test_command_line(tmp_path):
   ann = _load(str(out), "train.json")
   assert "image_id" in ann["annotations"][0]
   assert "image_dir_name" in ann["categories"][0]
+
+
+TINY = synthetic.CorpusConfig(num_species=2, num_recordings=6, seed=1,
+                              median_duration_s=1.0, max_duration_s=2.0)
+
+
+def _tree(folder):
+  """{relative path: bytes} of every file under `folder`."""
+  out = {}
+  for root, _, files in os.walk(folder):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, folder)] = f.read()
+  return out
+
+
+def _users_folder(path):
+  """A folder holding a user's recording where the corpus would write."""
+  os.makedirs(path / "train")
+  (path / "train" / "my_recording.wav").write_bytes(b"RIFF user data")
+  (path / "notes.txt").write_text("mine")
+  return _tree(str(path))
+
+
+def test_generator_refuses_a_folder_with_other_files(tmp_path):
+  before = _users_folder(tmp_path / "user")
+  with pytest.raises(synthetic.CorpusDirError,
+                     match=r"notes.txt, train/my_recording.wav"):
+    synthetic.generate(str(tmp_path / "user"), TINY, num_workers=1)
+  assert _tree(str(tmp_path / "user")) == before  # Nothing written either.
+
+
+def test_command_line_refuses_a_folder_with_other_files(tmp_path):
+  before = _users_folder(tmp_path / "user")
+  result = subprocess.run(
+      [sys.executable, "-m", "inatsounds_jax.synthetic", "--out",
+       str(tmp_path / "user"), "--num_species", "2", "--num_recordings", "6",
+       "--num_workers", "1"], capture_output=True, text=True)
+  assert result.returncode == 2
+  assert "train/my_recording.wav" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert _tree(str(tmp_path / "user")) == before
+
+
+def test_regeneration_reuses_or_replaces_only_its_own_files(tmp_path):
+  out = str(tmp_path / "corpus")
+  first = synthetic.generate(out, TINY, num_workers=1)
+  assert not first.get("reused")
+  files = _tree(out)
+  manifest = _load(out, synthetic.MANIFEST)
+  assert manifest["complete"]
+  assert sorted(manifest["files"]) == sorted(
+      p for p in files if p != synthetic.MANIFEST)
+
+  assert synthetic.generate(out, TINY, num_workers=1)["reused"]
+  assert _tree(out) == files
+
+  other = dataclasses.replace(TINY, seed=2)
+  synthetic.generate(out, other, num_workers=1)
+  fresh = str(tmp_path / "fresh")
+  synthetic.generate(fresh, other, num_workers=1)
+  assert _tree(out) == _tree(fresh)  # The first corpus is gone, all of it.
+
+  (tmp_path / "corpus" / "train" / "mine.wav").write_bytes(b"mine")
+  with pytest.raises(synthetic.CorpusDirError, match="train/mine.wav"):
+    synthetic.generate(out, TINY, num_workers=1)
+  assert (tmp_path / "corpus" / "train" / "mine.wav").read_bytes() == b"mine"
+
+
+def test_interrupted_generation_is_finished_by_the_next(tmp_path, monkeypatch):
+  out = str(tmp_path / "corpus")
+
+  def crash(*args):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(synthetic, "_deterministic_tar_gz", crash)
+  with pytest.raises(KeyboardInterrupt):
+    synthetic.generate(out, TINY, num_workers=1)
+  assert not synthetic.is_complete(out, TINY)
+  monkeypatch.undo()
+  synthetic.generate(out, TINY, num_workers=1)  # Its own files: not refused.
+  assert synthetic.is_complete(out, TINY)
+  fresh = str(tmp_path / "fresh")
+  synthetic.generate(fresh, TINY, num_workers=1)
+  assert _tree(out) == _tree(fresh)

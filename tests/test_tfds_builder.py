@@ -144,8 +144,15 @@ def test_bad_items_are_skipped_and_reported(damaged_release, tmp_path,
     assert all(r["split"] == "train" for r in rows)
   skipped = {r["file"] for r in report}
   assert not skipped & {ex["file_name"].decode() for ex in examples.values()}
+  assert not any("BytesIO" in r["reason"] for r in report)
   summary = capsys.readouterr().err
-  assert "items skipped" in summary and "truncated WAV" in summary
+  # 8 items left out, 12 report lines (a duplicated id is reported for both
+  # entries and its annotation, an unknown category for the annotation and
+  # its recording, ...): the summary counts items.
+  assert len(report) == 12
+  assert f"train: {num_valid} examples, 8 items skipped" in summary
+  assert "8 items skipped; 12 problems reported" in summary
+  assert "truncated WAV" in summary
   assert builder_lib.REPORT_NAME in summary
   # The other splits were untouched.
   assert len(_examples(builder, "test")) > 0
@@ -179,12 +186,119 @@ def test_full_config_without_manual_dir_explains(tmp_path):
     data.prepare("full", data_dir=str(tmp_path))
 
 
-def test_synthetic_config_generates_its_corpus(tmp_path):
-  b = data.prepare("synthetic", data_dir=str(tmp_path), num_species=4,
-                   num_recordings=16)
+def _tree(folder):
+  """{path: bytes} of every file under `folder`."""
+  out = {}
+  for root, _, files in os.walk(folder):
+    for name in files:
+      with open(os.path.join(root, name), "rb") as f:
+        out[os.path.join(root, name)] = f.read()
+  return out
+
+
+def test_synthetic_config_generates_its_corpus_in_its_own_folder(tmp_path):
+  # A manual dir with a user's recording where the corpus has a folder.
+  user = tmp_path / "user"
+  (user / "train").mkdir(parents=True)
+  (user / "train" / "field_recording.wav").write_bytes(b"RIFF precious")
+  before = _tree(user)
+  b = data.prepare("synthetic", data_dir=str(tmp_path / "tfds"),
+                   manual_dir=str(user), num_species=4, num_recordings=16)
+  assert _tree(user) == before
   assert b.info.config_name == "synthetic_s4_r16_seed0"
   assert b.info.splits["train"].num_examples > 0
   assert len(b.info.features["label"].names) == 4
+  assert os.path.exists(os.path.join(
+      tmp_path, "tfds", "downloads", "inat_sounds_synthetic",
+      "s4_r16_seed0", "train.json"))
+  # Prepared again: the records match their corpus, so they are reused.
+  data.prepare("synthetic", data_dir=str(tmp_path / "tfds"),
+               num_species=4, num_recordings=16)
+
+
+def _drop_last_annotation(manual_dir):
+  path = os.path.join(manual_dir, "train.json")
+  with open(path) as f:
+    ann = json.load(f)
+  ann["annotations"].pop()
+  with open(path, "w") as f:
+    json.dump(ann, f)
+
+
+def test_stale_records_are_detected(small_corpus, small_dataset, tmp_path):
+  data_dir = small_dataset.data_dir_root
+  # The same release copied elsewhere: the records are still its records.
+  copy = _copy_release(small_corpus, tmp_path / "copy", False)
+  assert build(copy, data_dir).info.splits["train"].num_examples == (
+      small_dataset.info.splits["train"].num_examples)
+  # Fixed annotations, or another release: stop and say what differs.
+  _drop_last_annotation(copy)
+  with pytest.raises(builder_lib.StaleRecordsError) as e:
+    build(copy, data_dir)
+  message = str(e.value)
+  assert "train annotations: train.json" in message
+  assert "validation" not in message  # Only what differs.
+  assert "--overwrite" in message and "overwrite=True" in message
+  os.remove(os.path.join(copy, "val.json"))
+  shutil.rmtree(os.path.join(copy, "val"))
+  with pytest.raises(builder_lib.StaleRecordsError,
+                     match="validation: in the records, no longer in the "
+                     "source"):
+    build(copy, data_dir)
+
+
+def test_overwrite_rebuilds_stale_records(small_corpus, tmp_path):
+  root = _copy_release(small_corpus, tmp_path / "release", False)
+  first = build(root, tmp_path / "tfds")
+  _drop_last_annotation(root)
+  rebuilt = data.prepare("full", data_dir=str(tmp_path / "tfds"),
+                         manual_dir=root, overwrite=True)
+  assert rebuilt.info.splits["train"].num_examples == (
+      first.info.splits["train"].num_examples - 1)
+  assert len(_examples(rebuilt, "train")) == (
+      rebuilt.info.splits["train"].num_examples)
+  build(root, tmp_path / "tfds")  # Now current: reused without complaint.
+
+
+@pytest.fixture
+def train_recording_also_in_val(small_corpus, tmp_path):
+  """A release whose val.json also lists a train recording (copied into
+  val/); returns (manual dir, that recording's id)."""
+  root = _copy_release(small_corpus, tmp_path / "dup", False)
+  with open(os.path.join(root, "train.json")) as f:
+    train = json.load(f)
+  with open(os.path.join(root, "val.json")) as f:
+    val = json.load(f)
+  rec = train["audio"][0]
+  ann = next(a for a in train["annotations"] if a["audio_id"] == rec["id"])
+  val_name = "val/" + rec["file_name"].split("/", 1)[1]
+  os.makedirs(os.path.dirname(os.path.join(root, val_name)), exist_ok=True)
+  shutil.copy(os.path.join(root, rec["file_name"]),
+              os.path.join(root, val_name))
+  val["audio"].append(dict(rec, file_name=val_name))
+  val["annotations"].append(dict(ann, id=10**6))
+  val["categories"] = train["categories"]
+  with open(os.path.join(root, "val.json"), "w") as f:
+    json.dump(val, f)
+  return root, rec["id"]
+
+
+def test_cross_split_duplicate_is_kept_only_in_evaluation(
+    train_recording_also_in_val, tmp_path):
+  root, recording_id = train_recording_also_in_val
+  builder = build(root, tmp_path / "tfds")
+  train_ids = {int(ex["recording_id"])
+               for ex in _examples(builder, "train").values()}
+  val_ids = [int(ex["recording_id"])
+             for ex in _examples(builder, "validation").values()]
+  assert recording_id not in train_ids
+  assert val_ids.count(recording_id) == 1
+  rows = [r for r in _report(builder) if f"recording {recording_id} " in
+          r["reason"]]
+  assert len(rows) == 1 and rows[0]["split"] == "train"
+  assert "also listed in the validation split" in rows[0]["reason"]
+  with pytest.raises(builder_lib.BuildError, match="cross-split|also listed"):
+    build(root, tmp_path / "strict", strict=True)
 
 
 @pytest.mark.slow

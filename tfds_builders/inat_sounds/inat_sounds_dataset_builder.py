@@ -7,11 +7,31 @@
 From Python: `inatsounds_jax.data.builder(config, data_dir=...)`.
 
 Bad items (corrupt, truncated or missing audio, unknown ids, duplicates,
-impossible coordinates) are skipped and written to `build_report.tsv` next to
-the dataset, with a summary printed at the end; `strict` stops at the first.
-With Beam options (`--beam_pipeline_options=...`) preparation runs on Apache
-Beam, one task per recording (extracted folders only); bad items are then
-logged by the workers and counted in the metric `inat_sounds/skipped`.
+impossible coordinates, a recording listed in two splits) are skipped and
+written to `build_report.tsv` next to the dataset, with a summary printed at
+the end; `strict` stops at the first. A recording listed in two splits is kept
+in the evaluation split (test, else validation) only. With Beam options
+(`--beam_pipeline_options=...`) preparation runs on Apache Beam, one task per
+recording (extracted folders only); bad items are then logged by the workers
+and counted in the metric `inat_sounds/skipped`.
+
+Stale records. Records carry `source_fingerprint.json`: each split's
+annotation file (name, size, SHA-256) and recordings (the folder's file list
+with sizes, or the archive's name and size). Preparing again, with the
+records already there, compares it with the source given now (the manual dir,
+or the synthetic corpus) and stops with `StaleRecordsError` saying what
+differs: records that took hours to build are never replaced silently, and
+never used for a source they were not built from. To rebuild:
+
+    tfds build tfds_builders/inat_sounds --config=full --manual_dir=DIR --overwrite
+
+or `inatsounds_jax.data.prepare(..., overwrite=True)`. Without a source
+(manual dir gone), the records are used as they are.
+
+The `synthetic` config reads a corpus from the manual dir when it holds one
+(`python -m inatsounds_jax.synthetic --out DIR`); otherwise it generates the
+corpus into a folder of its own under the download dir
+(`<data_dir>/downloads/inat_sounds_synthetic/`), never into the manual dir.
 """
 
 from __future__ import annotations
@@ -38,13 +58,18 @@ REPORT_NAME = "build_report.tsv"
 LABEL_COUNTS_NAME = "label_counts.json"
 # Per label: species, common name, supercategory, taxonomy, category id.
 CLASSES_NAME = "classes.json"
+# What the records were built from (`release.source_fingerprint`).
+FINGERPRINT_NAME = "source_fingerprint.json"
 # Files of the synthetic corpus copied next to the records (true ranges).
-_SIDE_FILES = (synthetic.RANGES_FILE,)
-_SPLIT_FOLDERS = {"train": "train", "validation": "val", "test": "test"}
+_SIDE_FILES = (release.RANGES_FILE,)
 
 
 class BuildError(RuntimeError):
   """Raised in strict mode on the first bad item."""
+
+
+class StaleRecordsError(RuntimeError):
+  """Prepared records were built from other source files than given now."""
 
 
 @dataclasses.dataclass
@@ -70,7 +95,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                        "from archives or extracted folders in manual_dir."),
       InatSoundsConfig(name="synthetic", description="The library's "
                        "synthetic corpus in the release's format; generated "
-                       "when manual_dir holds none."),
+                       "into its own folder when manual_dir holds none."),
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Download from https://github.com/visipedia/inat_sounds (AWS Open Data) into
@@ -92,7 +117,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     self._use_beam = False
     self._problems = None
     self._label_counts = None
+    self._num_annotations = None
     self._source_dir = None
+    self._fingerprint = None
 
   def _info(self) -> tfds.core.DatasetInfo:
     text = tfds.features.Text()
@@ -127,45 +154,58 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   # -- Sources ---------------------------------------------------------------
 
-  def _manual_dir_or_none(self, dl_manager) -> str | None:
-    try:
-      return os.fspath(dl_manager.manual_dir)
-    except AssertionError:  # Not given, missing or empty.
-      return None
+  def _synthetic_corpus_config(self) -> synthetic.CorpusConfig:
+    cfg = self.builder_config
+    return synthetic.CorpusConfig(num_species=cfg.num_species,
+                                  num_recordings=cfg.num_recordings,
+                                  seed=cfg.seed)
 
-  def _release_dir(self, dl_manager) -> str:
-    manual_dir = self._manual_dir_or_none(dl_manager)
+  def _find_source_dir(self, download_dir: str, manual_dir: str | None,
+                       for_build: bool) -> str | None:
+    """The folder the records are (to be) built from.
+
+    Args:
+      download_dir: TFDS's download dir (the synthetic corpus goes under it).
+      manual_dir: the manual dir, None when not given or empty.
+      for_build: building: generate the synthetic corpus if needed, and
+        insist on a manual dir for `full`. Otherwise (checking prepared
+        records) None stands for "no source to compare with".
+    """
+    if manual_dir is not None and release.holds_release(manual_dir):
+      return manual_dir
     if self.builder_config.name == "full":
+      if manual_dir is None and not for_build:
+        return None
       if manual_dir is None:
         raise release.ReleaseError(
             "config 'full' needs --manual_dir with the iNatSounds release:"
             + self.MANUAL_DOWNLOAD_INSTRUCTIONS)
-      return manual_dir
-    if manual_dir is not None and any(
-        os.path.exists(os.path.join(manual_dir, n))
-        for n in ("train.json", "train.json.tar.gz")):
-      return manual_dir
-    cfg = self.builder_config
-    corpus_config = synthetic.CorpusConfig(
-        num_species=cfg.num_species, num_recordings=cfg.num_recordings,
-        seed=cfg.seed)
-    out = manual_dir or os.path.join(
-        os.fspath(dl_manager.download_dir),
-        f"synthetic_corpus_s{cfg.num_species}_r{cfg.num_recordings}_"
-        f"seed{cfg.seed}")
-    if not synthetic.is_complete(out, corpus_config):
-      print(f"Generating the synthetic corpus in {out} ...", file=sys.stderr)
-      synthetic.generate(out, corpus_config)
+      return manual_dir  # find_split_sources says what is missing.
+    cfg, corpus_config = self.builder_config, self._synthetic_corpus_config()
+    out = os.path.join(download_dir, "inat_sounds_synthetic",
+                       f"s{cfg.num_species}_r{cfg.num_recordings}_"
+                       f"seed{cfg.seed}")
+    if synthetic.is_complete(out, corpus_config):
+      return out
+    if not for_build:
+      return None
+    if manual_dir is not None:
+      print(f"{manual_dir} holds no iNatSounds annotation files; using the "
+            "synthetic corpus instead", file=sys.stderr)
+    print(f"Generating the synthetic corpus in {out} ...", file=sys.stderr)
+    synthetic.generate(out, corpus_config)
     return out
 
   def _split_generators(self, dl_manager):
-    self._source_dir = self._release_dir(dl_manager)
     sources = release.find_split_sources(self._source_dir)
-    annotations = {
+    self._fingerprint = release.source_fingerprint(self._source_dir)
+    annotations = release.drop_cross_split_duplicates({
         split: release.parse_annotations(
             release.load_json(src.annotation_path), split,
             src.annotation_path)
-        for split, src in sources.items()}
+        for split, src in sources.items()})
+    self._num_annotations = {split: ann.num_annotations
+                             for split, ann in annotations.items()}
     # The label space is the first split's category list (train when present:
     # val/test use a subset of its species); the others must agree with it.
     reference = next(iter(annotations.values()))
@@ -211,8 +251,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     return self._stream_examples(source, items)
 
   def _stream_examples(self, source, items):
-    for item, data, problem in release.iter_recordings(source, items):
-      result = make_example(source.split, item, data, problem,
+    for item, recording, problem in release.iter_recordings(source, items):
+      result = make_example(source.split, item, recording, problem,
                             self._categories, self._label_of)
       if isinstance(result, release.Problem):
         self._report(result)
@@ -238,6 +278,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     # (`tfds build --beam_pipeline_options=...`).
     self._use_beam = (download_config.beam_options is not None or
                       download_config.beam_runner is not None)
+    self._source_dir = self._find_source_dir(
+        os.fspath(dl_manager.download_dir),
+        _manual_dir(dl_manager.download_dir, download_config), for_build=True)
     super()._download_and_prepare(dl_manager, download_config)
     # data_path is the not-yet-renamed build folder here, so the report lands
     # next to the dataset's records only when the build succeeds.
@@ -252,17 +295,70 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if not self._use_beam:  # Beam workers do not report back counts.
       with open(os.path.join(self.data_path, LABEL_COUNTS_NAME), "w") as f:
         json.dump(self._label_counts, f)
+    with open(os.path.join(self.data_path, FINGERPRINT_NAME), "w") as f:
+      json.dump({"source_dir": os.path.abspath(self._source_dir),
+                 "splits": self._fingerprint}, f, indent=1)
     for name in _SIDE_FILES:
       if os.path.exists(os.path.join(self._source_dir, name)):
         shutil.copy(os.path.join(self._source_dir, name), self.data_path)
 
-  def download_and_prepare(self, *args, **kwargs):
+  def _check_not_stale(self, download_dir: str, download_config) -> None:
+    """Raises `StaleRecordsError` if the records' source has changed."""
+    path = os.path.join(self.data_dir, FINGERPRINT_NAME)
+    if not os.path.exists(path):
+      logging.warning("%s has no %s (built before records carried one): "
+                      "cannot tell whether they match the source files",
+                      self.data_dir, FINGERPRINT_NAME)
+      return
+    source_dir = self._find_source_dir(
+        download_dir, _manual_dir(download_dir, download_config),
+        for_build=False)
+    if source_dir is None:
+      return  # No source to compare with: the records are all there is.
+    with open(path) as f:
+      built = json.load(f)
+    differences = release.fingerprint_differences(
+        built["splits"], release.source_fingerprint(source_dir))
+    if differences:
+      raise StaleRecordsError(
+          f"{self.data_dir} holds records built from {built['source_dir']}, "
+          f"and the source given now ({source_dir}) differs:\n  "
+          + "\n  ".join(differences) + "\nTo rebuild them from "
+          f"{source_dir} (replacing these records): tfds build "
+          f"tfds_builders/inat_sounds --config={self.builder_config.name} "
+          f"--manual_dir={source_dir} --data_dir={self.data_dir_root} "
+          "--overwrite, or inatsounds_jax.data.prepare(..., overwrite=True). "
+          "To use these records instead, give the files they were built "
+          "from, as they were then.")
+
+  def download_and_prepare(self, *, download_dir=None, download_config=None,
+                           **kwargs):
+    """TFDS's, checking prepared records against their source first.
+
+    Raises:
+      StaleRecordsError: the records were built from other files than the
+        source given now (unless the download mode overwrites them).
+    """
+    download_config = download_config or tfds.download.DownloadConfig()
+    if (self.is_prepared()
+        and not download_config.download_mode.overwrite_dataset):
+      self._check_not_stale(
+          os.fspath(download_dir or self.data_dir_root / "downloads"),
+          download_config)
     self._problems = None
-    super().download_and_prepare(*args, **kwargs)
+    super().download_and_prepare(download_dir=download_dir,
+                                 download_config=download_config, **kwargs)
     if self._problems is not None:  # Built now, not found ready.
-      print(build_summary(self.info, self._problems,
+      print(build_summary(self.info, self._problems, self._num_annotations,
                           os.path.join(self.data_dir, REPORT_NAME)),
             file=sys.stderr)
+
+
+def _manual_dir(download_dir, download_config) -> str | None:
+  """The manual dir as TFDS picks it, None when missing or empty."""
+  path = os.fspath(download_config.manual_dir
+                   or os.path.join(os.fspath(download_dir), "manual"))
+  return path if os.path.isdir(path) and os.listdir(path) else None
 
 
 def class_table(categories: dict, label_of: dict) -> list[dict]:
@@ -277,17 +373,20 @@ def class_table(categories: dict, label_of: dict) -> list[dict]:
   return rows
 
 
-def make_example(split: str, item: release.Item, data: bytes | None,
+def make_example(split: str, item: release.Item, recording,
                  problem: release.Problem | None, categories: dict,
                  label_of: dict):
-  """`(key, example)` for one recording, or the `Problem` that stops it."""
+  """`(key, example)` for one recording, or the `Problem` that stops it.
+
+  `recording` is the open file `release.iter_recordings` gives (None with a
+  problem).
+  """
   if problem is not None:
     return problem
   try:
-    waveform = audio_lib.decode_audio(data)
+    waveform = audio_lib.decode_audio(recording)
   except audio_lib.AudioError as e:
-    return release.Problem(split, item.file_name, str(e).split(":")[0],
-                           str(e))
+    return release.Problem(split, item.file_name, e.kind, str(e))
   cat = categories[item.category_id]
   return item.annotation_id, {
       "audio": waveform,
@@ -313,28 +412,47 @@ def make_example(split: str, item: release.Item, data: bytes | None,
 
 def _beam_example(item, source, categories, label_of, strict):
   import apache_beam as beam  # pylint: disable=import-outside-toplevel
-  item, data, problem = next(release.iter_recordings(source, [item]))
-  result = make_example(source.split, item, data, problem, categories,
-                        label_of)
-  if isinstance(result, release.Problem):
-    if strict:
-      raise BuildError(str(result))
-    logging.warning("skipped %s", result)
-    beam.metrics.Metrics.counter("inat_sounds", "skipped").inc()
-    return
-  yield result
+  # A loop, not next(): the file stays open while the generator is alive.
+  for item, recording, problem in release.iter_recordings(source, [item]):
+    result = make_example(source.split, item, recording, problem, categories,
+                          label_of)
+    if isinstance(result, release.Problem):
+      if strict:
+        raise BuildError(str(result))
+      logging.warning("skipped %s", result)
+      beam.metrics.Metrics.counter("inat_sounds", "skipped").inc()
+    else:
+      yield result
 
 
-def build_summary(info: tfds.core.DatasetInfo, problems, report_path: str
-                  ) -> str:
-  """What was written and what was skipped, per split."""
+def build_summary(info: tfds.core.DatasetInfo, problems,
+                  num_annotations: dict[str, int], report_path: str) -> str:
+  """What was written and what was left out, per split.
+
+  Items left out are annotations that did not become examples (every valid
+  annotation becomes exactly one). One bad item can give several problems (a
+  duplicated recording id is reported for both entries and the annotation
+  that points at them, an unusable recording for itself and its
+  annotation), so problems are counted separately, by kind.
+
+  Args:
+    info: the built dataset's info (examples per split).
+    problems: every `release.Problem` reported.
+    num_annotations: annotations per split in the source files.
+    report_path: where the problems are listed.
+  """
   lines = [f"{info.full_name}: built"]
+  skipped = 0
   for name, split in info.splits.items():
-    lines.append(f"  {name}: {split.num_examples} examples")
+    left_out = num_annotations[name] - split.num_examples
+    skipped += left_out
+    lines.append(f"  {name}: {split.num_examples} examples"
+                 + (f", {left_out} items skipped" if left_out else ""))
   if not problems:
     lines.append("  no problems found")
     return "\n".join(lines)
-  lines.append(f"  {len(problems)} items skipped (details in {report_path}):")
+  lines.append(f"  {skipped} items skipped; {len(problems)} problems "
+               f"reported (details in {report_path}):")
   counts = collections.Counter((p.split, p.kind) for p in problems)
   for (split, kind), n in sorted(counts.items()):
     lines.append(f"    {split}: {n} x {kind}")
