@@ -165,7 +165,7 @@ def test_csv_observations_and_clear_errors(tmp_path):
 
   bad = tmp_path / "bad.csv"
   bad.write_text("latitude,longitude,species\n10,abc,A\n")
-  with pytest.raises(ValueError, match=r"bad.csv, line 2: .*not numbers"):
+  with pytest.raises(ValueError, match=r"bad.csv, row 2: .*not numbers"):
     range_lib.observations_from_csv(str(bad))
   out_of_range = tmp_path / "range.csv"
   out_of_range.write_text("latitude,longitude,species\n95,0,A\n")
@@ -258,3 +258,26 @@ def test_coverage_summary_and_check(caplog):
   with pytest.raises(ValueError, match=r"covers 0/1 labels.*'Blackbird'.*"
                      r"'Turdus merula'.*exact name"):
     none.check_coverage()
+
+
+def test_csv_rows_are_numbered_as_a_spreadsheet_shows_them(tmp_path):
+  # Saved by a spreadsheet: byte-order mark, CRLF, a blank row (row 4).
+  path = tmp_path / "sheet.csv"
+  path.write_bytes("\ufefflatitude,longitude,species\r\n"
+                   "10,20,Turdus merula\r\n"
+                   ",,Turdus merula\r\n"
+                   "\r\n"
+                   "-5.5,100,Bubo bubo\r\n".encode("utf-8"))
+  obs = range_lib.observations_from_csv(str(path))
+  assert obs.species_names == ["Bubo bubo", "Turdus merula"]
+  assert obs.species.tolist() == [1, 1, 0]
+  path.write_bytes(path.read_bytes() + b"12,abc,Bubo bubo\r\n")
+  with pytest.raises(ValueError, match=r"sheet.csv, row 6: "):
+    range_lib.observations_from_csv(str(path))
+  # Out of range after a row with no coordinates: still the sheet's row.
+  path.write_bytes("\ufefflatitude,longitude,species\n,,A\n1,2,A\n"
+                   "1,200,A\n".encode("utf-8"))
+  with pytest.raises(ValueError, match=r"1 observations have coordinates "
+                     r"out of range, first latitude 1.0, longitude 200.0 "
+                     r"\(row 4\)"):
+    range_lib.observations_from_csv(str(path))

@@ -51,13 +51,18 @@ class Observations:
                         self.species[keep], self.species_names)
 
 
-def _check_coordinates(lat, lon, where: str) -> None:
+def _check_coordinates(lat, lon, where: str,
+                       locate: Callable[[int], str]) -> None:
+  """Raises on coordinates off the globe; `locate(i)` names observation i.
+
+  Missing coordinates (NaN) pass.
+  """
   bad = (np.abs(lat) > 90) | (np.abs(lon) > 180)
   if bad.any():
     i = int(np.argmax(bad))
     raise ValueError(f"{where}: {int(bad.sum())} observations have "
                      f"coordinates out of range, first latitude {lat[i]}, "
-                     f"longitude {lon[i]} (row {i + 1})")
+                     f"longitude {lon[i]} ({locate(i)})")
 
 
 def observations_from_tfds(builder, split: str = "train") -> Observations:
@@ -74,43 +79,52 @@ def observations_from_tfds(builder, split: str = "train") -> Observations:
   obs = Observations(np.concatenate(lat), np.concatenate(lon),
                      np.concatenate(label),
                      list(builder.info.features["label"].names))
-  _check_coordinates(obs.latitude[np.isfinite(obs.latitude)],
-                     obs.longitude[np.isfinite(obs.longitude)],
-                     f"{builder.name} {split}")
+  _check_coordinates(obs.latitude, obs.longitude, f"{builder.name} {split}",
+                     lambda i: f"example {i} in reading order")
   return obs
 
 
 def observations_from_csv(path: str) -> Observations:
   """A CSV with columns `latitude`, `longitude`, `species` (a name).
 
-  Rows with an empty coordinate are kept (and skipped in training); a row
-  that is not a number fails with its line number.
+  UTF-8, with or without a byte-order mark (as spreadsheets save it). Rows
+  with an empty coordinate are kept (and skipped in training); blank rows are
+  skipped. Errors give the row number a spreadsheet shows (the header is row
+  1, blank rows count).
   """
-  lat, lon, names = [], [], []
-  with open(path, newline="") as f:
-    reader = csv.DictReader(f)
-    missing = {"latitude", "longitude", "species"} - set(reader.fieldnames or [])
+  lat, lon, names, rows = [], [], [], []
+  with open(path, newline="", encoding="utf-8-sig") as f:
+    reader = csv.reader(f)
+    header = next(reader, [])
+    missing = {"latitude", "longitude", "species"} - set(header)
     if missing:
       raise ValueError(f"{path}: missing column(s) {sorted(missing)}; found "
-                       f"{reader.fieldnames}")
-    for line, row in enumerate(reader, start=2):
+                       f"{header}")
+    column = {name: header.index(name)
+              for name in ("latitude", "longitude", "species")}
+    for row_number, values in enumerate(reader, start=2):
+      if not any(v.strip() for v in values):
+        continue
+      row = {name: values[i].strip() if i < len(values) else ""
+             for name, i in column.items()}
       try:
         lat.append(float(row["latitude"]) if row["latitude"] else np.nan)
         lon.append(float(row["longitude"]) if row["longitude"] else np.nan)
       except ValueError:
-        raise ValueError(f"{path}, line {line}: coordinates "
+        raise ValueError(f"{path}, row {row_number}: coordinates "
                          f"{row['latitude']!r}, {row['longitude']!r} are not "
                          "numbers") from None
       if not row["species"]:
-        raise ValueError(f"{path}, line {line}: empty species")
+        raise ValueError(f"{path}, row {row_number}: empty species")
       names.append(row["species"])
+      rows.append(row_number)
   if not names:
     raise ValueError(f"{path}: no observations")
   species_names = sorted(set(names))
   index = {n: i for i, n in enumerate(species_names)}
   obs = Observations(lat, lon, [index[n] for n in names], species_names)
-  known = np.isfinite(obs.latitude) & np.isfinite(obs.longitude)
-  _check_coordinates(obs.latitude[known], obs.longitude[known], path)
+  _check_coordinates(obs.latitude, obs.longitude, path,
+                     lambda i: f"row {rows[i]}")
   return obs
 
 
