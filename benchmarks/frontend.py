@@ -31,7 +31,7 @@ from inatsounds_jax import frontend  # pylint: disable=g-import-not-at-top
 from inatsounds_jax import frontend_reference  # pylint: disable=g-import-not-at-top
 from inatsounds_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
 
-CFG = frontend.PRESETS["inatsounds"]
+CFG = frontend.PRESETS.get("inatsounds")
 
 
 def _best_time(fn, repeats: int) -> float:

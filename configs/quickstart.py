@@ -35,7 +35,8 @@ def get_config():
   c.num_epochs = 6.0
   c.warmup_epochs = 0.5
   c.eval_batch_size = 64
-  c.eval_every_epochs = 6.0  # Evaluation costs time on CPU: once, at the end.
+  # Evaluation costs time on CPU: once, at the end.
+  c.evals.validation.every_epochs = 6.0
   c.shuffle_buffer = 1200
   c.geo_prior = "synthetic_truth"
   c.log_every_steps = 10

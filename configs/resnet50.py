@@ -1,4 +1,4 @@
-"""ResNet-50 on iNatSounds, the paper's main recipe (REFERENCE s.3).
+"""ResNet-50 on iNatSounds, the iNatSounds paper's main recipe (s.4).
 
     python -m inatsounds_jax.main --config=configs/resnet50.py \
         --workdir=$HOME/runs/resnet50 \

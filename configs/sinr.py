@@ -3,7 +3,8 @@
     python -m inatsounds_jax.main --config=configs/sinr.py \
         --workdir=$HOME/runs/sinr --config.manual_dir=/data/inat_sounds
 
-trains SINR (REFERENCE s.4) on the (latitude, longitude, species) of every
+trains SINR (Cole et al. 2023, "Spatial Implicit Neural Representations for
+Global-Scale Species Mapping") on the (latitude, longitude, species) of every
 training recording, saves it to `DIR/range_model`, and writes range maps.
 Any table of observations works instead: `--config.observations_csv=obs.csv`
 (columns latitude, longitude, species). A classifier then uses it with

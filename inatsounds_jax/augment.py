@@ -1,4 +1,4 @@
-"""On-device augmentation and the model image (REFERENCE section 3).
+"""On-device augmentation and the model image (iNatSounds paper, section 4).
 
 Pure functions of (rng, arrays) on spectrogram images `[batch, mel, frames]`
 with values 0..255 as made by `frontend.mel_image`, jit- and shard-friendly:
@@ -66,20 +66,18 @@ def spec_augment(rng: jax.Array, images: jax.Array,
 
 
 def _pixels_to_amplitude(images, fe: frontend_lib.FrontendConfig):
-  db = images / 255.0 * (fe.db_max - fe.db_min) + fe.db_min
-  return 10.0 ** (db / 20.0)
+  return 10.0 ** (fe.pixels_to_db(images) / 20.0)
 
 
 def _amplitude_to_pixels(amplitude, fe: frontend_lib.FrontendConfig):
-  db = jnp.clip(20.0 * jnp.log10(jnp.maximum(amplitude, fe.magnitude_floor)),
-                fe.db_min, fe.db_max)
-  return (db - fe.db_min) * 255.0 / (fe.db_max - fe.db_min)
+  return fe.db_to_pixels(
+      20.0 * jnp.log10(jnp.maximum(amplitude, fe.magnitude_floor)))
 
 
 def mixup(rng: jax.Array, images: jax.Array, targets: jax.Array,
           config: AugmentConfig,
-          frontend: frontend_lib.FrontendConfig = frontend_lib.PRESETS[
-              "inatsounds"]) -> tuple[jax.Array, jax.Array, jax.Array]:
+          frontend: frontend_lib.FrontendConfig = frontend_lib.PRESETS.get(
+              "inatsounds")) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Mixes each example with the next one in the batch (rolled by one).
 
   Images are mixed as amplitudes (the exponential of the dB image), labels
@@ -102,8 +100,8 @@ def mixup(rng: jax.Array, images: jax.Array, targets: jax.Array,
 
 def augment(rng: jax.Array, images: jax.Array, targets: jax.Array,
             config: AugmentConfig,
-            frontend: frontend_lib.FrontendConfig = frontend_lib.PRESETS[
-                "inatsounds"]) -> tuple[jax.Array, jax.Array]:
+            frontend: frontend_lib.FrontendConfig = frontend_lib.PRESETS.get(
+                "inatsounds")) -> tuple[jax.Array, jax.Array]:
   """SpecAugment, then mixup if configured: (images, soft targets)."""
   spec_rng, mix_rng = jax.random.split(rng)
   images = spec_augment(spec_rng, images, config)

@@ -1,4 +1,7 @@
-"""Defaults shared by the classifier configs in `configs/` (REFERENCE s.3).
+"""Defaults shared by the classifier configs in `configs/`.
+
+The recipe is the iNatSounds paper's (Chasmai et al. 2024, s.4 and its
+supplementary training details).
 
 The recipe configs start from `classifier()` (the paper's ResNet recipe) and
 change what their model needs; `tiny()` shrinks any of them to a CPU-sized
@@ -33,7 +36,7 @@ def classifier() -> ml_collections.ConfigDict:
       "num_freq_masks": 1, "num_time_masks": 1,
       "mixup": False, "mixup_alpha": 1.0})
   # Loss and optimisation.
-  c.loss = "softmax_ce"  # or "assume_negative_bce".
+  c.loss = "softmax_ce"  # A name in losses.LOSSES.
   c.optimizer = "sgd"  # sgd (Nesterov), adam, adamw.
   c.learning_rate = 0.05
   c.momentum = 0.9
@@ -48,13 +51,22 @@ def classifier() -> ml_collections.ConfigDict:
   c.ema_decay = 0.0  # e.g. 0.999 to evaluate an EMA of the parameters.
   c.shard_params = False  # FSDP-style sharding of parameters and optimizer.
   c.distributed = False  # jax.distributed.initialize() for multi-host.
-  # Evaluation and bookkeeping.
+  # Evaluation: plug-ins by name (inatsounds_jax/evaluators/), each run
+  # every `every_epochs` (0: only at the end, on the best checkpoint).
   c.eval_batch_size = 128
-  c.eval_every_epochs = 1.0
   # "": none; "synthetic_truth": the synthetic corpus's true ranges; or the
-  # workdir of a trained range model (configs/sinr.py).
+  # workdir of a trained range model (configs/sinr.py). Every file-level
+  # evaluation follows these two fields.
   c.geo_prior = ""
   c.geo_threshold = 0.1
+  c.evals = ml_collections.ConfigDict({
+      split: {"type": "file_level", "split": split,
+              "every_epochs": 1.0 if split == "validation" else 0.0,
+              "geo_prior": c.get_ref("geo_prior"),
+              "geo_threshold": c.get_ref("geo_threshold")}
+      for split in ("validation", "test")})
+  # The best checkpoint: `<evaluation>/<metric>` of a periodic evaluation.
+  c.best_metric = "validation/mean/no_prior/map"
   c.log_every_steps = 50
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3

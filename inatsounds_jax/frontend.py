@@ -1,6 +1,8 @@
 """The paper's mel-spectrogram image, jitted and batched in JAX.
 
-`mel_image(waveform, preset="inatsounds")` follows REFERENCE section 2:
+`mel_image(waveform, preset="inatsounds")` computes the image of the
+iNatSounds paper (Chasmai et al. 2024, section 4.1, and the authors' data
+preparation), on float audio = int16 / 32767:
 STFT with a periodic Hann window of 512 samples, hop 128, FFT length 1024, no
 padding (frames = 1 + (samples - 512) // 128); magnitude |X| * 2 / sum(window);
 128 HTK mel bands from 50 Hz to 11,025 Hz built like
@@ -21,6 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from inatsounds_jax import audio
+from inatsounds_jax import registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,45 +51,47 @@ class FrontendConfig:
   magnitude_floor: float = 1e-10
   quantize: bool = True
 
-  def num_frames(self, num_samples: int) -> int:
-    """Frames of a waveform: the STFT has no centre or end padding."""
-    if num_samples < self.window_length:
-      return 0
-    return 1 + (num_samples - self.window_length) // self.hop_length
+  def num_frames(self, num_samples):
+    """Frames of a waveform: the STFT has no centre or end padding.
+
+    Works on Python ints and on integer tensors (TF, JAX, numpy), so the
+    input pipeline counts frames with this same formula.
+    """
+    frames = (num_samples - self.window_length) // self.hop_length + 1
+    return (frames + abs(frames)) // 2  # max(0, frames) for any tensor type.
 
   def num_samples(self, num_frames: int) -> int:
     """Samples that make exactly `num_frames` frames."""
     return (num_frames - 1) * self.hop_length + self.window_length
 
+  def db_to_pixels(self, db):
+    """dB (any array type) -> image values 0..255 (before quantisation)."""
+    db = db.clip(self.db_min, self.db_max)
+    return (db - self.db_min) * np.float32(255.0 / (self.db_max - self.db_min))
+
+  def pixels_to_db(self, pixels):
+    """The inverse of `db_to_pixels` (exact for unclipped, unquantised dB)."""
+    return pixels * np.float32((self.db_max - self.db_min) / 255.0) + self.db_min
+
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
 
 
-PRESETS: dict[str, FrontendConfig] = {}
-
-
-def register_preset(name: str, config: FrontendConfig) -> None:
-  if name in PRESETS:
-    raise ValueError(f"frontend preset {name!r} is already registered")
-  PRESETS[name] = config
-
-
-register_preset("inatsounds", FrontendConfig())
+PRESETS: registry.Registry[FrontendConfig] = registry.Registry(
+    "frontend preset")
+PRESETS.add("inatsounds", FrontendConfig())
 # The older variant: dB of the unscaled int16 signal, clipped to [-50, 50].
-register_preset("inatsounds_legacy", FrontendConfig(
-    waveform_scale=32767.0, db_min=-50.0, db_max=50.0))
+PRESETS.add("inatsounds_legacy", FrontendConfig(
+    waveform_scale=audio.INT16_SCALE, db_min=-50.0, db_max=50.0))
 # Same scale as `inatsounds` (0..255) without the floor to integer levels.
-register_preset("inatsounds_float", FrontendConfig(quantize=False))
+PRESETS.add("inatsounds_float", FrontendConfig(quantize=False))
 
 
 def get_config(preset: str | FrontendConfig) -> FrontendConfig:
+  """A preset by name, or a `FrontendConfig` as it is."""
   if isinstance(preset, FrontendConfig):
     return preset
-  try:
-    return PRESETS[preset]
-  except KeyError:
-    raise ValueError(f"unknown frontend preset {preset!r}; registered: "
-                     f"{sorted(PRESETS)}") from None
+  return PRESETS.get(preset)
 
 
 def hz_to_mel(hz):
@@ -202,10 +209,8 @@ def _dense_mel_image(waveform: jax.Array, config: FrontendConfig
       jnp.einsum("...fk,km->...fm", magnitude[..., lo:hi], w,
                  precision=jax.lax.Precision.HIGHEST)
       for lo, hi, w in _mel_blocks(mel_weight_matrix(config))], axis=-1)
-  db = 20.0 * jnp.log10(jnp.maximum(config.magnitude_floor, mel))
-  db = jnp.clip(db, config.db_min, config.db_max)
-  image = (db - config.db_min) * np.float32(255.0 / (config.db_max -
-                                                      config.db_min))
+  image = config.db_to_pixels(
+      20.0 * jnp.log10(jnp.maximum(config.magnitude_floor, mel)))
   if config.quantize:
     image = jnp.floor(image)
   # [..., frames, mel] -> [..., mel, frames], highest band in row 0.
@@ -244,14 +249,14 @@ def mel_image(waveform, preset: str | FrontendConfig = "inatsounds"
 class Frontend(nn.Module):
   """The spectrogram as a Flax module, so a model carries its frontend.
 
-  Takes int16 or float waveforms `[batch, samples]`; int16 is scaled by
-  1/32767 like the dataset. The config is a module attribute and so part of
+  Takes int16 or float waveforms `[batch, samples]`; int16 is scaled to
+  [-1, 1] with the dataset's scale (`audio.INT16_SCALE`). The config is a module attribute and so part of
   every exported model's definition.
   """
-  config: FrontendConfig = PRESETS["inatsounds"]
+  config: FrontendConfig = PRESETS.get("inatsounds")
 
   @nn.compact
   def __call__(self, waveform: jax.Array) -> jax.Array:
     if jnp.issubdtype(waveform.dtype, jnp.integer):
-      waveform = waveform.astype(jnp.float32) / 32767.0
+      waveform = waveform.astype(jnp.float32) / np.float32(audio.INT16_SCALE)
     return _mel_image(waveform, self.config)

@@ -1,6 +1,7 @@
 """A float64 numpy/scipy reference of the spectrogram image, for checking.
 
-Written from REFERENCE section 2 with scipy's STFT, independently of the JAX
+Written from the iNatSounds paper's spectrogram definition (the steps in
+`frontend`'s docstring) with scipy's STFT, independently of the JAX
 path in `frontend.py` (only the mel matrix is shared, and that is checked
 against TensorFlow's on its own). Slow; used by tests and benchmarks.
 """

@@ -9,7 +9,7 @@ frontend applied to a window gives exactly those frames of the whole file.
   than a window are zero-padded, centred. Shuffled, repeated, sharded per
   process; each process yields its part of the global batch.
 - Eval: dense windows every `eval_stride_frames`, centred zero padding so the
-  last window fits (REFERENCE section 3). Each window carries its recording
+  last window fits (the iNatSounds paper's evaluation protocol). Each window carries its recording
   id and a validity mask; the last partial batch is padded with masked
   windows, so every window of every file is seen exactly once.
 """
@@ -34,7 +34,8 @@ class WindowConfig:
   """How recordings are cut into model windows."""
   window_frames: int = 512  # About 2.97 s.
   eval_stride_frames: int = 256
-  frontend: frontend_lib.FrontendConfig = frontend_lib.PRESETS["inatsounds"]
+  frontend: frontend_lib.FrontendConfig = frontend_lib.PRESETS.get(
+      "inatsounds")
 
   @property
   def window_samples(self) -> int:
@@ -49,12 +50,6 @@ def hide_gpus_from_tensorflow() -> None:
 # ---------------------------------------------------------------------------
 # Windowing: the one function that cuts windows, and the two layouts.
 # ---------------------------------------------------------------------------
-
-def num_frames(num_samples, config: WindowConfig):
-  """Frames of the whole-file spectrogram (tf or Python ints)."""
-  hop, window = config.frontend.hop_length, config.frontend.window_length
-  return tf.maximum(0, (num_samples - window) // hop + 1)
-
 
 def cut_windows(waveform: tf.Tensor, start_frames: tf.Tensor,
                 left_pad_frames: tf.Tensor, config: WindowConfig
@@ -83,7 +78,7 @@ def eval_layout(num_samples, config: WindowConfig):
   ceil((frames - window) / stride) + 1; the padding that makes the last
   window fit is split evenly, the odd frame on the right.
   """
-  frames = num_frames(num_samples, config)
+  frames = config.frontend.num_frames(num_samples)
   window, stride = config.window_frames, config.eval_stride_frames
   n = tf.where(frames <= window, 1,
                (frames - window + stride - 1) // stride + 1)
@@ -93,7 +88,7 @@ def eval_layout(num_samples, config: WindowConfig):
 
 def train_layout(num_samples, seed: tf.Tensor, config: WindowConfig):
   """(start frame, left padding) of one random training window."""
-  frames = num_frames(num_samples, config)
+  frames = config.frontend.num_frames(num_samples)
   slack = frames - config.window_frames
   start = tf.random.stateless_uniform(
       [], seed, minval=0, maxval=tf.maximum(slack, 0) + 1, dtype=tf.int32)
@@ -113,6 +108,13 @@ def _features(example) -> dict:
   return out
 
 
+def _process_share(process_index: int | None, process_count: int | None
+                   ) -> tuple[int, int]:
+  """(this process's index, process count); JAX's unless given (tests)."""
+  return (jax.process_index() if process_index is None else process_index,
+          jax.process_count() if process_count is None else process_count)
+
+
 def train_dataset(builder: tfds.core.DatasetBuilder, split: str,
                   global_batch_size: int, config: WindowConfig = WindowConfig(),
                   seed: int = 0, start_step: int = 0, num_epochs: int = 1,
@@ -129,8 +131,7 @@ def train_dataset(builder: tfds.core.DatasetBuilder, split: str,
   epochs after it repeat one reshuffled dataset, which resumes exactly only
   from its start.
   """
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
+  process_index, process_count = _process_share(process_index, process_count)
   if global_batch_size % process_count:
     raise ValueError(f"global batch {global_batch_size} is not divisible by "
                      f"{process_count} processes")
@@ -177,8 +178,7 @@ def eval_dataset(builder: tfds.core.DatasetBuilder, split: str,
   Files are split across processes (none dropped); every batch has the full
   per-process size, the last one padded with `mask == 0` windows.
   """
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
+  process_index, process_count = _process_share(process_index, process_count)
   split = tfds.even_splits(split, n=process_count,
                            drop_remainder=False)[process_index]
   ds = builder.as_dataset(split=split, shuffle_files=False,

@@ -1,12 +1,17 @@
-"""Training losses by name (REFERENCE sections 3 and 5).
+"""Training losses by name.
 
 A loss is a `Loss`: `init(num_classes)` gives its state (a pytree; empty for
 stateless losses) and `__call__(logits, targets, batch, state)` returns
 `(loss, new_state)`. The training loop carries the state in its train state
 and checkpoints it, so losses that keep per-recording running averages, a
-label table or a teacher fit without changing the loop.
+label table or a teacher fit without changing the loop. `multilabel` says
+whether the head is read through sigmoids (and so starts with the base-rate
+bias log(1/C)) or through a softmax.
 
 `targets` are soft targets `[batch, classes]` (one-hot, or mixed by mixup).
+The iNatSounds paper (Chasmai et al. 2024, section 4) compares softmax cross
+entropy ("multiclass") with sigmoid BCE that assumes every other species
+absent ("assume negative").
 """
 
 from __future__ import annotations
@@ -17,15 +22,21 @@ from typing import Any, Callable
 import jax
 import optax
 
+from inatsounds_jax import registry
+
 
 @dataclasses.dataclass(frozen=True)
 class Loss:
-  """A named loss with optional state."""
+  """A loss with optional state; `multilabel` for sigmoid heads."""
   fn: Callable[..., tuple[jax.Array, Any]]
+  multilabel: bool
   init: Callable[[int], Any] = lambda num_classes: ()
 
   def __call__(self, logits, targets, batch, state):
     return self.fn(logits, targets, batch, state)
+
+
+LOSSES: registry.Registry[Loss] = registry.Registry("loss")
 
 
 def _softmax_cross_entropy(logits, targets, batch, state):
@@ -39,20 +50,5 @@ def _assume_negative_bce(logits, targets, batch, state):
   return optax.sigmoid_binary_cross_entropy(logits, targets).sum(-1).mean(), state
 
 
-REGISTRY: dict[str, Loss] = {
-    "softmax_ce": Loss(_softmax_cross_entropy),
-    "assume_negative_bce": Loss(_assume_negative_bce),
-}
-
-
-def get(name: str) -> Loss:
-  try:
-    return REGISTRY[name]
-  except KeyError:
-    raise ValueError(f"unknown loss {name!r}; registered: "
-                     f"{sorted(REGISTRY)}") from None
-
-
-def is_multilabel(name: str) -> bool:
-  """Sigmoid heads start with bias log(1/C)."""
-  return name != "softmax_ce"
+LOSSES.add("softmax_ce", Loss(_softmax_cross_entropy, multilabel=False))
+LOSSES.add("assume_negative_bce", Loss(_assume_negative_bce, multilabel=True))

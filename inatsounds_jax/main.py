@@ -9,17 +9,24 @@
 
 The config's `job` picks what runs ("classifier" unless set). `train`
 resumes from DIR when it holds a checkpoint; `eval` evaluates what DIR holds
-(for a classifier, its best checkpoint on validation and test).
+(for a classifier, its best checkpoint, with every configured evaluation).
+A configuration problem is reported in a line or two before any work starts;
+SIGTERM during training saves the current step and exits with status 143.
 """
 
 import importlib
 import logging as std_logging
 import os
+import sys
+from typing import Any, Protocol
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from inatsounds_jax import checkpoints
+from inatsounds_jax import registry
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training configuration (a file in configs/).",
@@ -29,12 +36,28 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, "
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to do.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# Job name -> module with train_and_evaluate, evaluate_checkpoint and
-# format_results (imported when used: each pulls in TF and JAX).
-JOBS = {
-    "classifier": "inatsounds_jax.train",
-    "range_model": "inatsounds_jax.geo.train_range",
-}
+
+class Job(Protocol):
+  """What a job module provides (`train.py`, `geo/train_range.py`)."""
+
+  def train_and_evaluate(self, config, workdir: str) -> Any:
+    """Runs the job (resuming from `workdir`); returns its results."""
+
+  def evaluate_checkpoint(self, config, workdir: str) -> Any:
+    """Evaluates what `workdir` holds; returns the same kind of results."""
+
+  def format_results(self, results: Any) -> str:
+    """A few console lines of the results."""
+
+
+# Job name -> module path (imported when used: each pulls in TF and JAX).
+JOBS: registry.Registry[str] = registry.Registry("job")
+JOBS.add("classifier", "inatsounds_jax.train")
+JOBS.add("range_model", "inatsounds_jax.geo.train_range")
+
+
+def load_job(name: str) -> Job:
+  return importlib.import_module(JOBS.get(name))
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -45,6 +68,10 @@ class _QuietLibraries(std_logging.Filter):
         lib in record.pathname for lib in ("/orbax/", "/tensorflow_datasets/"))
 
 
+# Exit status after SIGTERM: the shell's convention (128 + signal 15).
+_PREEMPTED_STATUS = 143
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -52,16 +79,19 @@ def main(argv):
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
-  job = config.get("job", "classifier")
-  if job not in JOBS:
-    raise app.UsageError(f"unknown job {job!r}; choose from {sorted(JOBS)}")
-  module = importlib.import_module(JOBS[job])
-  logging.info("Config:\n%s", config)
-  if _MODE.value == "train":
-    results = module.train_and_evaluate(config, _WORKDIR.value)
-  else:
-    results = module.evaluate_checkpoint(config, _WORKDIR.value)
-  print(module.format_results(results))
+  try:
+    job = load_job(config.get("job", "classifier"))
+    logging.info("Config:\n%s", config)
+    if _MODE.value == "train":
+      results = job.train_and_evaluate(config, _WORKDIR.value)
+    else:
+      results = job.evaluate_checkpoint(config, _WORKDIR.value)
+  except registry.ConfigError as e:
+    sys.exit(f"config error: {e}")
+  except checkpoints.Preempted as e:
+    logging.warning("%s", e)
+    sys.exit(_PREEMPTED_STATUS)
+  print(job.format_results(results))
   print(f"Everything else (results JSON, plots, checkpoints, TensorBoard): "
         f"{os.path.abspath(_WORKDIR.value)}")
 

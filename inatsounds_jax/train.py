@@ -1,17 +1,28 @@
-"""The training loop: `train_and_evaluate(config, workdir)`.
+"""The classifier job: `train_and_evaluate(config, workdir)`.
 
 One jit-compiled step over a `jax.sharding.Mesh` (batch split over `data`;
 parameters and optimizer state replicated, or sharded FSDP-style with
-`config.shard_params`), in sections: mesh, data, model, optimizer, state and
-sharding, checkpoints, step, loop with periodic evaluation. Deterministic for
-a seed: a run killed at any point and started again resumes at its last
-checkpoint with the same data order and ends with the same parameters.
+`config.shard_params`), in sections: optimizer, model and state, the step,
+the run context (everything built and checked before the first step),
+evaluation, and the loop. Evaluations are plug-ins (`evaluators/`, chosen by
+`config.evals`); this module knows no metric or split name: it logs what
+they return and keeps the best checkpoint by `config.best_metric`.
+
+Deterministic for a seed: a run killed at any point and started again
+resumes at its last checkpoint with the same data order and ends with the
+same parameters. SIGTERM (how TPU VMs, Colab and Slurm announce preemption)
+saves the current step before exiting.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import os
+import signal
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from absl import logging
@@ -19,22 +30,22 @@ from clu import metric_writers
 from clu import periodic_actions
 import flax
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
+import tensorflow_datasets as tfds
 
 from inatsounds_jax import augment
+from inatsounds_jax import checkpoints
 from inatsounds_jax import data
-from inatsounds_jax import evaluate
 from inatsounds_jax import frontend as frontend_lib
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import losses
 from inatsounds_jax import models
-from inatsounds_jax import synthetic
-from inatsounds_jax.geo import prior as prior_lib
-from inatsounds_jax.geo import range_model as range_lib
+from inatsounds_jax import registry
+from inatsounds_jax.evaluators import common as evaluators
 from inatsounds_jax.models import classifier as classifier_lib
 from inatsounds_jax.models import convert
 
@@ -56,8 +67,8 @@ class TrainState:
     return out
 
 
-class NonFiniteLossError(FloatingPointError):
-  """The loss became NaN or infinite."""
+class NonFiniteUpdateError(FloatingPointError):
+  """The loss, the gradients or the updated state became NaN or infinite."""
 
 
 # ---------------------------------------------------------------------------
@@ -75,25 +86,22 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
                                   alpha=config.final_lr_factor)], [warmup])
 
 
-OPTIMIZERS = {
-    # Weight decay as L2 on the gradient, like torch's SGD and Adam.
-    "sgd": lambda c, lr: optax.chain(
-        optax.add_decayed_weights(c.weight_decay),
-        optax.sgd(lr, momentum=c.momentum, nesterov=c.nesterov)),
-    "adam": lambda c, lr: optax.chain(optax.add_decayed_weights(c.weight_decay),
-                                      optax.adam(lr)),
-    "adamw": lambda c, lr: optax.adamw(lr, weight_decay=c.weight_decay),
-}
+OPTIMIZERS: registry.Registry[Callable] = registry.Registry("optimizer")
+# Weight decay as L2 on the gradient, like torch's SGD and Adam.
+OPTIMIZERS.add("sgd", lambda c, lr: optax.chain(
+    optax.add_decayed_weights(c.weight_decay),
+    optax.sgd(lr, momentum=c.momentum, nesterov=c.nesterov)))
+OPTIMIZERS.add("adam", lambda c, lr: optax.chain(
+    optax.add_decayed_weights(c.weight_decay), optax.adam(lr)))
+OPTIMIZERS.add("adamw", lambda c, lr: optax.adamw(
+    lr, weight_decay=c.weight_decay))
 
 
 def make_optimizer(config, schedule) -> optax.GradientTransformation:
-  if config.optimizer not in OPTIMIZERS:
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose from "
-                     f"{sorted(OPTIMIZERS)}")
   parts = []
   if config.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
-  parts.append(OPTIMIZERS[config.optimizer](config, schedule))
+  parts.append(OPTIMIZERS.get(config.optimizer)(config, schedule))
   return optax.chain(*parts)
 
 
@@ -101,50 +109,76 @@ def make_optimizer(config, schedule) -> optax.GradientTransformation:
 # Model and state.
 # ---------------------------------------------------------------------------
 
-def make_model(config, num_classes: int) -> classifier_lib.Classifier:
+def make_model(config, num_classes: int, multilabel: bool
+               ) -> classifier_lib.Classifier:
   options = dict(config.get("model_options", {}))
   if config.get("dtype", "float32") == "bfloat16":
     options["dtype"] = jnp.bfloat16
-  if losses.is_multilabel(config.loss):
+  if multilabel:
     options.setdefault("head_bias_init", models.head_bias_for_bce(num_classes))
+  models.BACKBONES.get(config.model)  # An unknown name fails here, by name.
   size = config.image.size
   return classifier_lib.Classifier(
       backbone=config.model, num_classes=num_classes,
       frontend=frontend_lib.get_config(config.frontend_preset),
       image=augment.ImageConfig(size=tuple(size) if size else None,
                                 channels=config.image.channels),
+      window_frames=config.window_frames,
       backbone_options=tuple(sorted(options.items())))
 
 
-def window_config(config) -> input_pipeline.WindowConfig:
+def window_config(model: classifier_lib.Classifier, eval_stride_frames: int
+                  ) -> input_pipeline.WindowConfig:
+  """The input pipeline's windows, from the model's own window and frontend."""
   return input_pipeline.WindowConfig(
-      window_frames=config.window_frames,
-      eval_stride_frames=config.eval_stride_frames,
-      frontend=frontend_lib.get_config(config.frontend_preset))
+      window_frames=model.window_frames,
+      eval_stride_frames=eval_stride_frames, frontend=model.frontend)
 
 
-def init_state(config, model, tx, rng, num_classes: int) -> TrainState:
-  wc = window_config(config)
+def init_state(model: classifier_lib.Classifier, tx, loss: losses.Loss,
+               rng: jax.Array, *, ema: bool) -> TrainState:
+  """Fresh state (jitted by the caller; reads no file)."""
   init_rng, state_rng = jax.random.split(rng)
   variables = model.init({"params": init_rng, "dropout": init_rng},
-                         jnp.zeros((1, wc.window_samples), jnp.int16))
-  if config.get("init_checkpoint"):
-    image = model.image
-    native = (wc.frontend.num_mel_bins, config.window_frames)
-    backbone = convert.from_torch(
-        config.model, config.init_checkpoint, num_classes=num_classes,
-        in_channels=image.channels,
-        image_size=tuple(image.size) if image.size else native,
-        head_bias_init=dict(model.backbone_options).get("head_bias_init", 0.0))
-    variables = classifier_lib.from_backbone_variables(backbone)
+                         jnp.zeros((1, model.window_samples), jnp.int16))
   params = variables["params"]
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params,
       batch_stats=variables.get("batch_stats", {}),
-      opt_state=tx.init(params),
-      ema_params=params if config.ema_decay else {},
-      loss_state=losses.get(config.loss).init(num_classes),
-      rng=state_rng)
+      opt_state=tx.init(params), ema_params=params if ema else {},
+      loss_state=loss.init(model.num_classes), rng=state_rng)
+
+
+def load_pretrained(state: TrainState, path: str,
+                    model: classifier_lib.Classifier, tx,
+                    sharding: TrainState) -> TrainState:
+  """`state` with torchvision/timm weights from `path` in place, resharded.
+
+  Converted once on the host after the jitted init, as big_vision loads
+  pretrained weights, so the file is read only when a run starts fresh and
+  never becomes a constant of a compiled function.
+  """
+  loaded = classifier_lib.from_backbone_variables(convert.from_torch(
+      model.backbone, path, num_classes=model.num_classes,
+      in_channels=model.image.channels, image_size=model.image_size,
+      head_bias_init=dict(model.backbone_options).get("head_bias_init", 0.0)))
+
+  def place(new, old, where):
+    if jax.tree.structure(new) != jax.tree.structure(old):
+      raise registry.ConfigError(
+          f"init_checkpoint {path}: its {where} do not match model "
+          f"{model.backbone!r}")
+    return jax.tree.map(
+        lambda n, o, s: jax.device_put(np.asarray(n, o.dtype), s),
+        new, old, getattr(sharding, where))
+
+  params = place(loaded["params"], state.params, "params")
+  batch_stats = (place(loaded["batch_stats"], state.batch_stats,
+                       "batch_stats") if state.batch_stats else {})
+  return state.replace(
+      params=params, batch_stats=batch_stats,
+      opt_state=jax.jit(tx.init, out_shardings=sharding.opt_state)(params),
+      ema_params=params if state.ema_params else {})
 
 
 def state_sharding(abstract_state, mesh, shard_params: bool):
@@ -168,17 +202,25 @@ def state_sharding(abstract_state, mesh, shard_params: bool):
 # The step.
 # ---------------------------------------------------------------------------
 
-def train_step(state: TrainState, batch: dict, *, model, tx, loss, config,
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.ones((), bool)
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx, loss,
+               augment_config: augment.AugmentConfig, ema_decay: float,
                schedule) -> tuple[TrainState, dict]:
-  """One update; a non-finite loss leaves the state unchanged."""
+  """One update. Unless the loss, the gradients and the updated state are
+  all finite, the update is skipped (only the step count moves on) and the
+  metrics say which of the three was not."""
   step_rng = jax.random.fold_in(state.rng, state.step)
   aug_rng, dropout_rng = jax.random.split(step_rng)
   images = model.apply({}, batch["waveform"],
                        method=classifier_lib.Classifier.spectrogram)
   targets = jax.nn.one_hot(batch["label"], model.num_classes)
-  images, targets = augment.augment(
-      aug_rng, images, targets, augment.AugmentConfig(**config.augment),
-      model.frontend)
+  images, targets = augment.augment(aug_rng, images, targets, augment_config,
+                                    model.frontend)
   mutable = ["batch_stats"] if state.batch_stats else False
 
   def loss_fn(params):
@@ -197,249 +239,317 @@ def train_step(state: TrainState, batch: dict, *, model, tx, loss, config,
   changes, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, changes)
   ema = state.ema_params
-  if config.ema_decay:
-    ema = optax.incremental_update(params, ema, 1.0 - config.ema_decay)
+  if ema_decay:
+    ema = optax.incremental_update(params, ema, 1.0 - ema_decay)
   new = state.replace(step=state.step + 1, params=params,
                       batch_stats=updates.get("batch_stats", state.batch_stats),
                       opt_state=opt_state, ema_params=ema,
                       loss_state=loss_state)
-  finite = jnp.isfinite(value)
+  finite = {"finite_loss": jnp.isfinite(value),
+            "finite_gradients": _all_finite(grads),
+            "finite_update": _all_finite(new)}
+  ok = finite["finite_loss"] & finite["finite_gradients"] & finite[
+      "finite_update"]
   # Keep the old state (but count the step) so nothing non-finite is saved.
-  new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new,
+  new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new,
                      state.replace(step=state.step + 1))
-  metrics = {"loss": value, "finite": finite,
+  metrics = {"loss": value,
              "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
              "grad_norm": optax.global_norm(grads),
-             "learning_rate": schedule(state.step)}
+             "learning_rate": schedule(state.step), **finite}
   return new, metrics
 
 
-# ---------------------------------------------------------------------------
-# Loop.
-# ---------------------------------------------------------------------------
-
-def _checkpoint_managers(workdir: str, config):
-  latest = ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"),
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=config.keep_checkpoints, create=True,
-          enable_async_checkpointing=False))
-  best = ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "best"),
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=1, create=True, best_fn=lambda m: m["val_map"],
-          best_mode="max", enable_async_checkpointing=False))
-  return latest, best
-
-
-def label_names(builder) -> list[str]:
-  return list(builder.info.features["label"].names)
-
-
-def load_prior(config, builder) -> prior_lib.GeoPrior | None:
-  """The configured geographic prior over this dataset's labels, or None."""
-  source = config.get("geo_prior", "")
-  if not source:
+def non_finite_message(step: int, metrics: dict, origin: str) -> str | None:
+  """What went wrong at `step` (host metrics of that step), or None."""
+  if metrics["finite_loss"] and metrics["finite_gradients"] and metrics[
+      "finite_update"]:
     return None
-  if source == "synthetic_truth":
-    path = data.true_ranges_path(builder)
-    if path is None:
-      raise FileNotFoundError(
-          f"no {synthetic.RANGES_FILE} in {builder.data_path}: "
-          "'synthetic_truth' needs a synthetic dataset")
-    return prior_lib.from_range_circles(path, label_names(builder))
-  return range_lib.load(source).prior(label_names(builder))
+  if not metrics["finite_loss"]:
+    what = f"the loss became {float(metrics['loss'])}"
+  elif not metrics["finite_gradients"]:
+    what = (f"the gradients became non-finite (the loss was "
+            f"{float(metrics['loss']):.4g})")
+  else:
+    what = "the updated parameters or optimizer state became non-finite"
+  return (f"at step {step} {what}; the update was skipped and nothing "
+          f"non-finite was saved. This run {origin}. Lower learning_rate, "
+          "set grad_clip_norm, or check the data.")
 
 
-def run_evaluation(config, workdir, s: dict, state, splits, write_plots: bool,
-                   known: dict | None = None) -> dict:
-  """Evaluates `splits` (except those in `known`, results of this state).
+# ---------------------------------------------------------------------------
+# The run context: everything built and checked before the first step.
+# ---------------------------------------------------------------------------
 
-  `s` is `_setup(...)`'s mesh, model, builder, prior and class groups.
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+  """What a classifier run is made of (built by `setup`)."""
+  mesh: jax.sharding.Mesh
+  data_sharding: jax.sharding.NamedSharding
+  builder: tfds.core.DatasetBuilder
+  model: classifier_lib.Classifier
+  windows: input_pipeline.WindowConfig
+  loss: losses.Loss
+  schedule: optax.Schedule
+  tx: optax.GradientTransformation
+  steps_per_epoch: int
+  total_steps: int
+  init: Callable[[], TrainState]  # Jitted, sharded fresh state.
+  abstract_state: TrainState
+  state_sharding: TrainState
+  evaluators: tuple[evaluators.ScheduledEvaluator, ...]
+
+
+def check_config(config, num_devices: int, process_count: int) -> None:
+  """Problems visible before any work, each named by its field.
+
+  Raises:
+    registry.ConfigError.
   """
-  builder, model = s["builder"], s["model"]
-  data_sharding = jax.sharding.NamedSharding(
-      s["mesh"], jax.sharding.PartitionSpec("data"))
-  predict = evaluate.make_predict_fn(
-      lambda v, w: model.apply(v, w), state.variables(bool(config.ema_decay)),
-      data_sharding)
-  results = {}
-  for split in splits:
-    if known and split in known:
-      results[split] = known[split]
-      continue
-    results[split] = evaluate.evaluate_split(
-        predict, builder, split, window_config(config), config.eval_batch_size,
-        prior=s["prior"], threshold=config.get("geo_threshold", 0.1),
-        groups=s["supercategories"])
-  if jax.process_index() == 0:
-    evaluate.write_results(workdir, int(state.step), results)
-    if write_plots:
-      counts = _train_label_counts(builder)
-      for split, result in results.items():
-        evaluate.plot_long_tail_and_confusions(
-            os.path.join(workdir, f"{split}"), result, counts,
-            label_names(builder))
-  return results
+  for field in ("batch_size", "eval_batch_size"):
+    value = config[field]
+    for what, n in (("devices", num_devices), ("processes", process_count)):
+      if value <= 0 or value % n:
+        raise registry.ConfigError(
+            f"{field}={value} must be a positive multiple of the {n} {what}")
+  if config.num_epochs <= 0:
+    raise registry.ConfigError(f"num_epochs={config.num_epochs} must be > 0")
+  for name, options in config.evals.items():
+    if not (options.get("every_epochs", 1.0) >= 0):
+      raise registry.ConfigError(f"evals.{name}.every_epochs must be >= 0")
 
 
-def _train_label_counts(builder) -> np.ndarray:
-  counts = data.label_counts(builder)
-  if counts is None or "train" not in counts:
-    return np.ones(len(label_names(builder)))  # Built with Beam: unknown.
-  return np.asarray(counts["train"])
+def _check_best_metric(best_metric: str,
+                       scheduled: Sequence[evaluators.ScheduledEvaluator]
+                       ) -> None:
+  name, _, metric = best_metric.partition("/")
+  periodic = {s.name: s for s in scheduled if s.every_epochs > 0}
+  if name not in periodic:
+    raise registry.ConfigError(
+        f"best_metric {best_metric!r} names evaluation {name!r}; periodic "
+        f"evaluations (every_epochs > 0): {sorted(periodic)}")
+  known = periodic[name].evaluator.metric_names
+  if metric not in known:
+    raise registry.ConfigError(
+        f"best_metric {best_metric!r}: evaluation {name!r} reports "
+        f"{sorted(known)}")
 
 
-def _restore(manager, step, abstract, sharding):
-  return manager.restore(step, args=ocp.args.StandardRestore(
-      jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype,
-                                                     sharding=s),
-                   abstract, sharding)))
-
-
-def _setup(config, workdir, devices=None):
-  """Mesh, prepared data, prior, model, optimizer and the abstract state."""
+def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
+  """Builds the run and checks the config; raises `ConfigError` early."""
   if config.get("distributed") and not jax.distributed.is_initialized():
     jax.distributed.initialize()
   input_pipeline.hide_gpus_from_tensorflow()
-  os.makedirs(workdir, exist_ok=True)
   devices = jax.devices() if devices is None else list(devices)
+  check_config(config, len(devices), jax.process_count())
+  loss = losses.LOSSES.get(config.loss)
   mesh = jax.sharding.Mesh(np.array(devices), ("data",))
-  if config.batch_size % len(devices):
-    raise ValueError(f"batch_size {config.batch_size} must be divisible by "
-                     f"the {len(devices)} devices")
   builder = data.prepare_from_config(config)
-  num_classes = len(label_names(builder))
+  label_names = tuple(builder.info.features["label"].names)
+  model = make_model(config, len(label_names), loss.multilabel)
+  windows = window_config(model, config.eval_stride_frames)
   steps_per_epoch = max(
       1, builder.info.splits["train"].num_examples // config.batch_size)
-  model = make_model(config, num_classes)
   schedule = learning_rate_schedule(config, steps_per_epoch)
   tx = make_optimizer(config, schedule)
-  init = functools.partial(init_state, config, model, tx,
-                           num_classes=num_classes)
-  rng = jax.random.PRNGKey(config.seed)
-  abstract = jax.eval_shape(init, rng)
+  init = functools.partial(init_state, model, tx, loss,
+                           jax.random.PRNGKey(config.seed),
+                           ema=bool(config.ema_decay))
+  abstract = jax.eval_shape(init)
   sharding = state_sharding(abstract, mesh, config.get("shard_params", False))
-  classes = data.class_table(builder)
-  return dict(mesh=mesh, builder=builder, steps_per_epoch=steps_per_epoch,
-              model=model, schedule=schedule, tx=tx, init=init, rng=rng,
-              abstract=abstract, sharding=sharding,
-              prior=load_prior(config, builder),
-              supercategories=(None if classes is None else
-                               [row["supercategory"] for row in classes]))
+  scheduled = tuple(evaluators.from_config(
+      config.evals, evaluators.EvalContext(
+          builder=builder, windows=windows, batch_size=config.eval_batch_size,
+          label_names=label_names)))
+  _check_best_metric(config.best_metric, scheduled)
+  return RunContext(
+      mesh=mesh, data_sharding=jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec("data")),
+      builder=builder, model=model, windows=windows, loss=loss,
+      schedule=schedule, tx=tx, steps_per_epoch=steps_per_epoch,
+      total_steps=int(config.num_epochs * steps_per_epoch),
+      init=jax.jit(init, out_shardings=sharding), abstract_state=abstract,
+      state_sharding=sharding, evaluators=scheduled)
 
 
-def evaluate_checkpoint(config, workdir: str, which: str = "best",
-                        devices=None) -> dict:
-  """`--mode=eval`: validation and test of the best (or latest) checkpoint."""
-  s = _setup(config, workdir, devices)
-  latest, best = _checkpoint_managers(workdir, config)
-  manager = best if which == "best" and best.best_step() is not None else latest
-  step = manager.best_step() if manager is best else manager.latest_step()
-  if step is None:
+# ---------------------------------------------------------------------------
+# Evaluation.
+# ---------------------------------------------------------------------------
+
+def run_evaluators(run: RunContext, state: TrainState, use_ema: bool,
+                   scheduled: Sequence[evaluators.ScheduledEvaluator]
+                   ) -> dict[str, evaluators.EvalOutput]:
+  predict = evaluators.make_predict_fn(
+      lambda v, w: run.model.apply(v, w), state.variables(use_ema),
+      run.data_sharding)
+  return {s.name: s.evaluator.run(predict) for s in scheduled}
+
+
+def write_outputs(workdir: str, step: int,
+                  outputs: dict[str, evaluators.EvalOutput],
+                  artefacts: bool) -> None:
+  """`eval_results.json` (and each evaluation's artefacts), process 0."""
+  if jax.process_index() != 0:
+    return
+  with open(os.path.join(workdir, "eval_results.json"), "w") as f:
+    json.dump({"step": int(step),
+               "evals": {name: o.summary for name, o in outputs.items()}},
+              f, indent=1)
+  if artefacts:
+    for name, output in outputs.items():
+      output.write_artefacts(os.path.join(workdir, name))
+
+
+def format_results(outputs: dict[str, evaluators.EvalOutput]) -> str:
+  return "\n".join(o.text for o in outputs.values())
+
+
+def evaluate_checkpoint(config, workdir: str, devices=None
+                        ) -> dict[str, evaluators.EvalOutput]:
+  """`--mode=eval`: every evaluation of the best (else latest) checkpoint."""
+  run = setup(config, devices)
+  ckpt = checkpoints.RunCheckpoints(workdir, config.keep_checkpoints,
+                                    config.best_metric)
+  restored = (ckpt.restore_best(run.abstract_state, run.state_sharding) or
+              ckpt.restore_latest(run.abstract_state, run.state_sharding))
+  if restored is None:
     raise FileNotFoundError(f"no checkpoint in {workdir} to evaluate")
-  state = _restore(manager, step, s["abstract"], s["sharding"])
-  return run_evaluation(config, workdir, s, state, ["validation", "test"],
-                        write_plots=True)
+  state, step = restored
+  outputs = run_evaluators(run, state, bool(config.ema_decay), run.evaluators)
+  write_outputs(workdir, step, outputs, artefacts=True)
+  return outputs
+
+
+# ---------------------------------------------------------------------------
+# The loop.
+# ---------------------------------------------------------------------------
+
+class _SigtermFlag:
+  """Set when SIGTERM arrives (main thread only; elsewhere never set)."""
+
+  def __init__(self):
+    self.event = threading.Event()
+    self.previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self.previous = signal.signal(signal.SIGTERM,
+                                    lambda *_: self.event.set())
+    return self
+
+  def __exit__(self, *exc):
+    if self.previous is not None:
+      signal.signal(signal.SIGTERM, self.previous)
+
+  def is_set(self) -> bool:
+    local = np.asarray(self.event.is_set(), np.int32)
+    if jax.process_count() == 1:
+      return bool(local)
+    return bool(np.any(multihost_utils.process_allgather(local)))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       devices=None) -> dict:
+                       devices=None) -> dict[str, evaluators.EvalOutput]:
   """Trains with periodic evaluation; resumes from `workdir` if possible.
 
   `devices` (default: all) form the mesh; the global batch is split over
   them, so results do not depend on how many there are.
   """
-  s = _setup(config, workdir, devices)
-  mesh, builder, model, tx = s["mesh"], s["builder"], s["model"], s["tx"]
-  schedule, sharding = s["schedule"], s["sharding"]
-  steps_per_epoch = s["steps_per_epoch"]
-  total_steps = int(config.num_epochs * steps_per_epoch)
-  data_sharding = jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec("data"))
+  run = setup(config, devices)
+  os.makedirs(workdir, exist_ok=True)
+  ckpt = checkpoints.RunCheckpoints(workdir, config.keep_checkpoints,
+                                    config.best_metric)
+  has_checkpoint = bool(ckpt.latest.all_steps())
+  checkpoints.check_config_for_resume(workdir, config, has_checkpoint)
+  restored = ckpt.restore_latest(run.abstract_state, run.state_sharding)
+  if restored is not None:
+    state, start_step = restored
+    origin = f"resumed from checkpoint step {start_step} in {workdir}"
+    logging.info("Resumed from step %d", start_step)
+  else:
+    state, start_step = run.init(), 0
+    origin = "started from a random initialisation"
+    if config.get("init_checkpoint"):
+      state = load_pretrained(state, config.init_checkpoint, run.model,
+                              run.tx, run.state_sharding)
+      origin = f"started from init_checkpoint {config.init_checkpoint}"
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
-  latest, best = _checkpoint_managers(workdir, config)
-  if latest.latest_step() is not None:
-    state = _restore(latest, latest.latest_step(), s["abstract"], sharding)
-    logging.info("Resumed from step %d", int(state.step))
-  else:
-    state = jax.jit(s["init"], out_shardings=sharding)(s["rng"])
-  start_step = int(state.step)
-
   step_fn = jax.jit(
-      functools.partial(train_step, model=model, tx=tx,
-                        loss=losses.get(config.loss), config=config,
-                        schedule=schedule),
-      in_shardings=(sharding, data_sharding), out_shardings=(sharding, None),
-      donate_argnums=0)
-
-  # -- Loop ----------------------------------------------------------------
-  train_ds = input_pipeline.train_dataset(
-      builder, "train", config.batch_size, window_config(config),
-      seed=config.seed, start_step=start_step,
-      num_epochs=int(np.ceil(config.num_epochs)),
-      shuffle_buffer=config.shuffle_buffer)
-  train_iter = iter(train_ds)
-  report = periodic_actions.ReportProgress(num_train_steps=total_steps,
+      functools.partial(
+          train_step, model=run.model, tx=run.tx, loss=run.loss,
+          augment_config=augment.AugmentConfig(**config.augment),
+          ema_decay=config.ema_decay, schedule=run.schedule),
+      in_shardings=(run.state_sharding, run.data_sharding),
+      out_shardings=(run.state_sharding, None), donate_argnums=0)
+  train_iter = iter(input_pipeline.train_dataset(
+      run.builder, "train", config.batch_size, run.windows, seed=config.seed,
+      start_step=start_step, num_epochs=int(np.ceil(config.num_epochs)),
+      shuffle_buffer=config.shuffle_buffer))
+  report = periodic_actions.ReportProgress(num_train_steps=run.total_steps,
                                            writer=writer)
-  eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
-  pending = []
-  results = {}
-  for step in range(start_step + 1, total_steps + 1):
-    batch = next(train_iter)
-    batch = input_pipeline.shard_batch(
-        {k: batch[k].numpy() for k in ("waveform", "label")}, data_sharding)
-    state, metrics = step_fn(state, batch)
-    pending.append(metrics)
-    report(step)
-    if step % config.log_every_steps == 0 or step == total_steps:
-      host = jax.device_get(pending)
-      pending = []
-      if not all(m["finite"] for m in host):
-        bad = next(start for start, m in enumerate(host) if not m["finite"])
-        raise NonFiniteLossError(
-            f"loss became {host[bad]['loss']} at step "
-            f"{step - len(host) + bad + 1}; the update was skipped and the "
-            "last checkpoint is clean. Lower learning_rate, set "
-            "grad_clip_norm, or check the data.")
-      writer.write_scalars(step, {
-          f"train/{k}": float(np.mean([m[k] for m in host]))
-          for k in ("loss", "accuracy", "grad_norm", "learning_rate")})
-    if step % config.checkpoint_every_steps == 0 or step == total_steps:
-      latest.save(step, args=ocp.args.StandardSave(state))
-    if step % eval_every == 0 or step == total_steps:
-      results = run_evaluation(config, workdir, s, state, ["validation"],
-                               write_plots=False)
-      val = results["validation"]["mean"]["no_prior"]
-      writer.write_scalars(step, {f"val/{k}": val[k]
-                                  for k in ("top1", "top5", "map", "mf1")})
-      best.save(step, args=ocp.args.StandardSave(state),
-                metrics={"val_map": val["map"]})
-  latest.wait_until_finished()
-  best.wait_until_finished()
+  periodic = [(s, max(1, int(s.every_epochs * run.steps_per_epoch)))
+              for s in run.evaluators if s.every_epochs > 0]
+  use_ema = bool(config.ema_decay)
+  pending = []  # Device metrics of steps not yet checked on the host.
 
-  # -- Final evaluation of the best checkpoint ---------------------------------
-  # The last validation is reused when the best step is the last step.
-  best_step = best.best_step()
-  reuse = ({"validation": results["validation"]}
-           if best_step == int(state.step) and results else {})
-  if best_step is not None and best_step != int(state.step):
-    state = _restore(best, best_step, s["abstract"], sharding)
-  results = run_evaluation(config, workdir, s, state, ["validation", "test"],
-                           write_plots=True, known=reuse)
+  def check_pending(step: int) -> dict:
+    """Raises on a skipped update; means of the pending steps' metrics."""
+    host = jax.device_get(pending)
+    if not host:
+      return {}
+    first = step - len(host) + 1
+    for i, m in enumerate(host):
+      message = non_finite_message(first + i, m, origin)
+      if message:
+        raise NonFiniteUpdateError(message)
+    pending.clear()
+    return {k: float(np.mean([m[k] for m in host]))
+            for k in ("loss", "accuracy", "grad_norm", "learning_rate")}
+
+  outputs, step = {}, start_step
+  with _SigtermFlag() as sigterm:
+    for step in range(start_step + 1, run.total_steps + 1):
+      batch = next(train_iter)
+      batch = input_pipeline.shard_batch(
+          {k: batch[k].numpy() for k in ("waveform", "label")},
+          run.data_sharding)
+      state, metrics = step_fn(state, batch)
+      pending.append(metrics)
+      report(step)
+      last = step == run.total_steps
+      if step % config.log_every_steps == 0 or last:
+        writer.write_scalars(step, {f"train/{k}": v for k, v in
+                                    check_pending(step).items()})
+      due = [s for s, every in periodic if step % every == 0 or last]
+      stopping = sigterm.is_set()
+      if step % config.checkpoint_every_steps == 0 or last or stopping:
+        check_pending(step)
+        ckpt.save_latest(step, state)
+      if stopping:
+        ckpt.wait()
+        raise checkpoints.Preempted(step, workdir)
+      if due:
+        check_pending(step)
+        outputs = run_evaluators(run, state, use_ema, due)
+        writer.write_scalars(step, {f"{name}/{k}": v
+                                    for name, o in outputs.items()
+                                    for k, v in o.metrics.items()})
+        write_outputs(workdir, step, outputs, artefacts=False)
+        name, _, metric = config.best_metric.partition("/")
+        if name in outputs:
+          ckpt.save_best(step, state, outputs[name].metrics[metric])
+  ckpt.wait()
+
+  # -- Final evaluation of the best checkpoint -------------------------------
+  restored = ckpt.restore_best(run.abstract_state, run.state_sharding)
+  if restored is not None and restored[1] != int(state.step):
+    state, step = restored
+    outputs = {}
+  # What already ran on this very state is reused.
+  todo = [s for s in run.evaluators if s.name not in outputs]
+  outputs.update(run_evaluators(run, state, use_ema, todo))
+  outputs = {s.name: outputs[s.name] for s in run.evaluators}
+  write_outputs(workdir, int(state.step), outputs, artefacts=True)
   writer.flush()
-  return results
-
-
-
-def format_results(results: dict) -> str:
-  """One line per split, pooling and prior view."""
-  lines = []
-  for split, result in results.items():
-    for pooling in ("mean", "max"):
-      for view, m in result[pooling].items():
-        lines.append(f"{split:10s} {pooling:4s} {view:8s} top1 {m['top1']:.3f} "
-                     f"top5 {m['top5']:.3f} mAP {m['map']:.3f} "
-                     f"mF1 {m['mf1']:.3f}")
-  return "\n".join(lines)
+  return outputs

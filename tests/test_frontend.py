@@ -48,7 +48,7 @@ def _assert_same_image(a, b):
 
 
 def test_mel_matrix_matches_tensorflow():
-  cfg = frontend.PRESETS["inatsounds"]
+  cfg = frontend.PRESETS.get("inatsounds")
   ours = frontend.mel_weight_matrix(cfg)
   theirs = tf.signal.linear_to_mel_weight_matrix(
       128, 513, 22050, 50.0, 11025.0, dtype=tf.float64).numpy()
@@ -87,7 +87,7 @@ def test_highest_band_is_row_zero():
     (512, 1), (513, 1), (639, 1), (640, 2), (65920, 512), (65921, 512),
     (66048, 513)])
 def test_frame_count(samples, frames):
-  cfg = frontend.PRESETS["inatsounds"]
+  cfg = frontend.PRESETS.get("inatsounds")
   assert cfg.num_frames(samples) == frames
   x = np.zeros((2, samples), np.float32)
   assert frontend.mel_image(x).shape == (2, 128, frames)
@@ -123,7 +123,7 @@ def test_window_of_file_equals_file_frames():
 
 def test_frontend_module_takes_int16_and_carries_config():
   x = (real_recording()[:40000] * 32767).round().astype(np.int16)
-  module = frontend.Frontend(frontend.PRESETS["inatsounds"])
+  module = frontend.Frontend(frontend.PRESETS.get("inatsounds"))
   variables = module.init(jax.random.PRNGKey(0), x[None])
   assert not variables  # Nothing learned: the config is the whole state.
   out = module.apply(variables, jnp.asarray(x[None]))
@@ -133,14 +133,14 @@ def test_frontend_module_takes_int16_and_carries_config():
 
 
 def test_segmented_equals_one_pass_on_long_input():
-  cfg = frontend.PRESETS["inatsounds"]
+  cfg = frontend.PRESETS.get("inatsounds")
   x = jnp.asarray(np.random.default_rng(1).uniform(-0.5, 0.5, (2, 200_003))
                   .astype(np.float32))
   one_pass = frontend._dense_mel_image(x, cfg)  # pylint: disable=protected-access
   segmented = frontend.mel_image(x)
   assert segmented.shape == (2, 128, cfg.num_frames(200_003))
   _assert_same_image(segmented, one_pass)
-  float_cfg = frontend.PRESETS["inatsounds_float"]
+  float_cfg = frontend.PRESETS.get("inatsounds_float")
   np.testing.assert_allclose(frontend.mel_image(x, float_cfg),
                               frontend._dense_mel_image(x, float_cfg),  # pylint: disable=protected-access
                               atol=0.01)

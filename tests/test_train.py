@@ -3,7 +3,6 @@
 These runs take tens of seconds each, so they are marked slow.
 """
 
-import importlib
 import importlib.util
 import json
 import os
@@ -19,10 +18,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from inatsounds_jax import config_defaults
-from inatsounds_jax import evaluate
 from inatsounds_jax import losses
 from inatsounds_jax import main
 from inatsounds_jax import train
+from inatsounds_jax.models import convert
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.py"))
@@ -79,20 +78,20 @@ def test_tiny_run_trains_evaluates_and_writes_results(data_dir, tmp_path):
   for split in ("validation", "test"):
     for pooling in ("mean", "max"):
       for view in ("no_prior", "prior"):
-        m = saved["splits"][split][pooling][view]
+        m = saved["evals"][split][pooling][view]
         assert 0.0 <= m["top1"] <= m["top5"] <= 1.0
         assert m["num_files"] > 0
         assert sum(g["num_classes"] for g in m["groups"].values()) == (
             m["num_classes"])
-    assert results[split]["mean"]["no_prior"]["top1"] == (
-        saved["splits"][split]["mean"]["no_prior"]["top1"])
+    assert results[split].metrics["mean/no_prior/top1"] == (
+        saved["evals"][split]["mean"]["no_prior"]["top1"])
     for plot in ("long_tail", "confusions"):
       assert (tmp_path / f"{split}_{plot}.png").stat().st_size > 1000
   assert list((tmp_path).glob("events.out.tfevents.*"))
   # --mode=eval on the same workdir reproduces the final numbers.
   again = train.evaluate_checkpoint(c, str(tmp_path))
-  assert (evaluate.summary_for_json(again) ==
-          evaluate.summary_for_json(results))
+  assert ({k: o.summary for k, o in again.items()} ==
+          {k: o.summary for k, o in results.items()})
 
 
 def _one_and_eight_devices(data_dir, tmp_path, **overrides):
@@ -139,22 +138,36 @@ def test_parameter_sharding_matches_replicated(data_dir, tmp_path):
                      rtol=2e-4, atol=2e-5)
 
 
-def test_killed_run_resumes_to_the_same_parameters(data_dir, tmp_path):
-  overrides = dict(num_epochs=4.0, checkpoint_every_steps=1)
-  c = tiny_config(data_dir, **overrides)
-  train.train_and_evaluate(c, str(tmp_path / "straight"))
-  total, straight = final_params(str(tmp_path / "straight"))
-  assert total >= 6
+RESUME_OVERRIDES = dict(num_epochs=4.0, checkpoint_every_steps=1)
 
-  killed = tmp_path / "killed"
+
+@pytest.fixture(scope="module")
+def straight_run(data_dir, tmp_path_factory):
+  """(steps, final parameters) of the uninterrupted resume-test run."""
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  train.train_and_evaluate(tiny_config(data_dir, **RESUME_OVERRIDES), workdir)
+  return final_params(workdir)
+
+
+def command_line_run(workdir, data_dir, *extra):
+  """The resume-test config through `python -m inatsounds_jax.main`."""
   args = [sys.executable, "-m", "inatsounds_jax.main",
           f"--config={REPO / 'configs' / 'resnet50.py'}:tiny",
-          f"--workdir={killed}", f"--config.data_dir={data_dir}",
+          f"--workdir={workdir}", f"--config.data_dir={data_dir}",
           "--config.model=resnet18", "--config.image.size=(32, 64)",
           "--config.image.channels=1", "--config.optimizer=adam",
           "--config.learning_rate=0.001", "--config.num_epochs=4.0",
-          "--config.checkpoint_every_steps=1"]
-  env = dict(os.environ, PYTHONPATH=str(REPO))
+          *extra]
+  return args, dict(os.environ, PYTHONPATH=str(REPO))
+
+
+def test_killed_run_resumes_to_the_same_parameters(data_dir, straight_run,
+                                                   tmp_path):
+  total, straight = straight_run
+  assert total >= 6
+  killed = tmp_path / "killed"
+  args, env = command_line_run(killed, data_dir,
+                               "--config.checkpoint_every_steps=1")
   proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   # SIGKILL once step 3 is being written (or is done).
@@ -176,20 +189,81 @@ def test_killed_run_resumes_to_the_same_parameters(data_dir, tmp_path):
   assert_trees_close(straight, params, rtol=1e-5, atol=1e-6)
 
 
+def test_sigterm_saves_the_current_step_and_resumes_exactly(
+    data_dir, straight_run, tmp_path):
+  total, straight = straight_run
+  workdir = tmp_path / "preempted"
+  # No periodic checkpoint before the end: only SIGTERM's save can exist.
+  args, env = command_line_run(workdir, data_dir,
+                               "--config.checkpoint_every_steps=1000",
+                               "--config.log_every_steps=1")
+  proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  logged = 0
+  for line in proc.stderr:  # Each step logs its train/ scalars.
+    logged += "train/loss" in line
+    if logged == 2:
+      proc.send_signal(signal.SIGTERM)
+      break
+  rest = proc.communicate(timeout=300)[1]
+  assert proc.returncode == 143, rest[-3000:]
+  stopped_at = int(rest.split("stopped by SIGTERM at step ")[1].split(";")[0])
+  assert 2 <= stopped_at < total
+  assert ocp.CheckpointManager(workdir / "checkpoints").all_steps() == [
+      stopped_at]
+  resumed = subprocess.run(args, env=env, cwd=REPO, capture_output=True,
+                           text=True)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"Resumed from step {stopped_at}" in resumed.stderr
+  step, params = final_params(str(workdir))
+  assert step == total
+  assert_trees_close(straight, params, rtol=1e-5, atol=1e-6)
+
+
+def test_run_starts_from_a_torchvision_checkpoint_resumes_and_evaluates(
+    data_dir, tmp_path):
+  import torchvision  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  weights = tmp_path / "resnet18.pth"
+  torch.manual_seed(0)
+  torch.save(torchvision.models.resnet18().state_dict(), weights)
+  # Learning rate 0: the trained parameters are the imported ones.
+  c = tiny_config(data_dir, init_checkpoint=str(weights), learning_rate=0.0,
+                  num_epochs=1.0)
+  workdir = str(tmp_path / "run")
+  first = train.train_and_evaluate(c, workdir)
+  _, params = final_params(workdir)
+  imported = convert.from_torch("resnet18", str(weights), num_classes=6,
+                                in_channels=1, image_size=(32, 64))["params"]
+  assert_trees_close(
+      {k: v for k, v in imported.items() if k != "fc"},
+      {k: v for k, v in params["net"].items() if k != "fc"},
+      rtol=0, atol=0)
+  # Neither resuming nor evaluating reads the weights file again.
+  weights.unlink()
+  again = train.train_and_evaluate(c, workdir)
+  evaluated = train.evaluate_checkpoint(c, workdir)
+  assert ({k: o.summary for k, o in again.items()} ==
+          {k: o.summary for k, o in first.items()} ==
+          {k: o.summary for k, o in evaluated.items()})
+
+
 def _nan_from_second_step(logits, targets, batch, state):
   # The state counts finite steps: a stateful loss, as the loop allows.
-  value, _ = losses.get("softmax_ce")(logits, targets, batch, ())
+  value, _ = losses.LOSSES.get("softmax_ce")(logits, targets, batch, ())
   return jax.numpy.where(state >= 1, jax.numpy.nan, value), state + 1
 
 
 def test_non_finite_loss_stops_with_a_clear_message(data_dir, tmp_path,
                                                     monkeypatch):
-  monkeypatch.setitem(losses.REGISTRY, "nan_from_second_step", losses.Loss(
-      _nan_from_second_step, init=lambda num_classes: jax.numpy.zeros(())))
+  monkeypatch.setitem(losses.LOSSES._entries, "nan_from_second_step",
+                      losses.Loss(_nan_from_second_step, multilabel=False,
+                                  init=lambda num_classes: jax.numpy.zeros(())))
   c = tiny_config(data_dir, loss="nan_from_second_step", num_epochs=2.0,
                   checkpoint_every_steps=1)
-  with pytest.raises(train.NonFiniteLossError,
-                     match="loss became nan at step 2"):
+  with pytest.raises(train.NonFiniteUpdateError,
+                     match="at step 2 the loss became nan.*random "
+                           "initialisation"):
     train.train_and_evaluate(c, str(tmp_path))
   step, params = final_params(str(tmp_path))
   assert step == 1
@@ -204,9 +278,9 @@ def test_every_shipped_config_runs_a_step(name, data_dir, tmp_path):
   else:
     c = load_config(name, "tiny")
   c.data_dir = data_dir
-  job = importlib.import_module(main.JOBS[c.get("job", "classifier")])
+  job = main.load_job(c.get("job", "classifier"))
   if job is train:
     c.num_epochs = 0.5  # One step.
-    c.eval_every_epochs = 0.5
+    c.evals.validation.every_epochs = 0.5
   results = job.train_and_evaluate(c, str(tmp_path))
   assert job.format_results(results)

@@ -1,44 +1,53 @@
 """Backbones by name: `create(name, num_classes, **options)`.
 
 Names: resnet18, resnet34, resnet50, resnet101, mobilenet_v3_large,
-mobilenet_v3_small, vit_ti16, vit_s16, vit_b16, vit_l16. Inputs are NHWC
+mobilenet_v3_small, vit_ti16, vit_s16, vit_b16, vit_l16, and `placeholder`
+(a one-layer stand-in for fast tests). Inputs are NHWC
 images; outputs float32 logits. Options: `dtype` (e.g. jnp.bfloat16 compute,
 float32 parameters), `dropout`, `drop_path`, `head_bias_init` (log(1/C) for
-BCE heads), `bn_momentum` (CNNs; flax convention), and for ViTs
-`image_size` (e.g. (128, 512)).
+BCE heads), `bn_momentum` (CNNs; flax convention). `image_size` (e.g.
+(128, 512)) reaches the backbones whose parameters depend on it (ViTs: their
+position embeddings); convolutional ones take any size and ignore it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from inatsounds_jax import registry
 from inatsounds_jax.models import mobilenet_v3
+from inatsounds_jax.models import placeholder
 from inatsounds_jax.models import resnet
 from inatsounds_jax.models import vit
 
-REGISTRY = {
-    **{name: functools.partial(resnet.ResNet, variant=name)
-       for name in resnet.STAGES},
-    "mobilenet_v3_large": functools.partial(mobilenet_v3.MobileNetV3,
-                                            variant="large"),
-    "mobilenet_v3_small": functools.partial(mobilenet_v3.MobileNetV3,
-                                            variant="small"),
-    **{f"vit_{size}16": functools.partial(vit.ViT, size=size)
-       for size in vit.SIZES},
-}
+# Name -> partial of a backbone class (its fields are its options).
+BACKBONES: registry.Registry[functools.partial] = registry.Registry("model")
+for _name in resnet.STAGES:
+  BACKBONES.add(_name, functools.partial(resnet.ResNet, variant=_name))
+for _variant in ("large", "small"):
+  BACKBONES.add(f"mobilenet_v3_{_variant}", functools.partial(
+      mobilenet_v3.MobileNetV3, variant=_variant))
+for _size in vit.SIZES:
+  BACKBONES.add(f"vit_{_size}16", functools.partial(vit.ViT, size=_size))
+BACKBONES.add("placeholder", functools.partial(placeholder.Placeholder))
 
 
-def create(name: str, num_classes: int, **options) -> nn.Module:
-  """The backbone `name` with a `num_classes`-way head."""
-  try:
-    factory = REGISTRY[name]
-  except KeyError:
-    raise ValueError(f"unknown model {name!r}; registered: "
-                     f"{sorted(REGISTRY)}") from None
+def create(name: str, num_classes: int, image_size=None,
+           **options) -> nn.Module:
+  """The backbone `name` with a `num_classes`-way head.
+
+  `image_size` (H, W) is passed on only to backbones with an `image_size`
+  field, the ones whose parameters depend on the input size.
+  """
+  factory = BACKBONES.get(name)
+  if image_size is not None and "image_size" in {
+      f.name for f in dataclasses.fields(factory.func)}:
+    options["image_size"] = tuple(image_size)
   return factory(num_classes=num_classes, **options)
 
 

@@ -25,16 +25,30 @@ class Classifier(nn.Module):
   """Waveforms `[batch, samples]` -> logits `[batch, num_classes]`."""
   backbone: str
   num_classes: int
-  frontend: frontend_lib.FrontendConfig = frontend_lib.PRESETS["inatsounds"]
+  frontend: frontend_lib.FrontendConfig = frontend_lib.PRESETS.get(
+      "inatsounds")
   image: augment.ImageConfig = augment.ImageConfig()
+  window_frames: int = 512  # The window the model classifies (~2.97 s).
   backbone_options: tuple[tuple[str, Any], ...] = ()
 
   def setup(self):
-    options = dict(self.backbone_options)
-    if self.backbone.startswith("vit"):
-      options.setdefault("image_size", tuple(self.image.size))
-    self.net = models_lib.create(self.backbone, self.num_classes, **options)
+    self.net = models_lib.create(self.backbone, self.num_classes,
+                                 image_size=self.image_size,
+                                 **dict(self.backbone_options))
     self.spectrogram_frontend = frontend_lib.Frontend(self.frontend)
+
+  @property
+  def window_samples(self) -> int:
+    """Waveform samples of one window at the frontend's sample rate."""
+    return self.frontend.num_samples(self.window_frames)
+
+  @property
+  def image_size(self) -> tuple[int, int]:
+    """(H, W) of the backbone's input: the resize target, else the window's
+    native spectrogram size (mel bands x frames)."""
+    if self.image.size:
+      return tuple(self.image.size)
+    return (self.frontend.num_mel_bins, self.window_frames)
 
   def spectrogram(self, waveform: jax.Array) -> jax.Array:
     """`[batch, mel, frames]` image, values 0..255."""

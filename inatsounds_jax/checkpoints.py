@@ -1,0 +1,240 @@
+"""A workdir's checkpoints and recorded config, checked both ways.
+
+- `RunCheckpoints` keeps the latest `keep` steps (`WORKDIR/checkpoints`) and
+  the best by a metric (`WORKDIR/best`) with orbax. Nothing non-finite is
+  saved. A restore is checked (readable, the expected structure, finite);
+  a damaged newest step is reported in one line, moved aside to
+  `WORKDIR/damaged_checkpoints/` (never deleted) and the newest intact step
+  is used instead.
+- `check_config_for_resume` records the config a workdir was started with
+  (`WORKDIR/config.json`) and refuses to resume with one that would change
+  the run, naming the fields; logging, evaluation and path changes pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+
+from inatsounds_jax import registry
+
+
+class DamagedCheckpointError(RuntimeError):
+  """No intact checkpoint could be restored."""
+
+
+class Preempted(Exception):
+  """SIGTERM arrived during training; the state of `step` was saved first."""
+
+  def __init__(self, step: int, workdir: str):
+    super().__init__(f"stopped by SIGTERM at step {step}; its state is saved "
+                     f"in {workdir}: run the same command again to resume")
+    self.step = step
+
+
+class NonFiniteStateError(FloatingPointError):
+  """A state about to be saved holds NaN or infinite values."""
+
+
+@jax.jit
+def non_finite_leaves(tree) -> dict:
+  """Per top-level field, whether any floating value is NaN or infinite."""
+  def bad(subtree):
+    flags = [~jnp.isfinite(x).all() for x in jax.tree.leaves(subtree)
+             if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.any(jnp.stack(flags)) if flags else jnp.zeros((), bool)
+  fields = tree if isinstance(tree, dict) else {
+      f.name: getattr(tree, f.name) for f in dataclasses.fields(tree)}
+  return {name: bad(value) for name, value in fields.items()}
+
+
+def describe_non_finite(tree) -> list[str]:
+  """Names of the state's fields holding NaN or infinite values."""
+  flags = jax.device_get(non_finite_leaves(tree))
+  return sorted(name for name, flag in flags.items() if flag)
+
+
+class RunCheckpoints:
+  """The latest N and the best-by-metric checkpoints of a training run."""
+
+  def __init__(self, workdir: str, keep: int, best_metric: str):
+    self.workdir = os.path.abspath(workdir)
+    self.best_metric = best_metric
+    self.latest = ocp.CheckpointManager(
+        os.path.join(self.workdir, "checkpoints"),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=False))
+    self.best = ocp.CheckpointManager(
+        os.path.join(self.workdir, "best"),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, best_mode="max",
+            best_fn=lambda metrics: metrics[best_metric],
+            enable_async_checkpointing=False))
+
+  # -- Saving -----------------------------------------------------------------
+
+  def save_latest(self, step: int, state) -> None:
+    self._check_finite(step, state)
+    if step not in self.latest.all_steps():
+      self.latest.save(step, args=ocp.args.StandardSave(state))
+
+  def save_best(self, step: int, state, value: float) -> None:
+    self._check_finite(step, state)
+    self.best.save(step, args=ocp.args.StandardSave(state),
+                   metrics={self.best_metric: float(value)})
+
+  def wait(self) -> None:
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+
+  @staticmethod
+  def _check_finite(step: int, state) -> None:
+    bad = describe_non_finite(state)
+    if bad:
+      raise NonFiniteStateError(
+          f"refusing to save step {step}: {', '.join(bad)} hold NaN or "
+          "infinite values")
+
+  # -- Restoring --------------------------------------------------------------
+
+  def restore_latest(self, abstract, sharding):
+    """(state, step) of the newest intact latest checkpoint, or None if the
+    workdir has none. Damaged newer steps are moved aside with a warning."""
+    return self._restore_newest(self.latest, abstract, sharding)
+
+  def restore_best(self, abstract, sharding):
+    """(state, step) of the best checkpoint, or None."""
+    step = self.best.best_step()
+    if step is None:
+      return None
+    return self._restore_newest(self.best, abstract, sharding, [step])
+
+  def _restore_newest(self, manager, abstract, sharding, steps=None):
+    steps = sorted(manager.all_steps() if steps is None else steps,
+                   reverse=True)
+    damaged = []
+    for step in steps:
+      try:
+        _check_complete(os.path.join(os.fspath(manager.directory), str(step)))
+        state = restore(manager, step, abstract, sharding)
+        bad = describe_non_finite(state)
+        if bad:
+          raise ValueError(f"{', '.join(bad)} hold NaN or infinite values")
+      except Exception as e:  # pylint: disable=broad-except
+        reason = _one_line(e)
+        where = os.path.join(os.fspath(manager.directory), str(step))
+        logging.warning("Checkpoint %s is damaged (%s); moved to %s.", where,
+                        reason, self._set_aside(manager, step))
+        damaged.append(f"step {step}: {reason}")
+        continue
+      if damaged:
+        logging.warning("Resuming from step %d, the newest intact checkpoint "
+                        "in %s.", step, manager.directory)
+      return state, step
+    if damaged:
+      raise DamagedCheckpointError(
+          f"no intact checkpoint in {manager.directory}: "
+          + "; ".join(damaged) + ". Start again with a new --workdir.")
+    return None
+
+  def _set_aside(self, manager, step: int) -> str:
+    target = os.path.join(self.workdir, "damaged_checkpoints",
+                          f"{os.path.basename(os.fspath(manager.directory))}"
+                          f"_{step}")
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.move(os.path.join(os.fspath(manager.directory), str(step)),
+                  target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("set aside damaged checkpoint")
+    manager.reload()
+    return target
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract, sharding):
+  """The state saved at `step`, laid out with `sharding` (no checks)."""
+  return manager.restore(step, args=ocp.args.StandardRestore(
+      jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                     sharding=s),
+                   abstract, sharding)))
+
+
+# Written by orbax when a step is finished; a step without them may be half
+# written (orbax would still restore it from a given target).
+_COMPLETION_FILES = ("_CHECKPOINT_METADATA", os.path.join("default",
+                                                          "_METADATA"))
+
+
+def _check_complete(step_dir: str) -> None:
+  missing = [f for f in _COMPLETION_FILES
+             if not os.path.exists(os.path.join(step_dir, f))]
+  if missing:
+    raise FileNotFoundError(f"missing {', '.join(missing)}")
+
+
+def _one_line(error: Exception) -> str:
+  text = f"{type(error).__name__}: {error}".strip().splitlines()
+  line = text[0] if text else type(error).__name__
+  return line if len(line) <= 200 else line[:197] + "..."
+
+
+# -- The recorded config ---------------------------------------------------------
+
+# Fields (dotted prefixes) that may change between a run and its resumption:
+# they change what is logged, evaluated or where files are, not the updates.
+HARMLESS_FIELDS = (
+    "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+    "evals", "best_metric", "eval_batch_size", "data_dir", "manual_dir",
+    "init_checkpoint", "distributed", "geo_prior", "geo_threshold",
+)
+CONFIG_FILE = "config.json"
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+  if isinstance(tree, dict):
+    out = {}
+    for key, value in tree.items():
+      out.update(_flatten(value, f"{prefix}{key}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def _harmless(field: str) -> bool:
+  return any(field == h or field.startswith(h + ".") for h in HARMLESS_FIELDS)
+
+
+def check_config_for_resume(workdir: str, config: ml_collections.ConfigDict,
+                            resuming: bool) -> None:
+  """Refuses to resume with a config that changes the run; records it.
+
+  Raises:
+    registry.ConfigError: listing each changed field, old and new value.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  now = json.loads(config.to_json_best_effort(sort_keys=True))
+  if resuming and os.path.exists(path):
+    with open(path) as f:
+      was = json.load(f)
+    old, new = _flatten(was), _flatten(now)
+    changed = [f"  {field}: {old.get(field, '(unset)')!r} -> "
+               f"{new.get(field, '(unset)')!r}"
+               for field in sorted(set(old) | set(new))
+               if old.get(field) != new.get(field) and not _harmless(field)]
+    if changed:
+      raise registry.ConfigError(
+          f"{workdir} holds a run started with another config; these "
+          "changes would alter it:\n" + "\n".join(changed[:12]) +
+          ("\n  ..." if len(changed) > 12 else "") +
+          "\nUse a new --workdir, or the old values to resume.")
+  if jax.process_index() == 0:
+    with open(path, "w") as f:
+      json.dump(now, f, indent=1, sort_keys=True)

@@ -1,0 +1,201 @@
+"""What every evaluator shares: its interface, construction from the config,
+the predict function it is given, and gathering across processes.
+
+An evaluation is configured by name in `config.evals`:
+
+    config.evals = {
+        "validation": {"type": "file_level", "split": "validation",
+                       "every_epochs": 1.0},
+        "test": {"type": "file_level", "split": "test", "every_epochs": 0},
+    }
+
+`type` names a module in `inatsounds_jax.evaluators` (or any importable
+module path) whose `Evaluator(context, **options)` builds the evaluation;
+`every_epochs` (0 = only at the end of training) is the loop's business.
+Construction happens before training starts, so a bad split, prior or option
+fails at start-up. `Evaluator.run(predict, write_artefacts)` returns an
+`EvalOutput`; the loop logs its metrics as `<name>/<metric>` and picks the
+best checkpoint by one of them (`config.best_metric`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Protocol
+
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+import tensorflow_datasets as tfds
+
+from inatsounds_jax import input_pipeline
+from inatsounds_jax import registry
+
+# int16 waveforms `[batch, window_samples]` of this process -> float logits
+# `[batch, classes]` of the same rows (the model runs on the global batch).
+PredictFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalContext:
+  """What an evaluator may use besides its own options."""
+  builder: tfds.core.DatasetBuilder
+  windows: input_pipeline.WindowConfig  # The model's window and frontend.
+  batch_size: int  # Global batch of windows.
+  label_names: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOutput:
+  """One evaluation's results.
+
+  Attributes:
+    metrics: scalar metrics by name (logged as `<evaluation>/<name>`).
+    summary: this evaluation's section of `eval_results.json`.
+    text: lines for the console.
+    write_artefacts: writes plots etc. to files starting with the given
+      path prefix and returns their paths (called on process 0 only).
+  """
+  metrics: dict[str, float]
+  summary: dict[str, Any]
+  text: str
+  write_artefacts: Callable[[str], list[str]] = lambda prefix: []
+
+
+class Evaluator(Protocol):
+  """An evaluation built from `(context, **options)`."""
+
+  # The keys of `run(...).metrics`, known before it runs (so that a
+  # `best_metric` naming none of them fails at start-up).
+  metric_names: tuple[str, ...]
+
+  def run(self, predict: PredictFn) -> EvalOutput:
+    ...
+
+
+def _discover() -> registry.Registry[str]:
+  """Evaluator type -> module path: every module of this package."""
+  found = registry.Registry("evaluator type")
+  package = importlib.import_module(__package__)
+  for module in pkgutil.iter_modules(package.__path__):
+    if module.name != "common":
+      found.add(module.name, f"{__package__}.{module.name}")
+  return found
+
+
+EVALUATORS = _discover()
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduledEvaluator:
+  name: str
+  evaluator: Evaluator
+  every_epochs: float  # 0: only at the end.
+
+
+def from_config(evals: Mapping[str, Mapping[str, Any]],
+                context: EvalContext) -> list[ScheduledEvaluator]:
+  """Builds every configured evaluation, in the config's order.
+
+  Raises:
+    registry.ConfigError: naming the evaluation and the problem.
+  """
+  out = []
+  for name, options in evals.items():
+    options = dict(options)
+    kind = options.pop("type", None)
+    if kind is None:
+      raise registry.ConfigError(f"evals.{name} has no 'type'; choose from "
+                                 f"{EVALUATORS.names()}")
+    every = float(options.pop("every_epochs", 1.0))
+    path = EVALUATORS.get(kind) if "." not in kind else kind
+    module = importlib.import_module(path)
+    try:
+      evaluator = module.Evaluator(context, **options)
+    except TypeError as e:  # An unknown or missing option.
+      raise registry.ConfigError(f"evals.{name} ({kind}): {e}") from None
+    out.append(ScheduledEvaluator(name, evaluator, every))
+  return out
+
+
+def make_predict_fn(apply_logits: Callable, variables,
+                    sharding: jax.sharding.NamedSharding) -> PredictFn:
+  """Jitted, mesh-sharded `waveform -> logits` for this process's batches."""
+  jitted = jax.jit(apply_logits, out_shardings=sharding)
+
+  def predict(waveform: np.ndarray) -> np.ndarray:
+    x = input_pipeline.shard_batch({"w": waveform}, sharding)["w"]
+    logits = jitted(variables, x)
+    if jax.process_count() > 1:  # Only this process's rows.
+      logits = multihost_utils.global_array_to_host_local_array(
+          logits, sharding.mesh, sharding.spec)
+    return np.asarray(jax.device_get(logits))
+
+  return predict
+
+
+# Multi-host: each process reads its own files (whole files, so pooling per
+# file is local), but the jitted model runs on global batches, so every
+# process takes part in every batch; per-file results are gathered at the end.
+
+def _one_process(process_count: int | None) -> bool:
+  return (jax.process_count() if process_count is None else process_count) == 1
+
+
+def in_step_with_other_processes(batches: Iterable[dict],
+                                 allgather=multihost_utils.process_allgather,
+                                 process_count: int | None = None
+                                 ) -> Iterator[dict]:
+  """Yields this process's batches, then masked copies until all are done.
+
+  Each yielded batch has `mask` all False once this process has run out, so
+  the others' batches still get a partner in the jitted call.
+  """
+  if _one_process(process_count):
+    yield from batches
+    return
+  template = None
+  for batch in batches:
+    template = batch
+    allgather(np.ones((), np.int32))
+    yield batch
+  while True:
+    others = allgather(np.zeros((), np.int32))
+    if not np.any(others):
+      return
+    if template is None:
+      raise RuntimeError("a process has no evaluation files; use fewer "
+                         "processes than files")
+    yield {k: np.zeros_like(v) for k, v in template.items()}
+
+
+def sum_over_processes(value, allgather=multihost_utils.process_allgather,
+                       process_count: int | None = None):
+  if _one_process(process_count):
+    return value
+  return np.asarray(allgather(np.asarray(value))).sum()
+
+
+def rows_of_all_processes(arrays: Mapping[str, np.ndarray],
+                          allgather=multihost_utils.process_allgather,
+                          process_count: int | None = None
+                          ) -> dict[str, np.ndarray]:
+  """Each array's rows from every process, concatenated in process order.
+
+  Processes may hold different numbers of rows (the same within a process);
+  rows are padded to the largest count for the gather and cut back after.
+  """
+  if _one_process(process_count):
+    return dict(arrays)
+  counts = np.asarray(allgather(np.asarray(len(next(iter(arrays.values()))))))
+  most = int(counts.max())
+
+  def gather(x):
+    x = np.pad(x, [(0, most - len(x))] + [(0, 0)] * (x.ndim - 1))
+    every = np.asarray(allgather(x))
+    return np.concatenate([every[i, :n] for i, n in enumerate(counts)])
+
+  return {k: gather(v) for k, v in arrays.items()}

@@ -1,0 +1,216 @@
+"""File-level evaluation: dense windows -> softmax -> pooled per file.
+
+The iNatSounds paper's protocol (Chasmai et al. 2024, s.4): every window of
+every file is classified once (`input_pipeline.eval_dataset`); window
+softmaxes (also for sigmoid-trained models, as in the paper) are pooled per
+recording by mean and by max, then scored with `metrics.file_level_metrics`
+(class-averaged top-1/top-5, mAP, mF1), overall and per supercategory. With
+a geographic prior, species outside the recording's range get the window's
+lowest logit before the softmax, and results are reported both ways.
+
+Options (`config.evals.<name>`): `split`; `geo_prior` ("" none,
+"synthetic_truth" the synthetic corpus's true ranges, or a range-model
+workdir); `geo_threshold` (0.1); `min_prior_coverage` (warn when the prior
+covers fewer of the labels than this fraction; a prior covering none is
+refused).
+
+Metrics: `<pooling>/<view>/<metric>` for pooling mean|max, view
+no_prior|prior, metric top1|top5|map|mf1 (e.g. `mean/no_prior/map`, the
+paper's headline pooling).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from absl import logging
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from inatsounds_jax import data
+from inatsounds_jax import input_pipeline
+from inatsounds_jax import metrics as metrics_lib
+from inatsounds_jax import plots
+from inatsounds_jax import registry
+from inatsounds_jax.evaluators import common
+from inatsounds_jax.geo import prior as prior_lib
+from inatsounds_jax.geo import range_model as range_lib
+
+POOLINGS = ("mean", "max")
+HEADLINE = ("top1", "top5", "map", "mf1")
+
+
+class FilePooler:
+  """Accumulates window probabilities per recording (mean and max)."""
+
+  def __init__(self):
+    self.index: dict[int, int] = {}
+    self.labels: list[int] = []
+    self._sum: list[np.ndarray] = []
+    self._max: list[np.ndarray] = []
+    self._count: list[int] = []
+
+  def add(self, probs: np.ndarray, recording_ids, labels) -> None:
+    for p, rid, label in zip(probs, recording_ids, labels):
+      i = self.index.get(int(rid))
+      if i is None:
+        self.index[int(rid)] = len(self.labels)
+        self.labels.append(int(label))
+        self._sum.append(p.astype(np.float64))
+        self._max.append(p.copy())
+        self._count.append(1)
+      else:
+        self._sum[i] += p
+        np.maximum(self._max[i], p, out=self._max[i])
+        self._count[i] += 1
+
+  def files(self) -> dict[str, np.ndarray]:
+    """{"labels" [files], "mean" [files, C], "max" [files, C]}."""
+    counts = np.asarray(self._count, np.float64)[:, None]
+    return {"labels": np.asarray(self.labels, np.int64),
+            "mean": np.stack(self._sum) / counts, "max": np.stack(self._max)}
+
+
+def load_prior(source: str, builder: tfds.core.DatasetBuilder,
+               label_names, min_coverage: float
+               ) -> prior_lib.GeoPrior | None:
+  """The prior `source` over `label_names`, its coverage checked, or None."""
+  if not source:
+    return None
+  if source == "synthetic_truth":
+    path = data.true_ranges_path(builder)
+    if path is None:
+      raise registry.ConfigError(
+          f"geo_prior 'synthetic_truth' needs the synthetic corpus's true "
+          f"ranges next to the records in {builder.data_path}; this dataset "
+          "has none")
+    prior = prior_lib.from_range_circles(path, label_names)
+  else:
+    prior = range_lib.load(source).prior(label_names)
+  logging.info("Geographic prior %s: %s", source,
+               prior.check_coverage(min_coverage))
+  return prior
+
+
+def evaluate_split(predict: common.PredictFn,
+                   builder: tfds.core.DatasetBuilder, split: str,
+                   windows: input_pipeline.WindowConfig, batch_size: int,
+                   prior: prior_lib.GeoPrior | None = None,
+                   threshold: float = 0.1, groups=None) -> dict:
+  """Metrics of one split, per pooling, with and without the prior.
+
+  Returns:
+    {"mean"|"max": {"no_prior"|"prior": metrics dict}, "num_windows",
+     "files": {"labels", "mean", "max"}} (files for plots, not for JSON).
+  """
+  poolers = {"no_prior": FilePooler()}
+  if prior is not None:
+    poolers["prior"] = FilePooler()
+  num_windows = 0
+  for batch in common.in_step_with_other_processes(tfds.as_numpy(
+      input_pipeline.eval_dataset(builder, split, batch_size, windows))):
+    logits = np.asarray(predict(batch["waveform"]), np.float64)
+    valid = batch["mask"]
+    num_windows += int(valid.sum())
+    views = {"no_prior": logits}
+    if prior is not None:
+      keep = prior.mask(batch["latitude"], batch["longitude"], threshold)
+      views["prior"] = prior_lib.lowest_logit_mask(logits, keep)
+    for name, view in views.items():
+      poolers[name].add(np.asarray(jax.nn.softmax(view[valid], axis=-1)),
+                        batch["recording_id"][valid], batch["label"][valid])
+  result = {"num_windows": int(common.sum_over_processes(num_windows))}
+  for view, pooler in poolers.items():
+    files = common.rows_of_all_processes(pooler.files())
+    for pooling in POOLINGS:
+      result.setdefault(pooling, {})[view] = metrics_lib.file_level_metrics(
+          files[pooling], files["labels"], groups=groups)
+    if view == "no_prior":
+      result["files"] = files
+  return result
+
+
+def summary_for_json(result: dict) -> dict:
+  """Drops arrays (per-class values, file scores) for `eval_results.json`."""
+  out = {}
+  for key, value in result.items():
+    if key in ("files", "per_class"):
+      continue
+    out[key] = summary_for_json(value) if isinstance(value, dict) else value
+  return out
+
+
+def plot_long_tail_and_confusions(path_prefix: str, result: dict,
+                                  train_counts: np.ndarray,
+                                  label_names, top: int = 15) -> list[str]:
+  """Per-class top-1 against train count; the most confused species pairs."""
+  plt = plots.pyplot()
+  per_class = result["mean"]["no_prior"]["per_class"]
+  fig, ax = plt.subplots(figsize=(6, 4))
+  ax.scatter(train_counts[per_class["class"]], per_class["top1"], s=12)
+  ax.set_xscale("log")
+  ax.set_xlabel("training recordings of the species")
+  ax.set_ylabel("file-level top-1 (mean pooling)")
+  ax.set_title("Accuracy along the long tail")
+  paths = [plots.save(fig, path_prefix + "_long_tail.png")]
+
+  labels = result["files"]["labels"]
+  predicted = result["files"]["mean"].argmax(axis=1)
+  wrong = labels != predicted
+  pairs, counts = np.unique(np.stack([labels[wrong], predicted[wrong]], 1),
+                            axis=0, return_counts=True)
+  order = np.argsort(-counts, kind="stable")[:top]
+  fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(order), 1) + 1.2))
+  ax.barh([f"{label_names[a]} -> {label_names[b]}" for a, b in pairs[order]],
+          counts[order])
+  ax.invert_yaxis()
+  ax.set_xlabel("files of the first species predicted as the second")
+  ax.set_title("Most confused species pairs")
+  paths.append(plots.save(fig, path_prefix + "_confusions.png"))
+  return paths
+
+
+class Evaluator:
+  """File-level metrics of one split (see the module docstring)."""
+
+  def __init__(self, context: common.EvalContext, *, split: str,
+               geo_prior: str = "", geo_threshold: float = 0.1,
+               min_prior_coverage: float = 0.5):
+    splits = context.builder.info.splits
+    if split not in splits:
+      raise registry.ConfigError(
+          f"split {split!r} is not in the dataset; it has {sorted(splits)}")
+    self.context, self.split, self.threshold = context, split, geo_threshold
+    self.prior = load_prior(geo_prior, context.builder, context.label_names,
+                            min_prior_coverage)
+    views = ("no_prior",) if self.prior is None else ("no_prior", "prior")
+    self.metric_names = tuple(f"{pooling}/{view}/{k}" for pooling in POOLINGS
+                              for view in views for k in HEADLINE)
+    classes = data.class_table(context.builder)
+    self.groups = (None if classes is None else
+                   [row["supercategory"] for row in classes])
+
+  def run(self, predict: common.PredictFn) -> common.EvalOutput:
+    c = self.context
+    result = evaluate_split(predict, c.builder, self.split, c.windows,
+                            c.batch_size, prior=self.prior,
+                            threshold=self.threshold, groups=self.groups)
+    metrics, lines = {}, []
+    for pooling in POOLINGS:
+      for view, m in result[pooling].items():
+        metrics.update({f"{pooling}/{view}/{k}": m[k] for k in HEADLINE})
+        lines.append(f"{self.split:10s} {pooling:4s} {view:8s} " + " ".join(
+            f"{k} {m[k]:.3f}" for k in HEADLINE))
+    return common.EvalOutput(
+        metrics=metrics, summary=summary_for_json(result),
+        text="\n".join(lines),
+        write_artefacts=functools.partial(
+            plot_long_tail_and_confusions, result=result,
+            train_counts=self._train_counts(), label_names=c.label_names))
+
+  def _train_counts(self) -> np.ndarray:
+    counts = data.label_counts(self.context.builder)
+    if counts is None or "train" not in counts:
+      return np.ones(len(self.context.label_names))  # Built with Beam.
+    return np.asarray(counts["train"])
