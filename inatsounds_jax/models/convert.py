@@ -13,6 +13,7 @@ filled exactly once and every tensor used, or the error lists what is off.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from collections.abc import Mapping, Sequence
 
@@ -54,26 +55,87 @@ def family(name: str) -> str:
   return name.split("_")[0] if not name.startswith("resnet") else "resnet"
 
 
+class CheckpointFileError(ConversionError):
+  """The file is not a weights file; says which file and what was expected."""
+
+
+_EXPECTED = ("expected a state dict (parameter name -> tensor) saved with "
+             "torch.save, or a .safetensors file")
+# How torch.save files start: a zip container (PyTorch >= 1.6) or a pickle
+# (the legacy format, protocol 2 and up).
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _load_torch_file(path: str):
+  """`torch.load(weights_only=True)`, failing with what is wrong with `path`."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError(f"reading {path} needs torch; or convert it to "
+                      ".safetensors first") from e
+  with open(path, "rb") as f:
+    head = f.read(16)
+  if not head.startswith(_TORCH_MAGIC):
+    raise CheckpointFileError(
+        f"{path}: not a PyTorch checkpoint (it starts with {head!r}); "
+        + _EXPECTED)
+  try:
+    return torch.load(path, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError:
+    # torch's own message suggests weights_only=False, which runs whatever
+    # code the file holds: not an option for a weights file.
+    raise CheckpointFileError(
+        f"{path}: holds Python objects other than tensors and plain "
+        "containers (e.g. a whole pickled model), which are not loaded "
+        "because unpickling them can run code; save model.state_dict() "
+        f"instead; {_EXPECTED}") from None
+  except Exception as e:  # pylint: disable=broad-except
+    # A damaged file fails anywhere in torch's reader, with any exception.
+    raise CheckpointFileError(
+        f"{path}: damaged or unreadable PyTorch checkpoint "
+        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+        + _EXPECTED) from None
+
+
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
   """Tensors from `.safetensors` (no torch needed) or `.pth` / `.pt`.
 
   Training checkpoints that wrap the weights (`{"state_dict": ...}`,
   `{"model": ...}`) and DataParallel's `module.` prefix are unwrapped.
+
+  Raises:
+    FileNotFoundError: no file at `path`.
+    CheckpointFileError: the file is not a weights file (not a torch.save or
+      safetensors file, damaged, a pickled model, or not name -> tensor);
+      the message names the file and what was expected.
   """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no such file; {_EXPECTED}")
   if path.endswith(".safetensors"):
+    from safetensors import SafetensorError  # pylint: disable=import-outside-toplevel
     from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-    state = load_file(path)
-  else:
     try:
-      import torch  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-      raise ImportError(f"reading {path} needs torch; or convert it to "
-                        ".safetensors first") from e
-    state = torch.load(path, map_location="cpu", weights_only=True)
+      state = load_file(path)
+    except SafetensorError as e:
+      raise CheckpointFileError(f"{path}: not a readable .safetensors file "
+                                f"({e}); {_EXPECTED}") from None
+  else:
+    state = _load_torch_file(path)
     for key in ("state_dict", "model", "model_state_dict"):
       if isinstance(state, Mapping) and key in state and isinstance(
           state[key], Mapping):
         state = state[key]
+  if not isinstance(state, Mapping):
+    raise CheckpointFileError(
+        f"{path}: holds a {type(state).__name__}, not a state dict; "
+        + _EXPECTED)
+  not_tensors = [k for k, v in state.items()
+                 if not isinstance(k, str) or not (
+                     hasattr(v, "detach") or isinstance(v, np.ndarray))]
+  if not_tensors:
+    raise CheckpointFileError(
+        f"{path}: entries that are not tensors: {not_tensors[:8]}"
+        f"{' ...' if len(not_tensors) > 8 else ''}; " + _EXPECTED)
   return {re.sub(r"^module\.", "", k): _to_numpy(v) for k, v in state.items()}
 
 
