@@ -76,8 +76,8 @@ def _amplitude_to_pixels(amplitude, fe: frontend_lib.FrontendConfig):
 
 def mixup(rng: jax.Array, images: jax.Array, targets: jax.Array,
           config: AugmentConfig,
-          frontend: frontend_lib.FrontendConfig = frontend_lib.PRESETS.get(
-              "inatsounds")) -> tuple[jax.Array, jax.Array, jax.Array]:
+          frontend: frontend_lib.FrontendConfig = frontend_lib.INATSOUNDS
+          ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Mixes each example with the next one in the batch (rolled by one).
 
   Images are mixed as amplitudes (the exponential of the dB image), labels
@@ -100,8 +100,8 @@ def mixup(rng: jax.Array, images: jax.Array, targets: jax.Array,
 
 def augment(rng: jax.Array, images: jax.Array, targets: jax.Array,
             config: AugmentConfig,
-            frontend: frontend_lib.FrontendConfig = frontend_lib.PRESETS.get(
-                "inatsounds")) -> tuple[jax.Array, jax.Array]:
+            frontend: frontend_lib.FrontendConfig = frontend_lib.INATSOUNDS
+            ) -> tuple[jax.Array, jax.Array]:
   """SpecAugment, then mixup if configured: (images, soft targets)."""
   spec_rng, mix_rng = jax.random.split(rng)
   images = spec_augment(spec_rng, images, config)

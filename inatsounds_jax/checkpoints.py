@@ -187,7 +187,7 @@ def _one_line(error: Exception) -> str:
   return line if len(line) <= 200 else line[:197] + "..."
 
 
-# -- The recorded config ---------------------------------------------------------
+# -- The recorded config -------------------------------------------------------
 
 # Fields (dotted prefixes) that may change between a run and its resumption:
 # they change what is logged, evaluated or where files are, not the updates.

@@ -71,7 +71,8 @@ class FrontendConfig:
 
   def pixels_to_db(self, pixels):
     """The inverse of `db_to_pixels` (exact for unclipped, unquantised dB)."""
-    return pixels * np.float32((self.db_max - self.db_min) / 255.0) + self.db_min
+    scale = np.float32((self.db_max - self.db_min) / 255.0)
+    return pixels * scale + self.db_min
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -79,7 +80,8 @@ class FrontendConfig:
 
 PRESETS: registry.Registry[FrontendConfig] = registry.Registry(
     "frontend preset")
-PRESETS.add("inatsounds", FrontendConfig())
+# The paper's image, the default wherever a frontend is not named.
+INATSOUNDS = PRESETS.add("inatsounds", FrontendConfig())
 # The older variant: dB of the unscaled int16 signal, clipped to [-50, 50].
 PRESETS.add("inatsounds_legacy", FrontendConfig(
     waveform_scale=audio.INT16_SCALE, db_min=-50.0, db_max=50.0))
@@ -250,10 +252,10 @@ class Frontend(nn.Module):
   """The spectrogram as a Flax module, so a model carries its frontend.
 
   Takes int16 or float waveforms `[batch, samples]`; int16 is scaled to
-  [-1, 1] with the dataset's scale (`audio.INT16_SCALE`). The config is a module attribute and so part of
-  every exported model's definition.
+  [-1, 1] with the dataset's scale (`audio.INT16_SCALE`). The config is a
+  module attribute and so part of every exported model's definition.
   """
-  config: FrontendConfig = PRESETS.get("inatsounds")
+  config: FrontendConfig = INATSOUNDS
 
   @nn.compact
   def __call__(self, waveform: jax.Array) -> jax.Array:

@@ -9,8 +9,9 @@ frontend applied to a window gives exactly those frames of the whole file.
   than a window are zero-padded, centred. Shuffled, repeated, sharded per
   process; each process yields its part of the global batch.
 - Eval: dense windows every `eval_stride_frames`, centred zero padding so the
-  last window fits (the iNatSounds paper's evaluation protocol). Each window carries its recording
-  id and a validity mask; the last partial batch is padded with masked
+  last window fits (the iNatSounds paper's evaluation protocol). Each window
+  carries its recording id and a validity mask; the last partial batch is
+  padded with masked
   windows, so every window of every file is seen exactly once.
 """
 
@@ -34,8 +35,7 @@ class WindowConfig:
   """How recordings are cut into model windows."""
   window_frames: int = 512  # About 2.97 s.
   eval_stride_frames: int = 256
-  frontend: frontend_lib.FrontendConfig = frontend_lib.PRESETS.get(
-      "inatsounds")
+  frontend: frontend_lib.FrontendConfig = frontend_lib.INATSOUNDS
 
   @property
   def window_samples(self) -> int:

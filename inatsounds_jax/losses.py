@@ -47,7 +47,8 @@ def _softmax_cross_entropy(logits, targets, batch, state):
 def _assume_negative_bce(logits, targets, batch, state):
   """Sigmoid BCE against the (soft) label, summed over classes."""
   del batch
-  return optax.sigmoid_binary_cross_entropy(logits, targets).sum(-1).mean(), state
+  value = optax.sigmoid_binary_cross_entropy(logits, targets).sum(-1).mean()
+  return value, state
 
 
 LOSSES.add("softmax_ce", Loss(_softmax_cross_entropy, multilabel=False))

@@ -54,12 +54,12 @@ def ce(logits, targets):
 
 
 BAD_LOSSES = {
-    "loss": stateful(lambda l, t, b, s: (ce(l, t) * jnp.nan, s)),
+    "loss": stateful(lambda x, t, b, s: (ce(x, t) * jnp.nan, s)),
     # Finite value, NaN gradient (the where-gradient trap).
-    "gradients": stateful(lambda l, t, b, s: (
-        jnp.where(True, ce(l, t), jnp.sqrt(-1.0 - l).sum()), s)),
+    "gradients": stateful(lambda x, t, b, s: (
+        jnp.where(True, ce(x, t), jnp.sqrt(-1.0 - x).sum()), s)),
     # Finite value and gradients; the loss state becomes NaN.
-    "update": stateful(lambda l, t, b, s: (ce(l, t), s + jnp.nan)),
+    "update": stateful(lambda x, t, b, s: (ce(x, t), s + jnp.nan)),
 }
 
 
@@ -100,7 +100,9 @@ def test_assume_negative_bce_sums_classes_and_averages_examples():
   logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
   targets = jnp.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
   value, _ = losses.LOSSES.get("assume_negative_bce")(logits, targets, {}, ())
-  sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+  def sig(x):
+    return 1 / (1 + np.exp(-x))
+
   first = -(np.log(sig(2.0)) + np.log(1 - sig(0.0)) + np.log(1 - sig(-1.0)))
   second = -3 * np.log(0.5)
   np.testing.assert_allclose(value, (first + second) / 2, rtol=1e-6)

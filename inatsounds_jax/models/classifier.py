@@ -25,8 +25,7 @@ class Classifier(nn.Module):
   """Waveforms `[batch, samples]` -> logits `[batch, num_classes]`."""
   backbone: str
   num_classes: int
-  frontend: frontend_lib.FrontendConfig = frontend_lib.PRESETS.get(
-      "inatsounds")
+  frontend: frontend_lib.FrontendConfig = frontend_lib.INATSOUNDS
   image: augment.ImageConfig = augment.ImageConfig()
   window_frames: int = 512  # The window the model classifies (~2.97 s).
   backbone_options: tuple[tuple[str, Any], ...] = ()
