@@ -187,7 +187,8 @@ def parse_annotations(data: Any, split: str, source: str) -> SplitAnnotations:
                   for c in data["categories"]]
   duplicate_categories = _duplicates(i for i in category_ids if i is not None)
   for entry, cid in zip(data["categories"], category_ids):
-    where = f"{source} category {entry.get('id') if isinstance(entry, dict) else entry!r}"
+    shown = entry.get("id") if isinstance(entry, dict) else repr(entry)
+    where = f"{source} category {shown}"
     if cid is None or not isinstance(entry.get("name"), str):
       bad(where, "bad category", "category without integer id or name")
     elif cid in duplicate_categories:
@@ -215,13 +216,16 @@ def parse_annotations(data: Any, split: str, source: str) -> SplitAnnotations:
     if aid in duplicate_audio:
       bad(where, "duplicate id", f"duplicate recording id {aid}")
       continue
-    lat, lon = _as_float(entry.get("latitude")), _as_float(entry.get("longitude"))
+    lat = _as_float(entry.get("latitude"))
+    lon = _as_float(entry.get("longitude"))
     if lat is None or lon is None or math.isnan(lat) != math.isnan(lon):
-      bad(where, "impossible coordinates", f"unreadable coordinates latitude={entry.get('latitude')!r} "
+      bad(where, "impossible coordinates",
+          f"unreadable coordinates latitude={entry.get('latitude')!r} "
           f"longitude={entry.get('longitude')!r}")
       continue
     if not (math.isnan(lat) or (-90 <= lat <= 90 and -180 <= lon <= 180)):
-      bad(where, "impossible coordinates", f"impossible coordinates latitude={lat} longitude={lon}")
+      bad(where, "impossible coordinates",
+          f"impossible coordinates latitude={lat} longitude={lon}")
       continue
     audio[aid] = dict(entry, latitude=lat, longitude=lon)
 
@@ -240,7 +244,8 @@ def parse_annotations(data: Any, split: str, source: str) -> SplitAnnotations:
     aid = _as_int(_first_key(entry, "audio_id", "image_id"))
     cid = _as_int(entry.get("category_id"))
     rec = audio.get(aid)
-    where = rec["file_name"] if rec else f"{source} annotation {entry.get('id')}"
+    where = (rec["file_name"] if rec
+             else f"{source} annotation {entry.get('id')}")
     if ann_id is None:
       bad(where, "bad annotation", "annotation without integer id")
     elif ann_id in duplicate_annotations:
@@ -346,9 +351,9 @@ def find_split_sources(manual_dir: str) -> dict[str, SplitSource]:
     if annotation is None and folder is None and archive is None:
       continue
     if annotation is None:
-      raise ReleaseError(
-          f"{manual_dir}: recordings for split {split} found but no "
-          f"annotation file ({' or '.join(n + '.json[.tar.gz]' for n in names)})")
+      expected = " or ".join(n + ".json[.tar.gz]" for n in names)
+      raise ReleaseError(f"{manual_dir}: recordings for split {split} found "
+                         f"but no annotation file ({expected})")
     if folder is None and archive is None:
       raise ReleaseError(
           f"{manual_dir}: {annotation} found but no recordings "

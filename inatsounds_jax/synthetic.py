@@ -106,7 +106,8 @@ class CorpusConfig:
 
   def __post_init__(self):
     if self.num_species < 2:
-      raise ValueError(f"num_species must be at least 2, got {self.num_species}")
+      raise ValueError(
+          f"num_species must be at least 2, got {self.num_species}")
     if self.num_recordings < 3 * self.num_species:
       raise ValueError(
           f"num_recordings ({self.num_recordings}) must be at least 3 per "
@@ -249,7 +250,10 @@ def _tone(freq: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def synthesize_call(family: str, p: dict, rng: np.random.Generator
                     ) -> np.ndarray:
   """One call (a song, a trill, a buzz) with small variation per call."""
-  j = lambda: 1.0 + 0.02 * rng.standard_normal()  # pylint: disable=unnecessary-lambda-assignment
+
+  def j():  # A 2% jitter.
+    return 1.0 + 0.02 * rng.standard_normal()
+
   nyquist_guard = 0.45 * SR
   if family == "whistle":
     parts = []
@@ -289,7 +293,8 @@ def synthesize_call(family: str, p: dict, rng: np.random.Generator
     t = np.arange(n) / SR
     f0 = p["f0"] * j()
     stack = sum(p["decay"] ** h * np.sin(2 * np.pi * (h + 1) * f0 * t)
-                for h in range(int(p["harmonics"])) if (h + 1) * f0 < nyquist_guard)
+                for h in range(int(p["harmonics"]))
+                if (h + 1) * f0 < nyquist_guard)
     phase = (t * p["pulse_rate"]) % 1.0
     pulse_frac = min(p["pulse_dur"] * p["pulse_rate"], 0.95)
     pulse_env = np.where(phase < pulse_frac,
@@ -492,7 +497,8 @@ def make_recording_specs(config: CorpusConfig, species: list[dict],
   for audio_id, spec in enumerate(specs):
     spec["audio_id"] = int(order[audio_id]) + 1
     spec["rng_key"] = (config.seed, spec["audio_id"])
-    spec["file_name"] = (f"{spec['split']}/{species[spec['category_id']]['dir_name']}/"
+    dir_name = species[spec["category_id"]]["dir_name"]
+    spec["file_name"] = (f"{spec['split']}/{dir_name}/"
                          f"{spec['recording_name']}.wav")
   return specs
 

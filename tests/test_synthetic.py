@@ -138,7 +138,8 @@ def test_call_families_have_their_frequency_bands():
     call = synthetic.synthesize_call(family, params, rng)
     spec = np.abs(np.fft.rfft(call))
     return np.argmax(spec) * 22050 / len(call)
-  assert 1000 < peak_hz("whistle", synthetic._call_params("whistle", rng)) < 10000  # pylint: disable=protected-access
+  whistle = synthetic._call_params("whistle", rng)  # pylint: disable=protected-access
+  assert 1000 < peak_hz("whistle", whistle) < 10000
   low = dict(f0=150.0, harmonics=4.0, fm_depth=0.0, fm_rate=1.0,
              call_dur=1.0, interval=1.0)
   assert 100 < peak_hz("low_harmonic", low) < 200

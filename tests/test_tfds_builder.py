@@ -99,7 +99,10 @@ def damaged_release(small_corpus, tmp_path):
   """Extracted release with one of each kind of bad item; returns
   (manual_dir, {file: expected reason fragment}, number of valid items)."""
   root = _copy_release(small_corpus, tmp_path / "damaged", False)
-  path = lambda rel: os.path.join(root, rel)  # pylint: disable=unnecessary-lambda-assignment
+
+  def path(rel):
+    return os.path.join(root, rel)
+
   with open(path("train.json")) as f:
     ann = json.load(f)
   recs = ann["audio"]

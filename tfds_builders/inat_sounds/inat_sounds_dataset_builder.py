@@ -23,7 +23,8 @@ or the synthetic corpus) and stops with `StaleRecordsError` saying what
 differs: records that took hours to build are never replaced silently, and
 never used for a source they were not built from. To rebuild:
 
-    tfds build tfds_builders/inat_sounds --config=full --manual_dir=DIR --overwrite
+    tfds build tfds_builders/inat_sounds --config=full --manual_dir=DIR \
+        --overwrite
 
 or `inatsounds_jax.data.prepare(..., overwrite=True)`. Without a source
 (manual dir gone), the records are used as they are.
@@ -413,9 +414,10 @@ def make_example(split: str, item: release.Item, recording,
 def _beam_example(item, source, categories, label_of, strict):
   import apache_beam as beam  # pylint: disable=import-outside-toplevel
   # A loop, not next(): the file stays open while the generator is alive.
-  for item, recording, problem in release.iter_recordings(source, [item]):
-    result = make_example(source.split, item, recording, problem, categories,
-                          label_of)
+  for same_item, recording, problem in release.iter_recordings(source,
+                                                               [item]):
+    result = make_example(source.split, same_item, recording, problem,
+                          categories, label_of)
     if isinstance(result, release.Problem):
       if strict:
         raise BuildError(str(result))
