@@ -81,13 +81,18 @@ def prepare(config: str = "synthetic", data_dir: str | None = None,
   return b
 
 
-def label_counts(builder: tfds.core.DatasetBuilder) -> dict | None:
-  """Examples per label and split, as counted at build time (None if not)."""
-  path = os.path.join(os.fspath(builder.data_path), "label_counts.json")
+def _side_file(builder: tfds.core.DatasetBuilder, name: str):
+  """A JSON file the builder wrote next to its records, or None."""
+  path = os.path.join(os.fspath(builder.data_path), name)
   if not os.path.exists(path):
     return None
   with open(path) as f:
     return json.load(f)
+
+
+def label_counts(builder: tfds.core.DatasetBuilder) -> dict | None:
+  """Examples per label and split, as counted at build time (None if not)."""
+  return _side_file(builder, _builder_module().LABEL_COUNTS_NAME)
 
 
 def class_table(builder: tfds.core.DatasetBuilder) -> list[dict] | None:
@@ -95,11 +100,7 @@ def class_table(builder: tfds.core.DatasetBuilder) -> list[dict] | None:
 
   None for records built before the table was written.
   """
-  path = os.path.join(os.fspath(builder.data_path), "classes.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  return _side_file(builder, _builder_module().CLASSES_NAME)
 
 
 def prepare_from_config(config) -> tfds.core.DatasetBuilder:

@@ -400,6 +400,21 @@ def write_outputs(workdir: str, step: int,
       output.write_artefacts(os.path.join(workdir, name))
 
 
+LABELS_FILE = "classes.json"
+
+
+def write_label_table(workdir: str, builder: tfds.core.DatasetBuilder) -> None:
+  """`WORKDIR/classes.json`: the model's labels in output order (species,
+  common name, supercategory, taxonomy, category id where the dataset has
+  them), so a workdir describes its outputs without the dataset."""
+  if jax.process_index() != 0:
+    return
+  table = data.class_table(builder) or [
+      {"species": name} for name in builder.info.features["label"].names]
+  with open(os.path.join(workdir, LABELS_FILE), "w") as f:
+    json.dump(table, f, indent=1)
+
+
 def format_results(outputs: dict[str, evaluators.EvalOutput]) -> str:
   return "\n".join(o.text for o in outputs.values())
 
@@ -461,6 +476,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                     config.best_metric)
   has_checkpoint = bool(ckpt.latest.all_steps())
   checkpoints.check_config_for_resume(workdir, config, has_checkpoint)
+  write_label_table(workdir, run.builder)
   restored = ckpt.restore_latest(run.abstract_state, run.state_sharding)
   if restored is not None:
     state, start_step = restored
