@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -338,3 +339,14 @@ def test_label_counts_classes_and_true_ranges_next_to_records(small_dataset):
       labels, minlength=len(counts["train"])).tolist()
   assert os.path.exists(os.path.join(small_dataset.data_dir,
                                      "species_ranges.json"))
+
+
+def test_summary_never_says_no_problems_when_items_were_skipped():
+  # Beam workers skip bad items without reporting them to the main process.
+  info = mock.Mock(full_name="inat_sounds/full/1.0.0")
+  info.splits = {"train": mock.Mock(num_examples=9)}
+  summary = builder_lib.build_summary(info, [], {"train": 12}, "report.tsv")
+  assert "3 items skipped by Beam workers" in summary
+  assert "no problems found" not in summary
+  clean = builder_lib.build_summary(info, [], {"train": 9}, "report.tsv")
+  assert "no problems found" in clean

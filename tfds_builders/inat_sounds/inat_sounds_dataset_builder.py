@@ -451,7 +451,9 @@ def build_summary(info: tfds.core.DatasetInfo, problems,
     lines.append(f"  {name}: {split.num_examples} examples"
                  + (f", {left_out} items skipped" if left_out else ""))
   if not problems:
-    lines.append("  no problems found")
+    # Beam workers skip bad items without reporting back to this process.
+    lines.append(f"  {skipped} items skipped by Beam workers (reasons in "
+                 "their logs)" if skipped else "  no problems found")
     return "\n".join(lines)
   lines.append(f"  {skipped} items skipped; {len(problems)} problems "
                f"reported (details in {report_path}):")
