@@ -5,7 +5,8 @@
 On one batch of synthetic-corpus audio (looped to the length asked) it times:
 this library's jitted frontend; librosa (`melspectrogram` + `amplitude_to_db`,
 same parameters); the float64 numpy/scipy reference; and the bare FFT of the
-same frames (window, rfft, |.|), which on a CPU is the floor, both in one pass and in
+same frames (window, rfft, |.|), which on a CPU is the floor, both in one
+pass and in
 the frontend's cache-sized segments. Then the input
 pipeline's windows/s from TFDS records (train crops and dense eval windows).
 Prints a table; ratios are against librosa and the bare FFT in this process.
@@ -137,9 +138,11 @@ def main():
   ip.hide_gpus_from_tensorflow()
   builder = data.prepare("synthetic", data_dir=args.data_dir)
   batch = _audio_batch(builder, args.batch, args.seconds)
-  print(f"# {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+  cpu = platform.processor() or platform.machine()
+  print(f"# {time.strftime('%Y-%m-%d')}, {cpu}, "
         f"{os.cpu_count()} cores, jax {jax.__version__} on "
-        f"{jax.devices()[0].platform}; batch {args.batch} x {args.seconds:g} s\n")
+        f"{jax.devices()[0].platform}; batch {args.batch} x "
+        f"{args.seconds:g} s\n")
   print("| frontend | windows/s (512 frames) | real-time factor | "
         "x librosa | x bare FFT (segmented) |")
   print("|---|---:|---:|---:|---:|")

@@ -84,8 +84,9 @@ def quality_table(epochs: int) -> list[tuple]:
 def full_scale_speed(epochs: int) -> None:
   rng = np.random.default_rng(0)
   n, c = 137_012, 5_569
-  obs = range_lib.Observations(rng.uniform(-60, 70, n), rng.uniform(-180, 180, n),
-                               rng.integers(0, c, n), [str(i) for i in range(c)])
+  obs = range_lib.Observations(
+      rng.uniform(-60, 70, n), rng.uniform(-180, 180, n),
+      rng.integers(0, c, n), [str(i) for i in range(c)])
   start = time.perf_counter()
   range_lib.train(obs, epochs=epochs)
   seconds = (time.perf_counter() - start) / epochs

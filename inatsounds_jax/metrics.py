@@ -27,9 +27,8 @@ def topk_hits(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
   """
   true = scores[np.arange(len(labels)), labels][:, None]
   index = np.arange(scores.shape[1])[None, :]
-  rank = np.sum((scores > true) | ((scores == true) & (index < labels[:, None])),
-                axis=1)
-  return rank < k
+  ahead = (scores > true) | ((scores == true) & (index < labels[:, None]))
+  return ahead.sum(axis=1) < k
 
 
 def per_class_ap_and_best_f1(scores: np.ndarray, positives: np.ndarray
@@ -103,8 +102,9 @@ def file_level_metrics(scores, labels, classes: Sequence[int] | None = None,
   per_class = {"class": classes, "count": present[classes]}
   for k in (1, 5):
     hits = topk_hits(scores, labels, k).astype(np.float64)
-    per_class[f"top{k}"] = np.bincount(labels, weights=hits,
-                                       minlength=scores.shape[1])[classes] / counts
+    hits_per_class = np.bincount(labels, weights=hits,
+                                 minlength=scores.shape[1])
+    per_class[f"top{k}"] = hits_per_class[classes] / counts
   ap, f1 = per_class_ap_and_best_f1(scores[:, classes],
                                     labels[:, None] == classes[None, :])
   per_class["ap"], per_class["f1"] = ap, f1

@@ -11,8 +11,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # after TensorFlow's and XLA's; loaded first, all coexist. Only the model
 # parity tests use torch, and they skip when it is absent.
 try:
-  import timm  # pylint: disable=g-import-not-at-top,unused-import
-  import torchvision  # pylint: disable=g-import-not-at-top,unused-import
+  import timm  # noqa: F401
+  import torchvision  # noqa: F401
 except ImportError:
   pass
 

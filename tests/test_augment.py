@@ -54,7 +54,9 @@ def test_mixup_in_exponential_domain_with_soft_labels():
   np.testing.assert_allclose(soft[1, 1], lam[1], rtol=1e-6)
   np.testing.assert_allclose(soft[1, 0], 1 - lam[1], rtol=1e-6)
   # Pixel p is 20 log10(amplitude) mapped from [-100, 0] dB onto 0..255.
-  amp = lambda p: 10 ** ((np.asarray(p, np.float64) / 255 * 100 - 100) / 20)  # pylint: disable=unnecessary-lambda-assignment
+  def amp(p):
+    return 10 ** ((np.asarray(p, np.float64) / 255 * 100 - 100) / 20)
+
   want_amp = lam[2] * amp(images[2]) + (1 - lam[2]) * amp(images[1])
   want = (20 * np.log10(want_amp) + 100) / 100 * 255
   np.testing.assert_allclose(mixed[2], want, atol=1e-2)

@@ -1,4 +1,4 @@
-"""The range-model job: `python -m inatsounds_jax.main --config=configs/sinr.py`.
+"""The range-model job (`main.py --config=configs/sinr.py`).
 
 Reads observations (the dataset's train split, or a CSV), trains SINR, saves
 it to `WORKDIR/range_model`, draws range maps and writes
