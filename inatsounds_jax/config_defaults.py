@@ -20,6 +20,7 @@ def classifier() -> ml_collections.ConfigDict:
   c.manual_dir = ""  # The release's archives or folders (config "full").
   # Fields of the builder config, e.g. num_species for "synthetic".
   c.dataset_options = ml_collections.ConfigDict()
+  c.train_split = "train"
   c.frontend_preset = "inatsounds"
   c.window_frames = 512
   c.eval_stride_frames = 256

@@ -300,12 +300,17 @@ class RunContext:
   evaluators: tuple[evaluators.ScheduledEvaluator, ...]
 
 
-def check_config(config, num_devices: int, process_count: int) -> None:
+def check_config(config, splits, num_devices: int, process_count: int
+                 ) -> None:
   """Problems visible before any work, each named by its field.
 
   Raises:
     registry.ConfigError.
   """
+  if config.train_split not in splits:
+    raise registry.ConfigError(
+        f"train_split {config.train_split!r} is not in the dataset; it has "
+        f"{sorted(splits)}")
   for field in ("batch_size", "eval_batch_size"):
     value = config[field]
     for what, n in (("devices", num_devices), ("processes", process_count)):
@@ -341,15 +346,17 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
     jax.distributed.initialize()
   input_pipeline.hide_gpus_from_tensorflow()
   devices = jax.devices() if devices is None else list(devices)
-  check_config(config, len(devices), jax.process_count())
   loss = losses.LOSSES.get(config.loss)
   mesh = jax.sharding.Mesh(np.array(devices), ("data",))
   builder = data.prepare_from_config(config)
+  check_config(config, builder.info.splits, len(devices),
+               jax.process_count())
   label_names = tuple(builder.info.features["label"].names)
   model = make_model(config, len(label_names), loss.multilabel)
   windows = window_config(model, config.eval_stride_frames)
   steps_per_epoch = max(
-      1, builder.info.splits["train"].num_examples // config.batch_size)
+      1, builder.info.splits[config.train_split].num_examples //
+      config.batch_size)
   schedule = learning_rate_schedule(config, steps_per_epoch)
   tx = make_optimizer(config, schedule)
   init = functools.partial(init_state, model, tx, loss,
@@ -499,7 +506,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       in_shardings=(run.state_sharding, run.data_sharding),
       out_shardings=(run.state_sharding, None), donate_argnums=0)
   train_iter = iter(input_pipeline.train_dataset(
-      run.builder, "train", config.batch_size, run.windows, seed=config.seed,
+      run.builder, config.train_split, config.batch_size, run.windows, seed=config.seed,
       start_step=start_step, num_epochs=int(np.ceil(config.num_epochs)),
       shuffle_buffer=config.shuffle_buffer))
   report = periodic_actions.ReportProgress(num_train_steps=run.total_steps,

@@ -132,9 +132,11 @@ def test_image_size_reaches_only_backbones_that_depend_on_it():
                             "of the 8 devices"),
     ("batch_size", 0, "batch_size=0"),
     ("num_epochs", 0.0, "num_epochs=0.0"),
+    ("train_split", "training", "train_split 'training' is not in the "
+                                "dataset; it has \\['train'\\]"),
 ])
 def test_config_problems_are_reported_at_start_up(field, value, message):
   c = config_defaults.classifier()
   c[field] = value
   with pytest.raises(registry.ConfigError, match=message):
-    train.check_config(c, num_devices=8, process_count=1)
+    train.check_config(c, {"train": None}, num_devices=8, process_count=1)
