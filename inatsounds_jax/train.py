@@ -506,8 +506,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       in_shardings=(run.state_sharding, run.data_sharding),
       out_shardings=(run.state_sharding, None), donate_argnums=0)
   train_iter = iter(input_pipeline.train_dataset(
-      run.builder, config.train_split, config.batch_size, run.windows, seed=config.seed,
-      start_step=start_step, num_epochs=int(np.ceil(config.num_epochs)),
+      run.builder, config.train_split, config.batch_size, run.windows,
+      seed=config.seed, start_step=start_step,
+      num_epochs=int(np.ceil(config.num_epochs)),
       shuffle_buffer=config.shuffle_buffer))
   report = periodic_actions.ReportProgress(num_train_steps=run.total_steps,
                                            writer=writer)
