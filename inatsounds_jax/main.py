@@ -10,8 +10,10 @@
 The config's `job` picks what runs ("classifier" unless set). `train`
 resumes from DIR when it holds a checkpoint; `eval` evaluates what DIR holds
 (for a classifier, its best checkpoint, with every configured evaluation).
-A configuration problem is reported in a line or two before any work starts;
-SIGTERM during training saves the current step and exits with status 143.
+A configuration problem is reported in a few lines, without a traceback,
+before any work starts; so are a workdir with no intact checkpoint and a
+run stopped by a non-finite update. SIGTERM during training saves the
+current step and exits with status 143.
 """
 
 import importlib
@@ -86,8 +88,11 @@ def main(argv):
       results = job.train_and_evaluate(config, _WORKDIR.value)
     else:
       results = job.evaluate_checkpoint(config, _WORKDIR.value)
-  except registry.ConfigError as e:
-    sys.exit(f"config error: {e}")
+  except (registry.ConfigError, checkpoints.DamagedCheckpointError,
+          FloatingPointError) as e:
+    # What went wrong and what to do is in the message; a traceback adds
+    # nothing for the user.
+    sys.exit(f"error: {e}")
   except checkpoints.Preempted as e:
     logging.warning("%s", e)
     sys.exit(_PREEMPTED_STATUS)

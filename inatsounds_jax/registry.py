@@ -22,10 +22,12 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-  """A configuration problem seen before any work starts.
+  """A problem with what a run was given, seen before any work starts.
 
-  Its message names the field and the problem in a line or two; the command
-  line prints it without a traceback.
+  A config field, or a file or folder it points at (stale records, a folder
+  the corpus generator does not own, a weights file that is none). Its
+  message names the field or file and the problem in a few lines; the
+  command line prints it without a traceback.
   """
 
 

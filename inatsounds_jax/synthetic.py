@@ -49,6 +49,7 @@ import numpy as np
 import scipy.fft
 
 from inatsounds_jax import audio as audio_lib
+from inatsounds_jax import registry
 from inatsounds_jax import release
 from inatsounds_jax.geo import ranges as ranges_lib
 
@@ -558,7 +559,7 @@ def _deterministic_tar_gz(path: str, members: list[tuple[str, str]]) -> None:
         tar.addfile(info, f)
 
 
-class CorpusDirError(ValueError):
+class CorpusDirError(registry.ConfigError):
   """The output folder holds files the generator did not write."""
 
 

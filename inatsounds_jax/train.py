@@ -158,10 +158,14 @@ def load_pretrained(state: TrainState, path: str,
   pretrained weights, so the file is read only when a run starts fresh and
   never becomes a constant of a compiled function.
   """
-  loaded = classifier_lib.from_backbone_variables(convert.from_torch(
-      model.backbone, path, num_classes=model.num_classes,
-      in_channels=model.image.channels, image_size=model.image_size,
-      head_bias_init=dict(model.backbone_options).get("head_bias_init", 0.0)))
+  try:
+    loaded = classifier_lib.from_backbone_variables(convert.from_torch(
+        model.backbone, path, num_classes=model.num_classes,
+        in_channels=model.image.channels, image_size=model.image_size,
+        head_bias_init=dict(model.backbone_options).get("head_bias_init",
+                                                        0.0)))
+  except (OSError, convert.ConversionError) as e:
+    raise registry.ConfigError(f"init_checkpoint: {e}") from None
 
   def place(new, old, where):
     if jax.tree.structure(new) != jax.tree.structure(old):

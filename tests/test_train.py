@@ -284,3 +284,18 @@ def test_every_shipped_config_runs_a_step(name, data_dir, tmp_path):
     c.evals.validation.every_epochs = 0.5
   results = job.train_and_evaluate(c, str(tmp_path))
   assert job.format_results(results)
+
+
+def test_init_checkpoint_that_is_not_weights_is_named_in_one_line(
+    data_dir, tmp_path):
+  weights = tmp_path / "resnet18.pth"
+  weights.write_text("<html>404 Not Found</html>\n")
+  args, env = command_line_run(tmp_path / "run", data_dir,
+                               f"--config.init_checkpoint={weights}")
+  result = subprocess.run(args, env=env, cwd=REPO, capture_output=True,
+                          text=True)
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: init_checkpoint: {weights}: not a PyTorch "
+                         "checkpoint"), last

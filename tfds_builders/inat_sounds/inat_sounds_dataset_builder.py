@@ -52,6 +52,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from inatsounds_jax import audio as audio_lib
+from inatsounds_jax import registry
 from inatsounds_jax import release
 from inatsounds_jax import synthetic
 
@@ -69,7 +70,7 @@ class BuildError(RuntimeError):
   """Raised in strict mode on the first bad item."""
 
 
-class StaleRecordsError(RuntimeError):
+class StaleRecordsError(registry.ConfigError):
   """Prepared records were built from other source files than given now."""
 
 
