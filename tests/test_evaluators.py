@@ -10,6 +10,7 @@ from inatsounds_jax import input_pipeline
 from inatsounds_jax import registry
 from inatsounds_jax.evaluators import common
 from inatsounds_jax.evaluators import file_level
+from inatsounds_jax.geo import range_model as range_lib
 
 NUM_WINDOW_FEATURES = 4
 
@@ -158,3 +159,18 @@ def test_rows_of_every_process_are_gathered_in_order():
   for gathered in out:
     np.testing.assert_array_equal(gathered["labels"], [1, 2, 3, 7])
     np.testing.assert_array_equal(gathered["scores"][:, 0], [1, 1, 1, 0])
+
+
+def test_a_prior_that_covers_no_label_is_refused_at_construction(
+    small_dataset, tmp_path):
+  rng = np.random.default_rng(0)
+  other_names = ["Nomen nescio", "Species ignota"]
+  observations = range_lib.Observations(
+      rng.uniform(-50, 50, 64), rng.uniform(-150, 150, 64),
+      rng.integers(0, 2, 64), other_names)
+  range_lib.train(observations, epochs=1, batch_size=32, width=8,
+                  depth=1).save(str(tmp_path / "range_model"))
+  with pytest.raises(registry.ConfigError,
+                     match="geo_prior .*covers 0/8 labels.*Nomen nescio"):
+    file_level.Evaluator(context(small_dataset), split="validation",
+                         geo_prior=str(tmp_path))

@@ -88,8 +88,11 @@ def load_prior(source: str, builder: tfds.core.DatasetBuilder,
     prior = prior_lib.from_range_circles(path, label_names)
   else:
     prior = range_lib.load(source).prior(label_names)
-  logging.info("Geographic prior %s: %s", source,
-               prior.check_coverage(min_coverage))
+  try:
+    logging.info("Geographic prior %s: %s", source,
+                 prior.check_coverage(min_coverage))
+  except ValueError as e:  # It covers no label.
+    raise registry.ConfigError(f"geo_prior {source}: {e}") from None
   return prior
 
 

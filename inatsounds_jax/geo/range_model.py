@@ -193,7 +193,7 @@ def train(observations: Observations, *, epochs: int = 20,
           dropout: float = 0.5, pos_weight: float = sinr.POS_WEIGHT,
           seed: int = 0, log: Callable[[int, float], None] | None = None
           ) -> RangeModel:
-  """SINR with the "an_full" loss and Adam (REFERENCE s.4).
+  """SINR with the "an_full" loss and Adam (Cole et al. 2023, s.3-4).
 
   Observations without coordinates are skipped. `log(epoch, mean_loss)` is
   called after every epoch.
