@@ -9,9 +9,11 @@ full-length array it holds.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import struct
+from collections.abc import Iterator
 from typing import BinaryIO
 
 import numpy as np
@@ -19,7 +21,7 @@ import soundfile
 from scipy import signal
 
 SAMPLE_RATE = 22_050
-# REFERENCE section 2: float audio = int16 / 32767.
+# The iNatSounds spectrogram is computed on float audio = int16 / 32767.
 INT16_SCALE = 32767.0
 
 
@@ -145,55 +147,87 @@ class StreamingResampler:
     return self._emit(self.output_length(self._received))
 
 
-def _decode(f: BinaryIO) -> np.ndarray:
-  """`decode_audio` on a seekable binary file, without the file's name."""
-  f.seek(0, io.SEEK_END)
-  size = f.tell()
-  if size == 0:
-    raise AudioError("empty file", "empty file (0 bytes)")
-  _check_wav_not_truncated(f, size)
-  f.seek(0)
-  try:
-    with soundfile.SoundFile(f) as sf:
-      native_int16 = sf.subtype == "PCM_16"
-      passthrough = (native_int16 and sf.channels == 1
-                     and sf.samplerate == SAMPLE_RATE)
-      resampler = None
-      if sf.samplerate != SAMPLE_RATE:
-        g = math.gcd(sf.samplerate, SAMPLE_RATE)
-        resampler = StreamingResampler(SAMPLE_RATE // g, sf.samplerate // g)
-      out = np.empty(resampler.output_length(sf.frames) if resampler
-                     else sf.frames, np.int16)
-      written = 0
+class BlockDecoder:
+  """A recording decoded block by block: mono int16 at `SAMPLE_RATE`.
 
-      def put(mono: np.ndarray) -> None:
-        nonlocal written
-        out[written:written + len(mono)] = to_int16(mono)
-        written += len(mono)
+  `num_samples` is the length the header declares (after resampling);
+  iterating yields consecutive int16 blocks whose concatenation is exactly
+  `decode_audio`'s output. A file whose samples end early yields fewer
+  (`decode_audio` trims to what came); one that declares no length, or
+  whose samples are unreadable, raises `AudioError` while iterating. Use as
+  a context manager (it holds the open sound file).
+  """
 
-      for block in sf.blocks(_BLOCK_FRAMES, dtype="int16" if native_int16
-                             else "float64", always_2d=True):
-        if passthrough:
-          out[written:written + len(block)] = block[:, 0]
-          written += len(block)
-          continue
-        if native_int16:
-          mono = block.astype(np.float64).mean(axis=1) / INT16_SCALE
+  def __init__(self, f: BinaryIO, name: str | None = None):
+    self._name = name
+    f.seek(0, io.SEEK_END)
+    size = f.tell()
+    if size == 0:
+      self._fail("empty file", "empty file (0 bytes)")
+    try:
+      _check_wav_not_truncated(f, size)
+    except AudioError as e:
+      self._fail(e.kind, str(e))
+    f.seek(0)
+    with self._libsndfile_errors():
+      self._file = soundfile.SoundFile(f)
+    sf = self._file
+    self._native_int16 = sf.subtype == "PCM_16"
+    self._passthrough = (self._native_int16 and sf.channels == 1
+                         and sf.samplerate == SAMPLE_RATE)
+    self._resampler = None
+    if sf.samplerate != SAMPLE_RATE:
+      g = math.gcd(sf.samplerate, SAMPLE_RATE)
+      self._resampler = StreamingResampler(SAMPLE_RATE // g,
+                                           sf.samplerate // g)
+    self.num_samples = (self._resampler.output_length(sf.frames)
+                        if self._resampler else sf.frames)
+
+  def _fail(self, kind: str, reason: str):
+    raise AudioError(kind, f"{self._name}: {reason}" if self._name
+                     else reason)
+
+  @contextlib.contextmanager
+  def _libsndfile_errors(self):
+    try:
+      yield
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
+      # libsndfile's own text names the file object ("<_io.BytesIO ...>").
+      reason = getattr(e, "error_string", None) or str(e)
+      self._fail("unreadable audio", f"unreadable audio: {reason}")
+
+  def __enter__(self) -> "BlockDecoder":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self._file.close()
+
+  def __iter__(self) -> Iterator[np.ndarray]:
+    written = 0
+    with self._libsndfile_errors():
+      for block in self._file.blocks(
+          _BLOCK_FRAMES, dtype="int16" if self._native_int16 else "float64",
+          always_2d=True):
+        if self._passthrough:
+          out = block[:, 0].copy()
         else:
-          mono = block.mean(axis=1)
-        if not np.all(np.isfinite(mono)):
-          raise AudioError("non-finite samples",
-                           "audio contains NaN or infinite samples")
-        put(resampler.process(mono) if resampler else mono)
-      if resampler:
-        put(resampler.finish())
-  except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
-    # libsndfile's own text names the file object ("<_io.BytesIO ...>").
-    reason = getattr(e, "error_string", None) or str(e)
-    raise AudioError("unreadable audio", f"unreadable audio: {reason}") from e
-  if written == 0:
-    raise AudioError("no samples", "audio has no samples")
-  return out if written == len(out) else out[:written].copy()
+          if self._native_int16:
+            mono = block.astype(np.float64).mean(axis=1) / INT16_SCALE
+          else:
+            mono = block.mean(axis=1)
+          if not np.all(np.isfinite(mono)):
+            self._fail("non-finite samples",
+                       "audio contains NaN or infinite samples")
+          out = to_int16(self._resampler.process(mono) if self._resampler
+                         else mono)
+        written += len(out)
+        yield out
+      if self._resampler:
+        out = to_int16(self._resampler.finish())
+        written += len(out)
+        yield out
+    if written == 0:
+      self._fail("no samples", "audio has no samples")
 
 
 def decode_audio(data: bytes | BinaryIO, name: str | None = None
@@ -202,9 +236,9 @@ def decode_audio(data: bytes | BinaryIO, name: str | None = None
 
   Mono 16-bit input at 22,050 Hz passes through bit for bit. Stereo is
   averaged, other rates are resampled exactly as `scipy.signal.resample_poly`
-  would resample the whole file. Decoding runs in blocks, so memory holds the
-  int16 output plus a few blocks, whatever the input's length, rate or
-  sample format.
+  would resample the whole file. Decoding runs in blocks (`BlockDecoder`), so
+  memory holds the int16 output plus a few blocks, whatever the input's
+  length, rate or sample format.
 
   Args:
     data: the file's bytes, or a seekable binary file holding them.
@@ -215,22 +249,42 @@ def decode_audio(data: bytes | BinaryIO, name: str | None = None
       starts with `name` when given.
   """
   f = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+  with BlockDecoder(f, name) as decoder:
+    out = np.empty(decoder.num_samples, np.int16)
+    written = 0
+    for block in decoder:
+      if written + len(block) > len(out):  # More samples than declared.
+        out = np.concatenate([out[:written], np.empty(len(block), np.int16)])
+      out[written:written + len(block)] = block
+      written += len(block)
+  return out if written == len(out) else out[:written].copy()
+
+
+@contextlib.contextmanager
+def open_audio_file(path: str) -> Iterator[BlockDecoder]:
+  """A `BlockDecoder` streaming `path` from disk; errors name the file.
+
+  Raises:
+    AudioError: as `decode_audio`, or the file cannot be opened.
+  """
   try:
-    return _decode(f)
-  except AudioError as e:
-    if name is None:
-      raise
-    raise AudioError(e.kind, f"{name}: {e}") from e
+    f = open(path, "rb")
+  except OSError as e:
+    raise AudioError("unreadable file",
+                     f"cannot read {path}: {e.strerror}") from e
+  with f, BlockDecoder(f, name=path) as decoder:
+    yield decoder
 
 
 def read_audio_file(path: str) -> np.ndarray:
   """`decode_audio` on a file, streamed from disk; errors name the file."""
   try:
-    with open(path, "rb") as f:
-      return decode_audio(f, name=path)
+    f = open(path, "rb")
   except OSError as e:
     raise AudioError("unreadable file",
                      f"cannot read {path}: {e.strerror}") from e
+  with f:
+    return decode_audio(f, name=path)
 
 
 def write_wav(path_or_file, waveform_int16: np.ndarray,
