@@ -185,10 +185,19 @@ def map_segments(per_frame_fn, waveform: jax.Array, config: FrontendConfig
   index = (np.arange(num_segments)[:, None] * _SEGMENT_FRAMES +
            np.arange(_SEGMENT_FRAMES + extra_hops))
   segments = hops[:, index].reshape((-1, (_SEGMENT_FRAMES + extra_hops) * hop))
-  # Sequential groups on CPU keep the working set in cache; accelerators
-  # take every segment at once.
-  group = 4 if jax.default_backend() == "cpu" else segments.shape[0]
-  out = jax.lax.map(per_frame_fn, segments, batch_size=group)
+  if jax.core.is_constant_shape(segments.shape):
+    # Sequential groups on CPU keep the working set in cache; accelerators
+    # take every segment at once.
+    group = 4 if jax.default_backend() == "cpu" else segments.shape[0]
+    out = jax.lax.map(per_frame_fn, segments, batch_size=group)
+  else:
+    # A symbolic batch (`jax.export` with a free batch dimension): the
+    # grouping above would compare it with constants, so each step takes one
+    # segment position of every row; the numbers are the same.
+    by_position = jnp.swapaxes(segments.reshape(
+        (x.shape[0], num_segments, -1)), 0, 1)
+    out = jnp.swapaxes(jax.lax.map(per_frame_fn, by_position), 0, 1)
+    out = out.reshape((segments.shape[0],) + out.shape[2:])
   out = out.reshape((x.shape[0], num_segments) + out.shape[1:])
   out = jnp.moveaxis(out, 1, -2).reshape(
       (x.shape[0],) + out.shape[2:-1] + (num_segments * _SEGMENT_FRAMES,))

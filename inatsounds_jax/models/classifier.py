@@ -15,6 +15,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from inatsounds_jax import augment
 from inatsounds_jax import frontend as frontend_lib
@@ -59,6 +60,28 @@ class Classifier(nn.Module):
 
   def __call__(self, waveform: jax.Array, train: bool = False) -> jax.Array:
     return self.classify(self.spectrogram(waveform), train=train)
+
+  def embed_and_classify(self, waveform: jax.Array
+                         ) -> tuple[jax.Array, jax.Array]:
+    """(embedding `[batch, dim]`, logits `[batch, num_classes]`), inference.
+
+    The embedding is the input of the backbone's last dense layer, its head:
+    the pooled features (ResNet: the global average pool; MobileNet-V3: the
+    1280-wide layer after its hard-swish; ViT: the normed class token;
+    placeholder: the time-averaged image). It is read by intercepting that
+    call, so the backbones need no second output.
+    """
+    head_inputs = []
+
+    def record_dense_input(next_fn, args, kwargs, context):
+      if isinstance(context.module, nn.Dense) and (
+          context.method_name == "__call__"):
+        head_inputs.append(args[0])
+      return next_fn(*args, **kwargs)
+
+    with nn.intercept_methods(record_dense_input):
+      logits = self(waveform)
+    return head_inputs[-1].astype(jnp.float32), logits
 
 
 def from_backbone_variables(backbone_variables: dict) -> dict:
