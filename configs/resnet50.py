@@ -1,4 +1,4 @@
-"""ResNet-50 on iNatSounds, the iNatSounds paper's main recipe (s.4).
+"""ResNet-50 on iNatSounds, the iNatSounds paper's main recipe.
 
     python -m inatsounds_jax.main --config=configs/resnet50.py \
         --workdir=$HOME/runs/resnet50 \

@@ -1,4 +1,4 @@
-"""On-device augmentation and the model image (iNatSounds paper, section 4).
+"""On-device augmentation and the model image (the iNatSounds paper's recipe).
 
 Pure functions of (rng, arrays) on spectrogram images `[batch, mel, frames]`
 with values 0..255 as made by `frontend.mel_image`, jit- and shard-friendly:

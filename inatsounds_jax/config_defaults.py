@@ -1,6 +1,6 @@
 """Defaults shared by the classifier configs in `configs/`.
 
-The recipe is the iNatSounds paper's (Chasmai et al. 2024, s.4 and its
+The recipe is the iNatSounds paper's (Chasmai et al. 2025, and its
 supplementary training details).
 
 The recipe configs start from `classifier()` (the paper's ResNet recipe) and

@@ -1,10 +1,10 @@
 """The paper's mel-spectrogram image, jitted and batched in JAX.
 
 `mel_image(waveform, preset="inatsounds")` computes the image of the
-iNatSounds paper (Chasmai et al. 2024, section 4.1, and the authors' data
-preparation), on float audio = int16 / 32767:
-STFT with a periodic Hann window of 512 samples, hop 128, FFT length 1024, no
-padding (frames = 1 + (samples - 512) // 128); magnitude |X| * 2 / sum(window);
+iNatSounds paper (Chasmai et al. 2025, "The iNaturalist Sounds Dataset", and
+the authors' data preparation), on float audio = int16 / 32767: STFT with a
+periodic Hann window of 512 samples, hop 128, FFT length 1024, no padding
+(frames = 1 + (samples - 512) // 128); magnitude |X| * 2 / sum(window);
 128 HTK mel bands from 50 Hz to 11,025 Hz built like
 `tf.signal.linear_to_mel_weight_matrix`; 20 log10, clipped; quantised to
 0..255; highest band in row 0.

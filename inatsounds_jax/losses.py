@@ -9,7 +9,7 @@ whether the head is read through sigmoids (and so starts with the base-rate
 bias log(1/C)) or through a softmax.
 
 `targets` are soft targets `[batch, classes]` (one-hot, or mixed by mixup).
-The iNatSounds paper (Chasmai et al. 2024, section 4) compares softmax cross
+The iNatSounds paper (Chasmai et al. 2025) compares softmax cross
 entropy ("multiclass") with sigmoid BCE that assumes every other species
 absent ("assume negative").
 """

@@ -1,4 +1,4 @@
-"""File-level metrics of the iNatSounds benchmark (Chasmai et al. 2024, s.4).
+"""File-level metrics of the iNatSounds benchmark (Chasmai et al. 2025).
 
 All metrics are averaged over the classes present in the evaluated split
 (the "eval species"), each class counting once however many files it has:

@@ -1,6 +1,6 @@
 """File-level evaluation: dense windows -> softmax -> pooled per file.
 
-The iNatSounds paper's protocol (Chasmai et al. 2024, s.4): every window of
+The iNatSounds paper's protocol (Chasmai et al. 2025): every window of
 every file is classified once (`input_pipeline.eval_dataset`); window
 softmaxes (also for sigmoid-trained models, as in the paper) are pooled per
 recording by mean and by max, then scored with `metrics.file_level_metrics`

@@ -113,7 +113,7 @@ def from_range_circles(path: str, label_names: Sequence[str]) -> GeoPrior:
 
 
 def lowest_logit_mask(logits: np.ndarray, keep: np.ndarray) -> np.ndarray:
-  """REFERENCE s.3: masked-out species get the window's lowest logit."""
+  """iNatSounds paper, s.5.1: species outside the range get the lowest logit."""
   return np.where(keep, logits, logits.min(axis=-1, keepdims=True))
 
 

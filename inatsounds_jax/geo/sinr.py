@@ -1,4 +1,5 @@
-"""SINR range model in Flax (Cole et al. 2023; REFERENCE section 4).
+"""SINR range model in Flax (Cole et al. 2023, "Spatial Implicit Neural
+Representations for Global-Scale Species Mapping").
 
 `p(species | lat, lon)` from a residual MLP over a sin/cos location encoding,
 trained from presence-only observations with the "assume negative full"
