@@ -9,9 +9,11 @@ plus normalisation that turns a window into an ImageNet-backbone input.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from inatsounds_jax import frontend as frontend_lib
 
@@ -110,11 +112,36 @@ def augment(rng: jax.Array, images: jax.Array, targets: jax.Array,
   return images, targets
 
 
+@functools.lru_cache(maxsize=None)
+def resize_matrix(size_in: int, size_out: int, antialias: bool) -> np.ndarray:
+  """`[size_out, size_in]` weights of `jax.image.resize`'s bilinear resize
+  along one axis (the resize is separable and linear: the images of the
+  unit vectors)."""
+  with jax.ensure_compile_time_eval():
+    return np.asarray(jax.image.resize(
+        jnp.eye(size_in, dtype=jnp.float32), (size_out, size_in), "bilinear",
+        antialias=antialias))
+
+
+def _resize(x: jax.Array, size: tuple[int, int], antialias: bool
+            ) -> jax.Array:
+  """`jax.image.resize(x, (batch,) + size, "bilinear")` as two 2-D matrix
+  products, which TFLite's converter maps to its fully-connected op (the
+  resize's own contraction over a middle axis it cannot convert)."""
+  batch, height, width = x.shape
+  rows = resize_matrix(height, size[0], antialias)
+  cols = resize_matrix(width, size[1], antialias)
+  hi = jax.lax.Precision.HIGHEST
+  x = jnp.matmul(x.reshape(batch * height, width), cols.T, precision=hi)
+  x = jnp.swapaxes(x.reshape(batch, height, size[1]), 1, 2)
+  x = jnp.matmul(x.reshape(batch * size[1], height), rows.T, precision=hi)
+  return jnp.swapaxes(x.reshape(batch, size[1], size[0]), 1, 2)
+
+
 def to_model_image(images: jax.Array, config: ImageConfig) -> jax.Array:
   """`[batch, mel, frames]` 0..255 -> normalised NHWC `[batch, H, W, C]`."""
   x = images.astype(jnp.float32) / 255.0
   if config.size is not None and tuple(config.size) != x.shape[1:]:
-    x = jax.image.resize(x, (x.shape[0],) + tuple(config.size), "bilinear",
-                         antialias=config.antialias)
+    x = _resize(x, tuple(config.size), config.antialias)
   x = (x - config.mean) / config.std
   return jnp.repeat(x[..., None], config.channels, axis=-1)

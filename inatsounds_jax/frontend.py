@@ -146,11 +146,12 @@ def frames(waveform: jax.Array, config: FrontendConfig) -> jax.Array:
     return waveform[..., idx]
   hops_per_window = window // hop
   num_hops = num_frames + hops_per_window - 1
-  blocks = waveform[..., :num_hops * hop].reshape(
+  # lax slices stay slices under a symbolic batch (indexing would gather).
+  blocks = jax.lax.slice_in_dim(waveform, 0, num_hops * hop, axis=-1).reshape(
       waveform.shape[:-1] + (num_hops, hop))
   return jnp.concatenate(
-      [blocks[..., k:k + num_frames, :] for k in range(hops_per_window)],
-      axis=-1)
+      [jax.lax.slice_in_dim(blocks, k, k + num_frames, axis=-2)
+       for k in range(hops_per_window)], axis=-1)
 
 
 def periodic_hann(n: int) -> np.ndarray:
@@ -173,7 +174,9 @@ def map_segments(per_frame_fn, waveform: jax.Array, config: FrontendConfig
   """
   hop, num_samples = config.hop_length, waveform.shape[-1]
   total = config.num_frames(num_samples)
-  if total <= _SEGMENT_FRAMES or config.window_length % hop:
+  if (total <= _SEGMENT_FRAMES or config.window_length % hop
+      or not jax.core.is_constant_shape(waveform.shape)):
+    # A symbolic batch (`jax.export`, jax2tf) cannot be grouped below.
     return per_frame_fn(waveform)
   lead = waveform.shape[:-1]
   x = waveform.reshape((-1, num_samples))
@@ -185,19 +188,10 @@ def map_segments(per_frame_fn, waveform: jax.Array, config: FrontendConfig
   index = (np.arange(num_segments)[:, None] * _SEGMENT_FRAMES +
            np.arange(_SEGMENT_FRAMES + extra_hops))
   segments = hops[:, index].reshape((-1, (_SEGMENT_FRAMES + extra_hops) * hop))
-  if jax.core.is_constant_shape(segments.shape):
-    # Sequential groups on CPU keep the working set in cache; accelerators
-    # take every segment at once.
-    group = 4 if jax.default_backend() == "cpu" else segments.shape[0]
-    out = jax.lax.map(per_frame_fn, segments, batch_size=group)
-  else:
-    # A symbolic batch (`jax.export` with a free batch dimension): the
-    # grouping above would compare it with constants, so each step takes one
-    # segment position of every row; the numbers are the same.
-    by_position = jnp.swapaxes(segments.reshape(
-        (x.shape[0], num_segments, -1)), 0, 1)
-    out = jnp.swapaxes(jax.lax.map(per_frame_fn, by_position), 0, 1)
-    out = out.reshape((segments.shape[0],) + out.shape[2:])
+  # Sequential groups on CPU keep the working set in cache; accelerators
+  # take every segment at once.
+  group = 4 if jax.default_backend() == "cpu" else segments.shape[0]
+  out = jax.lax.map(per_frame_fn, segments, batch_size=group)
   out = out.reshape((x.shape[0], num_segments) + out.shape[1:])
   out = jnp.moveaxis(out, 1, -2).reshape(
       (x.shape[0],) + out.shape[2:-1] + (num_segments * _SEGMENT_FRAMES,))
@@ -217,7 +211,8 @@ def _dense_mel_image(waveform: jax.Array, config: FrontendConfig
   spectrum = jnp.fft.rfft(x * window.astype(np.float32), n=config.fft_length)
   magnitude = jnp.abs(spectrum) * np.float32(2.0 / window.sum())
   mel = jnp.concatenate([
-      jnp.einsum("...fk,km->...fm", magnitude[..., lo:hi], w,
+      jnp.einsum("...fk,km->...fm",
+                 jax.lax.slice_in_dim(magnitude, lo, hi, axis=-1), w,
                  precision=jax.lax.Precision.HIGHEST)
       for lo, hi, w in _mel_blocks(mel_weight_matrix(config))], axis=-1)
   image = config.db_to_pixels(
