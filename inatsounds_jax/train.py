@@ -426,6 +426,65 @@ def write_label_table(workdir: str, builder: tfds.core.DatasetBuilder) -> None:
     json.dump(table, f, indent=1)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+  """A workdir's model for inference: the module, its variables, its labels.
+
+  Attributes:
+    config: the run's config (as recorded in `WORKDIR/config.json`).
+    labels: `classes.json`'s rows, in output order.
+    multilabel: the loss was multilabel (sigmoid outputs, else softmax).
+    step: the checkpoint's training step.
+  """
+  model: classifier_lib.Classifier
+  variables: dict
+  config: ml_collections.ConfigDict
+  labels: list[dict]
+  multilabel: bool
+  step: int
+
+
+def load_model_from_workdir(workdir: str) -> TrainedModel:
+  """The best (else latest) checkpoint of a training workdir, on one device.
+
+  Needs only the workdir (`config.json`, `classes.json`, checkpoints), not
+  the dataset. The EMA parameters are used when the run kept them.
+
+  Raises:
+    FileNotFoundError: a file is missing or there is no checkpoint.
+    checkpoints.DamagedCheckpointError: no intact checkpoint.
+  """
+  def read_json(name):
+    path = os.path.join(workdir, name)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} not found: {workdir} is not a "
+                              "training workdir")
+    with open(path) as f:
+      return json.load(f)
+
+  config = ml_collections.ConfigDict(read_json(checkpoints.CONFIG_FILE))
+  labels = read_json(LABELS_FILE)
+  loss = losses.LOSSES.get(config.loss)
+  model = make_model(config, len(labels), loss.multilabel)
+  tx = make_optimizer(config, learning_rate_schedule(config, 1))
+  abstract = jax.eval_shape(functools.partial(
+      init_state, model, tx, loss, jax.random.PRNGKey(0),
+      ema=bool(config.ema_decay)))
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  sharding = state_sharding(abstract, mesh, shard_params=False)
+  ckpt = checkpoints.RunCheckpoints(workdir, config.keep_checkpoints,
+                                    config.best_metric)
+  restored = (ckpt.restore_best(abstract, sharding) or
+              ckpt.restore_latest(abstract, sharding))
+  if restored is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}")
+  state, step = restored
+  return TrainedModel(model=model,
+                      variables=state.variables(bool(config.ema_decay)),
+                      config=config, labels=labels,
+                      multilabel=loss.multilabel, step=step)
+
+
 def format_results(outputs: dict[str, evaluators.EvalOutput]) -> str:
   return "\n".join(o.text for o in outputs.values())
 

@@ -1,0 +1,265 @@
+"""A self-describing model bundle: `python -m inatsounds_jax.export`.
+
+    python -m inatsounds_jax.export --workdir=DIR --out=BUNDLE [--tflite]
+
+writes BUNDLE/ with
+
+- `model.jax_exported`: a `jax.export` serialisation of the whole model,
+  frontend inside: float32 waveform `[batch, window_samples]` at 22,050 Hz in
+  [-1, 1] (symbolic batch) -> (logits `[batch, classes]`, embedding
+  `[batch, dim]`, the pooled features before the head). It runs in any
+  process with jax and numpy (`jax.export.deserialize(bytes).call(x)`),
+  on the platforms listed in `config.json` (CPU, CUDA and TPU together when
+  this JAX can lower for them). Load only bundles you trust.
+- `labels.csv`: index, species, common name, supercategory, taxonomy.
+- `config.json`: sample rate, window, default hop, frontend preset and
+  parameters, model name, multiclass or multilabel, library version, the
+  training data, and the training config the module is rebuilt from.
+- `variables/`: the Flax variables (orbax); `load(BUNDLE)` returns the
+  module and variables for JAX projects that fine-tune or build on them.
+- `model.tflite` (with `--tflite`): the same function through jax2tf and
+  the TFLite converter (builtin ops, polymorphic batch).
+
+`predict --model=BUNDLE` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+
+from absl import app
+from absl import flags
+import jax
+from jax import export as jax_export
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+
+import inatsounds_jax
+from inatsounds_jax import losses
+from inatsounds_jax import train
+from inatsounds_jax.models import classifier as classifier_lib
+
+BUNDLE_FORMAT = 1  # Changes when a bundle written before cannot be read.
+CONFIG_FILE = "config.json"
+LABELS_FILE = "labels.csv"
+EXPORTED_FILE = "model.jax_exported"
+TFLITE_FILE = "model.tflite"
+VARIABLES_DIR = "variables"
+DEFAULT_HOP_SECONDS = 1.5
+# Platforms tried in order until one set lowers (an export for CPU alone
+# refuses to run on GPU, so the widest set this JAX supports is used).
+PLATFORM_SETS = (("cpu", "cuda", "tpu"), ("cpu", "cuda"), ("cpu",))
+
+
+class BundleError(ValueError):
+  """A folder that is not a bundle this library version can read."""
+
+
+def inference_fn(model: classifier_lib.Classifier, variables: dict):
+  """float32 waveforms `[b, samples]` -> (logits, embedding), pure."""
+  def fn(waveform):
+    embedding, logits = model.apply(
+        variables, waveform,
+        method=classifier_lib.Classifier.embed_and_classify)
+    return logits, embedding
+  return fn
+
+
+def export_function(model: classifier_lib.Classifier, variables: dict
+                    ) -> tuple[jax_export.Exported, tuple[str, ...]]:
+  """The model as a `jax.export.Exported` with a symbolic batch."""
+  batch, = jax_export.symbolic_shape("batch")
+  spec = jax.ShapeDtypeStruct((batch, model.window_samples), jnp.float32)
+  fn = jax.jit(inference_fn(model, variables))
+  error = None
+  for platforms in PLATFORM_SETS:
+    try:
+      return jax_export.export(fn, platforms=platforms)(spec), platforms
+    except Exception as e:  # pylint: disable=broad-except
+      error = e  # This JAX cannot lower for one of them; try fewer.
+  raise RuntimeError(f"jax.export failed for every platform set: {error}")
+
+
+def to_tflite(model: classifier_lib.Classifier, variables: dict) -> bytes:
+  """The model through jax2tf as a TFLite flatbuffer (builtin ops)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from jax.experimental import jax2tf  # pylint: disable=import-outside-toplevel
+  converted = jax2tf.convert(
+      inference_fn(model, variables),
+      polymorphic_shapes=[f"(b, {model.window_samples})"])
+  function = tf.function(converted, autograph=False, input_signature=[
+      tf.TensorSpec([None, model.window_samples], tf.float32)])
+  concrete = function.get_concrete_function()
+  converter = tf.lite.TFLiteConverter.from_concrete_functions(
+      [concrete], function)
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+  return converter.convert()
+
+
+def _label_rows(labels: list[dict]) -> list[list[str]]:
+  rows = []
+  for i, row in enumerate(labels):
+    taxonomy = row.get("taxonomy", "")
+    if isinstance(taxonomy, (list, tuple)):
+      taxonomy = ";".join(str(t) for t in taxonomy)
+    elif isinstance(taxonomy, dict):
+      taxonomy = ";".join(f"{k}={v}" for k, v in taxonomy.items())
+    rows.append([str(i), row["species"], row.get("common_name", ""),
+                 row.get("supercategory", ""), str(taxonomy)])
+  return rows
+
+
+def export_bundle(workdir: str, out: str, tflite: bool = False) -> dict:
+  """Writes the bundle of `workdir`'s best checkpoint into `out`.
+
+  Returns:
+    The bundle's config.json contents.
+  """
+  trained = train.load_model_from_workdir(workdir)
+  model, variables, config = (trained.model, trained.variables,
+                              trained.config)
+  exported, platforms = export_function(model, variables)
+  embedding_dim = int(exported.out_avals[1].shape[1])
+  tmp = out.rstrip("/") + ".partial"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  with open(os.path.join(tmp, EXPORTED_FILE), "wb") as f:
+    f.write(exported.serialize())
+  with open(os.path.join(tmp, LABELS_FILE), "w", newline="",
+            encoding="utf-8") as f:
+    writer = csv.writer(f, lineterminator="\n")
+    writer.writerow(["index", "species", "common_name", "supercategory",
+                     "taxonomy"])
+    writer.writerows(_label_rows(trained.labels))
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(os.path.join(os.path.abspath(tmp), VARIABLES_DIR),
+              jax.device_get(variables))
+  if tflite:
+    with open(os.path.join(tmp, TFLITE_FILE), "wb") as f:
+      f.write(to_tflite(model, variables))
+  fe = model.frontend
+  description = {
+      "bundle_format": BUNDLE_FORMAT,
+      "library_version": inatsounds_jax.__version__,
+      "model_name": model.backbone,
+      "sample_rate": fe.sample_rate,
+      "window_samples": model.window_samples,
+      "window_frames": model.window_frames,
+      "window_seconds": model.window_samples / fe.sample_rate,
+      "default_hop_seconds": DEFAULT_HOP_SECONDS,
+      "frontend_preset": config.frontend_preset,
+      "frontend": fe.to_dict(),
+      "image_size": list(model.image_size),
+      "image_channels": model.image.channels,
+      "num_classes": model.num_classes,
+      "embedding_dim": embedding_dim,
+      "output": "multilabel" if trained.multilabel else "multiclass",
+      "activation": "sigmoid" if trained.multilabel else "softmax",
+      "input": "float32 [batch, window_samples] waveform in [-1, 1]",
+      "outputs": ["logits [batch, num_classes]",
+                  "embedding [batch, embedding_dim]"],
+      "platforms": list(platforms),
+      "jax_version": jax.__version__,
+      "checkpoint_step": trained.step,
+      "training_data": {"dataset": config.get("dataset", ""),
+                        "options": config.get("dataset_options", {}).to_dict()
+                        if config.get("dataset_options") else {}},
+      "training_config": config.to_dict(),
+  }
+  with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+    json.dump(description, f, indent=1)
+  shutil.rmtree(out, ignore_errors=True)
+  os.replace(tmp, out)
+  return description
+
+
+# ---------------------------------------------------------------------------
+# Reading a bundle.
+# ---------------------------------------------------------------------------
+
+def is_bundle(path: str) -> bool:
+  """True for a folder written by `export_bundle` (any format version)."""
+  config = os.path.join(path, CONFIG_FILE)
+  if not os.path.exists(config):
+    return False
+  with open(config) as f:
+    try:
+      return "bundle_format" in json.load(f)
+    except json.JSONDecodeError:
+      return False
+
+
+def read_bundle(path: str) -> train.TrainedModel:
+  """The module, variables and labels of a bundle, on the default device.
+
+  Raises:
+    BundleError: not a bundle, or one of another format version.
+  """
+  if not is_bundle(path):
+    raise BundleError(f"{path} is not a model bundle (no {CONFIG_FILE} with "
+                      "bundle_format)")
+  with open(os.path.join(path, CONFIG_FILE)) as f:
+    description = json.load(f)
+  if description["bundle_format"] != BUNDLE_FORMAT:
+    raise BundleError(
+        f"{path} is bundle format {description['bundle_format']} (written by "
+        f"inatsounds_jax {description.get('library_version', '?')}); this "
+        f"version ({inatsounds_jax.__version__}) reads format "
+        f"{BUNDLE_FORMAT}: export it again with this version")
+  config = ml_collections.ConfigDict(description["training_config"])
+  with open(os.path.join(path, LABELS_FILE), newline="",
+            encoding="utf-8") as f:
+    labels = [{k: v for k, v in row.items() if k != "index"}
+              for row in csv.DictReader(f)]
+  multilabel = description["output"] == "multilabel"
+  if losses.LOSSES.get(config.loss).multilabel != multilabel:
+    raise BundleError(f"{path}: config.json's output and loss disagree")
+  model = train.make_model(config, len(labels), multilabel)
+  abstract = jax.eval_shape(lambda: model.init(
+      {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)},
+      jnp.zeros((1, model.window_samples), jnp.int16)))
+  with ocp.StandardCheckpointer() as ckpt:
+    variables = ckpt.restore(
+        os.path.join(os.path.abspath(path), VARIABLES_DIR), abstract)
+  return train.TrainedModel(
+      model=model, variables=variables, config=config, labels=labels,
+      multilabel=multilabel, step=description["checkpoint_step"])
+
+
+def load(path: str) -> tuple[classifier_lib.Classifier, dict]:
+  """(Flax module, variables) of a bundle: `module.apply(variables, x)`."""
+  trained = read_bundle(path)
+  return trained.model, trained.variables
+
+
+def load_exported(path: str) -> jax_export.Exported:
+  """The bundle's `jax.export` artefact (needs only jax)."""
+  with open(os.path.join(path, EXPORTED_FILE), "rb") as f:
+    return jax_export.deserialize(bytearray(f.read()))
+
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.")
+_OUT = flags.DEFINE_string("out", None, "Bundle folder to write.")
+_TFLITE = flags.DEFINE_bool("tflite", False, "Also write model.tflite.")
+
+
+def main(argv):
+  del argv
+  try:
+    description = export_bundle(_WORKDIR.value, _OUT.value, _TFLITE.value)
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f"error: {e}")
+  print(f"wrote {_OUT.value}: {description['model_name']}, "
+        f"{description['num_classes']} classes, platforms "
+        f"{', '.join(description['platforms'])}"
+        + (", model.tflite" if _TFLITE.value else ""))
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir", "out"])
+  app.run(main)

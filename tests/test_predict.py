@@ -1,0 +1,332 @@
+"""Prediction: windows, chunked decoding, output files, resumption, bad input.
+
+Fast tests use an initialised placeholder model (a workdir written in
+seconds) on real recordings from PyPI wheels; the slow one trains a tiny
+model on the synthetic set and predicts with it.
+"""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from inatsounds_jax import audio
+from inatsounds_jax import frontend as frontend_lib
+from inatsounds_jax import input_pipeline
+from inatsounds_jax import predict
+from inatsounds_jax import registry
+from inatsounds_jax import tables
+from inatsounds_jax.geo import prior as prior_lib
+
+import model_workdir
+
+WINDOWS = input_pipeline.WindowConfig(window_frames=512,
+                                      eval_stride_frames=258)
+HOP = frontend_lib.INATSOUNDS.hop_length
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  return model_workdir.make_workdir(str(tmp_path_factory.mktemp("model")))
+
+
+@pytest.fixture(scope="module")
+def predictor(workdir):
+  return predict.Predictor(workdir, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory):
+  """A folder: the wav, the mp3 in a subfolder, an empty and a junk file."""
+  folder = tmp_path_factory.mktemp("recordings")
+  os.makedirs(folder / "sub")
+  shutil.copy(model_workdir.bird_wav(), folder / "birds.wav")
+  shutil.copy(model_workdir.yellowthroat_mp3(), folder / "sub" / "cy.mp3")
+  (folder / "empty.flac").write_bytes(b"")
+  (folder / "sub" / "junk.wav").write_bytes(b"not audio at all")
+  return str(folder)
+
+
+# -- Windows -------------------------------------------------------------------
+
+def test_hop_of_one_and_a_half_seconds_is_258_frames():
+  assert predict.stride_frames(1.5, frontend_lib.INATSOUNDS) == 258
+  with pytest.raises(predict.InputError, match="shorter than one"):
+    predict.stride_frames(0.001, frontend_lib.INATSOUNDS)
+
+
+@pytest.mark.parametrize("num_samples, expected", [
+    (1, 1), (511, 1), (WINDOWS.window_samples, 1),
+    (WINDOWS.window_samples + HOP, 2),  # One frame more: a second window.
+    (WINDOWS.window_samples + 258 * HOP, 2),
+    (WINDOWS.window_samples + 258 * HOP + HOP, 3),
+    (22_050 * 60, 40),  # 10,332 frames: ceil((10,332 - 512) / 258) + 1.
+])
+def test_window_counts_and_times_at_edge_lengths(num_samples, expected):
+  layout = predict.Layout.of(num_samples, WINDOWS)
+  assert len(layout.first_sample) == expected
+  start, end = layout.times()
+  duration = num_samples / 22_050
+  assert start[0] == 0 and np.all(end <= duration + 1e-12)
+  assert np.all(end > start)
+  assert np.all(np.diff(start[1:]) == pytest.approx(258 * HOP / 22_050))
+  if num_samples >= WINDOWS.window_samples:
+    assert np.all(end - start <= WINDOWS.window_samples / 22_050 + 1e-12)
+
+
+@pytest.mark.parametrize("num_samples", [300, 65_408, 65_409, 200_001])
+@pytest.mark.parametrize("chunk", [1, 5_000, 10**9])
+def test_chunked_windows_equal_cutting_the_whole_file(num_samples, chunk):
+  rng = np.random.default_rng(num_samples)
+  waveform = rng.integers(-3000, 3000, num_samples).astype(np.int16)
+  starts, left = input_pipeline.eval_layout(num_samples, WINDOWS)
+  whole = input_pipeline.cut_windows(waveform, starts, left, WINDOWS).numpy()
+  cuts = np.cumsum(rng.integers(1, 7000, num_samples // 1000 + 2))
+  blocks = np.split(waveform, cuts[cuts < num_samples])
+  chunked = np.concatenate(list(predict.chunked_windows(
+      blocks, predict.Layout.of(num_samples, WINDOWS), chunk)))
+  np.testing.assert_array_equal(chunked, whole)
+
+
+def test_a_header_length_that_is_wrong_is_caught():
+  layout = predict.Layout.of(10_000, WINDOWS)
+  with pytest.raises(predict._LengthChanged):  # pylint: disable=protected-access
+    list(predict.chunked_windows([np.zeros(9_000, np.int16)], layout, 10**9))
+
+
+# -- The predictor -------------------------------------------------------------
+
+def test_predict_file_on_real_recordings(predictor):
+  for path, seconds in ((model_workdir.bird_wav(), 10.133),
+                        (model_workdir.yellowthroat_mp3(), 5.904)):
+    table = predictor.predict_file(path)
+    assert table.duration_s == pytest.approx(seconds, abs=1e-3)
+    layout = predict.Layout.of(round(table.duration_s * 22_050),
+                               predictor.windows)
+    assert len(table.start_s) == len(layout.first_sample)
+    np.testing.assert_allclose(table.probabilities.sum(axis=1), 1, rtol=1e-5)
+    assert table.embeddings.shape == (len(table.start_s), 192)
+    assert np.all(np.isfinite(table.logits))
+  assert predictor.activation == "softmax"
+
+
+def test_chunked_decoding_gives_the_whole_file_table(workdir, predictor):
+  small_chunks = predict.Predictor(workdir, batch_size=8, chunk_seconds=0.5)
+  for path in (model_workdir.bird_wav(), model_workdir.yellowthroat_mp3()):
+    whole = predictor.predict_file(path)
+    chunked = small_chunks.predict_file(path)
+    np.testing.assert_array_equal(chunked.start_s, whole.start_s)
+    np.testing.assert_array_equal(chunked.logits, whole.logits)
+    # And the windows are those of the whole decoded file.
+    waveform = audio.read_audio_file(path)
+    starts, left = input_pipeline.eval_layout(len(waveform),
+                                              predictor.windows)
+    windows = input_pipeline.cut_windows(waveform, starts, left,
+                                         predictor.windows).numpy()
+    direct = np.asarray(predictor._apply(windows)[1])  # pylint: disable=protected-access
+    np.testing.assert_allclose(whole.logits, direct, atol=1e-5)
+
+
+def test_batches_span_files_and_results_keep_input_order(predictor,
+                                                         recordings):
+  files = [(os.path.join(recordings, name), math.nan, math.nan) for name in
+           ("birds.wav", "empty.flac", "sub/cy.mp3", "sub/junk.wav",
+            "birds.wav")]
+  results = list(predictor.predict_files(files))
+  assert [r[0] for r in results] == [f[0] for f in files]
+  assert isinstance(results[1][1], audio.AudioError)
+  assert "empty.flac" in str(results[1][1])
+  assert isinstance(results[3][1], audio.AudioError)
+  np.testing.assert_array_equal(results[0][1].logits, results[4][1].logits)
+
+
+# -- Selecting detections ------------------------------------------------------
+
+def _table(probabilities, prior=None):
+  n = len(probabilities)
+  return predict.WindowTable(
+      file="x.wav", duration_s=3.0 * n, start_s=np.arange(n) * 1.5,
+      end_s=np.arange(n) * 1.5 + 3.0,
+      probabilities=np.asarray(probabilities, np.float32),
+      logits=np.zeros((n, 3)), embeddings=np.zeros((n, 2)), geo_prior=prior)
+
+
+def test_min_confidence_top_k_species_list_and_geo_filter():
+  labels = model_workdir.labels(3)
+  table = _table([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]],
+                 prior=np.array([0.9, 0.05, np.nan]))
+  rows = predict.detections(table, labels, predict.Selection(0.25), "x.wav")
+  assert [(r.species[-1], r.start_s) for r in rows] == [
+      ("0", 0.0), ("1", 0.0), ("2", 1.5)]
+  assert rows[0].geo_prior == pytest.approx(0.9)
+  top1 = predict.detections(table, labels, predict.Selection(0.0, top_k=1),
+                            "x.wav")
+  assert [r.species[-1] for r in top1] == ["0", "2"]
+  only = predict.Selection(0.0, allowed=np.array([False, True, False]))
+  assert {r.species for r in predict.detections(table, labels, only, "x")} \
+      == {"Genus species1"}
+  filtered = predict.detections(
+      table, labels, predict.Selection(0.25, geo_filter=True), "x.wav")
+  # Species 1 is below the prior's threshold; 2 is unknown there: kept.
+  assert [r.species[-1] for r in filtered] == ["0", "2"]
+
+
+def test_species_list_names_unknown_species(tmp_path):
+  path = tmp_path / "species.txt"
+  path.write_text("Genus species1_Bird 1\nBird 2\nNotus realis\n")
+  allowed, unknown = predict.read_species_list(str(path),
+                                               model_workdir.labels(3))
+  assert allowed.tolist() == [False, True, True]
+  assert unknown == ["Notus realis"]
+  path.write_text("Notus realis\n")
+  with pytest.raises(predict.InputError, match="none of its 1 names"):
+    predict.read_species_list(str(path), model_workdir.labels(3))
+
+
+def test_locations_csv_bad_rows_name_file_and_line(tmp_path):
+  path = tmp_path / "where.csv"
+  path.write_text("file,latitude,longitude\na.wav,10,20\n\nb.wav,north,3\n"
+                  "c.wav,95,0\n")
+  with pytest.raises(predict.InputError) as e:
+    predict.read_locations(str(path))
+  assert f"{path}:4: latitude/longitude 'north'" in str(e.value)
+  assert f"{path}:5: (95.0, 0.0) is outside" in str(e.value)
+  path.write_text("name,lat,lon\n")
+  with pytest.raises(predict.InputError, match=r"where.csv:1: the header"):
+    predict.read_locations(str(path))
+
+
+# -- The command's outputs -----------------------------------------------------
+
+def _run(predictor, recordings, output, **options):
+  return predict.run(predictor, recordings, str(output),
+                     predict.RunOptions(**options))
+
+
+def test_outputs_parse_back_with_their_column_names(predictor, recordings,
+                                                    tmp_path):
+  out = tmp_path / "out"
+  counts = _run(predictor, recordings, out, embeddings="npz",
+                selection=predict.Selection(min_confidence=0.05))
+  assert counts == {"done": 2, "skipped": 0, "failed": 2,
+                    "detections": counts["detections"]}
+  raven = tables.read_table(str(out / "birds.BirdNET.selection.table.txt"))
+  assert list(raven[0])[:7] == ["Selection", "View", "Channel",
+                                "Begin Time (s)", "End Time (s)",
+                                "Low Freq (Hz)", "High Freq (Hz)"]
+  assert raven[0]["View"] == "Spectrogram 1" and raven[0]["Channel"] == "1"
+  assert float(raven[0]["High Freq (Hz)"]) == 11_025.0
+  table = predictor.predict_file(os.path.join(recordings, "birds.wav"))
+  best = table.probabilities[0].max()
+  assert float(raven[0]["Confidence"]) == pytest.approx(best, abs=1e-4)
+  rows = tables.read_table(str(out / "sub" / "cy.BirdNET.results.csv"))
+  assert list(rows[0]) == list(tables.CSV_COLUMNS)
+  combined = tables.read_table(str(out / tables.COMBINED_CSV))
+  assert len(combined) == counts["detections"]
+  assert {r["File"] for r in combined} == {
+      os.path.join(recordings, "birds.wav"),
+      os.path.join(recordings, "sub", "cy.mp3")}
+  embeddings = tables.read_embeddings(str(out / "birds.embeddings.npz"))
+  np.testing.assert_allclose(embeddings["logits"], table.logits, atol=1e-6)
+  errors = (out / predict.ERRORS_FILE).read_text().splitlines()
+  assert errors[0] == "file\tkind\treason"
+  assert any("empty.flac\tempty file" in e for e in errors)
+  assert any("junk.wav\tunreadable audio" in e for e in errors)
+  settings = json.loads((out / predict.SETTINGS_FILE).read_text())
+  assert settings["activation"] == "softmax"
+  assert settings["hop_frames"] == 258
+  assert settings["min_confidence"] == 0.05
+  assert len(settings["label_list_sha256"]) == 16
+
+
+def test_a_resumed_run_skips_files_whose_outputs_are_complete(
+    predictor, recordings, tmp_path):
+  out = tmp_path / "out"
+  _run(predictor, recordings, out)
+  csv_path = out / "birds.BirdNET.results.csv"
+  first = csv_path.read_text()
+  os.remove(out / "sub" / "cy.BirdNET.selection.table.txt")
+  counts = _run(predictor, recordings, out)
+  assert (counts["done"], counts["skipped"], counts["failed"]) == (1, 1, 2)
+  assert csv_path.read_text() == first
+  with pytest.raises(predict.InputError, match="min_confidence: 0.25 -> 0.5"):
+    _run(predictor, recordings, out, selection=predict.Selection(0.5))
+
+
+def test_prior_column_in_every_row(predictor, recordings, tmp_path):
+  species = predictor.species
+
+  def presence(lat, lon):
+    return np.tile(np.linspace(0, 1, len(species)), (len(lat), 1))
+
+  with_prior = predict.Predictor(predictor.model_path, batch_size=8)
+  with_prior.prior = prior_lib.GeoPrior(presence, species, species)
+  out = tmp_path / "out"
+  _run(with_prior, recordings, out, latitude=40.0, longitude=-3.0,
+       selection=predict.Selection(0.0, top_k=len(species)))
+  rows = tables.read_table(str(out / "birds.BirdNET.results.csv"))
+  prior = {r["Scientific name"]: float(r["Geo prior"]) for r in rows}
+  assert prior["Genus species0"] == 0.0 and prior["Genus species5"] == 1.0
+  raven = tables.read_table(str(out / "birds.BirdNET.selection.table.txt"))
+  assert "Geo Prior" in raven[0]
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("empty_folder", "no audio files"),
+    ("missing", "no such file or folder"),
+    ("unwritable", "cannot write there"),
+    ("bad_list", "listed recordings not found"),
+])
+def test_bad_inputs_give_one_clear_message(predictor, recordings, tmp_path,
+                                           problem, message):
+  out = tmp_path / "out"
+  source = recordings
+  if problem == "empty_folder":
+    source = str(tmp_path / "nothing")
+    os.makedirs(source)
+    (tmp_path / "nothing" / "notes.txt").write_text("no audio")
+  elif problem == "missing":
+    source = str(tmp_path / "absent")
+  elif problem == "unwritable":
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "out"  # Under a file: cannot be created.
+  elif problem == "bad_list":
+    source = str(tmp_path / "list.txt")
+    (tmp_path / "list.txt").write_text(
+        f"{os.path.join(recordings, 'birds.wav')}\nmissing.wav\n")
+  with pytest.raises(registry.ConfigError, match=message):
+    _run(predictor, source, out)
+
+
+def test_a_list_file_of_recordings(predictor, recordings, tmp_path):
+  (tmp_path / "list.txt").write_text(
+      f"{os.path.join(recordings, 'birds.wav')}\n\n"
+      f"{os.path.join(recordings, 'sub', 'cy.mp3')}\n")
+  counts = _run(predictor, str(tmp_path / "list.txt"), tmp_path / "out")
+  assert counts["done"] == 2
+
+
+@pytest.mark.slow  # Two interpreter starts with TF and JAX: ~15 s.
+def test_command_line(workdir, recordings, tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "inatsounds_jax.predict", f"--model={workdir}",
+       f"--input={recordings}", f"--output={tmp_path / 'out'}",
+       "--format=raven", "--embeddings=parquet", "--min_confidence=0.2"],
+      capture_output=True, text=True, check=False, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "2 recordings predicted, 0 already done, 2 failed" in result.stdout
+  assert "empty.flac: empty file" in result.stderr
+  assert (tmp_path / "out" / "sub" / "cy.embeddings.parquet").exists()
+  assert not (tmp_path / "out" / "birds.BirdNET.results.csv").exists()
+  result = subprocess.run(
+      [sys.executable, "-m", "inatsounds_jax.predict",
+       f"--model={tmp_path}", f"--input={recordings}",
+       f"--output={tmp_path / 'out2'}"],
+      capture_output=True, text=True, check=False, timeout=300)
+  assert result.returncode == 1
+  assert "is not a training workdir" in result.stderr
