@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -37,6 +38,7 @@ import jax
 from jax import export as jax_export
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 import inatsounds_jax
@@ -91,14 +93,52 @@ def to_tflite(model: classifier_lib.Classifier, variables: dict) -> bytes:
   from jax.experimental import jax2tf  # pylint: disable=import-outside-toplevel
   converted = jax2tf.convert(
       inference_fn(model, variables),
-      polymorphic_shapes=[f"(b, {model.window_samples})"])
-  function = tf.function(converted, autograph=False, input_signature=[
-      tf.TensorSpec([None, model.window_samples], tf.float32)])
-  concrete = function.get_concrete_function()
-  converter = tf.lite.TFLiteConverter.from_concrete_functions(
-      [concrete], function)
-  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-  return converter.convert()
+      polymorphic_shapes=[f"(b, {model.window_samples})"],
+      with_gradient=False)
+
+  def named(waveform):
+    logits, embedding = converted(waveform)
+    return {"logits": logits, "embedding": embedding}
+
+  function = tf.function(named, autograph=False, input_signature=[
+      tf.TensorSpec([None, model.window_samples], tf.float32,
+                    name="waveform")])
+  # Through a SavedModel, so the flatbuffer keeps a signature whose outputs
+  # are named (a concrete function's come out as Identity_N).
+  module = tf.Module()
+  module.predict = function
+  with tempfile.TemporaryDirectory() as saved:
+    tf.saved_model.save(module, saved, signatures={"serving_default":
+                                                   function})
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    return converter.convert()
+
+
+class TFLiteModel:
+  """`model.tflite` in a TFLite interpreter: waveforms -> (logits, embedding).
+
+  Uses `ai_edge_litert` when installed (TFLite's successor), else
+  `tf.lite`. The signature runner resizes the batch to each call's.
+  """
+
+  def __init__(self, path_or_bytes: str | bytes, num_threads: int = 2):
+    try:
+      from ai_edge_litert import interpreter as litert  # pylint: disable=import-outside-toplevel
+      interpreter_class = litert.Interpreter
+    except ImportError:
+      import tensorflow as tf  # pylint: disable=import-outside-toplevel
+      interpreter_class = tf.lite.Interpreter
+    content = path_or_bytes
+    if isinstance(path_or_bytes, str):
+      with open(path_or_bytes, "rb") as f:
+        content = f.read()
+    self._runner = interpreter_class(
+        model_content=content, num_threads=num_threads).get_signature_runner()
+
+  def __call__(self, waveform) -> tuple[np.ndarray, np.ndarray]:
+    outputs = self._runner(waveform=np.asarray(waveform, np.float32))
+    return outputs["logits"], outputs["embedding"]
 
 
 def _label_rows(labels: list[dict]) -> list[list[str]]:

@@ -1,0 +1,140 @@
+"""The bundle: jax.export artefact without the library, TFLite agreement,
+Flax load, prediction from the bundle alone, version check."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from inatsounds_jax import audio
+from inatsounds_jax import export
+from inatsounds_jax import input_pipeline
+from inatsounds_jax import predict
+from inatsounds_jax.models import classifier as classifier_lib
+
+import model_workdir
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  return model_workdir.make_workdir(str(tmp_path_factory.mktemp("model")))
+
+
+@pytest.fixture(scope="module")
+def bundle(workdir, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("bundles") / "bundle")
+  export.export_bundle(workdir, out, tflite=True)
+  return out
+
+
+@pytest.fixture(scope="module")
+def real_windows(bundle):
+  """float32 windows of the two real recordings, as prediction cuts them."""
+  model, _ = export.load(bundle)
+  windows = input_pipeline.WindowConfig(512, 258, model.frontend)
+  out = []
+  for path in (model_workdir.bird_wav(), model_workdir.yellowthroat_mp3()):
+    waveform = audio.read_audio_file(path)
+    starts, left = input_pipeline.eval_layout(len(waveform), windows)
+    out.append(input_pipeline.cut_windows(waveform, starts, left,
+                                          windows).numpy())
+  return np.concatenate(out).astype(np.float32) / audio.INT16_SCALE
+
+
+def test_bundle_describes_itself(bundle):
+  assert sorted(os.listdir(bundle)) == sorted(
+      [export.CONFIG_FILE, export.LABELS_FILE, export.EXPORTED_FILE,
+       export.TFLITE_FILE, export.VARIABLES_DIR])
+  with open(os.path.join(bundle, export.CONFIG_FILE)) as f:
+    config = json.load(f)
+  assert config["sample_rate"] == 22_050
+  assert config["window_samples"] == 65_920  # 511 hops + 512.
+  assert config["default_hop_seconds"] == 1.5
+  assert config["frontend_preset"] == "inatsounds"
+  assert config["frontend"]["num_mel_bins"] == 128
+  assert config["model_name"] == "placeholder"
+  assert config["output"] == "multiclass"
+  assert config["platforms"] == ["cpu", "cuda", "tpu"]
+  assert config["training_data"]["dataset"] == "synthetic"
+  with open(os.path.join(bundle, export.LABELS_FILE)) as f:
+    lines = f.read().splitlines()
+  assert lines[0] == "index,species,common_name,supercategory,taxonomy"
+  assert lines[1] == "0,Genus species0,Bird 0,Aves,Animalia;Aves"
+
+
+def test_exported_model_runs_without_the_library(bundle, real_windows,
+                                                 tmp_path):
+  model, variables = export.load(bundle)
+  logits, embedding = export.inference_fn(model, variables)(real_windows)
+  np.save(tmp_path / "x.npy", real_windows)
+  script = textwrap.dedent(f"""
+      import sys
+      sys.modules["inatsounds_jax"] = None  # Importing it would fail.
+      import jax, numpy as np
+      with open({os.path.join(bundle, export.EXPORTED_FILE)!r}, "rb") as f:
+        exported = jax.export.deserialize(bytearray(f.read()))
+      x = np.load({str(tmp_path / "x.npy")!r})
+      for batch in (x[:1], x):
+        logits, embedding = exported.call(batch)
+      np.save({str(tmp_path / "logits.npy")!r}, np.asarray(logits))
+      np.save({str(tmp_path / "embedding.npy")!r}, np.asarray(embedding))
+      assert not any(m.startswith(("inatsounds_jax", "flax", "tensorflow"))
+                     for m in sys.modules if sys.modules[m] is not None)
+  """)
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", script], env=env,
+                          capture_output=True, text=True, timeout=300,
+                          check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), logits,
+                             atol=1e-5)
+  np.testing.assert_allclose(np.load(tmp_path / "embedding.npy"), embedding,
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_tflite_agrees_with_the_jax_export(bundle, real_windows, batch):
+  exported = export.load_exported(bundle)
+  tflite = export.TFLiteModel(os.path.join(bundle, export.TFLITE_FILE))
+  x = real_windows[:batch]
+  logits, embedding = tflite(x)
+  want_logits, want_embedding = (np.asarray(a) for a in exported.call(x))
+  assert logits.shape == want_logits.shape
+  np.testing.assert_array_equal(logits.argmax(-1), want_logits.argmax(-1))
+  assert np.abs(logits - want_logits).max() < 1e-3
+  assert np.abs(embedding - want_embedding).max() < 1e-3
+
+
+def test_load_gives_the_flax_module_and_variables(bundle, workdir):
+  model, variables = export.load(bundle)
+  assert isinstance(model, classifier_lib.Classifier)
+  from_workdir = predict.load_model(workdir)
+  x = np.zeros((2, model.window_samples), np.float32)
+  np.testing.assert_array_equal(
+      model.apply(variables, x),
+      from_workdir.model.apply(from_workdir.variables, x))
+
+
+def test_predict_from_the_bundle_alone(bundle, workdir, tmp_path):
+  copy = tmp_path / "bundle"
+  subprocess.run(["cp", "-r", bundle, str(copy)], check=True)
+  path = model_workdir.yellowthroat_mp3()
+  from_bundle = predict.Predictor(str(copy)).predict_file(path)
+  from_workdir = predict.Predictor(workdir).predict_file(path)
+  np.testing.assert_array_equal(from_bundle.logits, from_workdir.logits)
+
+
+def test_a_bundle_of_another_format_is_refused(bundle, tmp_path):
+  copy = tmp_path / "old"
+  subprocess.run(["cp", "-r", bundle, str(copy)], check=True)
+  config_path = copy / export.CONFIG_FILE
+  config = json.loads(config_path.read_text())
+  config.update(bundle_format=0, library_version="0.0.1")
+  config_path.write_text(json.dumps(config))
+  with pytest.raises(export.BundleError, match=r"bundle format 0 \(written "
+                     r"by inatsounds_jax 0.0.1\).*export it again"):
+    predict.Predictor(str(copy))
