@@ -219,18 +219,21 @@ class Predictor:
   """A model ready to classify recordings window by window.
 
   Args:
-    model_path: a training workdir or an exported bundle.
+    model_path: a training workdir or an exported bundle, or a model already
+      loaded (`train.TrainedModel`, e.g. for benchmarks).
     hop_seconds: window hop (rounded to whole spectrogram frames).
     batch_size: windows per model call (batches span files).
     chunk_seconds: audio decoded before windows are cut (memory bound).
     geo_prior: a range model folder (`range_model.load`), or None.
   """
 
-  def __init__(self, model_path: str, *,
+  def __init__(self, model_path: str | train.TrainedModel, *,
                hop_seconds: float = DEFAULT_HOP_SECONDS, batch_size: int = 32,
                chunk_seconds: float = 60.0, geo_prior: str | None = None):
-    self.model_path = model_path
-    self.trained = load_model(model_path)
+    if isinstance(model_path, train.TrainedModel):
+      self.model_path, self.trained = "(in memory)", model_path
+    else:
+      self.model_path, self.trained = model_path, load_model(model_path)
     model = self.trained.model
     self.labels = self.trained.labels
     self.species = [row["species"] for row in self.labels]
@@ -256,10 +259,17 @@ class Predictor:
     return "sigmoid" if self.trained.multilabel else "softmax"
 
   def probabilities(self, logits: np.ndarray) -> np.ndarray:
+    """Sigmoid or softmax of `[n, classes]` logits (one new array: an hour
+    of windows over thousands of classes is tens of MB)."""
     if self.trained.multilabel:
-      return 1.0 / (1.0 + np.exp(-logits))
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
+      out = np.negative(logits)
+      np.exp(out, out=out)
+      out += 1.0
+      return np.reciprocal(out, out=out)
+    out = logits - logits.max(axis=-1, keepdims=True)
+    np.exp(out, out=out)
+    out /= out.sum(axis=-1, keepdims=True)
+    return out
 
   def predict_file(self, path: str, latitude: float = math.nan,
                    longitude: float = math.nan) -> WindowTable:
@@ -680,6 +690,12 @@ def run(predictor: Predictor, input_path: str, output: str,
         or (options.latitude, options.longitude))
     todo.append((path, lat, lon, paths))
 
+  unlocated = [p for p, lat, lon, _ in todo
+               if math.isnan(lat) or math.isnan(lon)]
+  if with_prior and unlocated:
+    print(f"warning: {len(unlocated)} of {len(todo)} recordings have no "
+          f"location (e.g. {unlocated[0]}): their geo prior column is empty "
+          "and nothing is filtered", file=sys.stderr)
   counts = {"done": 0, "skipped": skipped, "failed": 0, "detections": 0}
   errors = []
   total_s = sum(_audio_seconds(t[0]) for t in todo)

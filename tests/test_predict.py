@@ -330,3 +330,29 @@ def test_command_line(workdir, recordings, tmp_path):
       capture_output=True, text=True, check=False, timeout=300)
   assert result.returncode == 1
   assert "is not a training workdir" in result.stderr
+
+
+@pytest.mark.slow  # Builds the tiny synthetic set and trains: about a minute.
+def test_a_trained_model_predicts_real_recordings_and_its_bundle_agrees(
+    tmp_path, recordings):
+  from inatsounds_jax import config_defaults  # pylint: disable=import-outside-toplevel
+  from inatsounds_jax import export  # pylint: disable=import-outside-toplevel
+  from inatsounds_jax import train  # pylint: disable=import-outside-toplevel
+  config = config_defaults.tiny(config_defaults.classifier())
+  config.update(model="placeholder", data_dir=str(tmp_path / "tfds"),
+                optimizer="adam", learning_rate=1e-2)
+  workdir = str(tmp_path / "workdir")
+  train.train_and_evaluate(config, workdir)
+  trained = predict.Predictor(workdir)
+  assert trained.trained.step > 0
+  assert len(trained.labels) == config_defaults.TINY_DATASET["num_species"]
+  export.export_bundle(workdir, str(tmp_path / "bundle"))
+  counts = _run(predict.Predictor(str(tmp_path / "bundle")), recordings,
+                tmp_path / "out", selection=predict.Selection(0.0, top_k=1))
+  assert (counts["done"], counts["failed"]) == (2, 2)
+  rows = tables.read_table(str(tmp_path / "out" / tables.COMBINED_CSV))
+  table = trained.predict_file(os.path.join(recordings, "birds.wav"))
+  birds = [r for r in rows if r["File"].endswith("birds.wav")]
+  assert len(birds) == len(table.start_s)
+  assert [r["Scientific name"] for r in birds] == [
+      trained.species[i] for i in table.probabilities.argmax(axis=1)]
