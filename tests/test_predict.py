@@ -99,6 +99,38 @@ def test_a_header_length_that_is_wrong_is_caught():
     list(predict.chunked_windows([np.zeros(9_000, np.int16)], layout, 10**9))
 
 
+def test_a_wrong_header_length_recuts_the_file(workdir, predictor,
+                                               monkeypatch):
+  path = model_workdir.bird_wav()
+  want = predictor.predict_file(path)
+  # 1-s chunks: windows of the wrong first layout reach batches; dropped.
+  predictor = predict.Predictor(workdir, batch_size=8, chunk_seconds=1.0)
+  opened = audio.open_audio_file
+  calls = []
+
+  def lying_header(file):
+    context = opened(file)
+    decoder = context.__enter__()
+    if not calls:
+      decoder.num_samples += 40_000  # The first pass plans extra windows.
+    calls.append(file)
+
+    class Context:
+      def __enter__(self):
+        return decoder
+
+      def __exit__(self, *exc):
+        return context.__exit__(*exc)
+
+    return Context()
+
+  monkeypatch.setattr(audio, "open_audio_file", lying_header)
+  got = predictor.predict_file(path)
+  assert len(calls) == 2
+  np.testing.assert_array_equal(got.start_s, want.start_s)
+  np.testing.assert_array_equal(got.logits, want.logits)
+
+
 # -- The predictor -------------------------------------------------------------
 
 def test_predict_file_on_real_recordings(predictor):
