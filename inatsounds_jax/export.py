@@ -283,23 +283,28 @@ def load_exported(path: str) -> jax_export.Exported:
     return jax_export.deserialize(bytearray(f.read()))
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.")
-_OUT = flags.DEFINE_string("out", None, "Bundle folder to write.")
-_TFLITE = flags.DEFINE_bool("tflite", False, "Also write model.tflite.")
+def _define_flags() -> None:
+  """The command's flags, defined only when this module is the program: the
+  library module is imported beside `main.py`, which has a --workdir too."""
+  flags.DEFINE_string("workdir", None, "Training workdir.")
+  flags.DEFINE_string("out", None, "Bundle folder to write.")
+  flags.DEFINE_bool("tflite", False, "Also write model.tflite.")
 
 
 def main(argv):
   del argv
   try:
-    description = export_bundle(_WORKDIR.value, _OUT.value, _TFLITE.value)
+    description = export_bundle(flags.FLAGS.workdir, flags.FLAGS.out,
+                                flags.FLAGS.tflite)
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
-  print(f"wrote {_OUT.value}: {description['model_name']}, "
+  print(f"wrote {flags.FLAGS.out}: {description['model_name']}, "
         f"{description['num_classes']} classes, platforms "
         f"{', '.join(description['platforms'])}"
-        + (", model.tflite" if _TFLITE.value else ""))
+        + (", model.tflite" if flags.FLAGS.tflite else ""))
 
 
 if __name__ == "__main__":
+  _define_flags()
   flags.mark_flags_as_required(["workdir", "out"])
   app.run(main)

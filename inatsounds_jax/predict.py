@@ -745,66 +745,70 @@ def run(predictor: Predictor, input_path: str, output: str,
 # Command line.
 # ---------------------------------------------------------------------------
 
-_MODEL = flags.DEFINE_string("model", None, "Training workdir or bundle.")
-_INPUT = flags.DEFINE_string(
-    "input", None, "A recording, a folder (recursive) or a .txt list.")
-_OUTPUT = flags.DEFINE_string("output", None, "Output folder.")
-_FORMAT = flags.DEFINE_list("format", ["raven", "csv"],
-                            f"Outputs: {tables.FORMATS.names()}.")
-_EMBEDDINGS = flags.DEFINE_string(
-    "embeddings", "", "Also write per-window embeddings and logits: "
-    f"{tables.EMBEDDING_FORMATS.names()} ('' none).")
-_HOP = flags.DEFINE_float("hop_seconds", DEFAULT_HOP_SECONDS,
-                          "Window hop (rounded to spectrogram frames).")
-_MIN_CONFIDENCE = flags.DEFINE_float("min_confidence", 0.25,
-                                     "Detections below are not written.")
-_TOP_K = flags.DEFINE_integer("top_k", 0,
-                              "At most this many species per window (0 all).")
-_SPECIES_LIST = flags.DEFINE_string(
-    "species_list", "", "Only these species (one name a line).")
-_LATITUDE = flags.DEFINE_float("latitude", None, "Latitude of all files.")
-_LONGITUDE = flags.DEFINE_float("longitude", None, "Longitude of all files.")
-_LOCATIONS = flags.DEFINE_string(
-    "locations", "", "CSV with columns file, latitude, longitude.")
-_GEO_PRIOR = flags.DEFINE_string("geo_prior", "", "Range model folder.")
-_GEO_FILTER = flags.DEFINE_bool(
-    "geo_filter", False, "Drop species whose prior is below --geo_threshold "
-    "(else the prior is only reported).")
-_GEO_THRESHOLD = flags.DEFINE_float("geo_threshold", 0.1,
-                                    "Threshold of --geo_filter.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Windows per call.")
+def _define_flags() -> None:
+  """The command's flags, defined only when this module is the program: the
+  library module is imported beside `main.py`, whose flags share absl's
+  registry."""
+  flags.DEFINE_string("model", None, "Training workdir or bundle.")
+  flags.DEFINE_string("input", None,
+                      "A recording, a folder (recursive) or a .txt list.")
+  flags.DEFINE_string("output", None, "Output folder.")
+  flags.DEFINE_list("format", ["raven", "csv"],
+                    f"Outputs: {tables.FORMATS.names()}.")
+  flags.DEFINE_string("embeddings", "",
+                      "Also write per-window embeddings and logits: "
+                      f"{tables.EMBEDDING_FORMATS.names()} ('' none).")
+  flags.DEFINE_float("hop_seconds", DEFAULT_HOP_SECONDS,
+                     "Window hop (rounded to spectrogram frames).")
+  flags.DEFINE_float("min_confidence", 0.25,
+                     "Detections below are not written.")
+  flags.DEFINE_integer("top_k", 0,
+                       "At most this many species per window (0 all).")
+  flags.DEFINE_string("species_list", "",
+                      "Only these species (one name a line).")
+  flags.DEFINE_float("latitude", None, "Latitude of all files.")
+  flags.DEFINE_float("longitude", None, "Longitude of all files.")
+  flags.DEFINE_string("locations", "",
+                      "CSV with columns file, latitude, longitude.")
+  flags.DEFINE_string("geo_prior", "", "Range model folder.")
+  flags.DEFINE_bool("geo_filter", False,
+                    "Drop species whose prior is below --geo_threshold "
+                    "(else the prior is only reported).")
+  flags.DEFINE_float("geo_threshold", 0.1, "Threshold of --geo_filter.")
+  flags.DEFINE_integer("batch_size", 32, "Windows per call.")
 
 
 def _main_options() -> tuple[Predictor, RunOptions, dict]:
-  if (_LATITUDE.value is None) != (_LONGITUDE.value is None):
+  f = flags.FLAGS
+  if (f.latitude is None) != (f.longitude is None):
     raise InputError("give both --latitude and --longitude, or neither")
-  if _LATITUDE.value is not None and _LOCATIONS.value:
+  if f.latitude is not None and f.locations:
     raise InputError("give --latitude/--longitude or --locations, not both")
-  if _GEO_FILTER.value and not _GEO_PRIOR.value:
+  if f.geo_filter and not f.geo_prior:
     raise InputError("--geo_filter needs --geo_prior")
-  predictor = Predictor(_MODEL.value, hop_seconds=_HOP.value,
-                        batch_size=_BATCH_SIZE.value,
-                        geo_prior=_GEO_PRIOR.value or None)
+  predictor = Predictor(f.model, hop_seconds=f.hop_seconds,
+                        batch_size=f.batch_size,
+                        geo_prior=f.geo_prior or None)
   allowed, extra = None, {}
-  if _SPECIES_LIST.value:
-    allowed, unknown = read_species_list(_SPECIES_LIST.value,
+  if f.species_list:
+    allowed, unknown = read_species_list(f.species_list,
                                          predictor.labels)
     if unknown:
-      print(f"warning: {len(unknown)} names in {_SPECIES_LIST.value} are not "
+      print(f"warning: {len(unknown)} names in {f.species_list} are not "
             f"labels of the model and are ignored: {', '.join(unknown)}",
             file=sys.stderr)
-    extra = {"species_list": os.path.abspath(_SPECIES_LIST.value),
+    extra = {"species_list": os.path.abspath(f.species_list),
              "species_list_unknown": unknown,
              "species_list_used": int(allowed.sum())}
   options = RunOptions(
-      formats=tuple(_FORMAT.value), embeddings=_EMBEDDINGS.value,
+      formats=tuple(f.format), embeddings=f.embeddings,
       selection=Selection(
-          min_confidence=_MIN_CONFIDENCE.value, top_k=_TOP_K.value,
-          allowed=allowed, geo_filter=_GEO_FILTER.value,
-          geo_threshold=_GEO_THRESHOLD.value),
-      latitude=math.nan if _LATITUDE.value is None else _LATITUDE.value,
-      longitude=math.nan if _LONGITUDE.value is None else _LONGITUDE.value,
-      locations=_LOCATIONS.value)
+          min_confidence=f.min_confidence, top_k=f.top_k,
+          allowed=allowed, geo_filter=f.geo_filter,
+          geo_threshold=f.geo_threshold),
+      latitude=math.nan if f.latitude is None else f.latitude,
+      longitude=math.nan if f.longitude is None else f.longitude,
+      locations=f.locations)
   return predictor, options, extra
 
 
@@ -815,17 +819,19 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Checkpoint loading chatter.
   try:
     predictor, options, extra = _main_options()
-    counts = run(predictor, _INPUT.value, _OUTPUT.value, options, extra)
+    counts = run(predictor, flags.FLAGS.input, flags.FLAGS.output, options,
+                 extra)
   except (registry.ConfigError, FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
   print(f"{counts['done']} recordings predicted, {counts['skipped']} already "
         f"done, {counts['failed']} failed (see "
-        f"{os.path.join(_OUTPUT.value, ERRORS_FILE)}); "
+        f"{os.path.join(flags.FLAGS.output, ERRORS_FILE)}); "
         f"{counts['detections']} detections")
   if counts["failed"] and not counts["done"] and not counts["skipped"]:
     sys.exit(1)
 
 
 if __name__ == "__main__":
+  _define_flags()
   flags.mark_flags_as_required(["model", "input", "output"])
   app.run(main)
