@@ -1,5 +1,6 @@
 """Backbones: shapes, options, and parity with torchvision / timm."""
 
+import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,7 +56,10 @@ def _flax_logits(name, variables, x_nchw, num_classes, **options):
   return np.asarray(jax.jit(lambda v, x: model.apply(v, x))(variables, x))
 
 
-@pytest.mark.parametrize("name", sorted(TORCH_MODELS))
+# The two largest take most of a minute each on 2 cores: end-to-end class.
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if n in ("resnet101", "vit_l16")
+    else n for n in sorted(TORCH_MODELS)])
 def test_parity_with_torch_in_eval_mode(name):
   tm = _random_torch_model(name)
   x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(
@@ -79,6 +83,8 @@ def test_parameter_count_of_fresh_models_matches_torch(name):
       p.numel() for p in TORCH_MODELS[name](1000).parameters())
 
 
+# Compiling full-size backbones takes tens of seconds each on 2 cores.
+@pytest.mark.slow
 @pytest.mark.parametrize("name, options", [
     ("resnet18", {}), ("mobilenet_v3_small", {}),
     ("vit_ti16", {"image_size": (128, 512)})])
@@ -88,7 +94,7 @@ def test_shapes_for_both_input_layouts(name, options):
     if name.startswith("vit") and shape != options["image_size"]:
       continue
     v = models.init(model, jax.random.PRNGKey(0), shape, channels)
-    out = model.apply(v, jnp.zeros((2,) + shape + (channels,)))
+    out = jax.jit(model.apply)(v, jnp.zeros((2,) + shape + (channels,)))
     assert out.shape == (2, 5) and out.dtype == jnp.float32
 
 
@@ -140,12 +146,13 @@ def test_vit_position_embeddings_resample():
   np.testing.assert_array_equal(up[:, 0], grid[:, 0])  # Class token kept.
 
 
+@pytest.mark.slow
 def test_bf16_forward_is_close_to_float32():
   model32 = models.create("resnet18", 10)
   model16 = models.create("resnet18", 10, dtype=jnp.bfloat16)
   v = models.init(model32, jax.random.PRNGKey(0), (64, 64))
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 64, 64, 3))
-  a, b = model32.apply(v, x), model16.apply(v, x)
+  a, b = jax.jit(model32.apply)(v, x), jax.jit(model16.apply)(v, x)
   assert b.dtype == jnp.float32
   assert jnp.abs(a - b).max() / jnp.abs(a).max() < 0.05
 
@@ -154,13 +161,15 @@ def test_train_mode_updates_batch_stats_and_eval_uses_them():
   model = models.create("resnet18", 3)
   v = models.init(model, jax.random.PRNGKey(0), (32, 32))
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3)) * 3 + 1
-  _, updates = model.apply(v, x, train=True, mutable=["batch_stats"])
+  _, updates = jax.jit(functools.partial(
+      model.apply, train=True, mutable=["batch_stats"]))(v, x)
   old = jax.tree.leaves(v["batch_stats"])
   new = jax.tree.leaves(updates["batch_stats"])
   assert any(not np.allclose(a, b) for a, b in zip(old, new))
   # Eval mode ignores the batch: one example gives the same logits alone.
-  full = model.apply(v, x)
-  np.testing.assert_allclose(model.apply(v, x[:1]), full[:1], rtol=1e-5,
+  apply = jax.jit(model.apply)
+  full = apply(v, x)
+  np.testing.assert_allclose(apply(v, x[:1]), full[:1], rtol=1e-5,
                              atol=1e-5)
 
 

@@ -52,9 +52,14 @@ def create(name: str, num_classes: int, image_size=None,
 
 
 def init(model: nn.Module, rng: jax.Array, image_shape, in_channels: int = 3):
-  """Variables for NHWC inputs of `image_shape` (H, W) and `in_channels`."""
+  """Variables for NHWC inputs of `image_shape` (H, W) and `in_channels`.
+
+  Jitted: op-by-op initialisation of a CPU-path backbone (see `conv.py`)
+  dispatches thousands of small ops.
+  """
   dummy = jnp.zeros((1,) + tuple(image_shape) + (in_channels,), jnp.float32)
-  return model.init({"params": rng, "dropout": rng}, dummy, train=False)
+  return jax.jit(lambda r: model.init({"params": r, "dropout": r}, dummy,
+                                      train=False))(rng)
 
 
 def head_bias_for_bce(num_classes: int) -> float:
