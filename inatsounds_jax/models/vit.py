@@ -45,7 +45,10 @@ class ViT(nn.Module):
       raise ValueError(f"ViT built for {self.image_size} images got "
                        f"{x.shape[1:3]}; set image_size or resample weights")
     L = layers_lib.Layers(self.dtype, train, 0.9, 1e-5)  # pylint: disable=invalid-name
-    norm = lambda name: nn.LayerNorm(1e-6, dtype=self.dtype, name=name)  # pylint: disable=unnecessary-lambda-assignment
+
+    def norm(name):
+      return nn.LayerNorm(1e-6, dtype=self.dtype, name=name)
+
     x = L.conv("patch_embed_proj", width, PATCH, PATCH, bias=True,
                padding="VALID")(x)
     x = x.reshape((x.shape[0], -1, width))
