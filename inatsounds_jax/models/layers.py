@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from inatsounds_jax.models import conv as conv_lib
+
 
 def torch_padding(kernel: int, dilation: int = 1):
   """PyTorch's symmetric `padding=(k - 1) // 2 * d` for a square kernel."""
@@ -39,7 +41,10 @@ class Layers:
                    else padding, kernel_dilation=(dilation, dilation),
                    feature_group_count=groups, use_bias=bias, dtype=self.dtype,
                    kernel_init=nn.initializers.variance_scaling(
-                       2.0, "fan_out", "normal"), name=name)
+                       2.0, "fan_out", "normal"),
+                   # Fast CPU paths; the native convolution elsewhere.
+                   conv_general_dilated=conv_lib.conv_general_dilated,
+                   name=name)
 
   def bn(self, name: str) -> nn.BatchNorm:
     return nn.BatchNorm(use_running_average=not self.train,
