@@ -1,13 +1,30 @@
 """Model throughput: this library's Flax backbones against PyTorch.
 
-    python benchmarks/models.py [--models resnet18,mobilenet_v3_large,vit_ti16
-                                 --batch 16 --steps 5]
+    python benchmarks/models.py [--models resnet18,...  --batch 16
+                                 --steps 2 --rounds 5]
 
 Per model, on the same batch and machine: inference (eval mode) and one SGD
 training step (forward, softmax cross-entropy, backward, update) in examples
 per second, for the Flax model under `jax.jit` and the same torchvision/timm
-model in PyTorch (eager, and `torch.compile` is not used: it is what most
-users run). Prints a table with the JAX / PyTorch ratio.
+model in PyTorch eager (`torch.compile` is not used: eager is what most users
+run). After a warm-up (compilation), JAX and PyTorch are timed in alternating
+rounds of `steps` calls each, so that load from other processes hits both
+alike; the table gives each side's median rate and the median of the
+per-round ratios (JAX / PyTorch).
+
+Memory: by default the script restarts itself with glibc's malloc told
+never to return freed memory to the system (`KEEP_FREED_MEMORY`), for both
+frameworks. Both free and re-allocate tens of megabytes per step; with
+glibc's defaults part of that goes back to the system and every step pays
+page faults on it again: up to half of a small model's step, and how much
+depends on what ran before in the process (PyTorch's MobileNet-V3 inference
+measured 44 to 86 ex/s that way, 104 to 124 with the setting).
+`--system-malloc` keeps glibc's defaults.
+
+Other processes' load is measured, not guessed: the CPU time the whole
+machine spent (/proc/stat) minus this process's own, as a share of all cores
+over the timed rounds. Rows where it exceeds 10% are marked contended, and
+the load average is printed before and after.
 """
 
 from __future__ import annotations
@@ -15,35 +32,84 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import optax
+# glibc tunables, read at process start: no mmap()ed blocks, no trimming.
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0",
+                     "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
 
-from inatsounds_jax import models
+
+def _restart_keeping_freed_memory():
+  """Re-executes this script with `KEEP_FREED_MEMORY` in its environment."""
+  if any(os.environ.get(k) != v for k, v in KEEP_FREED_MEMORY.items()):
+    os.execve(sys.executable, [sys.executable] + sys.argv,
+              {**os.environ, **KEEP_FREED_MEMORY})
+
+
+if __name__ == "__main__" and "--system-malloc" not in sys.argv:
+  _restart_keeping_freed_memory()  # Before the imports below allocate.
+
+# torchvision loads Triton's native library, which crashes when it loads after
+# XLA's; imported first, both coexist.
+import timm  # pylint: disable=g-import-not-at-top
+import torch  # pylint: disable=g-import-not-at-top
+import torchvision  # pylint: disable=g-import-not-at-top
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import optax  # pylint: disable=g-import-not-at-top
+
+from inatsounds_jax import models  # pylint: disable=g-import-not-at-top
 
 TORCH_FACTORIES = {
-    "resnet18": ("torchvision", "resnet18"),
-    "resnet50": ("torchvision", "resnet50"),
-    "mobilenet_v3_large": ("torchvision", "mobilenet_v3_large"),
-    "mobilenet_v3_small": ("torchvision", "mobilenet_v3_small"),
-    "vit_b16": ("torchvision", "vit_b_16"),
-    "vit_ti16": ("timm", "vit_tiny_patch16_224"),
-    "vit_s16": ("timm", "vit_small_patch16_224"),
+    "resnet18": lambda c: torchvision.models.resnet18(num_classes=c),
+    "resnet50": lambda c: torchvision.models.resnet50(num_classes=c),
+    "mobilenet_v3_large": lambda c: torchvision.models.mobilenet_v3_large(
+        num_classes=c),
+    "mobilenet_v3_small": lambda c: torchvision.models.mobilenet_v3_small(
+        num_classes=c),
+    "vit_b16": lambda c: torchvision.models.vit_b_16(num_classes=c),
+    "vit_ti16": lambda c: timm.create_model("vit_tiny_patch16_224",
+                                            num_classes=c),
+    "vit_s16": lambda c: timm.create_model("vit_small_patch16_224",
+                                           num_classes=c),
 }
+DEFAULT_MODELS = ("resnet18,resnet50,mobilenet_v3_large,mobilenet_v3_small,"
+                  "vit_ti16,vit_b16")
+CONTENDED = 0.10  # Share of the machine used by others that marks a row.
 
 
-def _rate(fn, batch: int, steps: int) -> float:
-  fn()
-  fn()  # Compile / warm up.
-  start = time.perf_counter()
-  for _ in range(steps):
-    fn()
-  return batch * steps / (time.perf_counter() - start)
+class OthersLoad:
+  """CPU share used by other processes between `start()` and `share()`."""
+
+  def __init__(self):
+    self._tick = os.sysconf("SC_CLK_TCK")
+    self._busy = self._own = self._wall = 0.0
+
+  def _machine_busy_s(self) -> float:
+    with open("/proc/stat", encoding="ascii") as f:
+      fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait.
+    return (sum(fields[:8]) - idle) / self._tick  # Guest time is in user.
+
+  def start(self):
+    times = os.times()
+    self._busy = self._machine_busy_s()
+    self._own = times.user + times.system
+    self._wall = time.perf_counter()
+
+  def share(self) -> float:
+    times = os.times()
+    others = (self._machine_busy_s() - self._busy) - (
+        times.user + times.system - self._own)
+    wall = time.perf_counter() - self._wall
+    return max(others, 0.0) / (wall * os.cpu_count())
 
 
-def jax_rates(name, batch, steps, num_classes=1000):
+def jax_steps(name, batch, num_classes=1000):
+  """(infer, train_step) callables that run one blocking call each."""
   model = models.create(name, num_classes)
   variables = models.init(model, jax.random.PRNGKey(0), (224, 224))
   x = jax.random.normal(jax.random.PRNGKey(1), (batch, 224, 224, 3))
@@ -73,19 +139,12 @@ def jax_rates(name, batch, steps, num_classes=1000):
     state[0], state[1], state[2] = train_step(*state, x, y)
     jax.block_until_ready(state[0])
 
-  return (_rate(lambda: infer(variables, x).block_until_ready(), batch, steps),
-          _rate(step, batch, steps))
+  return lambda: infer(variables, x).block_until_ready(), step
 
 
-def torch_rates(name, batch, steps, num_classes=1000):
-  import torch  # pylint: disable=import-outside-toplevel
-  lib, ctor = TORCH_FACTORIES[name]
-  if lib == "torchvision":
-    import torchvision  # pylint: disable=import-outside-toplevel
-    model = getattr(torchvision.models, ctor)(num_classes=num_classes)
-  else:
-    import timm  # pylint: disable=import-outside-toplevel
-    model = timm.create_model(ctor, num_classes=num_classes)
+def torch_steps(name, batch, num_classes=1000):
+  """(infer, train_step) callables for the PyTorch twin, eager."""
+  model = TORCH_FACTORIES[name](num_classes)
   x = torch.randn(batch, 3, 224, 224)
   y = torch.arange(batch) % num_classes
   opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9,
@@ -102,29 +161,77 @@ def torch_rates(name, batch, steps, num_classes=1000):
     torch.nn.functional.cross_entropy(model(x), y).backward()
     opt.step()
 
-  return _rate(infer, batch, steps), _rate(step, batch, steps)
+  return infer, step
+
+
+def paired_rates(jax_fn, torch_fn, batch, steps, rounds, load):
+  """Median examples/s of each side and median per-round ratio."""
+  for fn in (jax_fn, torch_fn):
+    fn()
+    fn()  # Compile / warm up.
+  rates = {"jax": [], "torch": []}
+  load.start()
+  for _ in range(rounds):
+    for side, fn in (("jax", jax_fn), ("torch", torch_fn)):
+      start = time.perf_counter()
+      for _ in range(steps):
+        fn()
+      rates[side].append(batch * steps / (time.perf_counter() - start))
+  ratio = statistics.median(j / t for j, t in zip(rates["jax"],
+                                                   rates["torch"]))
+  return (statistics.median(rates["jax"]), statistics.median(rates["torch"]),
+          ratio, load.share())
+
+
+def _loadavg() -> str:
+  return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--models",
-                      default="resnet18,mobilenet_v3_large,vit_ti16")
+  parser.add_argument("--models", default=DEFAULT_MODELS)
   parser.add_argument("--batch", type=int, default=16)
-  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--steps", type=int, default=2,
+                      help="calls per timed round")
+  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--system-malloc", action="store_true",
+                      help="keep glibc's default malloc settings")
   args = parser.parse_args()
-  import torch  # pylint: disable=import-outside-toplevel
+  malloc = ("glibc malloc defaults" if args.system_malloc else
+            " ".join(f"{k}={v}" for k, v in KEEP_FREED_MEMORY.items()))
   print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
         f"{os.cpu_count()} cores, jax {jax.__version__} on "
         f"{jax.devices()[0].platform}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads); batch {args.batch}, 224x224\n")
+        f"({torch.get_num_threads()} threads); batch {args.batch}, 224x224; "
+        f"medians of {args.rounds} alternating rounds of {args.steps} calls; "
+        f"{malloc}")
+  print(f"# load average (1, 5, 15 min) at start: {_loadavg()}\n")
   print("| model | JAX infer ex/s | torch infer ex/s | ratio | "
-        "JAX train ex/s | torch train ex/s | ratio |")
-  print("|---|---:|---:|---:|---:|---:|---:|")
+        "JAX train ex/s | torch train ex/s | ratio | others' CPU share |")
+  print("|---|---:|---:|---:|---:|---:|---:|---:|")
+  load = OthersLoad()
+  contended = []
   for name in args.models.split(","):
-    ji, jt = jax_rates(name, args.batch, args.steps)
-    ti, tt = torch_rates(name, args.batch, args.steps)
-    print(f"| {name} | {ji:.1f} | {ti:.1f} | {ji / ti:.2f} | {jt:.1f} | "
-          f"{tt:.1f} | {jt / tt:.2f} |")
+    (j_infer, j_train), (t_infer, t_train) = (
+        jax_steps(name, args.batch), torch_steps(name, args.batch))
+    ji, ti, ri, si = paired_rates(j_infer, t_infer, args.batch, args.steps,
+                                  args.rounds, load)
+    jt, tt, rt, st = paired_rates(j_train, t_train, args.batch, args.steps,
+                                  args.rounds, load)
+    share = max(si, st)
+    mark = " contended" if share > CONTENDED else ""
+    if mark:
+      contended.append(name)
+    print(f"| {name} | {ji:.1f} | {ti:.1f} | {ri:.2f} | {jt:.1f} | "
+          f"{tt:.1f} | {rt:.2f} | {share:.0%}{mark} |", flush=True)
+  print(f"\n# load average at end: {_loadavg()}")
+  if contended:
+    print(f"# CONTENDED: other processes used more than {CONTENDED:.0%} of "
+          f"the CPU while timing {', '.join(contended)}; those rows are "
+          "noisy.")
+  else:
+    print(f"# not contended: other processes used at most {CONTENDED:.0%} of "
+          "the CPU during every row.")
 
 
 if __name__ == "__main__":

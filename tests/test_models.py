@@ -1,6 +1,8 @@
 """Backbones: shapes, options, and parity with torchvision / timm."""
 
 import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 from inatsounds_jax import models
 from inatsounds_jax.models import classifier as classifier_lib
 from inatsounds_jax.models import convert
+from inatsounds_jax.models import layers
 from inatsounds_jax.models import vit as vit_lib
 
 torch = pytest.importorskip("torch")
@@ -205,3 +208,29 @@ def test_classifier_takes_waveforms():
   np.testing.assert_allclose(
       clf.apply(v, images, method=classifier_lib.Classifier.classify),
       clf.apply(v, wave), rtol=1e-6)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_batch_norm_matches_flax(train):
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 6, 5, 3)) * 2 + 1
+  ours = layers.BatchNorm(use_running_average=not train, momentum=0.9,
+                          epsilon=1e-3)
+  flax_bn = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                         epsilon=1e-3)
+  variables = flax_bn.init(jax.random.PRNGKey(0), x)
+  assert jax.tree.structure(variables) == jax.tree.structure(
+      ours.init(jax.random.PRNGKey(0), x))
+  variables = jax.tree.map(  # Non-trivial parameters and statistics.
+      lambda v: v + jax.random.uniform(jax.random.PRNGKey(1), v.shape),
+      variables)
+
+  def loss(module, params, x):
+    y, updates = module.apply({**variables, "params": params}, x,
+                              mutable=["batch_stats"])
+    return jnp.sum(jnp.sin(y) * x), (y, updates)
+
+  results = [jax.jit(jax.grad(functools.partial(loss, module), (0, 1),
+                              has_aux=True))(variables["params"], x)
+             for module in (ours, flax_bn)]
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5,
+                                 atol=1e-5), *results)

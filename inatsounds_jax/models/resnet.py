@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from inatsounds_jax.models import conv as conv_lib
 from inatsounds_jax.models import layers as layers_lib
 
 STAGES = {
@@ -40,7 +41,7 @@ class ResNet(nn.Module):
     block, depths = STAGES[self.variant]
     L = layers_lib.Layers(self.dtype, train, self.bn_momentum, 1e-5)  # pylint: disable=invalid-name
     x = nn.relu(L.bn("bn1")(L.conv("conv1", 64, 7, 2)(x)))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = conv_lib.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
     expansion = 1 if block == "basic" else 4
     total, index = sum(depths), 0
     for stage, depth in enumerate(depths):

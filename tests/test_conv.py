@@ -1,0 +1,161 @@
+"""CPU paths of models/conv.py against the native XLA ops, and dispatch."""
+
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from inatsounds_jax.models import conv
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _native(x, kernel, strides, padding, dilation, groups=1):
+  return lax.conv_general_dilated(x, kernel, strides, padding,
+                                  rhs_dilation=dilation,
+                                  dimension_numbers=NHWC,
+                                  feature_group_count=groups)
+
+
+def _assert_same_values_and_grads(fn, reference, *args, rtol=1e-5):
+  """Outputs and input/kernel gradients agree (relative to their scale)."""
+  want = reference(*args)
+  cotangent = jax.random.normal(jax.random.PRNGKey(9), want.shape)
+  got, grads = jax.jit(lambda *a: (fn(*a), jax.vjp(fn, *a)[1](cotangent)))(
+      *args)
+  want_grads = jax.vjp(reference, *args)[1](cotangent)
+  for a, b in zip((got, *grads), (want, *want_grads)):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max())
+
+
+# (batch, height, channels, kernel, stride, dilation, padding); width is
+# height + 1 so that rows and columns cannot be swapped unnoticed.
+CASES = [
+    (3, 9, 3, 3, 1, 1, ((1, 1), (1, 1))),
+    (2, 9, 3, 3, 2, 1, ((1, 1), (1, 1))),
+    (17, 10, 3, 5, 2, 1, ((2, 2), (2, 2))),  # Batch over one grad block.
+    (2, 11, 2, 3, 3, 2, ((2, 1), (0, 3))),  # Odd stride, asymmetric pads.
+    (2, 8, 4, 5, 1, 2, ((4, 4), (4, 4))),
+    (1, 7, 2, 5, 2, 1, "SAME"),
+    (2, 7, 2, 3, 2, 1, "VALID"),
+    (2, 8, 4, 1, 1, 1, ((0, 0), (0, 0))),
+    (2, 8, 4, 1, 2, 1, ((0, 0), (0, 0))),
+    (2, 8, 3, 2, 2, 1, "VALID"),  # Windows do not overlap.
+]
+
+
+@pytest.mark.parametrize("batch, size, channels, k, stride, dilation, pad",
+                         CASES)
+def test_depthwise_matches_native_conv(batch, size, channels, k, stride,
+                                       dilation, pad):
+  x = jax.random.normal(jax.random.PRNGKey(0),
+                        (batch, size, size + 1, channels))
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (k, k, 1, channels))
+  strides, dilations = (stride, stride), (dilation, dilation)
+  _assert_same_values_and_grads(
+      lambda x, w: conv.conv_general_dilated(
+          x, w, strides, pad, rhs_dilation=dilations,
+          dimension_numbers=NHWC, feature_group_count=channels),
+      lambda x, w: _native(x, w, strides, pad, dilations, channels),
+      x, kernel)
+
+
+@pytest.mark.parametrize("batch_patch_bytes", [0, 1 << 30])
+@pytest.mark.parametrize("batch, size, channels, k, stride, dilation, pad",
+                         CASES)
+def test_dense_matches_native_conv(batch, size, channels, k, stride,
+                                   dilation, pad, batch_patch_bytes,
+                                   monkeypatch):
+  # Kernel gradient both per example and over the whole batch at once.
+  monkeypatch.setattr(conv, "_BATCH_PATCH_BYTES", batch_patch_bytes)
+  x = jax.random.normal(jax.random.PRNGKey(0),
+                        (batch, size, size + 1, channels))
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (k, k, channels, 5))
+  strides, dilations = (stride, stride), (dilation, dilation)
+  _assert_same_values_and_grads(
+      lambda x, w: conv.conv_general_dilated(
+          x, w, strides, pad, rhs_dilation=dilations,
+          dimension_numbers=NHWC),
+      lambda x, w: _native(x, w, strides, pad, dilations), x, kernel,
+      rtol=2e-5)
+
+
+def test_other_convolutions_stay_native():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 8, 9))  # NCHW.
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (6, 2, 3, 3))
+  args = (x, kernel, (1, 1), "SAME")
+  options = dict(dimension_numbers=("NCHW", "OIHW", "NCHW"),
+                 feature_group_count=2)
+  np.testing.assert_array_equal(
+      conv.conv_general_dilated(*args, **options),
+      lax.conv_general_dilated(*args, **options))
+
+
+def test_low_precision_accumulates_in_float32():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 12, 12, 8))
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (5, 5, 1, 8))
+  want = _native(x, kernel, (1, 1), "SAME", (1, 1), 8)
+  got = jax.jit(conv.depthwise_conv)(x.astype(jnp.bfloat16),
+                                     kernel.astype(jnp.bfloat16))
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_allclose(got.astype(jnp.float32), want, rtol=0.05,
+                             atol=0.05 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("batch, size, channels, k, stride, pad", [
+    (2, 12, 3, 3, 2, ((1, 1), (1, 1))),
+    (3, 9, 2, 2, 2, ((0, 0), (0, 0))),
+    (2, 10, 2, 3, 1, ((1, 1), (1, 1))),
+])
+def test_max_pool_matches_flax(batch, size, channels, k, stride, pad):
+  x = jax.random.normal(jax.random.PRNGKey(0),
+                        (batch, size, size + 1, channels))
+  _assert_same_values_and_grads(
+      lambda x: conv.max_pool(x, (k, k), (stride, stride), pad),
+      lambda x: nn.max_pool(x, (k, k), strides=(stride, stride),
+                            padding=pad), x)
+
+
+def test_max_pool_gradient_goes_to_first_maximum_like_torch():
+  torch = pytest.importorskip("torch")
+  # ReLU outputs: many windows are all zeros, so ties are everywhere.
+  x = np.maximum(np.random.default_rng(0).standard_normal((2, 4, 9, 10)),
+                 0).astype(np.float32)
+  g = np.random.default_rng(1).standard_normal((2, 4, 5, 5)).astype(
+      np.float32)
+  tx = torch.from_numpy(x).requires_grad_()
+  torch.nn.functional.max_pool2d(tx, 3, 2, 1).backward(torch.from_numpy(g))
+  def pool(x):
+    return conv.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+
+  _, vjp = jax.vjp(pool, jnp.asarray(x.transpose(0, 2, 3, 1)))
+  got, = jax.jit(vjp)(jnp.asarray(g.transpose(0, 2, 3, 1)))
+  np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2),
+                             tx.grad.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def _lowered_text(fn, platform, *shapes):
+  args = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
+  return jax.export.export(jax.jit(fn), platforms=[platform])(
+      *args).mlir_module()
+
+
+@pytest.mark.parametrize("platform", ["cpu", "cuda", "tpu"])
+def test_native_ops_everywhere_but_cpu(platform):
+  def step(x, depthwise, dense):
+    y = conv.depthwise_conv(x, depthwise, (2, 2), "SAME")
+    y = conv.dense_conv(y, dense, (1, 1), "SAME")
+    y = conv.max_pool(y, (3, 3), (2, 2), ((1, 1), (1, 1)))
+    return jnp.sum(y ** 2)
+
+  text = _lowered_text(jax.grad(step, argnums=(0, 1, 2)), platform,
+                       (2, 16, 16, 8), (3, 3, 1, 8), (3, 3, 8, 4))
+  grouped = "feature_group_count = 8" in text
+  pools = "reduce_window" in text or "select_and_scatter" in text
+  if platform == "cpu":
+    assert not grouped and not pools
+  else:
+    assert grouped and pools
