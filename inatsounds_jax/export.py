@@ -45,6 +45,7 @@ import inatsounds_jax
 from inatsounds_jax import losses
 from inatsounds_jax import train
 from inatsounds_jax.models import classifier as classifier_lib
+from inatsounds_jax.models import conv
 
 BUNDLE_FORMAT = 1  # Changes when a bundle written before cannot be read.
 CONFIG_FILE = "config.json"
@@ -88,7 +89,11 @@ def export_function(model: classifier_lib.Classifier, variables: dict
 
 
 def to_tflite(model: classifier_lib.Classifier, variables: dict) -> bytes:
-  """The model through jax2tf as a TFLite flatbuffer (builtin ops)."""
+  """The model through jax2tf as a TFLite flatbuffer (builtin ops).
+
+  Traced with the native convolutions (`conv.native_ops`): TFLite's own
+  depthwise and pooling kernels beat the XLA-CPU formulations there.
+  """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from jax.experimental import jax2tf  # pylint: disable=import-outside-toplevel
   converted = jax2tf.convert(
@@ -107,7 +112,7 @@ def to_tflite(model: classifier_lib.Classifier, variables: dict) -> bytes:
   # are named (a concrete function's come out as Identity_N).
   module = tf.Module()
   module.predict = function
-  with tempfile.TemporaryDirectory() as saved:
+  with tempfile.TemporaryDirectory() as saved, conv.native_ops():
     tf.saved_model.save(module, saved, signatures={"serving_default":
                                                    function})
     converter = tf.lite.TFLiteConverter.from_saved_model(saved)

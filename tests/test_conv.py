@@ -2,11 +2,15 @@
 
 import flax.linen as nn
 import jax
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from inatsounds_jax import models
 from inatsounds_jax.models import conv
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -45,6 +49,10 @@ CASES = [
     (2, 8, 4, 1, 2, 1, ((0, 0), (0, 0))),
     (2, 8, 3, 2, 2, 1, "VALID"),  # Windows do not overlap.
 ]
+# The default suite runs the first four (strides 1, 2 and 3, dilation,
+# asymmetric and SAME pads); the rest run with the slow tests.
+CASES = CASES[:4] + [pytest.param(*c, marks=pytest.mark.slow)
+                     for c in CASES[4:]]
 
 
 @pytest.mark.parametrize("batch, size, channels, k, stride, dilation, pad",
@@ -143,19 +151,66 @@ def _lowered_text(fn, platform, *shapes):
       *args).mlir_module()
 
 
-@pytest.mark.parametrize("platform", ["cpu", "cuda", "tpu"])
-def test_native_ops_everywhere_but_cpu(platform):
+def _grad_of_a_small_network(x, depthwise, dense):
   def step(x, depthwise, dense):
     y = conv.depthwise_conv(x, depthwise, (2, 2), "SAME")
     y = conv.dense_conv(y, dense, (1, 1), "SAME")
     y = conv.max_pool(y, (3, 3), (2, 2), ((1, 1), (1, 1)))
     return jnp.sum(y ** 2)
+  return jax.grad(step, argnums=(0, 1, 2))(x, depthwise, dense)
 
-  text = _lowered_text(jax.grad(step, argnums=(0, 1, 2)), platform,
-                       (2, 16, 16, 8), (3, 3, 1, 8), (3, 3, 8, 4))
+
+SMALL_NETWORK_SHAPES = ((2, 16, 16, 8), (3, 3, 1, 8), (3, 3, 8, 4))
+
+
+def _native_ops_used(text):
   grouped = "feature_group_count = 8" in text
   pools = "reduce_window" in text or "select_and_scatter" in text
-  if platform == "cpu":
-    assert not grouped and not pools
-  else:
-    assert grouped and pools
+  assert grouped == pools, "both native or both CPU paths"
+  return grouped
+
+
+@pytest.mark.parametrize("platform", ["cpu", "cuda", "tpu"])
+def test_native_ops_everywhere_but_cpu(platform):
+  text = _lowered_text(_grad_of_a_small_network, platform,
+                       *SMALL_NETWORK_SHAPES)
+  assert _native_ops_used(text) == (platform != "cpu")
+
+
+def test_native_ops_context_traces_native_ops_for_cpu_too():
+  """What TFLite conversion relies on to get its own depthwise kernels."""
+  def traced_fresh():  # A new function: jit reuses earlier traces.
+    return _lowered_text(lambda *a: _grad_of_a_small_network(*a), "cpu",
+                         *SMALL_NETWORK_SHAPES)
+
+  with conv.native_ops():
+    assert _native_ops_used(traced_fresh())
+  assert not _native_ops_used(traced_fresh())
+
+
+@pytest.mark.slow
+def test_sharded_batch_norm_network_gradients_are_float32_accurate():
+  """ResNet-18 in training mode (BatchNorm over the global batch, the CPU
+  convolution and pooling paths) on 1 and 8 devices, against float64."""
+  model = models.create("resnet18", 6)
+  variables = models.init(model, jax.random.PRNGKey(0), (32, 64))
+  x = jax.random.normal(jax.random.PRNGKey(1), (8, 32, 64, 3))
+  labels = jax.nn.one_hot(jnp.arange(8) % 6, 6)
+
+  def loss(params, batch_stats, x, labels):
+    logits, _ = model.apply({"params": params, "batch_stats": batch_stats},
+                            x, train=True, mutable=["batch_stats"])
+    return -jnp.mean(jnp.sum(labels * jax.nn.log_softmax(logits), -1))
+
+  grad = jax.jit(jax.grad(loss))
+  args = (variables["params"], variables["batch_stats"], x, labels)
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  sharded = jax.device_put(args[2:], NamedSharding(mesh,
+                                                   PartitionSpec("data")))
+  one, eight = grad(*args), grad(*args[:2], *sharded)
+  with jax.enable_x64(True):
+    exact = jax.jit(jax.grad(loss))(*jax.tree.map(
+        lambda a: np.asarray(a, np.float64), args))
+  for got in (one, eight):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(exact)):
+      np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(b).max(), rtol=0)

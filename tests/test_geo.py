@@ -75,6 +75,7 @@ def trained():
   return model, species
 
 
+@pytest.mark.slow  # Trains a range model (tens of seconds).
 def test_training_recovers_the_ranges(trained):
   model, species = trained
   lat, lon = range_lib.sphere_points(5000)
@@ -135,6 +136,7 @@ def test_missing_coordinates_mask_nothing():
                                        [False, False]])
 
 
+@pytest.mark.slow  # Trains a range model (tens of seconds).
 def test_renamed_label_list_is_matched_by_name_not_index(trained):
   model, _ = trained
   labels = list(reversed(model.species_names)) + ["Unknown species"]

@@ -60,9 +60,13 @@ def _flax_logits(name, variables, x_nchw, num_classes, **options):
 
 
 # The two largest take most of a minute each on 2 cores: end-to-end class.
+# One model per family in the default suite; every model with the slow tests.
+FAST_MODELS = ("resnet18", "mobilenet_v3_small", "vit_ti16")
+
+
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.slow) if n in ("resnet101", "vit_l16")
-    else n for n in sorted(TORCH_MODELS)])
+    n if n in FAST_MODELS else pytest.param(n, marks=pytest.mark.slow)
+    for n in sorted(TORCH_MODELS)])
 def test_parity_with_torch_in_eval_mode(name):
   tm = _random_torch_model(name)
   x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(
@@ -160,6 +164,7 @@ def test_bf16_forward_is_close_to_float32():
   assert jnp.abs(a - b).max() / jnp.abs(a).max() < 0.05
 
 
+@pytest.mark.slow
 def test_train_mode_updates_batch_stats_and_eval_uses_them():
   model = models.create("resnet18", 3)
   v = models.init(model, jax.random.PRNGKey(0), (32, 32))
@@ -195,6 +200,7 @@ def test_safetensors_without_torch_and_bad_state_dicts(tmp_path):
     models.create("resnet9000", 3)
 
 
+@pytest.mark.slow
 def test_classifier_takes_waveforms():
   clf = classifier_lib.Classifier("resnet18", 6)
   wave = jnp.zeros((2, 65920), jnp.int16)

@@ -27,13 +27,18 @@ it to Flax as `nn.Conv(conv_general_dilated=...)`): NHWC / HWIO 2-D
 convolutions take these paths, anything else goes to the native op. The
 choice of path is made per platform when the function is lowered
 (`lax.platform_dependent`), so one traced function runs each backend's
-best path, also when exported for several platforms.
+best path, also when exported for several platforms. Code that converts
+the model for another runtime whose own kernels are better (TFLite's
+DEPTHWISE_CONV_2D over XNNPACK, where jax2tf would turn the CPU path into
+hundreds of slices and multiplies) traces inside `native_ops()`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import jax
 from jax import lax
@@ -44,6 +49,27 @@ Pads = tuple[tuple[int, int], tuple[int, int]]
 # loop before the final reduction: the partial sums are (taps / 16) of the
 # output gradient's size and the fused loop has taps x 16 slices.
 _DEPTHWISE_GRAD_BLOCK = 16
+_NATIVE_ONLY = contextvars.ContextVar("native_only", default=False)
+
+
+@contextlib.contextmanager
+def native_ops() -> Iterator[None]:
+  """Functions traced inside use the native ops on every platform.
+
+  Only new traces: a jitted function traced before keeps its cached trace.
+  """
+  token = _NATIVE_ONLY.set(True)
+  try:
+    yield
+  finally:
+    _NATIVE_ONLY.reset(token)
+
+
+def _by_platform(*args, cpu, default):
+  """`lax.platform_dependent`, or `default` alone inside `native_ops()`."""
+  if _NATIVE_ONLY.get():
+    return default(*args)
+  return lax.platform_dependent(*args, cpu=cpu, default=default)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -90,7 +116,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array,
   dimension numbers; `padding` is "SAME", "VALID" or two (low, high) pairs.
   """
   strides, pads, dilation = _canonical(x, kernel, strides, padding, dilation)
-  return lax.platform_dependent(
+  return _by_platform(
       x, kernel,
       cpu=_on_cpu(_shifted_sum_conv, strides, pads, dilation,
                   preferred_element_type),
@@ -120,7 +146,7 @@ def dense_conv(x: jax.Array, kernel: jax.Array,
     return _dense_conv_cpu(x, kernel, strides, pads, dilation, precision,
                            dtype)
 
-  return lax.platform_dependent(
+  return _by_platform(
       x, kernel, cpu=on_cpu,
       default=_native(strides, pads, dilation, 1, precision,
                       preferred_element_type))
@@ -428,7 +454,7 @@ def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
   def on_cpu(x):
     return _max_pool_cpu(x, window, strides, pads)
 
-  return lax.platform_dependent(x, cpu=on_cpu, default=native)
+  return _by_platform(x, cpu=on_cpu, default=native)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
