@@ -17,38 +17,14 @@ range quality (AP against the truth):
         --workdir=/tmp/sinr_synthetic
 """
 
-import ml_collections
-
 from inatsounds_jax import config_defaults
 
 
 def get_config(variant: str = ""):
-  c = ml_collections.ConfigDict()
-  c.job = "range_model"
-  c.dataset = "full"
-  c.data_dir = ""
-  c.manual_dir = ""
-  c.dataset_options = ml_collections.ConfigDict()
-  c.observations_csv = ""  # Instead of the dataset's train split.
-  c.epochs = 20
-  c.batch_size = 2048
-  c.learning_rate = 5e-4
-  c.lr_decay_per_epoch = 0.98
-  c.width = 256
-  c.depth = 4
-  c.dropout = 0.5
-  c.pos_weight = 2048.0
-  c.threshold = 0.1  # For the reported fraction of true ranges kept.
-  c.map_species = ""  # Comma-separated names; "" = the 6 most observed.
-  c.seed = 0
   if variant == "synthetic":
-    c.dataset = "synthetic"
-    # ~1,100 observations: smaller batches and a higher rate give enough
-    # steps (the release's 137k give 67 steps per epoch at 2048).
-    c.epochs = 100
-    c.batch_size = 256
-    c.learning_rate = 2e-3
-  elif variant == "tiny":
+    return config_defaults.range_model("synthetic")
+  c = config_defaults.range_model()
+  if variant == "tiny":
     c.dataset = "synthetic"
     c.dataset_options = dict(config_defaults.TINY_DATASET)
     c.epochs = 2

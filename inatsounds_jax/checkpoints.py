@@ -195,6 +195,7 @@ HARMLESS_FIELDS = (
     "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
     "evals", "best_metric", "eval_batch_size", "data_dir", "manual_dir",
     "init_checkpoint", "distributed", "geo_prior", "geo_threshold",
+    "geo_ceiling_prior", "range_model",
 )
 CONFIG_FILE = "config.json"
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 
+import jax
+from jax.experimental import multihost_utils
 import tensorflow_datasets as tfds
 
 from inatsounds_jax import release
@@ -104,10 +106,22 @@ def class_table(builder: tfds.core.DatasetBuilder) -> list[dict] | None:
 
 
 def prepare_from_config(config) -> tfds.core.DatasetBuilder:
-  """`prepare(...)` from a job config's dataset fields."""
-  return prepare(config.dataset, data_dir=config.data_dir or None,
-                 manual_dir=config.get("manual_dir") or None,
-                 **dict(config.get("dataset_options", {})))
+  """`prepare(...)` from a job config's dataset fields.
+
+  With several JAX processes (sharing `data_dir`), process 0 prepares first
+  and the others wait, then open what it built: two processes building the
+  same records at once would write over each other.
+  """
+  def run():
+    return prepare(config.dataset, data_dir=config.data_dir or None,
+                   manual_dir=config.get("manual_dir") or None,
+                   **dict(config.get("dataset_options", {})))
+
+  if jax.process_count() == 1:
+    return run()
+  built = run() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices("dataset prepared by process 0")
+  return built or run()
 
 
 def true_ranges_path(builder: tfds.core.DatasetBuilder) -> str | None:

@@ -36,6 +36,16 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, "
                                "TensorBoard logs and results go.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to do.")
+# Several processes (`--config.distributed=True`): on TPU pod slices, Slurm
+# and other clusters JAX finds the coordinator and each process's id itself;
+# these flags are for launching the processes by hand (one host, or hosts
+# JAX cannot detect).
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0's coordinator.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "How many processes take part.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "This process's index, 0 .. n-1.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -74,6 +84,41 @@ class _QuietLibraries(std_logging.Filter):
 _PREEMPTED_STATUS = 143
 
 
+def initialize_processes(config) -> None:
+  """`jax.distributed.initialize` for a `distributed` config, before any
+  other JAX call; the flags (when given) say where process 0 listens."""
+  if not config.get("distributed"):
+    return
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.distributed.initialize(_COORDINATOR.value,
+                             num_processes=_NUM_PROCESSES.value,
+                             process_id=_PROCESS_ID.value)
+  logging.info("Process %d of %d; %d of %d devices here.",
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
+
+
+def _stop_after_another_process_failed(error: Exception) -> None:
+  """Exits at once when a collective with the other processes failed.
+
+  A process that dies (killed, out of memory, a bug) breaks the collectives
+  of the others; without this they would wait out JAX's shutdown barrier
+  (its heartbeat timeout) and then abort with a long C++ stack trace.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  if not (jax.distributed.is_initialized() and jax.process_count() > 1 and
+          isinstance(error, jax.errors.JaxRuntimeError)):
+    return
+  message = str(error).strip().splitlines()[0][:300]
+  print(f"error: process {jax.process_index()} of {jax.process_count()}: an "
+        f"operation with the other processes failed ({message}); another "
+        "process has probably stopped: see its log. This process stops too; "
+        "start all processes again to resume from the last checkpoint.",
+        file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(1)  # pylint: disable=protected-access
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -81,6 +126,7 @@ def main(argv):
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
+  initialize_processes(config)
   try:
     job = load_job(config.get("job", "classifier"))
     logging.info("Config:\n%s", config)
@@ -96,6 +142,9 @@ def main(argv):
   except checkpoints.Preempted as e:
     logging.warning("%s", e)
     sys.exit(_PREEMPTED_STATUS)
+  except Exception as e:  # pylint: disable=broad-except
+    _stop_after_another_process_failed(e)
+    raise
   print(job.format_results(results))
   print(f"Everything else (results JSON, plots, checkpoints, TensorBoard): "
         f"{os.path.abspath(_WORKDIR.value)}")

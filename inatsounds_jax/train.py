@@ -46,6 +46,7 @@ from inatsounds_jax import losses
 from inatsounds_jax import models
 from inatsounds_jax import registry
 from inatsounds_jax.evaluators import common as evaluators
+from inatsounds_jax.geo import train_range
 from inatsounds_jax.models import classifier as classifier_lib
 from inatsounds_jax.models import convert
 
@@ -492,6 +493,8 @@ def format_results(outputs: dict[str, evaluators.EvalOutput]) -> str:
 def evaluate_checkpoint(config, workdir: str, devices=None
                         ) -> dict[str, evaluators.EvalOutput]:
   """`--mode=eval`: every evaluation of the best (else latest) checkpoint."""
+  if config.get("range_model"):
+    train_range.train_for_classifier(config, workdir)
   run = setup(config, devices)
   ckpt = checkpoints.RunCheckpoints(workdir, config.keep_checkpoints,
                                     config.best_metric)
@@ -538,8 +541,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains with periodic evaluation; resumes from `workdir` if possible.
 
   `devices` (default: all) form the mesh; the global batch is split over
-  them, so results do not depend on how many there are.
+  them, so results do not depend on how many there are. With
+  `config.range_model` set, the run first trains its own geographic prior.
   """
+  if config.get("range_model"):
+    train_range.train_for_classifier(config, workdir)
   run = setup(config, devices)
   os.makedirs(workdir, exist_ok=True)
   ckpt = checkpoints.RunCheckpoints(workdir, config.keep_checkpoints,

@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -341,12 +340,34 @@ def test_label_counts_classes_and_true_ranges_next_to_records(small_dataset):
                                      "species_ranges.json"))
 
 
-def test_summary_never_says_no_problems_when_items_were_skipped():
-  # Beam workers skip bad items without reporting them to the main process.
-  info = mock.Mock(full_name="inat_sounds/full/1.0.0")
-  info.splits = {"train": mock.Mock(num_examples=9)}
-  summary = builder_lib.build_summary(info, [], {"train": 12}, "report.tsv")
-  assert "3 items skipped by Beam workers" in summary
-  assert "no problems found" not in summary
-  clean = builder_lib.build_summary(info, [], {"train": 9}, "report.tsv")
-  assert "no problems found" in clean
+@pytest.mark.slow
+def test_beam_build_equals_the_streamed_build_with_its_report(
+    damaged_release, tmp_path, capsys):
+  # The path of a Dataflow / Spark / Flink user, on Beam's DirectRunner.
+  beam_options = pytest.importorskip("apache_beam.options.pipeline_options")
+  root, _, _ = damaged_release
+  streamed = build(root, tmp_path / "streamed")
+  streamed_summary = capsys.readouterr().err
+  on_beam = data.builder("full", data_dir=str(tmp_path / "beam"))
+  on_beam.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=root, beam_options=beam_options.PipelineOptions(
+          ["--runner=DirectRunner", "--direct_num_workers=1"])))
+  beam_summary = capsys.readouterr().err
+  for split in SPLITS:
+    a, b = _examples(streamed, split), _examples(on_beam, split)
+    assert sorted(a) == sorted(b)
+    for key in a:
+      for feature in a[key]:
+        np.testing.assert_array_equal(a[key][feature], b[key][feature])
+  assert _report(on_beam) == _report(streamed)
+  assert len(_report(on_beam)) == 12
+  assert data.label_counts(on_beam) == data.label_counts(streamed)
+
+  def summary(text, data_dir):
+    return text[text.index(": built"):].replace(str(data_dir), "DATA_DIR")
+
+  assert summary(beam_summary, tmp_path / "beam") == summary(
+      streamed_summary, tmp_path / "streamed")
+  assert "8 items skipped; 12 problems reported" in beam_summary
+  assert not os.path.exists(os.path.join(on_beam.data_dir,
+                                         "beam_worker_records"))

@@ -291,6 +291,35 @@ def test_every_shipped_config_runs_a_step(name, data_dir, tmp_path):
   assert job.format_results(results)
 
 
+def test_quickstart_trains_its_own_range_prior_with_the_truth_as_ceiling(
+    data_dir, tmp_path):
+  def config():
+    c = load_config("quickstart")
+    c.update(data_dir=data_dir, dataset_options=dict(
+        config_defaults.TINY_DATASET), num_epochs=1.0, batch_size=8,
+             eval_batch_size=16)
+    c.evals.validation.every_epochs = 1.0
+    c.range_model.epochs = 5
+    return c
+
+  train.train_and_evaluate(config(), str(tmp_path))
+  range_dir = tmp_path / "range_model"
+  range_results = json.loads((range_dir / "range_results.json").read_text())
+  assert range_results["num_species"] == 6
+  assert "quality" in range_results  # Against the true ranges.
+  recorded = json.loads((tmp_path / "config.json").read_text())
+  assert recorded["geo_prior"] == str(range_dir)
+  saved = json.loads((tmp_path / "eval_results.json").read_text())
+  for split in ("validation", "test"):
+    assert set(saved["evals"][split]["mean"]) == {"no_prior", "prior",
+                                                 "ceiling"}
+  # --mode=eval uses the range model the run trained; it trains no other.
+  written = (range_dir / "range_results.json").stat().st_mtime_ns
+  again = train.evaluate_checkpoint(config(), str(tmp_path))
+  assert (range_dir / "range_results.json").stat().st_mtime_ns == written
+  assert again["test"].summary == saved["evals"]["test"]
+
+
 def test_init_checkpoint_that_is_not_weights_is_named_in_one_line(
     data_dir, tmp_path):
   weights = tmp_path / "resnet18.pth"

@@ -10,13 +10,15 @@ lowest logit before the softmax, and results are reported both ways.
 
 Options (`config.evals.<name>`): `split`; `geo_prior` ("" none,
 "synthetic_truth" the synthetic corpus's true ranges, or a range-model
-workdir); `geo_threshold` (0.1); `min_prior_coverage` (warn when the prior
-covers fewer of the labels than this fraction; a prior covering none is
-refused).
+workdir); `geo_ceiling_prior` (a second prior of the same kinds, reported
+as the view "ceiling": the true ranges beside a learned prior show how
+much a better range model could add); `geo_threshold` (0.1);
+`min_prior_coverage` (warn when a prior covers fewer of the labels than
+this fraction; a prior covering none is refused).
 
 Metrics: `<pooling>/<view>/<metric>` for pooling mean|max, view
-no_prior|prior, metric top1|top5|map|mf1 (e.g. `mean/no_prior/map`, the
-paper's headline pooling).
+no_prior|prior|ceiling, metric top1|top5|map|mf1 (e.g. `mean/no_prior/map`,
+the paper's headline pooling).
 """
 
 from __future__ import annotations
@@ -99,17 +101,17 @@ def load_prior(source: str, builder: tfds.core.DatasetBuilder,
 def evaluate_split(predict: common.PredictFn,
                    builder: tfds.core.DatasetBuilder, split: str,
                    windows: input_pipeline.WindowConfig, batch_size: int,
-                   prior: prior_lib.GeoPrior | None = None,
+                   priors: dict[str, prior_lib.GeoPrior] | None = None,
                    threshold: float = 0.1, groups=None) -> dict:
-  """Metrics of one split, per pooling, with and without the prior.
+  """Metrics of one split, per pooling, without a prior and with each of
+  `priors` (view name -> prior; the model runs once for all views).
 
   Returns:
-    {"mean"|"max": {"no_prior"|"prior": metrics dict}, "num_windows",
+    {"mean"|"max": {"no_prior"|<view>: metrics dict}, "num_windows",
      "files": {"labels", "mean", "max"}} (files for plots, not for JSON).
   """
-  poolers = {"no_prior": FilePooler()}
-  if prior is not None:
-    poolers["prior"] = FilePooler()
+  priors = priors or {}
+  poolers = {view: FilePooler() for view in ("no_prior", *priors)}
   num_windows = 0
   for batch in common.in_step_with_other_processes(tfds.as_numpy(
       input_pipeline.eval_dataset(builder, split, batch_size, windows))):
@@ -117,9 +119,9 @@ def evaluate_split(predict: common.PredictFn,
     valid = batch["mask"]
     num_windows += int(valid.sum())
     views = {"no_prior": logits}
-    if prior is not None:
+    for view, prior in priors.items():
       keep = prior.mask(batch["latitude"], batch["longitude"], threshold)
-      views["prior"] = prior_lib.lowest_logit_mask(logits, keep)
+      views[view] = prior_lib.lowest_logit_mask(logits, keep)
     for name, view in views.items():
       poolers[name].add(np.asarray(jax.nn.softmax(view[valid], axis=-1)),
                         batch["recording_id"][valid], batch["label"][valid])
@@ -178,16 +180,19 @@ class Evaluator:
   """File-level metrics of one split (see the module docstring)."""
 
   def __init__(self, context: common.EvalContext, *, split: str,
-               geo_prior: str = "", geo_threshold: float = 0.1,
-               min_prior_coverage: float = 0.5):
+               geo_prior: str = "", geo_ceiling_prior: str = "",
+               geo_threshold: float = 0.1, min_prior_coverage: float = 0.5):
     splits = context.builder.info.splits
     if split not in splits:
       raise registry.ConfigError(
           f"split {split!r} is not in the dataset; it has {sorted(splits)}")
     self.context, self.split, self.threshold = context, split, geo_threshold
-    self.prior = load_prior(geo_prior, context.builder, context.label_names,
-                            min_prior_coverage)
-    views = ("no_prior",) if self.prior is None else ("no_prior", "prior")
+    self.priors = {
+        view: load_prior(source, context.builder, context.label_names,
+                         min_prior_coverage)
+        for view, source in (("prior", geo_prior),
+                             ("ceiling", geo_ceiling_prior)) if source}
+    views = ("no_prior", *self.priors)
     self.metric_names = tuple(f"{pooling}/{view}/{k}" for pooling in POOLINGS
                               for view in views for k in HEADLINE)
     classes = data.class_table(context.builder)
@@ -197,7 +202,7 @@ class Evaluator:
   def run(self, predict: common.PredictFn) -> common.EvalOutput:
     c = self.context
     result = evaluate_split(predict, c.builder, self.split, c.windows,
-                            c.batch_size, prior=self.prior,
+                            c.batch_size, priors=self.priors,
                             threshold=self.threshold, groups=self.groups)
     metrics, lines = {}, []
     for pooling in POOLINGS:
@@ -215,5 +220,6 @@ class Evaluator:
   def _train_counts(self) -> np.ndarray:
     counts = data.label_counts(self.context.builder)
     if counts is None or "train" not in counts:
-      return np.ones(len(self.context.label_names))  # Built with Beam.
+      # Records built before label counts were written.
+      return np.ones(len(self.context.label_names))
     return np.asarray(counts["train"])

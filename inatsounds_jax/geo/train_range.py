@@ -13,6 +13,8 @@ import os
 
 from absl import logging
 from clu import metric_writers
+import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from inatsounds_jax import data
@@ -53,7 +55,7 @@ def evaluate(config, workdir: str, model: range_lib.RangeModel,
   results["maps"] = range_lib.plot_range_maps(
       model.presence, model.species_names, species,
       os.path.join(workdir, "range_maps.png"))
-  with open(os.path.join(workdir, "range_results.json"), "w") as f:
+  with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
     json.dump(results, f, indent=1)
   return results
 
@@ -75,6 +77,38 @@ def train_and_evaluate(config, workdir: str) -> dict:
   model.save(os.path.join(workdir, "range_model"))
   writer.flush()
   return evaluate(config, workdir, model, observations, builder)
+
+
+RESULTS_FILE = "range_results.json"
+# Where a classifier run keeps the range model it trains for itself.
+CLASSIFIER_SUBDIR = "range_model"
+
+
+def train_for_classifier(config, workdir: str) -> None:
+  """Makes `config.range_model` (a range-model job config) `config`'s prior.
+
+  The range model learns from the classifier's own dataset (its train
+  split) in `WORKDIR/range_model`, once: a resumed run or `--mode=eval`
+  finds it there. Sets `config.geo_prior` (every evaluation follows it) to
+  that folder. With several processes, process 0 trains it; the others
+  wait.
+
+  Args:
+    config: a classifier config with `range_model` set.
+    workdir: the classifier run's workdir.
+  """
+  folder = os.path.join(os.path.abspath(workdir), CLASSIFIER_SUBDIR)
+  if jax.process_index() == 0 and not os.path.exists(
+      os.path.join(folder, RESULTS_FILE)):
+    job = config.range_model.copy_and_resolve_references()
+    job.update({field: config[field] for field in (
+        "dataset", "data_dir", "manual_dir", "dataset_options")})
+    logging.info("Training the range model for the geographic prior in %s",
+                 folder)
+    logging.info("%s", format_results(train_and_evaluate(job, folder)))
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("range model trained")
+  config.geo_prior = folder
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict:

@@ -12,8 +12,9 @@ written to `build_report.tsv` next to the dataset, with a summary printed at
 the end; `strict` stops at the first. A recording listed in two splits is kept
 in the evaluation split (test, else validation) only. With Beam options
 (`--beam_pipeline_options=...`) preparation runs on Apache Beam, one task per
-recording (extracted folders only); bad items are then logged by the workers
-and counted in the metric `inat_sounds/skipped`.
+recording (extracted folders only); the workers send back each example's
+label and each bad item's problem as text records next to the build, so the
+report, the summary and the label counts are those of a streamed build.
 
 Stale records. Records carry `source_fingerprint.json`: each split's
 annotation file (name, size, SHA-256) and recordings (the folder's file list
@@ -49,6 +50,7 @@ import sys
 from absl import logging
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from inatsounds_jax import audio as audio_lib
@@ -64,6 +66,8 @@ CLASSES_NAME = "classes.json"
 FINGERPRINT_NAME = "source_fingerprint.json"
 # Files of the synthetic corpus copied next to the records (true ranges).
 _SIDE_FILES = (release.RANGES_FILE,)
+# Beam workers' labels and problems, in the build folder until it is done.
+_BEAM_RECORDS_DIR = "beam_worker_records"
 
 
 class BuildError(RuntimeError):
@@ -269,9 +273,36 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       raise release.ReleaseError(
           f"{source.archive_path}: Beam needs random access; extract the "
           "archive next to it (tar xzf) and build again")
-    return (beam.Create(items)
-            | beam.FlatMap(_beam_example, source, self._categories,
-                           self._label_of, self._strict))
+    records = os.path.join(os.fspath(self.data_path), _BEAM_RECORDS_DIR,
+                           source.split)
+    categories, label_of, strict = self._categories, self._label_of, (
+        self._strict)
+
+    @beam.ptransform_fn
+    def examples(pipeline):
+      results = (pipeline
+                 | "items" >> beam.Create(items)
+                 | "decode" >> beam.FlatMap(
+                     _beam_example, source, categories, label_of,
+                     strict).with_outputs(_WORKER_RECORD, main="examples"))
+      _ = results[_WORKER_RECORD] | "records" >> beam.io.WriteToText(records)
+      return results.examples
+
+    return examples()  # pylint: disable=no-value-for-parameter
+
+  def _collect_beam_records(self) -> None:
+    """Adds the workers' labels and problems; removes their files."""
+    folder = os.path.join(os.fspath(self.data_path), _BEAM_RECORDS_DIR)
+    for split in self._label_counts:
+      for path in sorted(tf.io.gfile.glob(os.path.join(folder, split) + "*")):
+        with tf.io.gfile.GFile(path) as f:
+          for line in f:
+            record = json.loads(line)
+            if "label" in record:
+              self._label_counts[split][record["label"]] += 1
+            else:
+              self._problems.append(release.Problem(**record["problem"]))
+    tf.io.gfile.rmtree(folder)
 
   # -- Report ----------------------------------------------------------------
 
@@ -284,6 +315,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         os.fspath(dl_manager.download_dir),
         _manual_dir(dl_manager.download_dir, download_config), for_build=True)
     super()._download_and_prepare(dl_manager, download_config)
+    if self._use_beam:
+      self._collect_beam_records()
+    # One order whatever the build's (Beam's is not the files' order).
+    self._problems.sort(key=dataclasses.astuple)
     # data_path is the not-yet-renamed build folder here, so the report lands
     # next to the dataset's records only when the build succeeds.
     with open(os.path.join(self.data_path, REPORT_NAME), "w",
@@ -294,9 +329,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         writer.writerow([p.split, p.file, p.reason])
     with open(os.path.join(self.data_path, CLASSES_NAME), "w") as f:
       json.dump(class_table(self._categories, self._label_of), f, indent=0)
-    if not self._use_beam:  # Beam workers do not report back counts.
-      with open(os.path.join(self.data_path, LABEL_COUNTS_NAME), "w") as f:
-        json.dump(self._label_counts, f)
+    with open(os.path.join(self.data_path, LABEL_COUNTS_NAME), "w") as f:
+      json.dump(self._label_counts, f)
     with open(os.path.join(self.data_path, FINGERPRINT_NAME), "w") as f:
       json.dump({"source_dir": os.path.abspath(self._source_dir),
                  "splits": self._fingerprint}, f, indent=1)
@@ -412,6 +446,12 @@ def make_example(split: str, item: release.Item, recording,
   }
 
 
+# The tag of the text records Beam workers send back (JSON lines):
+# {"label": i} per example, {"problem": {split, file, kind, reason}} per bad
+# item.
+_WORKER_RECORD = "worker_record"
+
+
 def _beam_example(item, source, categories, label_of, strict):
   import apache_beam as beam  # pylint: disable=import-outside-toplevel
   # A loop, not next(): the file stays open while the generator is alive.
@@ -422,10 +462,11 @@ def _beam_example(item, source, categories, label_of, strict):
     if isinstance(result, release.Problem):
       if strict:
         raise BuildError(str(result))
-      logging.warning("skipped %s", result)
-      beam.metrics.Metrics.counter("inat_sounds", "skipped").inc()
+      record = {"problem": dataclasses.asdict(result)}
     else:
+      record = {"label": result[1]["label"]}
       yield result
+    yield beam.pvalue.TaggedOutput(_WORKER_RECORD, json.dumps(record))
 
 
 def build_summary(info: tfds.core.DatasetInfo, problems,
@@ -452,9 +493,7 @@ def build_summary(info: tfds.core.DatasetInfo, problems,
     lines.append(f"  {name}: {split.num_examples} examples"
                  + (f", {left_out} items skipped" if left_out else ""))
   if not problems:
-    # Beam workers skip bad items without reporting back to this process.
-    lines.append(f"  {skipped} items skipped by Beam workers (reasons in "
-                 "their logs)" if skipped else "  no problems found")
+    lines.append("  no problems found")
     return "\n".join(lines)
   lines.append(f"  {skipped} items skipped; {len(problems)} problems "
                f"reported (details in {report_path}):")
