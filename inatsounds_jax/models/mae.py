@@ -291,7 +291,8 @@ class MaskedAutoencoder(classifier_lib.WindowedModel, nn.Module):
     `loss` `[b]` (each window's masked-patch MSE), `mask` `[b, n]`
     (1 = masked), `predictions` and `targets` `[b, n, p*p*C]` (in the
     normalised-patch space when `norm_pix_loss`), `patch_mean`,
-    `patch_std` `[b, n, 1]` (to map predictions back to the image)."""
+    `patch_std` `[b, n, 1]` (to map predictions back to the image) and
+    `image` (the model image `[b, H, W, C]`)."""
     x = augment.to_model_image(images, self.image).astype(self.dtype)
     rng = (self.make_rng("mask") if self.has_rng("mask")
            else jax.random.PRNGKey(0))
@@ -308,7 +309,8 @@ class MaskedAutoencoder(classifier_lib.WindowedModel, nn.Module):
       targets, mean, std = raw, jnp.zeros_like(mean), jnp.ones_like(std)
     return {"loss": masked_patch_loss(predictions, targets, mask),
             "mask": mask, "predictions": predictions, "targets": targets,
-            "patch_mean": mean, "patch_std": std}
+            "patch_mean": mean, "patch_std": std,
+            "image": x.astype(jnp.float32)}
 
   def __call__(self, waveform: jax.Array, train: bool = False) -> dict:
     return self.reconstruct(self.spectrogram(waveform), train=train)
