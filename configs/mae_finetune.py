@@ -5,7 +5,17 @@
         --config.init_checkpoint=$HOME/runs/mae_vit_b16
 
 `init_checkpoint` is the workdir of a pretraining run (configs/
-mae_pretrain.py): its encoder is loaded, its decoder dropped. The classifier
+mae_pretrain.py): its encoder is loaded, its decoder dropped. It may also be
+a PyTorch MAE checkpoint in timm layout (AudioMAE's pretrained ViT-B, whose
+1024 x 128 inputs are time-major):
+
+    --config.init_checkpoint=/data/weights/audiomae_pretrained.pth \
+        --config.init_checkpoint_grid="(64, 8)" \
+        --config.init_checkpoint_time_major=True
+
+(patch kernels and position embeddings are transposed to our mel x time
+images and resampled to the 8 x 32 grid; for a checkpoint without class
+token add `--config.model_options.class_token=False`). The classifier
 is the same ViT on the same 128 x 512 single-channel windows, with the mean
 of the patch tokens, a layer norm and a linear head; drop path 0.1,
 layer-wise learning-rate decay 0.75 (AudioMAE's fine-tuning, Huang et al.
@@ -43,6 +53,9 @@ def get_config(variant: str = ""):
   c.model_options.global_pool = "avg"
   c.model_options.drop_path = 0.1
   c.model_options.head_batchnorm = False
+  c.model_options.class_token = True
+  c.init_checkpoint_grid = ()  # A ViT file's patch grid; () = square.
+  c.init_checkpoint_time_major = False
   c.batch_size = 256
   c.eval_batch_size = 256
   config_defaults.mae_optimizer(c, base_learning_rate=5e-4, weight_decay=0.05,

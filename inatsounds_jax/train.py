@@ -171,11 +171,14 @@ def init_state(model: classifier_lib.Classifier, tx, loss: losses.Loss,
 
 def load_pretrained(state: TrainState, path: str,
                     model: classifier_lib.Classifier, tx,
-                    sharding: TrainState) -> TrainState:
+                    sharding: TrainState, source_grid=None,
+                    time_major: bool = False) -> TrainState:
   """`state` with pretrained weights from `path` in place, resharded.
 
   `path` is a torchvision/timm file, or the workdir of a masked-autoencoder
   pretraining run (its encoder; `adaptation.classifier_params_from_mae`).
+  `source_grid` and `time_major` describe a ViT file's patch grid
+  (`convert.from_torch`; e.g. AudioMAE's: (64, 8), time-major).
   Converted once on the host after the jitted init, as big_vision loads
   pretrained weights, so the file is read only when a run starts fresh and
   never becomes a constant of a compiled function.
@@ -187,11 +190,14 @@ def load_pretrained(state: TrainState, path: str,
           jax.device_get(state.params), path),
                 "batch_stats": jax.device_get(state.batch_stats)}
     else:
+      options = dict(model.backbone_options)
       loaded = classifier_lib.from_backbone_variables(convert.from_torch(
           model.backbone, path, num_classes=model.num_classes,
           in_channels=model.image.channels, image_size=model.image_size,
-          head_bias_init=dict(model.backbone_options).get("head_bias_init",
-                                                          0.0)))
+          head_bias_init=options.get("head_bias_init", 0.0),
+          backbone_options={k: options[k] for k in convert.SHAPING_OPTIONS
+                            if k in options},
+          source_grid=source_grid, time_major=time_major))
   except (OSError, convert.ConversionError) as e:
     raise registry.ConfigError(f"init_checkpoint: {e}") from None
 
@@ -205,8 +211,10 @@ def load_pretrained(state: TrainState, path: str,
         new, old, getattr(sharding, where))
 
   params = place(loaded["params"], state.params, "params")
-  batch_stats = (place(loaded["batch_stats"], state.batch_stats,
-                       "batch_stats") if state.batch_stats else {})
+  # Statistics the checkpoint lacks (a probe's head norm) start fresh.
+  batch_stats = (place(loaded.get("batch_stats", state.batch_stats),
+                       state.batch_stats, "batch_stats")
+                 if state.batch_stats else {})
   return state.replace(
       params=params, batch_stats=batch_stats,
       opt_state=jax.jit(tx.init, out_shardings=sharding.opt_state)(params),
@@ -620,8 +628,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state, start_step = run.init(), 0
     origin = "started from a random initialisation"
     if config.get("init_checkpoint"):
-      state = load_pretrained(state, config.init_checkpoint, run.model,
-                              run.tx, run.state_sharding)
+      state = load_pretrained(
+          state, config.init_checkpoint, run.model, run.tx,
+          run.state_sharding,
+          source_grid=tuple(config.get("init_checkpoint_grid", ())) or None,
+          time_major=config.get("init_checkpoint_time_major", False))
       origin = f"started from init_checkpoint {config.init_checkpoint}"
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)

@@ -5,6 +5,10 @@ norm eps 1e-6, fused qkv attention, exact-GELU MLP), final norm, head on the
 class token. Non-square inputs (e.g. a 128 x 512 spectrogram) work: the
 position embeddings cover the patch grid of `image_size`, and
 `resample_pos_embed` moves weights trained at 224 x 224 to another grid.
+`global_pool="avg"` pools the patch tokens (mean, then `fc_norm`: the MAE
+fine-tuning head) and `head_batchnorm` adds MAE's non-affine batch norm for
+linear probing. `encoder_block` and `sincos_pos_embed` are shared with the
+masked autoencoder (`mae.py`).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class ViT(nn.Module):
   head_bias_init: float = 0.0
   global_pool: str = "token"  # "token" (class token) or "avg" (patch mean).
   head_batchnorm: bool = False  # Non-affine batch norm before the head.
+  class_token: bool = True  # False: patch tokens only (needs "avg" pooling).
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -53,6 +58,8 @@ class ViT(nn.Module):
     if self.global_pool not in ("token", "avg"):
       raise ValueError(f"global_pool must be 'token' or 'avg', got "
                        f"{self.global_pool!r}")
+    if not self.class_token and self.global_pool == "token":
+      raise ValueError("a ViT without class token needs global_pool='avg'")
     L = layers_lib.Layers(self.dtype, train, 0.9, 1e-5)  # pylint: disable=invalid-name
 
     def norm(name):
@@ -61,9 +68,10 @@ class ViT(nn.Module):
     x = L.conv("patch_embed_proj", width, PATCH, PATCH, bias=True,
                padding="VALID")(x)
     x = x.reshape((x.shape[0], -1, width))
-    cls = self.param("cls_token", nn.initializers.zeros, (1, 1, width))
-    x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, width)
-                                          ).astype(x.dtype), x], axis=1)
+    if self.class_token:
+      cls = self.param("cls_token", nn.initializers.zeros, (1, 1, width))
+      x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, width)
+                                            ).astype(x.dtype), x], axis=1)
     pos = self.param("pos_embed", nn.initializers.normal(0.02),
                      (1, x.shape[1], width))
     x = nn.Dropout(self.dropout, deterministic=not train)(x + pos)
@@ -75,7 +83,7 @@ class ViT(nn.Module):
     if self.global_pool == "avg":
       # Mean of the patch tokens, then its own norm (timm's "avg" pooling,
       # the MAE fine-tuning head of He et al. 2022, s. A.2).
-      x = norm("fc_norm")(x[:, 1:].mean(axis=1))
+      x = norm("fc_norm")(x[:, int(self.class_token):].mean(axis=1))
     else:
       x = norm("norm")(x)[:, 0]
     if self.head_batchnorm:
@@ -169,16 +177,23 @@ def grid_size(image_size) -> tuple[int, int]:
   return image_size[0] // PATCH, image_size[1] // PATCH
 
 
-def resample_pos_embed(pos_embed: np.ndarray, old_grid, new_grid
-                       ) -> np.ndarray:
-  """[1, 1 + h*w, D] -> [1, 1 + H*W, D]: bilinear on the patch grid.
+def resample_pos_embed(pos_embed: np.ndarray, old_grid, new_grid,
+                       transpose: bool = False) -> np.ndarray:
+  """[1, c + h*w, D] -> [1, c + H*W, D]: bilinear on the patch grid.
 
-  The class token's embedding is kept; an unchanged grid is returned as is.
+  c (0 or 1) is whether there is a class token; its embedding is kept.
+  `transpose` first swaps the grid's axes (weights trained on time-major
+  spectrograms, as AudioMAE's [time, mel] input, moved to our [mel, time]
+  images). An unchanged grid is returned as is.
   """
-  if tuple(old_grid) == tuple(new_grid):
-    return pos_embed
-  cls, grid = pos_embed[:, :1], pos_embed[:, 1:]
+  prefix = pos_embed.shape[1] - old_grid[0] * old_grid[1]
+  cls, grid = pos_embed[:, :prefix], pos_embed[:, prefix:]
   grid = grid.reshape((1,) + tuple(old_grid) + (-1,))
+  if transpose:
+    grid = grid.transpose(0, 2, 1, 3)
+    old_grid = tuple(old_grid)[::-1]
+  if tuple(old_grid) == tuple(new_grid):
+    return np.concatenate([cls, grid.reshape(1, -1, grid.shape[-1])], axis=1)
   grid = jax.image.resize(grid, (1,) + tuple(new_grid) + (grid.shape[-1],),
                           "bilinear", antialias=False)
   return np.concatenate(
