@@ -252,7 +252,8 @@ def classification_loss(params, state: TrainState, batch: dict,
                         rng: jax.Array, *, model, loss,
                         augment_config: augment.AugmentConfig):
   """The classifier's loss of a batch: (value, (metrics, variable updates,
-  loss state)); spectrogram and augmentation outside the gradient."""
+  loss state)). The spectrogram and its augmentation do not depend on
+  `params`, so no gradient flows through them."""
   aug_rng, dropout_rng = jax.random.split(rng)
   images = model.apply({}, batch["waveform"],
                        method=classifier_lib.Classifier.spectrogram)
