@@ -92,3 +92,17 @@ def test_checkpoint_without_class_token_for_a_model_with_one_is_named():
         "vit_mu16", tm.state_dict(), num_classes=5, in_channels=1,
         image_size=(MEL, TIME), source_grid=(TIME // 16, MEL // 16),
         time_major=True, backbone_options={"global_pool": "avg"})
+
+
+def test_checkpoint_with_another_patch_size_names_both_shapes():
+  torch.manual_seed(0)
+  options = dict(MU, patch_size=8)
+  tm = timm.models.vision_transformer.VisionTransformer(
+      img_size=(TIME, MEL), num_classes=5, **options)
+  with pytest.raises(convert.ConversionError) as e:
+    convert.from_torch(
+        "vit_mu16", tm.state_dict(), num_classes=5, in_channels=1,
+        image_size=(MEL, TIME), source_grid=(TIME // 8, MEL // 8),
+        time_major=True, backbone_options={"global_pool": "avg"})
+  assert ("params/patch_embed_proj/kernel: checkpoint (8, 8, 1, 64) vs "
+          "model (16, 16, 1, 64)") in str(e.value)
