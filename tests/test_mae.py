@@ -155,3 +155,57 @@ def test_bad_options_are_refused_with_a_message(options, message):
   with pytest.raises(registry.ConfigError) as e:
     tiny_mae(**options)
   assert message in str(e.value)
+
+
+@pytest.mark.slow
+def test_a_pretraining_step_trains_encoder_and_decoder_and_ignores_labels():
+  # pylint: disable=g-import-not-at-top
+  import optax
+  from inatsounds_jax import losses
+  from inatsounds_jax import train
+  model = tiny_mae()
+  objective = train.OBJECTIVES.get("masked_reconstruction")
+  loss = losses.LOSSES.get("softmax_ce")
+  tx = optax.adamw(1e-2)
+  state = train.init_state(model, tx, loss, jax.random.PRNGKey(0), ema=False)
+  waveform = np.random.default_rng(0).integers(
+      -8000, 8000, (2, model.window_samples), dtype=np.int16)
+  step = jax.jit(functools.partial(
+      train.train_step, model=model, tx=tx, loss=loss,
+      augment_config=augment.AugmentConfig(), ema_decay=0.0,
+      schedule=lambda s: 1e-2, objective=objective))
+  new, metrics = step(state, {"waveform": waveform,
+                              "label": np.array([0, 1], np.int32)})
+  relabelled, _ = step(state, {"waveform": waveform,
+                               "label": np.array([5, 5], np.int32)})
+  assert np.isfinite(metrics["loss"]) and metrics["finite_update"]
+  assert set(metrics) >= {"loss", "grad_norm", "learning_rate"}
+  for name in ("blocks_0_attn_qkv", "decoder_pred", "patch_embed_proj"):
+    assert not np.allclose(new.params[name]["kernel"],
+                           state.params[name]["kernel"]), name
+  jax.tree.map(np.testing.assert_array_equal, new.params, relabelled.params)
+
+
+def test_figures_show_input_masked_input_and_denormalised_reconstruction():
+  from inatsounds_jax.evaluators import reconstruction  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  image = rng.normal(size=(1, 32, 64, 1)).astype(np.float32)
+  patches = np.asarray(mae.patchify(image, 16))  # [1, 8, 256]
+  mask = np.zeros((1, 8), np.float32)
+  mask[0, [1, 6]] = 1.0
+  mean = patches.mean(-1, keepdims=True)
+  std = patches.std(-1, keepdims=True) + 0.5
+  predictions = rng.normal(size=patches.shape).astype(np.float32)
+  out = {"image": image, "mask": mask, "predictions": predictions,
+         "patch_mean": mean, "patch_std": std}
+  shown, masked, rebuilt = reconstruction.figure_images(out, 0)
+  np.testing.assert_array_equal(shown, image[0, :, :, 0])
+  # Patch 1 is row 0, columns 16..32; patch 6 is row 1, columns 32..48.
+  assert np.isnan(masked[:16, 16:32]).all() and np.isnan(
+      masked[16:, 32:48]).all()
+  np.testing.assert_array_equal(masked[:16, :16], image[0, :16, :16, 0])
+  np.testing.assert_allclose(
+      rebuilt[16:, 32:48],
+      (predictions[0, 6] * std[0, 6] + mean[0, 6]).reshape(16, 16),
+      rtol=1e-6)
+  np.testing.assert_array_equal(rebuilt[:16, :16], image[0, :16, :16, 0])
