@@ -66,7 +66,12 @@ def describe_non_finite(tree) -> list[str]:
 class RunCheckpoints:
   """The latest N and the best-by-metric checkpoints of a training run."""
 
-  def __init__(self, workdir: str, keep: int, best_metric: str):
+  def __init__(self, workdir: str, keep: int, best_metric: str,
+               best_mode: str = "max"):
+    """`best_mode`: "max" (accuracies) or "min" (losses) of `best_metric`."""
+    if best_mode not in ("max", "min"):
+      raise registry.ConfigError(
+          f"best_mode must be 'max' or 'min', got {best_mode!r}")
     self.workdir = os.path.abspath(workdir)
     self.best_metric = best_metric
     self.latest = ocp.CheckpointManager(
@@ -76,7 +81,7 @@ class RunCheckpoints:
     self.best = ocp.CheckpointManager(
         os.path.join(self.workdir, "best"),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True, best_mode="max",
+            max_to_keep=1, create=True, best_mode=best_mode,
             best_fn=lambda metrics: metrics[best_metric],
             enable_async_checkpointing=False))
 

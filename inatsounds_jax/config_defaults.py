@@ -83,6 +83,26 @@ def classifier() -> ml_collections.ConfigDict:
   return c
 
 
+def mae_optimizer(c: ml_collections.ConfigDict, base_learning_rate: float,
+                  weight_decay: float, betas: tuple[float, float]
+                  ) -> ml_collections.ConfigDict:
+  """The MAE recipes' optimisation (He et al. 2022, A.1-A.2; AudioMAE):
+  AdamW with weight decay on weight matrices only, learning rate
+  `base_learning_rate x batch_size / 256` (follows --config.batch_size),
+  linear warm-up from 0 and cosine to 0, no clipping."""
+  c.optimizer = "adamw"
+  c.adam_betas = betas
+  c.decay_matrices_only = True
+  c.weight_decay = weight_decay
+  c.base_learning_rate = base_learning_rate
+  c.learning_rate = c.get_ref("base_learning_rate") * c.get_ref(
+      "batch_size") / 256
+  c.grad_clip_norm = 0.0
+  c.warmup_init_factor = 0.0
+  c.final_lr_factor = 0.0
+  return c
+
+
 # The small synthetic set every `:tiny` variant shares (one TFDS build).
 TINY_DATASET = {"num_species": 6, "num_recordings": 36}
 

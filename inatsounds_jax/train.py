@@ -1,4 +1,11 @@
-"""The classifier job: `train_and_evaluate(config, workdir)`.
+"""The training job: `train_and_evaluate(config, workdir)`.
+
+What is trained is an `Objective` chosen by `config.objective`:
+"classification" (a species classifier, the default) or
+"masked_reconstruction" (masked-autoencoder pretraining, `pretraining.py`).
+An objective gives the model and the per-batch loss; everything else (the
+mesh, the optimizer, the NaN guard, checkpoints, resume, evaluations) is this
+one loop.
 
 One jit-compiled step over a `jax.sharding.Mesh` (batch split over `data`;
 parameters and optimizer state replicated, or sharded FSDP-style with
@@ -37,6 +44,7 @@ import numpy as np
 import optax
 import tensorflow_datasets as tfds
 
+from inatsounds_jax import adaptation
 from inatsounds_jax import augment
 from inatsounds_jax import checkpoints
 from inatsounds_jax import data
@@ -44,6 +52,7 @@ from inatsounds_jax import frontend as frontend_lib
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import losses
 from inatsounds_jax import models
+from inatsounds_jax import pretraining
 from inatsounds_jax import registry
 from inatsounds_jax.evaluators import common as evaluators
 from inatsounds_jax.geo import train_range
@@ -95,15 +104,25 @@ OPTIMIZERS.add("sgd", lambda c, lr: optax.chain(
 OPTIMIZERS.add("adam", lambda c, lr: optax.chain(
     optax.add_decayed_weights(c.weight_decay), optax.adam(lr)))
 OPTIMIZERS.add("adamw", lambda c, lr: optax.adamw(
-    lr, weight_decay=c.weight_decay))
+    lr, *c.get("adam_betas", (0.9, 0.999)), weight_decay=c.weight_decay,
+    mask=_matrices if c.get("decay_matrices_only", False) else None))
+
+
+def _matrices(params):
+  """Weight decay only on weights of rank >= 2 (not biases, norms, tokens'
+  1-d scales), as the MAE recipes do (He et al. 2022, s. A.1)."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
 def make_optimizer(config, schedule) -> optax.GradientTransformation:
+  """Clipping and the named optimizer; with `freeze_blocks`, `linear_probe`
+  or `layer_decay` set, wrapped by `adaptation.adapt_optimizer` (frozen
+  parameters get no optimizer state)."""
   parts = []
   if config.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
   parts.append(OPTIMIZERS.get(config.optimizer)(config, schedule))
-  return optax.chain(*parts)
+  return adaptation.adapt_optimizer(optax.chain(*parts), config)
 
 
 # ---------------------------------------------------------------------------
@@ -147,24 +166,39 @@ def init_state(model: classifier_lib.Classifier, tx, loss: losses.Loss,
       step=jnp.zeros((), jnp.int32), params=params,
       batch_stats=variables.get("batch_stats", {}),
       opt_state=tx.init(params), ema_params=params if ema else {},
-      loss_state=loss.init(model.num_classes), rng=state_rng)
+      # A model without a head (the MAE) has no classes for its loss.
+      loss_state=loss.init(getattr(model, "num_classes", 0)), rng=state_rng)
 
 
 def load_pretrained(state: TrainState, path: str,
                     model: classifier_lib.Classifier, tx,
-                    sharding: TrainState) -> TrainState:
-  """`state` with torchvision/timm weights from `path` in place, resharded.
+                    sharding: TrainState, source_grid=None,
+                    time_major: bool = False) -> TrainState:
+  """`state` with pretrained weights from `path` in place, resharded.
 
+  `path` is a torchvision/timm file, or the workdir of a masked-autoencoder
+  pretraining run (its encoder; `adaptation.classifier_params_from_mae`).
+  `source_grid` and `time_major` describe a ViT file's patch grid
+  (`convert.from_torch`; e.g. AudioMAE's: (64, 8), time-major).
   Converted once on the host after the jitted init, as big_vision loads
   pretrained weights, so the file is read only when a run starts fresh and
   never becomes a constant of a compiled function.
   """
   try:
-    loaded = classifier_lib.from_backbone_variables(convert.from_torch(
-        model.backbone, path, num_classes=model.num_classes,
-        in_channels=model.image.channels, image_size=model.image_size,
-        head_bias_init=dict(model.backbone_options).get("head_bias_init",
-                                                        0.0)))
+    if os.path.isdir(path):
+      loaded = {"params": adaptation.classifier_params_from_mae(
+          load_model_from_workdir(path), model,
+          jax.device_get(state.params), path),
+                "batch_stats": jax.device_get(state.batch_stats)}
+    else:
+      options = dict(model.backbone_options)
+      loaded = classifier_lib.from_backbone_variables(convert.from_torch(
+          model.backbone, path, num_classes=model.num_classes,
+          in_channels=model.image.channels, image_size=model.image_size,
+          head_bias_init=options.get("head_bias_init", 0.0),
+          backbone_options={k: options[k] for k in convert.SHAPING_OPTIONS
+                            if k in options},
+          source_grid=source_grid, time_major=time_major))
   except (OSError, convert.ConversionError) as e:
     raise registry.ConfigError(f"init_checkpoint: {e}") from None
 
@@ -178,8 +212,10 @@ def load_pretrained(state: TrainState, path: str,
         new, old, getattr(sharding, where))
 
   params = place(loaded["params"], state.params, "params")
-  batch_stats = (place(loaded["batch_stats"], state.batch_stats,
-                       "batch_stats") if state.batch_stats else {})
+  # Statistics the checkpoint lacks (a probe's head norm) start fresh.
+  batch_stats = (place(loaded.get("batch_stats", state.batch_stats),
+                       state.batch_stats, "batch_stats")
+                 if state.batch_stats else {})
   return state.replace(
       params=params, batch_stats=batch_stats,
       opt_state=jax.jit(tx.init, out_shardings=sharding.opt_state)(params),
@@ -213,34 +249,64 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.ones((), bool)
 
 
-def train_step(state: TrainState, batch: dict, *, model, tx, loss,
-               augment_config: augment.AugmentConfig, ema_decay: float,
-               schedule) -> tuple[TrainState, dict]:
-  """One update. Unless the loss, the gradients and the updated state are
-  all finite, the update is skipped (only the step count moves on) and the
-  metrics say which of the three was not."""
-  step_rng = jax.random.fold_in(state.rng, state.step)
-  aug_rng, dropout_rng = jax.random.split(step_rng)
+def classification_loss(params, state: TrainState, batch: dict,
+                        rng: jax.Array, *, model, loss,
+                        augment_config: augment.AugmentConfig):
+  """The classifier's loss of a batch: (value, (metrics, variable updates,
+  loss state)). The spectrogram and its augmentation do not depend on
+  `params`, so no gradient flows through them."""
+  aug_rng, dropout_rng = jax.random.split(rng)
   images = model.apply({}, batch["waveform"],
                        method=classifier_lib.Classifier.spectrogram)
   targets = jax.nn.one_hot(batch["label"], model.num_classes)
   images, targets = augment.augment(aug_rng, images, targets, augment_config,
                                     model.frontend)
   mutable = ["batch_stats"] if state.batch_stats else False
+  out = model.apply(state.variables() | {"params": params}, images,
+                    train=True, method=classifier_lib.Classifier.classify,
+                    mutable=mutable, rngs={"dropout": dropout_rng})
+  logits, updates = out if mutable else (out, {})
+  value, loss_state = loss(logits, targets, batch, state.loss_state)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+  return value, ({"accuracy": accuracy}, updates, loss_state)
 
-  def loss_fn(params):
-    variables = {"params": params}
-    if state.batch_stats:
-      variables["batch_stats"] = state.batch_stats
-    out = model.apply(variables, images, train=True,
-                      method=classifier_lib.Classifier.classify,
-                      mutable=mutable, rngs={"dropout": dropout_rng})
-    logits, updates = out if mutable else (out, {})
-    value, loss_state = loss(logits, targets, batch, state.loss_state)
-    return value, (logits, updates, loss_state)
 
-  (value, (logits, updates, loss_state)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """What a run trains.
+
+  Attributes:
+    make_model: `(config, num_classes, multilabel) -> module` taking
+      waveforms, with `window_frames` and `frontend` (the input pipeline's
+      windows come from them) and `window_samples`.
+    loss: `(params, state, batch, rng, *, model, loss, augment_config) ->
+      (value, (metrics, variable updates, loss state))`, differentiated
+      with respect to `params`; `metrics` are scalars logged as `train/*`.
+  """
+  make_model: Callable[..., Any]
+  loss: Callable[..., Any]
+
+
+OBJECTIVES: registry.Registry[Objective] = registry.Registry("objective")
+OBJECTIVES.add("classification", Objective(make_model, classification_loss))
+OBJECTIVES.add("masked_reconstruction", Objective(
+    pretraining.make_model, pretraining.reconstruction_loss))
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx, loss,
+               augment_config: augment.AugmentConfig, ema_decay: float,
+               schedule, objective: Objective | None = None
+               ) -> tuple[TrainState, dict]:
+  """One update of `objective` (default: classification). Unless the loss,
+  the gradients and the updated state are all finite, the update is skipped
+  (only the step count moves on) and the metrics say which of the three was
+  not."""
+  objective = objective or OBJECTIVES.get("classification")
+  step_rng = jax.random.fold_in(state.rng, state.step)
+  (value, (extra, updates, loss_state)), grads = jax.value_and_grad(
+      functools.partial(objective.loss, model=model, loss=loss,
+                        augment_config=augment_config), has_aux=True)(
+                            state.params, state, batch, step_rng)
   changes, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, changes)
   ema = state.ema_params
@@ -258,9 +324,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx, loss,
   # Keep the old state (but count the step) so nothing non-finite is saved.
   new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new,
                      state.replace(step=state.step + 1))
-  metrics = {"loss": value,
-             "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-             "grad_norm": optax.global_norm(grads),
+  metrics = {"loss": value, **extra, "grad_norm": optax.global_norm(grads),
              "learning_rate": schedule(state.step), **finite}
   return new, metrics
 
@@ -292,7 +356,8 @@ class RunContext:
   mesh: jax.sharding.Mesh
   data_sharding: jax.sharding.NamedSharding
   builder: tfds.core.DatasetBuilder
-  model: classifier_lib.Classifier
+  objective: Objective
+  model: Any  # The objective's model (a `Classifier` for classification).
   windows: input_pipeline.WindowConfig
   loss: losses.Loss
   schedule: optax.Schedule
@@ -357,7 +422,8 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
   check_config(config, builder.info.splits, len(devices),
                jax.process_count())
   label_names = tuple(builder.info.features["label"].names)
-  model = make_model(config, len(label_names), loss.multilabel)
+  objective = OBJECTIVES.get(config.get("objective", "classification"))
+  model = objective.make_model(config, len(label_names), loss.multilabel)
   windows = window_config(model, config.eval_stride_frames)
   steps_per_epoch = max(
       1, builder.info.splits[config.train_split].num_examples //
@@ -377,7 +443,8 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
   return RunContext(
       mesh=mesh, data_sharding=jax.sharding.NamedSharding(
           mesh, jax.sharding.PartitionSpec("data")),
-      builder=builder, model=model, windows=windows, loss=loss,
+      builder=builder, objective=objective, model=model, windows=windows,
+      loss=loss,
       schedule=schedule, tx=tx, steps_per_epoch=steps_per_epoch,
       total_steps=int(config.num_epochs * steps_per_epoch),
       init=jax.jit(init, out_shardings=sharding), abstract_state=abstract,
@@ -430,6 +497,8 @@ def write_label_table(workdir: str, builder: tfds.core.DatasetBuilder) -> None:
 @dataclasses.dataclass(frozen=True)
 class TrainedModel:
   """A workdir's model for inference: the module, its variables, its labels.
+  (The module is a `Classifier`, or for an MAE pretraining workdir its
+  `MaskedAutoencoder`.)
 
   Attributes:
     config: the run's config (as recorded in `WORKDIR/config.json`).
@@ -437,7 +506,7 @@ class TrainedModel:
     multilabel: the loss was multilabel (sigmoid outputs, else softmax).
     step: the checkpoint's training step.
   """
-  model: classifier_lib.Classifier
+  model: Any
   variables: dict
   config: ml_collections.ConfigDict
   labels: list[dict]
@@ -466,15 +535,15 @@ def load_model_from_workdir(workdir: str) -> TrainedModel:
   config = ml_collections.ConfigDict(read_json(checkpoints.CONFIG_FILE))
   labels = read_json(LABELS_FILE)
   loss = losses.LOSSES.get(config.loss)
-  model = make_model(config, len(labels), loss.multilabel)
+  model = OBJECTIVES.get(config.get("objective", "classification")
+                         ).make_model(config, len(labels), loss.multilabel)
   tx = make_optimizer(config, learning_rate_schedule(config, 1))
   abstract = jax.eval_shape(functools.partial(
       init_state, model, tx, loss, jax.random.PRNGKey(0),
       ema=bool(config.ema_decay)))
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
   sharding = state_sharding(abstract, mesh, shard_params=False)
-  ckpt = checkpoints.RunCheckpoints(workdir, config.keep_checkpoints,
-                                    config.best_metric)
+  ckpt = run_checkpoints(workdir, config)
   restored = (ckpt.restore_best(abstract, sharding) or
               ckpt.restore_latest(abstract, sharding))
   if restored is None:
@@ -484,6 +553,12 @@ def load_model_from_workdir(workdir: str) -> TrainedModel:
                       variables=state.variables(bool(config.ema_decay)),
                       config=config, labels=labels,
                       multilabel=loss.multilabel, step=step)
+
+
+def run_checkpoints(workdir: str, config) -> checkpoints.RunCheckpoints:
+  return checkpoints.RunCheckpoints(workdir, config.keep_checkpoints,
+                                    config.best_metric,
+                                    config.get("best_mode", "max"))
 
 
 def format_results(outputs: dict[str, evaluators.EvalOutput]) -> str:
@@ -496,8 +571,7 @@ def evaluate_checkpoint(config, workdir: str, devices=None
   if config.get("range_model"):
     train_range.train_for_classifier(config, workdir)
   run = setup(config, devices)
-  ckpt = checkpoints.RunCheckpoints(workdir, config.keep_checkpoints,
-                                    config.best_metric)
+  ckpt = run_checkpoints(workdir, config)
   restored = (ckpt.restore_best(run.abstract_state, run.state_sharding) or
               ckpt.restore_latest(run.abstract_state, run.state_sharding))
   if restored is None:
@@ -548,8 +622,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     train_range.train_for_classifier(config, workdir)
   run = setup(config, devices)
   os.makedirs(workdir, exist_ok=True)
-  ckpt = checkpoints.RunCheckpoints(workdir, config.keep_checkpoints,
-                                    config.best_metric)
+  ckpt = run_checkpoints(workdir, config)
   has_checkpoint = bool(ckpt.latest.all_steps())
   checkpoints.check_config_for_resume(workdir, config, has_checkpoint)
   write_label_table(workdir, run.builder)
@@ -562,8 +635,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state, start_step = run.init(), 0
     origin = "started from a random initialisation"
     if config.get("init_checkpoint"):
-      state = load_pretrained(state, config.init_checkpoint, run.model,
-                              run.tx, run.state_sharding)
+      state = load_pretrained(
+          state, config.init_checkpoint, run.model, run.tx,
+          run.state_sharding,
+          source_grid=tuple(config.get("init_checkpoint_grid", ())) or None,
+          time_major=config.get("init_checkpoint_time_major", False))
       origin = f"started from init_checkpoint {config.init_checkpoint}"
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
@@ -571,7 +647,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       functools.partial(
           train_step, model=run.model, tx=run.tx, loss=run.loss,
           augment_config=augment.AugmentConfig(**config.augment),
-          ema_decay=config.ema_decay, schedule=run.schedule),
+          ema_decay=config.ema_decay, schedule=run.schedule,
+          objective=run.objective),
       in_shardings=(run.state_sharding, run.data_sharding),
       out_shardings=(run.state_sharding, None), donate_argnums=0)
   train_iter = iter(input_pipeline.train_dataset(
@@ -598,7 +675,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         raise NonFiniteUpdateError(message)
     pending.clear()
     return {k: float(np.mean([m[k] for m in host]))
-            for k in ("loss", "accuracy", "grad_norm", "learning_rate")}
+            for k in host[0] if not k.startswith("finite_")}
 
   outputs, step = {}, start_step
   with _SigtermFlag() as sigterm:

@@ -35,7 +35,8 @@ from inatsounds_jax import input_pipeline
 from inatsounds_jax import registry
 
 # int16 waveforms `[batch, window_samples]` of this process -> float logits
-# `[batch, classes]` of the same rows (the model runs on the global batch).
+# `[batch, classes]` of the same rows (the model runs on the global batch);
+# for a model with several outputs (the MAE), a dict of such arrays.
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
 
@@ -123,7 +124,8 @@ def from_config(evals: Mapping[str, Mapping[str, Any]],
 
 def make_predict_fn(apply_logits: Callable, variables,
                     sharding: jax.sharding.NamedSharding) -> PredictFn:
-  """Jitted, mesh-sharded `waveform -> logits` for this process's batches."""
+  """Jitted, mesh-sharded `waveform -> logits` (or a dict of per-window
+  arrays) for this process's batches."""
   jitted = jax.jit(apply_logits, out_shardings=sharding)
 
   def predict(waveform: np.ndarray) -> np.ndarray:
@@ -132,7 +134,7 @@ def make_predict_fn(apply_logits: Callable, variables,
     if jax.process_count() > 1:  # Only this process's rows.
       logits = multihost_utils.global_array_to_host_local_array(
           logits, sharding.mesh, sharding.spec)
-    return np.asarray(jax.device_get(logits))
+    return jax.tree.map(np.asarray, jax.device_get(logits))
 
   return predict
 

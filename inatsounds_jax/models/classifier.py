@@ -22,20 +22,10 @@ from inatsounds_jax import frontend as frontend_lib
 from inatsounds_jax import models as models_lib
 
 
-class Classifier(nn.Module):
-  """Waveforms `[batch, samples]` -> logits `[batch, num_classes]`."""
-  backbone: str
-  num_classes: int
-  frontend: frontend_lib.FrontendConfig = frontend_lib.INATSOUNDS
-  image: augment.ImageConfig = augment.ImageConfig()
-  window_frames: int = 512  # The window the model classifies (~2.97 s).
-  backbone_options: tuple[tuple[str, Any], ...] = ()
-
-  def setup(self):
-    self.net = models_lib.create(self.backbone, self.num_classes,
-                                 image_size=self.image_size,
-                                 **dict(self.backbone_options))
-    self.spectrogram_frontend = frontend_lib.Frontend(self.frontend)
+class WindowedModel:
+  """What a model on waveform windows derives from its `frontend`,
+  `window_frames` and `image` fields (shared by the classifier and the
+  masked autoencoder)."""
 
   @property
   def window_samples(self) -> int:
@@ -49,6 +39,22 @@ class Classifier(nn.Module):
     if self.image.size:
       return tuple(self.image.size)
     return (self.frontend.num_mel_bins, self.window_frames)
+
+
+class Classifier(WindowedModel, nn.Module):
+  """Waveforms `[batch, samples]` -> logits `[batch, num_classes]`."""
+  backbone: str
+  num_classes: int
+  frontend: frontend_lib.FrontendConfig = frontend_lib.INATSOUNDS
+  image: augment.ImageConfig = augment.ImageConfig()
+  window_frames: int = 512  # The window the model classifies (~2.97 s).
+  backbone_options: tuple[tuple[str, Any], ...] = ()
+
+  def setup(self):
+    self.net = models_lib.create(self.backbone, self.num_classes,
+                                 image_size=self.image_size,
+                                 **dict(self.backbone_options))
+    self.spectrogram_frontend = frontend_lib.Frontend(self.frontend)
 
   def spectrogram(self, waveform: jax.Array) -> jax.Array:
     """`[batch, mel, frames]` image, values 0..255."""

@@ -45,6 +45,8 @@ _TORCHVISION_VIT = (
     (r"^heads\.head\.", "head."),
 )
 _IGNORED = re.compile(r"num_batches_tracked$")
+# Backbone options that change which parameters a model has.
+SHAPING_OPTIONS = ("global_pool", "class_token")
 
 
 class ConversionError(ValueError):
@@ -153,7 +155,8 @@ def from_torch(name: str, state_dict: Mapping | str,
                num_classes: int | None = None,
                head_classes: Sequence[int] | None = None,
                in_channels: int = 3, image_size=(224, 224),
-               head_bias_init: float = 0.0) -> dict:
+               head_bias_init: float = 0.0, backbone_options=None,
+               source_grid=None, time_major: bool = False) -> dict:
   """Flax variables (`params`, and `batch_stats` for CNNs) for model `name`.
 
   Args:
@@ -168,6 +171,20 @@ def from_torch(name: str, state_dict: Mapping | str,
     in_channels: 1 folds a 3-channel stem into one channel by summing.
     image_size: ViT input size; position embeddings are resampled to it.
     head_bias_init: bias of a replaced head.
+    backbone_options: options that shape the model's parameters (ViT:
+      `global_pool`, `class_token`).
+    source_grid: (rows, cols) of a ViT checkpoint's patch grid; None =
+      square.
+    time_major: the checkpoint's images are [time, mel] (AudioMAE's
+      1024 x 128 input; ours are [mel, time]): patch kernels and position
+      embeddings are transposed.
+
+  Masked-autoencoder checkpoints (AudioMAE, Bird-MAE in timm layout) load
+  too: their decoder and mask token are dropped, a missing head is created
+  (zeros, bias `head_bias_init`), and with average pooling a final `norm`
+  without `fc_norm` is dropped, `fc_norm` starting fresh (AudioMAE's
+  fine-tuning). Position embeddings without a class token fit a ViT with
+  `class_token=False`.
   """
   if isinstance(state_dict, (str, os.PathLike)):
     state_dict = load_state_dict(os.fspath(state_dict))
@@ -176,8 +193,15 @@ def from_torch(name: str, state_dict: Mapping | str,
   fam = family(name)
   if fam == "vit" and any(k.startswith("encoder.layers.") for k in state):
     state = _rename(state, _TORCHVISION_VIT)
+  backbone_options = dict(backbone_options or {})
+  if fam == "vit":
+    state = _encoder_only(state, backbone_options.get("global_pool",
+                                                      "token"))
   stem, head = _STEM_AND_HEAD[fam]
-  old_classes = state[f"{head.replace('_', '.')}.weight"].shape[0]
+  head_weight = state.get(f"{head.replace('_', '.')}.weight")
+  old_classes = None if head_weight is None else head_weight.shape[0]
+  if old_classes is None and num_classes is None:
+    raise ConversionError("the checkpoint has no head: give num_classes")
 
   if head_classes is not None:
     rows = np.asarray(head_classes)
@@ -187,7 +211,8 @@ def from_torch(name: str, state_dict: Mapping | str,
     old_classes = len(rows)
   num_classes = old_classes if num_classes is None else num_classes
   replace_head = num_classes != old_classes
-  options = {"image_size": tuple(image_size)} if fam == "vit" else {}
+  options = ({"image_size": tuple(image_size), **backbone_options}
+             if fam == "vit" else {})
   model = models_lib.create(name, num_classes, **options)
   target = jax.eval_shape(lambda: models_lib.init(
       model, jax.random.PRNGKey(0), image_size, in_channels))
@@ -211,10 +236,19 @@ def from_torch(name: str, state_dict: Mapping | str,
     out[path] = array
 
   if fam == "vit":
-    grid_old = int(round(np.sqrt(out["params/pos_embed"].shape[1] - 1)))
+    tokens = out["params/pos_embed"].shape[1] - (
+        "params/cls_token" in out)
+    side = int(round(np.sqrt(tokens)))
     out["params/pos_embed"] = vit_lib.resample_pos_embed(
-        out["params/pos_embed"], (grid_old, grid_old),
-        vit_lib.grid_size(image_size))
+        out["params/pos_embed"], tuple(source_grid or (side, side)),
+        vit_lib.grid_size(image_size), transpose=time_major)
+    if time_major:  # [kh, kw, I, O]: kh ran over time, kw over mel.
+      out[f"params/{stem}/kernel"] = out[f"params/{stem}/kernel"].transpose(
+          1, 0, 2, 3)
+    for leaf, fill in (("scale", 1.0), ("bias", 0.0)):
+      path = f"params/fc_norm/{leaf}"
+      if path in flat_target and path not in out:
+        out[path] = np.full(flat_target[path].shape, fill, np.float32)
   kernel = f"params/{stem}/kernel"
   if in_channels != out[kernel].shape[2]:
     if in_channels != 1:
@@ -241,6 +275,16 @@ def from_torch(name: str, state_dict: Mapping | str,
         + (f"shape mismatches {wrong[:8]}" if wrong else ""))
   return flax.traverse_util.unflatten_dict(
       {k: np.asarray(v, np.float32) for k, v in out.items()}, sep="/")
+
+
+def _encoder_only(state: dict, global_pool: str) -> dict:
+  """A ViT state without an MAE's decoder and mask token; with average
+  pooling, without a final `norm` the checkpoint has instead of `fc_norm`."""
+  drop_norm = global_pool == "avg" and not any(
+      k.startswith("fc_norm.") for k in state)
+  return {k: v for k, v in state.items()
+          if not (k.startswith("decoder") or k == "mask_token" or
+                  (drop_norm and k.startswith("norm.")))}
 
 
 def _rename(state: dict, rules) -> dict:
