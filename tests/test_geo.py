@@ -75,6 +75,14 @@ def trained():
   return model, species
 
 
+@pytest.fixture(scope="module")
+def briefly_trained():
+  """A range model for tests of saving and plotting, not of quality."""
+  obs, species = _observations(per_species=20)
+  model = range_lib.train(obs, epochs=1, batch_size=64, learning_rate=2e-3)
+  return model, species
+
+
 @pytest.mark.slow  # Trains a range model (tens of seconds).
 def test_training_recovers_the_ranges(trained):
   model, species = trained
@@ -88,8 +96,8 @@ def test_training_recovers_the_ranges(trained):
   assert q["masked_outside"] > 0.5, q
 
 
-def test_checkpoint_round_trip(trained, tmp_path):
-  model, _ = trained
+def test_checkpoint_round_trip(briefly_trained, tmp_path):
+  model, _ = briefly_trained
   model.save(str(tmp_path / "rm"))
   loaded = range_lib.load(str(tmp_path / "rm"))
   assert loaded.species_names == model.species_names
@@ -100,8 +108,8 @@ def test_checkpoint_round_trip(trained, tmp_path):
     range_lib.load(str(tmp_path))
 
 
-def test_range_maps_png(trained, tmp_path):
-  model, _ = trained
+def test_range_maps_png(briefly_trained, tmp_path):
+  model, _ = briefly_trained
   path = range_lib.plot_range_maps(model.presence, model.species_names,
                                    model.species_names[:4],
                                    str(tmp_path / "maps.png"))
