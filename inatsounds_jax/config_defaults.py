@@ -38,6 +38,13 @@ def classifier() -> ml_collections.ConfigDict:
       "mixup": False, "mixup_alpha": 1.0})
   # Loss and optimisation.
   c.loss = "softmax_ce"  # A name in losses.LOSSES.
+  # Its hyperparameters (losses.py; unset ones take their defaults).
+  c.loss_options = ml_collections.ConfigDict()
+  # Which label entries are known (label_modes.py): target_only, geo
+  # (needs geo_prior), checklist, full (both need the synthetic corpus).
+  c.label_mode = "target_only"
+  # Asset regularisation (losses.with_asset_regularisation): off at 0.
+  c.asset_reg = ml_collections.ConfigDict({"weight": 0.0, "rate": 0.001})
   c.optimizer = "sgd"  # sgd (Nesterov), adam, adamw.
   c.learning_rate = 0.05
   c.momentum = 0.9

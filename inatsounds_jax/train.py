@@ -42,6 +42,7 @@ from inatsounds_jax import checkpoints
 from inatsounds_jax import data
 from inatsounds_jax import frontend as frontend_lib
 from inatsounds_jax import input_pipeline
+from inatsounds_jax import label_modes
 from inatsounds_jax import losses
 from inatsounds_jax import models
 from inatsounds_jax import registry
@@ -199,7 +200,12 @@ def state_sharding(abstract_state, mesh, shard_params: bool):
               *parts))
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
-  return jax.tree.map(spec, abstract_state)
+  out = jax.tree.map(spec, abstract_state)
+  # Per-example loss state is split by row even when parameters are not.
+  return out.replace(loss_state=jax.tree.map(
+      lambda p: jax.sharding.NamedSharding(mesh, p),
+      losses.state_specs(abstract_state.loss_state),
+      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)))
 
 
 # ---------------------------------------------------------------------------
@@ -222,9 +228,18 @@ def train_step(state: TrainState, batch: dict, *, model, tx, loss,
   aug_rng, dropout_rng = jax.random.split(step_rng)
   images = model.apply({}, batch["waveform"],
                        method=classifier_lib.Classifier.spectrogram)
-  targets = jax.nn.one_hot(batch["label"], model.num_classes)
+  # Observed targets and known entries (label_modes.py); one-hot without.
+  targets = batch.get("targets",
+                      jax.nn.one_hot(batch["label"], model.num_classes))
+  loss_batch = dict(batch, step=state.step)
   images, targets = augment.augment(aug_rng, images, targets, augment_config,
                                     model.frontend)
+  if augment_config.mixup and "label_mask" in batch:
+    # Mixup pairs each example with the previous one: an entry stays known
+    # where both know it, and every mixed-in positive is known.
+    loss_batch["label_mask"] = jnp.maximum(
+        batch["label_mask"] * jnp.roll(batch["label_mask"], 1, axis=0),
+        (targets > 0).astype(targets.dtype))
   mutable = ["batch_stats"] if state.batch_stats else False
 
   def loss_fn(params):
@@ -235,7 +250,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx, loss,
                       method=classifier_lib.Classifier.classify,
                       mutable=mutable, rngs={"dropout": dropout_rng})
     logits, updates = out if mutable else (out, {})
-    value, loss_state = loss(logits, targets, batch, state.loss_state)
+    value, loss_state = loss(logits, targets, loss_batch, state.loss_state)
     return value, (logits, updates, loss_state)
 
   (value, (logits, updates, loss_state)), grads = jax.value_and_grad(
@@ -294,6 +309,7 @@ class RunContext:
   model: classifier_lib.Classifier
   windows: input_pipeline.WindowConfig
   loss: losses.Loss
+  labels: label_modes.LabelObserver
   schedule: optax.Schedule
   tx: optax.GradientTransformation
   steps_per_epoch: int
@@ -344,23 +360,40 @@ def _check_best_metric(best_metric: str,
         f"{sorted(known)}")
 
 
+def loss_context(builder: tfds.core.DatasetBuilder, train_split: str,
+                 steps_per_epoch: int, mesh) -> losses.LossContext:
+  """What the loss needs from the data: per-example rows, expected
+  positives (from strong labels, where the records have them)."""
+  sources = data.label_sources(builder)
+  return losses.LossContext(
+      num_examples=int(sources["example_index_size"].get(
+          train_split, builder.info.splits[train_split].num_examples)),
+      steps_per_epoch=steps_per_epoch, mesh=mesh,
+      expected_positives=float(sources["mean_audible_species"].get(
+          train_split, 0.0)))
+
+
 def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
   """Builds the run and checks the config; raises `ConfigError` early."""
   if config.get("distributed") and not jax.distributed.is_initialized():
     jax.distributed.initialize()
   input_pipeline.hide_gpus_from_tensorflow()
   devices = jax.devices() if devices is None else list(devices)
-  loss = losses.LOSSES.get(config.loss)
+  losses.LOSSES.get(config.loss)  # An unknown name fails first, by name.
   mesh = jax.sharding.Mesh(np.array(devices), ("data",))
   builder = data.prepare_from_config(config)
   check_config(config, builder.info.splits, len(devices),
                jax.process_count())
   label_names = tuple(builder.info.features["label"].names)
-  model = make_model(config, len(label_names), loss.multilabel)
-  windows = window_config(model, config.eval_stride_frames)
   steps_per_epoch = max(
       1, builder.info.splits[config.train_split].num_examples //
       config.batch_size)
+  loss = losses.from_config(config, loss_context(
+      builder, config.train_split, steps_per_epoch, mesh))
+  losses.check_rows_fit(loss, len(label_names), len(devices))
+  labels = label_modes.from_config(config, builder, label_names)
+  model = make_model(config, len(label_names), loss.multilabel)
+  windows = window_config(model, config.eval_stride_frames)
   schedule = learning_rate_schedule(config, steps_per_epoch)
   tx = make_optimizer(config, schedule)
   init = functools.partial(init_state, model, tx, loss,
@@ -377,7 +410,7 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
       mesh=mesh, data_sharding=jax.sharding.NamedSharding(
           mesh, jax.sharding.PartitionSpec("data")),
       builder=builder, model=model, windows=windows, loss=loss,
-      schedule=schedule, tx=tx, steps_per_epoch=steps_per_epoch,
+      labels=labels, schedule=schedule, tx=tx, steps_per_epoch=steps_per_epoch,
       total_steps=int(config.num_epochs * steps_per_epoch),
       init=jax.jit(init, out_shardings=sharding), abstract_state=abstract,
       state_sharding=sharding, evaluators=scheduled)
@@ -597,10 +630,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   outputs, step = {}, start_step
   with _SigtermFlag() as sigterm:
     for step in range(start_step + 1, run.total_steps + 1):
-      batch = next(train_iter)
+      batch = {k: v.numpy() for k, v in next(train_iter).items()}
       batch = input_pipeline.shard_batch(
-          {k: batch[k].numpy() for k in ("waveform", "label")},
-          run.data_sharding)
+          {**{k: batch[k] for k in ("waveform", "label", "example_index")},
+           **run.labels(batch)}, run.data_sharding)
       state, metrics = step_fn(state, batch)
       pending.append(metrics)
       report(step)
