@@ -57,6 +57,10 @@ def classifier() -> ml_collections.ConfigDict:
   c.warmup_init_factor = 0.1
   c.final_lr_factor = 0.1
   c.ema_decay = 0.0  # e.g. 0.999 to evaluate an EMA of the parameters.
+  # Mean teacher (mean_teacher.py; the teacher is the EMA): off at weight 0.
+  c.mean_teacher = ml_collections.ConfigDict({
+      "weight": 0.0, "consistency": "pred_mse", "rampup_epochs": 0.0,
+      "teacher_erasing": False, "geo_mask": False})
   c.shard_params = False  # FSDP-style sharding of parameters and optimizer.
   c.distributed = False  # jax.distributed.initialize() for multi-host.
   # Evaluation: plug-ins by name (inatsounds_jax/evaluators/), each run

@@ -57,8 +57,7 @@ _WHERE = {
                  "(synthetic corpus) or to a range-model workdir "
                  "(configs/sinr.py trains one)",
     "checklists": "per-recording checklists, which only the synthetic "
-                  "corpus has (strong_labels.json, dataset='synthetic'); "
-                  "for Merlin L48 use its checklist masks (data.l48)",
+                  "corpus has (strong_labels.json, dataset='synthetic')",
     "strong_labels": "strong labels (every audible species), which only the "
                      "synthetic corpus has (strong_labels.json, "
                      "dataset='synthetic')",
@@ -103,8 +102,9 @@ class LabelObserver:
 
   def __call__(self, batch: dict) -> dict[str, np.ndarray]:
     """`{"targets", "label_mask"}` float32 `[batch, classes]` for `batch`."""
-    positives = np.eye(self.num_classes, dtype=np.float32)[
-        np.asarray(batch["label"])]
+    label = np.asarray(batch["label"])
+    positives = np.zeros((len(label), self.num_classes), np.float32)
+    positives[np.arange(len(label)), label] = 1
     targets, mask = self.mode.observe(
         {k: np.asarray(v) for k, v in batch.items()}, positives, self)
     return {"targets": np.asarray(targets, np.float32),

@@ -44,6 +44,7 @@ from inatsounds_jax import frontend as frontend_lib
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import label_modes
 from inatsounds_jax import losses
+from inatsounds_jax import mean_teacher
 from inatsounds_jax import models
 from inatsounds_jax import registry
 from inatsounds_jax.evaluators import common as evaluators
@@ -220,7 +221,8 @@ def _all_finite(tree) -> jax.Array:
 
 def train_step(state: TrainState, batch: dict, *, model, tx, loss,
                augment_config: augment.AugmentConfig, ema_decay: float,
-               schedule) -> tuple[TrainState, dict]:
+               schedule, teacher: mean_teacher.MeanTeacher | None = None
+               ) -> tuple[TrainState, dict]:
   """One update. Unless the loss, the gradients and the updated state are
   all finite, the update is skipped (only the step count moves on) and the
   metrics say which of the three was not."""
@@ -241,6 +243,11 @@ def train_step(state: TrainState, batch: dict, *, model, tx, loss,
         batch["label_mask"] * jnp.roll(batch["label_mask"], 1, axis=0),
         (targets > 0).astype(targets.dtype))
   mutable = ["batch_stats"] if state.batch_stats else False
+  if teacher is not None:  # The EMA parameters, in inference mode.
+    teacher_logits = model.apply(
+        state.variables(use_ema=True),
+        teacher.teacher_view(jax.random.fold_in(step_rng, 1), images),
+        train=False, method=classifier_lib.Classifier.classify)
 
   def loss_fn(params):
     variables = {"params": params}
@@ -251,6 +258,9 @@ def train_step(state: TrainState, batch: dict, *, model, tx, loss,
                       mutable=mutable, rngs={"dropout": dropout_rng})
     logits, updates = out if mutable else (out, {})
     value, loss_state = loss(logits, targets, loss_batch, state.loss_state)
+    if teacher is not None:
+      value = value + teacher.loss(logits, teacher_logits, state.step,
+                                   batch.get("teacher_keep"))
     return value, (logits, updates, loss_state)
 
   (value, (logits, updates, loss_state)), grads = jax.value_and_grad(
@@ -310,6 +320,7 @@ class RunContext:
   windows: input_pipeline.WindowConfig
   loss: losses.Loss
   labels: label_modes.LabelObserver
+  teacher: mean_teacher.MeanTeacher | None
   schedule: optax.Schedule
   tx: optax.GradientTransformation
   steps_per_epoch: int
@@ -392,6 +403,8 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
       builder, config.train_split, steps_per_epoch, mesh))
   losses.check_rows_fit(loss, len(label_names), len(devices))
   labels = label_modes.from_config(config, builder, label_names)
+  teacher = mean_teacher.from_config(config, steps_per_epoch, builder,
+                                     label_names)
   model = make_model(config, len(label_names), loss.multilabel)
   windows = window_config(model, config.eval_stride_frames)
   schedule = learning_rate_schedule(config, steps_per_epoch)
@@ -410,7 +423,8 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
       mesh=mesh, data_sharding=jax.sharding.NamedSharding(
           mesh, jax.sharding.PartitionSpec("data")),
       builder=builder, model=model, windows=windows, loss=loss,
-      labels=labels, schedule=schedule, tx=tx, steps_per_epoch=steps_per_epoch,
+      labels=labels, teacher=teacher, schedule=schedule, tx=tx,
+      steps_per_epoch=steps_per_epoch,
       total_steps=int(config.num_epochs * steps_per_epoch),
       init=jax.jit(init, out_shardings=sharding), abstract_state=abstract,
       state_sharding=sharding, evaluators=scheduled)
@@ -503,10 +517,15 @@ def load_model_from_workdir(workdir: str) -> TrainedModel:
   abstract = jax.eval_shape(functools.partial(
       init_state, model, tx, loss, jax.random.PRNGKey(0),
       ema=bool(config.ema_decay)))
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
-  sharding = state_sharding(abstract, mesh, shard_params=False)
   ckpt = checkpoints.RunCheckpoints(workdir, config.keep_checkpoints,
                                     config.best_metric)
+  # The loss state's shape depends on the training data (per-example rows),
+  # which this function does not read: the checkpoint says it.
+  saved_loss_state = ckpt.saved_field("loss_state")
+  if saved_loss_state is not None:
+    abstract = abstract.replace(loss_state=saved_loss_state)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  sharding = state_sharding(abstract, mesh, shard_params=False)
   restored = (ckpt.restore_best(abstract, sharding) or
               ckpt.restore_latest(abstract, sharding))
   if restored is None:
@@ -598,7 +617,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       functools.partial(
           train_step, model=run.model, tx=run.tx, loss=run.loss,
           augment_config=augment.AugmentConfig(**config.augment),
-          ema_decay=config.ema_decay, schedule=run.schedule),
+          ema_decay=config.ema_decay, schedule=run.schedule,
+          teacher=run.teacher),
       in_shardings=(run.state_sharding, run.data_sharding),
       out_shardings=(run.state_sharding, None), donate_argnums=0)
   train_iter = iter(input_pipeline.train_dataset(
@@ -633,7 +653,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       batch = {k: v.numpy() for k, v in next(train_iter).items()}
       batch = input_pipeline.shard_batch(
           {**{k: batch[k] for k in ("waveform", "label", "example_index")},
-           **run.labels(batch)}, run.data_sharding)
+           **run.labels(batch),
+           **(run.teacher.host_fields(batch) if run.teacher else {})},
+          run.data_sharding)
       state, metrics = step_fn(state, batch)
       pending.append(metrics)
       report(step)
