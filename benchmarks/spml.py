@@ -14,8 +14,9 @@ order; the corpus is fixed).
 Every run goes through `train.train_and_evaluate`, the library's one loop,
 with the `placeholder` backbone (a linear classifier on the window's mean
 spectrum) so that a run takes seconds on CPU: the table compares how the
-losses use the labels, not backbones. The corpus is made harder than the
-default (more background callers) so that unknown entries matter.
+losses use the labels, not backbones. The corpus has 24 species (about
+four per continent), so that range priors leave unknown entries: with the
+tiny corpus's six species the true ranges make almost every entry known.
 Prints a Markdown table; `--json` also writes the raw numbers.
 """
 
@@ -43,6 +44,10 @@ COLUMNS = {"target_only": {"label_mode": "target_only"},
            "+asset_reg": {"label_mode": "target_only",
                           "asset_reg": {"weight": 1.0, "rate": 0.1}}}
 METRIC = "no_prior/window_map"
+# Rows whose loss never reads the mask of known entries (prior negatives are
+# negatives already) or that train on full labels: their +geo and +checklist
+# cells equal target-only, so they are not run again.
+MASK_FREE = ("full_bce", "an", "an_ls", "mean_teacher")
 
 
 def run_config(row: str, column: dict, seed: int, args) -> dict:
@@ -70,7 +75,9 @@ def run_config(row: str, column: dict, seed: int, args) -> dict:
     c.label_mode = "full"
   if row == "mean_teacher":
     c.loss = "an"
-    c.ema_decay = 0.99
+    # The teacher is evaluated; 54 steps need a short EMA (0.999 in the
+    # paper would still be mostly the initialisation).
+    c.ema_decay = 0.9
     c.mean_teacher.weight = 1.0
     c.mean_teacher.consistency = "pred_mse"
   return c
@@ -80,9 +87,9 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--epochs", type=int, default=6)
-  parser.add_argument("--learning_rate", type=float, default=3e-3)
-  parser.add_argument("--species", type=int, default=10)
-  parser.add_argument("--recordings", type=int, default=400)
+  parser.add_argument("--learning_rate", type=float, default=0.03)
+  parser.add_argument("--species", type=int, default=24)
+  parser.add_argument("--recordings", type=int, default=480)
   parser.add_argument("--rows", default=",".join(ROWS))
   parser.add_argument("--columns", default=",".join(COLUMNS))
   parser.add_argument("--data_dir", default=os.path.join(
@@ -93,6 +100,8 @@ def main() -> None:
   start = time.time()
   for row in args.rows.split(","):
     for name in args.columns.split(","):
+      if row in MASK_FREE and name in ("+geo", "+checklist"):
+        continue
       values = []
       for seed in range(args.seeds):
         config = run_config(row, COLUMNS[name], seed, args)
@@ -108,6 +117,9 @@ def main() -> None:
   for row in args.rows.split(","):
     cells = []
     for name in columns:
+      if (row, name) not in results:
+        cells.append("= target-only")
+        continue
       v = np.asarray(results[(row, name)]) * 100
       cells.append(f"{v.mean():.1f} ± {v.std():.1f}")
     print(f"| {row} | " + " | ".join(cells) + " |")
