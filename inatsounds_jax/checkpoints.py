@@ -111,6 +111,24 @@ class RunCheckpoints:
 
   # -- Restoring --------------------------------------------------------------
 
+  def saved_field(self, field: str):
+    """Shapes and dtypes (`jax.ShapeDtypeStruct`s) of one top-level field of
+    the newest saved state (best, else latest); None if none holds it."""
+    for manager in (self.best, self.latest):
+      step = manager.latest_step()
+      if step is None:
+        continue
+      reader = ocp.CheckpointManager(
+          manager.directory, item_handlers=ocp.StandardCheckpointHandler())
+      metadata = reader.item_metadata(step)
+      tree = getattr(metadata, "tree", metadata) or {}
+      if tree.get(field) is None:
+        return None
+      return jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
+          tree[field], is_leaf=lambda m: hasattr(m, "shape"))
+    return None
+
   def restore_latest(self, abstract, sharding):
     """(state, step) of the newest intact latest checkpoint, or None if the
     workdir has none. Damaged newer steps are moved aside with a warning."""

@@ -38,6 +38,13 @@ def classifier() -> ml_collections.ConfigDict:
       "mixup": False, "mixup_alpha": 1.0})
   # Loss and optimisation.
   c.loss = "softmax_ce"  # A name in losses.LOSSES.
+  # Its hyperparameters (losses.py; unset ones take their defaults).
+  c.loss_options = ml_collections.ConfigDict()
+  # Which label entries are known (label_modes.py): target_only, geo
+  # (needs geo_prior), checklist, full (both need the synthetic corpus).
+  c.label_mode = "target_only"
+  # Asset regularisation (losses.with_asset_regularisation): off at 0.
+  c.asset_reg = ml_collections.ConfigDict({"weight": 0.0, "rate": 0.001})
   c.optimizer = "sgd"  # sgd (Nesterov), adam, adamw.
   c.learning_rate = 0.05
   c.momentum = 0.9
@@ -50,6 +57,10 @@ def classifier() -> ml_collections.ConfigDict:
   c.warmup_init_factor = 0.1
   c.final_lr_factor = 0.1
   c.ema_decay = 0.0  # e.g. 0.999 to evaluate an EMA of the parameters.
+  # Mean teacher (mean_teacher.py; the teacher is the EMA): off at weight 0.
+  c.mean_teacher = ml_collections.ConfigDict({
+      "weight": 0.0, "consistency": "pred_mse", "rampup_epochs": 0.0,
+      "teacher_erasing": False, "geo_mask": False})
   c.shard_params = False  # FSDP-style sharding of parameters and optimizer.
   c.distributed = False  # jax.distributed.initialize() for multi-host.
   # Evaluation: plug-ins by name (inatsounds_jax/evaluators/), each run

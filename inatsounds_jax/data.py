@@ -105,6 +105,21 @@ def class_table(builder: tfds.core.DatasetBuilder) -> list[dict] | None:
   return _side_file(builder, _builder_module().CLASSES_NAME)
 
 
+def label_sources(builder: tfds.core.DatasetBuilder) -> dict:
+  """Which extras the records hold: `strong_labels`, `checklists` (bools),
+  per split `example_index_size` and `mean_audible_species` (the mean
+  number of species audible in a recording; absent without strong labels).
+
+  Records built before the builder wrote it hold none of them.
+  """
+  found = _side_file(builder, _builder_module().LABEL_SOURCES_NAME) or {}
+  return {"strong_labels": bool(found.get("strong_labels")),
+          "checklists": bool(found.get("checklists")),
+          "example_index_size": dict(found.get("example_index_size", {})),
+          "mean_audible_species": dict(found.get("mean_audible_species",
+                                                 {}))}
+
+
 def prepare_from_config(config) -> tfds.core.DatasetBuilder:
   """`prepare(...)` from a job config's dataset fields.
 

@@ -27,7 +27,7 @@ import tensorflow_datasets as tfds
 from inatsounds_jax import frontend as frontend_lib
 
 # Fields carried next to the waveform (besides label and recording id).
-_META = ("latitude", "longitude")
+_META = ("latitude", "longitude", "example_index")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,11 +101,37 @@ def train_layout(num_samples, seed: tf.Tensor, config: WindowConfig):
 # Datasets.
 # ---------------------------------------------------------------------------
 
-def _features(example) -> dict:
+def _multi_hot(labels: tf.Tensor, num_classes: int) -> tf.Tensor:
+  # Over no labels the maximum of uint8 is 0.
+  return tf.reduce_max(tf.one_hot(labels, num_classes, dtype=tf.uint8),
+                       axis=0)
+
+
+def _features(example, num_classes: int) -> dict:
+  """Label, recording id, location, `example_index`, and over the classes:
+  `audible` (every species in the strong labels) and `checklist`, uint8
+  multi-hot, all zero where the records have none."""
   out = {"label": tf.cast(example["label"], tf.int32),
          "recording_id": example["recording_id"]}
   out.update({k: example[k] for k in _META})
+  out["audible"] = _multi_hot(example["event_label"], num_classes)
+  out["checklist"] = _multi_hot(example["checklist"], num_classes)
   return out
+
+
+def _audible_in_windows(example, start_frames: tf.Tensor,
+                        config: WindowConfig, num_classes: int) -> tf.Tensor:
+  """uint8 `[windows, classes]`: species with a call (strong-label event)
+  overlapping each window; `start_frames` in the unpadded signal."""
+  seconds = config.frontend.hop_length / config.frontend.sample_rate
+  begin = tf.cast(start_frames, tf.float32) * seconds
+  end = begin + config.window_samples / config.frontend.sample_rate
+  overlaps = ((example["event_start"][None, :] < end[:, None]) &
+              (example["event_end"][None, :] > begin[:, None]))
+  hot = tf.one_hot(example["event_label"], num_classes, dtype=tf.uint8)
+  # Over no events the maximum of uint8 is 0.
+  return tf.reduce_max(tf.cast(overlaps, tf.uint8)[:, :, None] * hot[None],
+                       axis=1)
 
 
 def _process_share(process_index: int | None, process_count: int | None
@@ -156,13 +182,14 @@ def train_dataset(builder: tfds.core.DatasetBuilder, split: str,
     ds = ds.concatenate(epoch(e))
   ds = ds.concatenate(epoch(num_epochs).repeat())
   audio_feature = builder.info.features["audio"]
+  num_classes = builder.info.features["label"].num_classes
 
   def crop(index, example):
     audio = audio_feature.decode_example(example["audio"])
     start_frame, left = train_layout(
         tf.shape(audio)[0], tf.stack([tf.cast(seed, tf.int64), index]), config)
     window = cut_windows(audio, start_frame, left, config)[0]
-    return dict(_features(example), waveform=window)
+    return dict(_features(example, num_classes), waveform=window)
 
   ds = ds.enumerate(start).map(crop, num_parallel_calls=tf.data.AUTOTUNE,
                                deterministic=True)
@@ -175,6 +202,9 @@ def eval_dataset(builder: tfds.core.DatasetBuilder, split: str,
                  process_count: int | None = None) -> tf.data.Dataset:
   """One pass of dense windows: `{waveform, label, recording_id, mask, ...}`.
 
+  `audible_in_window` marks the species calling in each window (from the
+  strong labels; all zero where the records have none).
+
   Files are split across processes (none dropped); every batch has the full
   per-process size, the last one padded with `mask == 0` windows.
   """
@@ -183,14 +213,17 @@ def eval_dataset(builder: tfds.core.DatasetBuilder, split: str,
                            drop_remainder=False)[process_index]
   ds = builder.as_dataset(split=split, shuffle_files=False,
                           read_config=tfds.ReadConfig(skip_prefetch=True))
+  num_classes = builder.info.features["label"].num_classes
 
   def windows(example):
     starts, left = eval_layout(tf.shape(example["audio"])[0], config)
     n = tf.shape(starts)[0]
     out = {k: tf.repeat(v[None], n, axis=0)
-           for k, v in _features(example).items()}
+           for k, v in _features(example, num_classes).items()}
     out["waveform"] = cut_windows(example["audio"], starts, left, config)
     out["mask"] = tf.ones([n], tf.bool)
+    out["audible_in_window"] = _audible_in_windows(example, starts - left,
+                                                   config, num_classes)
     return tf.data.Dataset.from_tensor_slices(out)
 
   batch = global_batch_size // process_count

@@ -34,9 +34,10 @@ RELEASE_SPLITS = {
     "test": ("test", "public_test"),
 }
 # Files the synthetic corpus adds to the release layout (the release has
-# neither): every species audible in each recording with its time spans, and
-# each species' true range as circles (`geo/ranges.py`). The builder copies
-# the ranges next to the records.
+# neither): every species audible in each recording with its time spans and
+# the recordist's checklist (`load_strong_labels`), and each species' true
+# range as circles (`geo/ranges.py`). The builder turns the first into
+# features and copies the ranges next to the records.
 STRONG_LABELS_FILE = "strong_labels.json"
 RANGES_FILE = "species_ranges.json"
 # A recording streamed from an archive stays in memory up to this size, then
@@ -124,6 +125,43 @@ def load_json(path: str) -> dict[str, Any]:
   except (OSError, tarfile.TarError, json.JSONDecodeError,
           UnicodeDecodeError) as e:
     raise ReleaseError(f"{path}: cannot read annotation JSON: {e}") from e
+
+
+@dataclasses.dataclass(frozen=True)
+class StrongLabels:
+  """What the synthetic corpus knows about one recording beyond its label.
+
+  `events`: (category id, start s, end s) of every call of every audible
+  species; `checklist`: category ids on the recordist's checklist, None
+  when the file has none.
+  """
+  events: tuple[tuple[int, float, float], ...]
+  checklist: tuple[int, ...] | None
+
+
+def load_strong_labels(folder: str) -> dict[int, StrongLabels] | None:
+  """`STRONG_LABELS_FILE` in `folder` by audio id, None when there is none.
+
+  Raises:
+    ReleaseError: the file is there but unreadable or malformed.
+  """
+  path = os.path.join(folder, STRONG_LABELS_FILE)
+  if not os.path.isfile(path):
+    return None
+  out = {}
+  try:
+    with open(path) as f:
+      for entry in json.load(f):
+        checklist = entry.get("checklist")
+        out[int(entry["audio_id"])] = StrongLabels(
+            events=tuple((int(e["category_id"]), float(e["start"]),
+                          float(e["end"])) for e in entry["events"]),
+            checklist=(None if checklist is None
+                       else tuple(int(c) for c in checklist)))
+  except (OSError, json.JSONDecodeError, KeyError, TypeError,
+          ValueError) as e:
+    raise ReleaseError(f"{path}: cannot read strong labels: {e!r}") from e
+  return out
 
 
 def _as_int(value) -> int | None:

@@ -7,9 +7,9 @@ writes `train/`, `val/`, `test/` folders of `<category dir>/<recording>.wav`
 official schema, the archives the release ships (`train.tar.gz`,
 `val.tar.gz`, `public_test.tar.gz`, `*.json.tar.gz`), and two files the
 release does not have: `strong_labels.json` (every species audible in every
-recording, with time spans) and `species_ranges.json` (each species' true
-range), so that single-positive methods and range models can be measured
-against the truth.
+recording, with time spans, and the recordist's checklist) and
+`species_ranges.json` (each species' true range), so that single-positive
+methods and range models can be measured against the truth.
 
 It never deletes or overwrites a file it did not write: it lists what it
 writes in `.synthetic_manifest.json`, reuses a complete generation with the
@@ -102,6 +102,10 @@ class CorpusConfig:
   silent_stretch_prob: float = 0.3
   val_test_species_fraction: float = 0.8
   split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+  # Checklists (`make_checklist`): background callers left off, and other
+  # species of the site put on.
+  checklist_omission: float = 0.15
+  checklist_site_species: float = 0.25
   key_style: str = "audio"  # "audio": audio_id/audio_dir_name; or "image".
   archives: bool = True
 
@@ -504,6 +508,36 @@ def make_recording_specs(config: CorpusConfig, species: list[dict],
   return specs
 
 
+def make_checklist(spec: dict, events: list[dict], species: list[dict],
+                   config: CorpusConfig) -> list[int]:
+  """The recordist's species list for the outing the recording came from.
+
+  Drawn from the truth the way field checklists err (the Merlin L48 study's
+  checklist negatives come from such lists): the recording's target is always
+  listed; each background caller is listed with probability
+  `1 - checklist_omission` (the rest are missed, so checklist negatives are
+  sometimes wrong); each other species living at the site (its true range
+  covers the place) with probability `checklist_site_species`, heard or seen
+  there but not in this recording. Recordings without a location list only
+  what was heard. Drawn from its own stream, so adding checklists changed no
+  other file. Sorted category ids.
+  """
+  rng = np.random.default_rng((config.seed, spec["audio_id"], 1))
+  audible = {e["category_id"] for e in events}
+  listed = {spec["category_id"]}
+  for cid in sorted(audible - listed):
+    if rng.uniform() >= config.checklist_omission:
+      listed.add(cid)
+  if spec["latitude"] is not None:
+    for t in species:
+      here = ranges_lib.in_range(t["ranges"], spec["latitude"],
+                                 spec["longitude"])
+      if (t["id"] not in audible and bool(here)
+          and rng.uniform() < config.checklist_site_species):
+        listed.add(t["id"])
+  return sorted(int(c) for c in listed)
+
+
 # ---------------------------------------------------------------------------
 # Writing the release layout.
 # ---------------------------------------------------------------------------
@@ -699,7 +733,8 @@ def generate(out_dir: str, config: CorpusConfig = CorpusConfig(),
           [(s["file_name"], os.path.join(out_dir, s["file_name"]))
            for s in split_specs])
   strong = [{"audio_id": spec["audio_id"], "split": spec["split"],
-             "file_name": spec["file_name"], "events": ev}
+             "file_name": spec["file_name"], "events": ev,
+             "checklist": make_checklist(spec, ev, species, config)}
             for spec, ev in zip(specs, events)]
   with open(os.path.join(out_dir, release.STRONG_LABELS_FILE), "w") as f:
     json.dump(strong, f)

@@ -50,7 +50,9 @@ from inatsounds_jax import checkpoints
 from inatsounds_jax import data
 from inatsounds_jax import frontend as frontend_lib
 from inatsounds_jax import input_pipeline
+from inatsounds_jax import label_modes
 from inatsounds_jax import losses
+from inatsounds_jax import mean_teacher
 from inatsounds_jax import models
 from inatsounds_jax import pretraining
 from inatsounds_jax import registry
@@ -236,7 +238,12 @@ def state_sharding(abstract_state, mesh, shard_params: bool):
               *parts))
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
-  return jax.tree.map(spec, abstract_state)
+  out = jax.tree.map(spec, abstract_state)
+  # Per-example loss state is split by row even when parameters are not.
+  return out.replace(loss_state=jax.tree.map(
+      lambda p: jax.sharding.NamedSharding(mesh, p),
+      losses.state_specs(abstract_state.loss_state),
+      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)))
 
 
 # ---------------------------------------------------------------------------
@@ -251,22 +258,41 @@ def _all_finite(tree) -> jax.Array:
 
 def classification_loss(params, state: TrainState, batch: dict,
                         rng: jax.Array, *, model, loss,
-                        augment_config: augment.AugmentConfig):
+                        augment_config: augment.AugmentConfig,
+                        teacher: mean_teacher.MeanTeacher | None = None):
   """The classifier's loss of a batch: (value, (metrics, variable updates,
   loss state)). The spectrogram and its augmentation do not depend on
-  `params`, so no gradient flows through them."""
+  `params`, so no gradient flows through them; nor does any through the
+  `teacher` (the EMA parameters), whose outputs are a consistency target."""
   aug_rng, dropout_rng = jax.random.split(rng)
   images = model.apply({}, batch["waveform"],
                        method=classifier_lib.Classifier.spectrogram)
-  targets = jax.nn.one_hot(batch["label"], model.num_classes)
+  # Observed targets and known entries (label_modes.py); one-hot without.
+  targets = batch.get("targets",
+                      jax.nn.one_hot(batch["label"], model.num_classes))
+  loss_batch = dict(batch, step=state.step)
   images, targets = augment.augment(aug_rng, images, targets, augment_config,
                                     model.frontend)
+  if augment_config.mixup and "label_mask" in batch:
+    # Mixup pairs each example with the previous one: an entry stays known
+    # where both know it, and every mixed-in positive is known.
+    loss_batch["label_mask"] = jnp.maximum(
+        batch["label_mask"] * jnp.roll(batch["label_mask"], 1, axis=0),
+        (targets > 0).astype(targets.dtype))
   mutable = ["batch_stats"] if state.batch_stats else False
+  if teacher is not None:  # The EMA parameters, in inference mode.
+    teacher_logits = jax.lax.stop_gradient(model.apply(
+        state.variables(use_ema=True),
+        teacher.teacher_view(jax.random.fold_in(rng, 1), images),
+        train=False, method=classifier_lib.Classifier.classify))
   out = model.apply(state.variables() | {"params": params}, images,
                     train=True, method=classifier_lib.Classifier.classify,
                     mutable=mutable, rngs={"dropout": dropout_rng})
   logits, updates = out if mutable else (out, {})
-  value, loss_state = loss(logits, targets, batch, state.loss_state)
+  value, loss_state = loss(logits, targets, loss_batch, state.loss_state)
+  if teacher is not None:
+    value = value + teacher.loss(logits, teacher_logits, state.step,
+                                 batch.get("teacher_keep"))
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
   return value, ({"accuracy": accuracy}, updates, loss_state)
 
@@ -282,6 +308,7 @@ class Objective:
     loss: `(params, state, batch, rng, *, model, loss, augment_config) ->
       (value, (metrics, variable updates, loss state))`, differentiated
       with respect to `params`; `metrics` are scalars logged as `train/*`.
+      Classification also takes the mean `teacher`, when there is one.
   """
   make_model: Callable[..., Any]
   loss: Callable[..., Any]
@@ -295,18 +322,20 @@ OBJECTIVES.add("masked_reconstruction", Objective(
 
 def train_step(state: TrainState, batch: dict, *, model, tx, loss,
                augment_config: augment.AugmentConfig, ema_decay: float,
-               schedule, objective: Objective | None = None
+               schedule, objective: Objective | None = None,
+               teacher: mean_teacher.MeanTeacher | None = None
                ) -> tuple[TrainState, dict]:
-  """One update of `objective` (default: classification). Unless the loss,
-  the gradients and the updated state are all finite, the update is skipped
-  (only the step count moves on) and the metrics say which of the three was
-  not."""
+  """One update of `objective` (default: classification, with the mean
+  `teacher` if given). Unless the loss, the gradients and the updated state
+  are all finite, the update is skipped (only the step count moves on) and
+  the metrics say which of the three was not."""
   objective = objective or OBJECTIVES.get("classification")
   step_rng = jax.random.fold_in(state.rng, state.step)
+  options = {"teacher": teacher} if teacher is not None else {}
   (value, (extra, updates, loss_state)), grads = jax.value_and_grad(
       functools.partial(objective.loss, model=model, loss=loss,
-                        augment_config=augment_config), has_aux=True)(
-                            state.params, state, batch, step_rng)
+                        augment_config=augment_config, **options),
+      has_aux=True)(state.params, state, batch, step_rng)
   changes, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, changes)
   ema = state.ema_params
@@ -360,6 +389,8 @@ class RunContext:
   model: Any  # The objective's model (a `Classifier` for classification).
   windows: input_pipeline.WindowConfig
   loss: losses.Loss
+  labels: label_modes.LabelObserver
+  teacher: mean_teacher.MeanTeacher | None
   schedule: optax.Schedule
   tx: optax.GradientTransformation
   steps_per_epoch: int
@@ -410,24 +441,43 @@ def _check_best_metric(best_metric: str,
         f"{sorted(known)}")
 
 
+def loss_context(builder: tfds.core.DatasetBuilder, train_split: str,
+                 steps_per_epoch: int, mesh) -> losses.LossContext:
+  """What the loss needs from the data: per-example rows, expected
+  positives (from strong labels, where the records have them)."""
+  sources = data.label_sources(builder)
+  return losses.LossContext(
+      num_examples=int(sources["example_index_size"].get(
+          train_split, builder.info.splits[train_split].num_examples)),
+      steps_per_epoch=steps_per_epoch, mesh=mesh,
+      expected_positives=float(sources["mean_audible_species"].get(
+          train_split, 0.0)))
+
+
 def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
   """Builds the run and checks the config; raises `ConfigError` early."""
   if config.get("distributed") and not jax.distributed.is_initialized():
     jax.distributed.initialize()
   input_pipeline.hide_gpus_from_tensorflow()
   devices = jax.devices() if devices is None else list(devices)
-  loss = losses.LOSSES.get(config.loss)
+  losses.LOSSES.get(config.loss)  # An unknown name fails first, by name.
   mesh = jax.sharding.Mesh(np.array(devices), ("data",))
   builder = data.prepare_from_config(config)
   check_config(config, builder.info.splits, len(devices),
                jax.process_count())
   label_names = tuple(builder.info.features["label"].names)
-  objective = OBJECTIVES.get(config.get("objective", "classification"))
-  model = objective.make_model(config, len(label_names), loss.multilabel)
-  windows = window_config(model, config.eval_stride_frames)
   steps_per_epoch = max(
       1, builder.info.splits[config.train_split].num_examples //
       config.batch_size)
+  loss = losses.from_config(config, loss_context(
+      builder, config.train_split, steps_per_epoch, mesh))
+  losses.check_rows_fit(loss, len(label_names), len(devices))
+  labels = label_modes.from_config(config, builder, label_names)
+  teacher = mean_teacher.from_config(config, steps_per_epoch, builder,
+                                     label_names)
+  objective = OBJECTIVES.get(config.get("objective", "classification"))
+  model = objective.make_model(config, len(label_names), loss.multilabel)
+  windows = window_config(model, config.eval_stride_frames)
   schedule = learning_rate_schedule(config, steps_per_epoch)
   tx = make_optimizer(config, schedule)
   init = functools.partial(init_state, model, tx, loss,
@@ -444,8 +494,8 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
       mesh=mesh, data_sharding=jax.sharding.NamedSharding(
           mesh, jax.sharding.PartitionSpec("data")),
       builder=builder, objective=objective, model=model, windows=windows,
-      loss=loss,
-      schedule=schedule, tx=tx, steps_per_epoch=steps_per_epoch,
+      loss=loss, labels=labels, teacher=teacher, schedule=schedule, tx=tx,
+      steps_per_epoch=steps_per_epoch,
       total_steps=int(config.num_epochs * steps_per_epoch),
       init=jax.jit(init, out_shardings=sharding), abstract_state=abstract,
       state_sharding=sharding, evaluators=scheduled)
@@ -541,9 +591,14 @@ def load_model_from_workdir(workdir: str) -> TrainedModel:
   abstract = jax.eval_shape(functools.partial(
       init_state, model, tx, loss, jax.random.PRNGKey(0),
       ema=bool(config.ema_decay)))
+  ckpt = run_checkpoints(workdir, config)
+  # The loss state's shape depends on the training data (per-example rows),
+  # which this function does not read: the checkpoint says it.
+  saved_loss_state = ckpt.saved_field("loss_state")
+  if saved_loss_state is not None:
+    abstract = abstract.replace(loss_state=saved_loss_state)
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
   sharding = state_sharding(abstract, mesh, shard_params=False)
-  ckpt = run_checkpoints(workdir, config)
   restored = (ckpt.restore_best(abstract, sharding) or
               ckpt.restore_latest(abstract, sharding))
   if restored is None:
@@ -648,7 +703,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           train_step, model=run.model, tx=run.tx, loss=run.loss,
           augment_config=augment.AugmentConfig(**config.augment),
           ema_decay=config.ema_decay, schedule=run.schedule,
-          objective=run.objective),
+          objective=run.objective, teacher=run.teacher),
       in_shardings=(run.state_sharding, run.data_sharding),
       out_shardings=(run.state_sharding, None), donate_argnums=0)
   train_iter = iter(input_pipeline.train_dataset(
@@ -680,9 +735,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   outputs, step = {}, start_step
   with _SigtermFlag() as sigterm:
     for step in range(start_step + 1, run.total_steps + 1):
-      batch = next(train_iter)
+      batch = {k: v.numpy() for k, v in next(train_iter).items()}
       batch = input_pipeline.shard_batch(
-          {k: batch[k].numpy() for k in ("waveform", "label")},
+          {**{k: batch[k] for k in ("waveform", "label", "example_index")},
+           **run.labels(batch),
+           **(run.teacher.host_fields(batch) if run.teacher else {})},
           run.data_sharding)
       state, metrics = step_fn(state, batch)
       pending.append(metrics)

@@ -93,7 +93,7 @@ def test_evaluators_are_built_from_the_config_by_type(small_dataset):
 @pytest.mark.parametrize("evals, message", [
     ({"v": {"type": "nope", "split": "validation"}},
      r"unknown evaluator type 'nope'; choose from \['file_level', "
-     r"'reconstruction'\]"),
+     r"'reconstruction', 'strong_label'\]"),
     ({"v": {"split": "validation"}}, "evals.v has no 'type'"),
     ({"v": {"type": "file_level", "split": "validation", "pooling": "x"}},
      "evals.v \\(file_level\\): .*'pooling'"),

@@ -21,8 +21,9 @@ def test_unknown_loss_is_one_line_listing_the_choices(tmp_path):
   assert result.returncode == 1
   assert "Traceback" not in result.stderr
   assert result.stderr.strip().splitlines()[-1] == (
-      "error: unknown loss 'ce'; choose from ['assume_negative_bce', "
-      "'softmax_ce']")
+      "error: unknown loss 'ce'; choose from ['an', 'an_ls', "
+      "'assume_negative_bce', 'em', 'epr', 'full_bce', 'll_cp', 'll_ct', "
+      "'ll_r', 'role', 'softmax_ce', 'wan']")
 
 
 def test_unknown_job_is_one_line(tmp_path):

@@ -132,6 +132,33 @@ def test_strong_labels_cover_target_and_background(small_corpus):
   assert np.abs(wave).max() > 1000
 
 
+def test_checklists_list_the_target_miss_some_callers_add_site_species():
+  corpus = synthetic.CorpusConfig(num_species=12, num_recordings=400, seed=1,
+                                  background_species_prob=0.9)
+  rng = np.random.default_rng(corpus.seed)
+  species = synthetic.make_species(corpus, rng)
+  specs = synthetic.make_recording_specs(corpus, species, rng)
+  listed_callers = callers = site_species = 0
+  for spec in specs:
+    events = [{"category_id": spec["category_id"]}] + [
+        {"category_id": c} for c in spec["background"]]
+    checklist = synthetic.make_checklist(spec, events, species, corpus)
+    assert checklist == synthetic.make_checklist(spec, events, species,
+                                                 corpus)  # Deterministic.
+    assert spec["category_id"] in checklist
+    callers += len(spec["background"])
+    listed_callers += len(set(spec["background"]) & set(checklist))
+    extra = set(checklist) - {e["category_id"] for e in events}
+    site_species += len(extra)
+    for cid in extra:  # Only species living at the site.
+      assert spec["latitude"] is not None
+      assert ranges_lib.in_range(species[cid]["ranges"], spec["latitude"],
+                                 spec["longitude"])
+  # About 15 % of background callers are left off; some site species added.
+  assert 0.75 < listed_callers / callers < 0.95
+  assert site_species > 0
+
+
 def test_call_families_have_their_frequency_bands():
   rng = np.random.default_rng(0)
   def peak_hz(family, params):

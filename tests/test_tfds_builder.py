@@ -92,6 +92,9 @@ def test_archives_and_folders_give_identical_datasets(
       assert a[key]["audio"].tobytes() == b[key]["audio"].tobytes()
       assert a[key]["label"] == b[key]["label"]
       assert a[key]["file_name"] == b[key]["file_name"]
+      # The copies leave out strong_labels.json: no events, no checklist.
+      assert not len(a[key]["event_label"]) and not len(a[key]["checklist"])
+  assert data.label_sources(from_archives)["strong_labels"] is False
 
 
 @pytest.fixture
@@ -317,7 +320,7 @@ def test_tfds_command_line(small_corpus, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "no problems found" in result.stderr
   built = tfds.builder_from_directory(
-      str(tmp_path / "inat_sounds" / "full" / "1.0.0"))
+      str(tmp_path / "inat_sounds" / "full" / "1.1.0"))
   assert built.info.splits["train"].num_examples > 0
 
 
@@ -371,3 +374,32 @@ def test_beam_build_equals_the_streamed_build_with_its_report(
   assert "8 items skipped; 12 problems reported" in beam_summary
   assert not os.path.exists(os.path.join(on_beam.data_dir,
                                          "beam_worker_records"))
+
+
+def test_strong_labels_and_checklists_become_features(small_corpus,
+                                                      small_dataset):
+  with open(os.path.join(small_corpus, "strong_labels.json")) as f:
+    strong = {r["audio_id"]: r for r in json.load(f)}
+  label_of = {row["category_id"]: row["label"]
+              for row in data.class_table(small_dataset)}
+  sources = data.label_sources(small_dataset)
+  assert sources["strong_labels"] and sources["checklists"]
+  for split in SPLITS:
+    examples = list(tfds.as_numpy(small_dataset.as_dataset(split=split)))
+    indices = sorted(int(ex["example_index"]) for ex in examples)
+    assert indices == list(range(sources["example_index_size"][split]))
+    audible = []
+    for ex in examples:
+      rec = strong[int(ex["recording_id"])]
+      events = sorted((label_of[e["category_id"]], e["start"], e["end"])
+                      for e in rec["events"])
+      got = sorted(zip(ex["event_label"].tolist(), ex["event_start"].tolist(),
+                       ex["event_end"].tolist()))
+      assert [e[0] for e in got] == [e[0] for e in events]
+      np.testing.assert_allclose([e[1:] for e in got],
+                                 [e[1:] for e in events], rtol=1e-6)
+      assert sorted(ex["checklist"].tolist()) == sorted(
+          label_of[c] for c in rec["checklist"])
+      audible.append(len(set(ex["event_label"].tolist())))
+    assert sources["mean_audible_species"][split] == pytest.approx(
+        np.mean(audible))

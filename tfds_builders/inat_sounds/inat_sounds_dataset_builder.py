@@ -64,6 +64,9 @@ LABEL_COUNTS_NAME = "label_counts.json"
 CLASSES_NAME = "classes.json"
 # What the records were built from (`release.source_fingerprint`).
 FINGERPRINT_NAME = "source_fingerprint.json"
+# Which per-recording extras the records hold (strong labels, checklists)
+# and the size of each split's `example_index` range.
+LABEL_SOURCES_NAME = "label_sources.json"
 # Files of the synthetic corpus copied next to the records (true ranges).
 _SIDE_FILES = (release.RANGES_FILE,)
 # Beam workers' labels and problems, in the build folder until it is done.
@@ -94,8 +97,10 @@ class InatSoundsConfig(tfds.core.BuilderConfig):
 class Builder(tfds.core.GeneratorBasedBuilder):
   """iNatSounds recordings with species labels, metadata and location."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": "example_index, strong-label events and "
+                            "checklists (empty where the source has none)."}
   BUILDER_CONFIGS = [
       InatSoundsConfig(name="full", description="The official release, "
                        "from archives or extracted folders in manual_dir."),
@@ -143,6 +148,19 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             "supercategory": text,
             "taxonomy": {k: text for k in release.TAXONOMY_KEYS},
             "recording_id": np.int64,
+            # Position in the split's annotation list: rows of per-example
+            # training state (label tables, running averages).
+            "example_index": np.int64,
+            # Every call of every audible species (labels, seconds) and the
+            # recordist's checklist (labels); empty when the source has none
+            # (the release), see LABEL_SOURCES_NAME.
+            "event_label": tfds.features.Tensor(shape=(None,),
+                                                dtype=np.int64),
+            "event_start": tfds.features.Tensor(shape=(None,),
+                                                dtype=np.float32),
+            "event_end": tfds.features.Tensor(shape=(None,),
+                                              dtype=np.float32),
+            "checklist": tfds.features.Tensor(shape=(None,), dtype=np.int64),
             "annotation_id": np.int64,
             "category_id": np.int64,
             "file_name": text,
@@ -229,6 +247,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         categories[c].name for c in sorted(categories)]
     self._problems = []
     self._label_counts = {split: [0] * len(categories) for split in sources}
+    self._strong = release.load_strong_labels(self._source_dir)
+    self._index_sizes = {}
+    self._mean_audible = {}
     return {split: self._generate_examples(sources[split], annotations[split])
             for split in sources}
 
@@ -252,21 +273,28 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._report(release.Problem(
             source.split, item.file_name, "unknown category",
             f"category {item.category_id} is not in the label space"))
+    self._index_sizes[source.split] = len(items)
+    extras = Extras(self._categories, self._label_of, self._strong)
+    if items:
+      self._mean_audible[source.split] = float(np.mean([
+          len(set(extras.strong_features(item.audio_id)["event_label"]))
+          for item in items]))
     if self._use_beam:
-      return self._beam_examples(source, items)
-    return self._stream_examples(source, items)
+      return self._beam_examples(source, items, extras)
+    return self._stream_examples(source, items, extras)
 
-  def _stream_examples(self, source, items):
+  def _stream_examples(self, source, items, extras):
+    index = {item.annotation_id: i for i, item in enumerate(items)}
     for item, recording, problem in release.iter_recordings(source, items):
-      result = make_example(source.split, item, recording, problem,
-                            self._categories, self._label_of)
+      result = make_example(source.split, item, recording, problem, extras,
+                            index[item.annotation_id])
       if isinstance(result, release.Problem):
         self._report(result)
       else:
         self._label_counts[source.split][result[1]["label"]] += 1
         yield result
 
-  def _beam_examples(self, source, items):
+  def _beam_examples(self, source, items, extras):
     """The same examples as a Beam transform, one worker task per file."""
     import apache_beam as beam  # pylint: disable=import-outside-toplevel
     if source.audio_dir is None:
@@ -275,15 +303,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           "archive next to it (tar xzf) and build again")
     records = os.path.join(os.fspath(self.data_path), _BEAM_RECORDS_DIR,
                            source.split)
-    categories, label_of, strict = self._categories, self._label_of, (
-        self._strict)
+    strict = self._strict
 
     @beam.ptransform_fn
     def examples(pipeline):
       results = (pipeline
-                 | "items" >> beam.Create(items)
+                 | "items" >> beam.Create(list(enumerate(items)))
                  | "decode" >> beam.FlatMap(
-                     _beam_example, source, categories, label_of,
+                     _beam_example, source, extras,
                      strict).with_outputs(_WORKER_RECORD, main="examples"))
       _ = results[_WORKER_RECORD] | "records" >> beam.io.WriteToText(records)
       return results.examples
@@ -331,6 +358,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       json.dump(class_table(self._categories, self._label_of), f, indent=0)
     with open(os.path.join(self.data_path, LABEL_COUNTS_NAME), "w") as f:
       json.dump(self._label_counts, f)
+    strong = self._strong or {}
+    with open(os.path.join(self.data_path, LABEL_SOURCES_NAME), "w") as f:
+      json.dump({"strong_labels": bool(strong),
+                 "checklists": bool(strong) and all(
+                     s.checklist is not None for s in strong.values()),
+                 "example_index_size": self._index_sizes,
+                 "mean_audible_species": (self._mean_audible if strong
+                                          else {})}, f, indent=1)
     with open(os.path.join(self.data_path, FINGERPRINT_NAME), "w") as f:
       json.dump({"source_dir": os.path.abspath(self._source_dir),
                  "splits": self._fingerprint}, f, indent=1)
@@ -409,14 +444,42 @@ def class_table(categories: dict, label_of: dict) -> list[dict]:
   return rows
 
 
+@dataclasses.dataclass(frozen=True)
+class Extras:
+  """What an example needs besides its item: the label space and the
+  source's strong labels (None when it has none)."""
+  categories: dict
+  label_of: dict
+  strong: dict | None
+
+  def strong_features(self, audio_id: int) -> dict:
+    """Events and checklist as label arrays (empty when unknown).
+
+    Species outside the label space are left out: the model cannot name them.
+    """
+    entry = (self.strong or {}).get(audio_id)
+    events = [e for e in (entry.events if entry else ())
+              if e[0] in self.label_of]
+    checklist = [self.label_of[c] for c in
+                 ((entry.checklist or ()) if entry else ())
+                 if c in self.label_of]
+    return {
+        "event_label": np.array([self.label_of[e[0]] for e in events],
+                                np.int64),
+        "event_start": np.array([e[1] for e in events], np.float32),
+        "event_end": np.array([e[2] for e in events], np.float32),
+        "checklist": np.array(checklist, np.int64)}
+
+
 def make_example(split: str, item: release.Item, recording,
-                 problem: release.Problem | None, categories: dict,
-                 label_of: dict):
+                 problem: release.Problem | None, extras: Extras,
+                 index: int):
   """`(key, example)` for one recording, or the `Problem` that stops it.
 
   `recording` is the open file `release.iter_recordings` gives (None with a
-  problem).
+  problem); `index` its item's position in the split (`example_index`).
   """
+  categories, label_of = extras.categories, extras.label_of
   if problem is not None:
     return problem
   try:
@@ -432,6 +495,8 @@ def make_example(split: str, item: release.Item, recording,
       "supercategory": cat.supercategory,
       "taxonomy": cat.taxonomy,
       "recording_id": item.audio_id,
+      "example_index": index,
+      **extras.strong_features(item.audio_id),
       "annotation_id": item.annotation_id,
       "category_id": item.category_id,
       "file_name": item.file_name,
@@ -452,13 +517,14 @@ def make_example(split: str, item: release.Item, recording,
 _WORKER_RECORD = "worker_record"
 
 
-def _beam_example(item, source, categories, label_of, strict):
+def _beam_example(indexed_item, source, extras, strict):
   import apache_beam as beam  # pylint: disable=import-outside-toplevel
   # A loop, not next(): the file stays open while the generator is alive.
+  index, item = indexed_item
   for same_item, recording, problem in release.iter_recordings(source,
                                                                [item]):
     result = make_example(source.split, same_item, recording, problem,
-                          categories, label_of)
+                          extras, index)
     if isinstance(result, release.Problem):
       if strict:
         raise BuildError(str(result))

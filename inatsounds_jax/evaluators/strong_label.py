@@ -1,0 +1,131 @@
+"""Strong-label evaluation: every audible species, per window and per file.
+
+The library's stand-in for the fully annotated test sets of the Merlin L48
+study (arXiv:2511.00252, s.4: mAP against full labels) and the strongly
+labelled soundscapes the iNatSounds paper transfers to (Chasmai et al.
+2025, s.5.2). It needs records with strong labels (the synthetic corpus):
+a window's truth is every species with a call overlapping it, a file's is
+every species audible in it.
+
+Scores are per-class probabilities of the model's logits (`scores`:
+"sigmoid", for multilabel heads, or "softmax"); a file's score is the
+maximum over its windows. With a geographic prior, species outside the
+recording's range get the window's lowest logit first, and results are
+reported both ways. AP per class is `metrics.per_class_ap_and_best_f1`
+(scikit-learn's step-wise AP); classes with no positive in the split are
+left out of the mean (scikit-learn would score them 0).
+
+Options (`config.evals.<name>`): `split`; `geo_prior`, `geo_threshold`,
+`min_prior_coverage` as for `file_level`; `scores`.
+
+Metrics: `<view>/window_map`, `<view>/file_map` for view no_prior|prior.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from inatsounds_jax import data
+from inatsounds_jax import input_pipeline
+from inatsounds_jax import metrics as metrics_lib
+from inatsounds_jax import registry
+from inatsounds_jax.evaluators import common
+from inatsounds_jax.evaluators import file_level
+from inatsounds_jax.geo import prior as prior_lib
+
+SCORES = {"sigmoid": jax.nn.sigmoid,
+          "softmax": lambda x: jax.nn.softmax(x, axis=-1)}
+
+
+def mean_ap(scores: np.ndarray, positives: np.ndarray) -> dict:
+  """mAP over the classes with a positive, and AP per class (NaN without)."""
+  ap, _ = metrics_lib.per_class_ap_and_best_f1(
+      np.asarray(scores, np.float64), np.asarray(positives, bool))
+  present = ~np.isnan(ap)
+  return {"map": float(ap[present].mean()) if present.any() else float("nan"),
+          "num_classes": int(present.sum()), "per_class_ap": ap}
+
+
+class Evaluator:
+  """Window- and file-level mAP against strong labels (module docstring)."""
+
+  def __init__(self, context: common.EvalContext, *, split: str,
+               geo_prior: str = "", geo_threshold: float = 0.1,
+               min_prior_coverage: float = 0.5, scores: str = "sigmoid"):
+    splits = context.builder.info.splits
+    if split not in splits:
+      raise registry.ConfigError(
+          f"split {split!r} is not in the dataset; it has {sorted(splits)}")
+    if not data.label_sources(context.builder)["strong_labels"]:
+      raise registry.ConfigError(
+          f"the strong_label evaluation needs strong labels, and the records "
+          f"in {context.builder.data_path} have none: use the synthetic "
+          "corpus (dataset='synthetic'), whose strong_labels.json the "
+          "builder turns into features")
+    if scores not in SCORES:
+      raise registry.ConfigError(
+          f"scores {scores!r}: choose from {sorted(SCORES)}")
+    self.context, self.split, self.threshold = context, split, geo_threshold
+    self.squash = SCORES[scores]
+    self.prior = file_level.load_prior(geo_prior, context.builder,
+                                       context.label_names,
+                                       min_prior_coverage)
+    self.views = ("no_prior",) if self.prior is None else ("no_prior",
+                                                           "prior")
+    self.metric_names = tuple(f"{view}/{level}_map" for view in self.views
+                              for level in ("window", "file"))
+
+  def _window_scores(self, predict: common.PredictFn, batches) -> dict:
+    """Every valid window's scores per view, truth and recording id."""
+    windows = {view: [] for view in self.views}
+    window_truth, recording = [], []
+    for batch in common.in_step_with_other_processes(batches):
+      logits = np.asarray(predict(batch["waveform"]), np.float64)
+      valid = batch["mask"]
+      views = {"no_prior": logits}
+      if self.prior is not None:
+        keep = self.prior.mask(batch["latitude"], batch["longitude"],
+                               self.threshold)
+        views["prior"] = prior_lib.lowest_logit_mask(logits, keep)
+      for view in self.views:
+        windows[view].append(np.asarray(self.squash(views[view][valid])))
+      window_truth.append(batch["audible_in_window"][valid])
+      recording.append(batch["recording_id"][valid])
+    return common.rows_of_all_processes(
+        {"truth": np.concatenate(window_truth),
+         "recording": np.concatenate(recording),
+         **{view: np.concatenate(v) for view, v in windows.items()}})
+
+  def run(self, predict: common.PredictFn) -> common.EvalOutput:
+    c = self.context
+    rows = self._window_scores(predict, tfds.as_numpy(
+        input_pipeline.eval_dataset(c.builder, self.split, c.batch_size,
+                                    c.windows)))
+    files, file_of = np.unique(rows["recording"], return_inverse=True)
+    file_truth = np.zeros((len(files), rows["truth"].shape[1]), np.uint8)
+    np.maximum.at(file_truth, file_of, rows["truth"])
+    result, metrics, lines = {}, {}, []
+    for view in self.views:
+      file_scores = np.full(file_truth.shape, -np.inf)
+      np.maximum.at(file_scores, file_of, rows[view])
+      result[view] = {"window": mean_ap(rows[view], rows["truth"]),
+                      "file": mean_ap(file_scores, file_truth)}
+      for level, m in result[view].items():
+        metrics[f"{view}/{level}_map"] = m["map"]
+      lines.append(f"{self.split:10s} strong {view:8s} window mAP "
+                   f"{result[view]['window']['map']:.3f} file mAP "
+                   f"{result[view]['file']['map']:.3f}")
+    summary = {view: {level: {"map": m["map"],
+                              "num_classes": m["num_classes"],
+                              "per_class_ap": {
+                                  c.label_names[i]: float(ap) for i, ap in
+                                  enumerate(m["per_class_ap"])
+                                  if not np.isnan(ap)}}
+                      for level, m in levels.items()}
+               for view, levels in result.items()}
+    summary["num_windows"] = int(len(rows["truth"]))
+    summary["num_files"] = int(len(files))
+    return common.EvalOutput(metrics=metrics, summary=summary,
+                             text="\n".join(lines))

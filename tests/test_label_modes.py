@@ -1,0 +1,104 @@
+"""Label modes: which entries of the label vector are known."""
+
+import json
+import types
+
+import ml_collections
+import numpy as np
+import pytest
+
+from inatsounds_jax import label_modes
+from inatsounds_jax import registry
+from inatsounds_jax.geo import prior as prior_lib
+
+# Three examples, four classes; example 2 has no location.
+BATCH = {
+    "label": np.array([1, 0, 2]),
+    "latitude": np.array([10.0, -5.0, np.nan]),
+    "longitude": np.array([20.0, 30.0, np.nan]),
+    "audible": np.array([[0, 1, 0, 1], [1, 0, 0, 0], [0, 1, 1, 0]], np.uint8),
+    "checklist": np.array([[0, 1, 1, 0], [1, 0, 0, 1], [0, 0, 0, 0]],
+                          np.uint8),
+}
+NAMES = ("a", "b", "c", "d")
+
+
+def observer(mode, prior=None):
+  return label_modes.LabelObserver(label_modes.LABEL_MODES.get(mode), 4,
+                                   prior, 0.5)
+
+
+def test_target_only_knows_only_the_positive():
+  out = observer("target_only")(BATCH)
+  np.testing.assert_array_equal(out["targets"], np.eye(4)[[1, 0, 2]])
+  np.testing.assert_array_equal(out["label_mask"], np.eye(4)[[1, 0, 2]])
+  assert out["targets"].dtype == out["label_mask"].dtype == np.float32
+
+
+def test_geo_makes_out_of_range_species_known_negatives():
+  # Presence: species d lives only north of the equator, c nowhere; the
+  # range model does not cover a.
+  def presence(lat, lon):
+    del lon
+    return np.stack([np.ones_like(lat), np.zeros_like(lat),
+                     (lat > 0).astype(float)], axis=1)
+  prior = prior_lib.GeoPrior(presence, ["b", "c", "d"], NAMES)
+  out = observer("geo", prior)(BATCH)
+  np.testing.assert_array_equal(out["targets"], np.eye(4)[[1, 0, 2]])
+  np.testing.assert_array_equal(out["label_mask"], [
+      [0, 1, 1, 0],   # c absent; d present at lat 10; a not covered.
+      [1, 0, 1, 1],   # c and d absent at lat -5.
+      [0, 0, 1, 0],   # No location: only the positive (c, kept though
+  ])                  # the prior says absent everywhere).
+
+
+def test_checklist_makes_unlisted_species_known_negatives():
+  out = observer("checklist")(BATCH)
+  np.testing.assert_array_equal(out["targets"], np.eye(4)[[1, 0, 2]])
+  np.testing.assert_array_equal(out["label_mask"], [
+      [1, 1, 0, 1], [1, 1, 1, 0], [1, 1, 1, 1]])
+
+
+def test_full_knows_everything_and_every_audible_species_is_positive():
+  out = observer("full")(BATCH)
+  np.testing.assert_array_equal(out["targets"], [
+      [0, 1, 0, 1], [1, 0, 0, 0], [0, 1, 1, 0]])
+  np.testing.assert_array_equal(out["label_mask"], np.ones((3, 4)))
+
+
+def fake_builder(tmp_path, **sources):
+  with open(tmp_path / "label_sources.json", "w") as f:
+    json.dump(sources, f)
+  return types.SimpleNamespace(data_path=tmp_path)
+
+
+def config(**fields):
+  c = ml_collections.ConfigDict({"label_mode": "target_only",
+                                 "geo_prior": "", "geo_threshold": 0.1})
+  c.update(fields)
+  return c
+
+
+@pytest.mark.parametrize("mode,needs", [
+    ("checklist", "checklists"), ("full", "strong labels"),
+    ("geo", "geo_prior to 'synthetic_truth'")])
+def test_a_mode_names_what_the_data_lacks_and_where_to_get_it(
+    tmp_path, mode, needs):
+  builder = fake_builder(tmp_path, strong_labels=False, checklists=False)
+  with pytest.raises(registry.ConfigError, match=needs):
+    label_modes.from_config(config(label_mode=mode), builder, NAMES)
+
+
+def test_an_unknown_mode_lists_the_choices(tmp_path):
+  with pytest.raises(registry.ConfigError,
+                     match=r"'targets_only'.*checklist.*full.*geo"):
+    label_modes.from_config(config(label_mode="targets_only"),
+                            fake_builder(tmp_path), NAMES)
+
+
+def test_modes_with_their_data_are_built(tmp_path):
+  builder = fake_builder(tmp_path, strong_labels=True, checklists=True)
+  for mode in ("target_only", "checklist", "full"):
+    assert label_modes.from_config(config(label_mode=mode), builder,
+                                   NAMES).mode is label_modes.LABEL_MODES.get(
+                                       mode)
