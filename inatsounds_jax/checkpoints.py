@@ -237,8 +237,14 @@ def _harmless(field: str) -> bool:
 
 
 def check_config_for_resume(workdir: str, config: ml_collections.ConfigDict,
-                            resuming: bool) -> None:
+                            resuming: bool,
+                            defaults: ml_collections.ConfigDict | None = None
+                            ) -> None:
   """Refuses to resume with a config that changes the run; records it.
+
+  A field the saved config lacks counts as unchanged when its value is the
+  one in `defaults`: a later version of the library added it, with a
+  default that keeps the old behaviour.
 
   Raises:
     registry.ConfigError: listing each changed field, old and new value.
@@ -249,10 +255,15 @@ def check_config_for_resume(workdir: str, config: ml_collections.ConfigDict,
     with open(path) as f:
       was = json.load(f)
     old, new = _flatten(was), _flatten(now)
+    default = _flatten(json.loads(defaults.to_json_best_effort())
+                       ) if defaults is not None else {}
+    added_at_default = {field for field in set(new) - set(old)
+                        if field in default and default[field] == new[field]}
     changed = [f"  {field}: {old.get(field, '(unset)')!r} -> "
                f"{new.get(field, '(unset)')!r}"
                for field in sorted(set(old) | set(new))
-               if old.get(field) != new.get(field) and not _harmless(field)]
+               if old.get(field) != new.get(field) and not _harmless(field)
+               and field not in added_at_default]
     if changed:
       raise registry.ConfigError(
           f"{workdir} holds a run started with another config; these "

@@ -47,6 +47,7 @@ import tensorflow_datasets as tfds
 from inatsounds_jax import adaptation
 from inatsounds_jax import augment
 from inatsounds_jax import checkpoints
+from inatsounds_jax import config_defaults
 from inatsounds_jax import data
 from inatsounds_jax import frontend as frontend_lib
 from inatsounds_jax import input_pipeline
@@ -679,7 +680,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   os.makedirs(workdir, exist_ok=True)
   ckpt = run_checkpoints(workdir, config)
   has_checkpoint = bool(ckpt.latest.all_steps())
-  checkpoints.check_config_for_resume(workdir, config, has_checkpoint)
+  checkpoints.check_config_for_resume(workdir, config, has_checkpoint,
+                                      defaults=config_defaults.classifier())
   write_label_table(workdir, run.builder)
   restored = ckpt.restore_latest(run.abstract_state, run.state_sharding)
   if restored is not None:

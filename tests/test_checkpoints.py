@@ -1,6 +1,7 @@
 """Checkpoints are checked both ways: nothing non-finite saved, nothing
 damaged resumed; a workdir refuses a config that would change its run."""
 
+import json
 import os
 import pathlib
 
@@ -141,6 +142,25 @@ def test_resume_refuses_a_config_that_changes_the_run(tmp_path):
   assert "batch_size: 128 -> 64" in message
   assert "model: 'resnet50' -> 'vit_b16'" in message
   assert len(message.splitlines()) <= 5
+
+
+def test_resume_accepts_fields_a_newer_version_added_at_their_defaults(
+    tmp_path):
+  c = config_defaults.classifier()
+  checkpoints.check_config_for_resume(str(tmp_path), c, resuming=False)
+  path = tmp_path / checkpoints.CONFIG_FILE
+  written_by_older_version = json.loads(path.read_text())
+  del written_by_older_version["label_mode"]
+  path.write_text(json.dumps(written_by_older_version))
+  checkpoints.check_config_for_resume(
+      str(tmp_path), c, resuming=True, defaults=config_defaults.classifier())
+  path.write_text(json.dumps(written_by_older_version))
+  c.label_mode = "checklist"  # Not the default: the run would change.
+  with pytest.raises(registry.ConfigError, match="label_mode: '.unset.' -> "
+                     "'checklist'"):
+    checkpoints.check_config_for_resume(
+        str(tmp_path), c, resuming=True,
+        defaults=config_defaults.classifier())
 
 
 def test_resume_allows_logging_evaluation_and_path_changes(tmp_path):
