@@ -43,3 +43,14 @@ def build(manual_dir, data_dir, **fields):
 def small_dataset(small_corpus, tmp_path_factory):
   """The small corpus built into TFDS records (from its extracted folders)."""
   return build(small_corpus, tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  """The TFDS data dir the end-to-end tests share.
+
+  Jobs prepare the tiny synthetic set (`config_defaults.TINY_DATASET`) into
+  it on first use; later runs in the same test process find it prepared.
+  Tests must not modify what is in it.
+  """
+  return str(tmp_path_factory.mktemp("tfds_shared"))

@@ -17,11 +17,6 @@ from test_train import load_config  # pylint: disable=g-bad-import-order
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds_mae"))
-
-
 def pretrain_config(data_dir, **overrides):
   c = load_config("mae_pretrain", "tiny")
   c.data_dir = data_dir

@@ -101,11 +101,9 @@ def final_params(workdir):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  # Built once here: the processes find it prepared.
-  path = str(tmp_path_factory.mktemp("tfds_multihost"))
-  data.prepare_from_config(config(path))
-  return path
+def data_dir(data_dir):  # conftest's shared dir, prepared before launching.
+  data.prepare_from_config(config(data_dir))
+  return data_dir
 
 
 @pytest.fixture(scope="module")

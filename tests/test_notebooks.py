@@ -77,9 +77,9 @@ TINY = {"NUM_SPECIES": 6, "NUM_RECORDINGS": 36}
 
 
 @pytest.mark.slow
-def test_quickstart_notebook_runs(tmp_path):
+def test_quickstart_notebook_runs(tmp_path, data_dir):
   nb = run(REPO / "colab" / "quickstart.ipynb", dict(
-      WORKDIR=str(tmp_path / "run"), DATA_DIR=str(tmp_path / "tfds"),
+      WORKDIR=str(tmp_path / "run"), DATA_DIR=data_dir,
       NUM_EPOCHS=1.0, BATCH_SIZE=8, RANGE_EPOCHS=5, **TINY))
   text = outputs_text(nb)
   assert "ceiling" in text and "image/png" in text
@@ -87,9 +87,9 @@ def test_quickstart_notebook_runs(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_notebook_runs_on_the_synthetic_corpus(tmp_path):
+def test_train_notebook_runs_on_the_synthetic_corpus(tmp_path, data_dir):
   nb = run(REPO / "colab" / "train_inatsounds.ipynb", dict(
-      WORKDIR=str(tmp_path / "run"), DATA_DIR=str(tmp_path / "tfds"),
+      WORKDIR=str(tmp_path / "run"), DATA_DIR=data_dir,
       VARIANT="tiny", NUM_EPOCHS=1.0, RANGE_EPOCHS=2))
   assert "mean prior" in outputs_text(nb).replace("  ", " ")
   assert (tmp_path / "run" / "range_model" / "range_results.json").exists()

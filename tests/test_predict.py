@@ -366,12 +366,12 @@ def test_command_line(workdir, recordings, tmp_path):
 
 @pytest.mark.slow  # Builds the tiny synthetic set and trains: about a minute.
 def test_a_trained_model_predicts_real_recordings_and_its_bundle_agrees(
-    tmp_path, recordings):
+    tmp_path, recordings, data_dir):
   from inatsounds_jax import config_defaults  # pylint: disable=import-outside-toplevel
   from inatsounds_jax import export  # pylint: disable=import-outside-toplevel
   from inatsounds_jax import train  # pylint: disable=import-outside-toplevel
   config = config_defaults.tiny(config_defaults.classifier())
-  config.update(model="placeholder", data_dir=str(tmp_path / "tfds"),
+  config.update(model="placeholder", data_dir=data_dir,
                 optimizer="adam", learning_rate=1e-2)
   workdir = str(tmp_path / "workdir")
   train.train_and_evaluate(config, workdir)

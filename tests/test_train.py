@@ -28,11 +28,6 @@ CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.py"))
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds_train"))
-
-
 def load_config(name, *args):
   spec = importlib.util.spec_from_file_location(
       name, REPO / "configs" / f"{name}.py")

@@ -26,11 +26,6 @@ STRONG_EVAL = {"type": "strong_label", "split": "validation",
                "every_epochs": 0.0}
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds_spml"))
-
-
 def final_state(workdir):
   manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
   step = manager.latest_step()
