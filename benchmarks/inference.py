@@ -67,7 +67,11 @@ def write_looped_recording(path: str, minutes: float) -> float:
   assert wav_rate == RATE and mp3_rate == 44_100
   piece = np.concatenate([wav, signal.resample_poly(mp3, 320, 441)])
   repeats = int(np.ceil(minutes * 60 * RATE / len(piece)))
-  soundfile.write(path, np.tile(piece, repeats), RATE, subtype="PCM_16")
+  # Piece by piece: this process stays small, and a memory subprocess's
+  # ru_maxrss starts at its parent's peak (spawned with vfork).
+  with soundfile.SoundFile(path, "w", RATE, 1, subtype="PCM_16") as f:
+    for _ in range(repeats):
+      f.write(piece)
   return repeats * len(piece) / RATE
 
 
@@ -247,7 +251,7 @@ def main():
     write_looped_recording(warmup, 10 / 60)
     print(f"audio: {seconds / 60:.1f} min at 32 kHz")
     # First, while this process is small: a child's ru_maxrss starts at
-    # its parent's resident size at fork.
+    # its parent's peak.
     if args.memory_minutes:
       print("| path | recording | windows | peak MB | after warm-up MB | "
             "growth MB | s |")

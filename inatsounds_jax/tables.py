@@ -83,6 +83,8 @@ class PartialFile:
 
 
 class _DelimitedFile(PartialFile):
+  """A partial file of delimited rows, its header written at once."""
+
   def __init__(self, path: str, header: Sequence[str], delimiter: str):
     super().__init__(path)
     self._file = open(self.tmp, "w", newline="", encoding="utf-8")  # pylint: disable=consider-using-with
@@ -103,7 +105,7 @@ class Format:
 
   Attributes:
     suffix: appended to the recording's stem.
-    delimiter: "\t" or ",".
+    delimiter: tab or comma.
     header: the column names (with or without the prior's column).
     cells: the row of the `number`-th detection (from 1).
   """
