@@ -451,17 +451,44 @@ def test_chunk_boundaries_give_the_rows_of_the_whole_file(
 
 
 class _Killed(BaseException):
-  """Stands for a kill: nothing after it runs, no clean-up."""
+  """Stands for a kill in-process: nothing after it runs."""
+
+
+KILL_OPTIONS = {"embeddings": "npz",
+                "selection": predict.Selection(min_confidence=0.0, top_k=1)}
+
+
+def _short_and_long(folder):
+  """A short recording (done first) and one of three chunks."""
+  os.makedirs(folder)
+  return (_recording_of_length(str(folder), 30_000, "a"),
+          _recording_of_length(str(folder), 2 * CHUNK + 1, "b"))
+
+
+def _check_killed_then_resumed(streaming, folder, out, clean, short, long):
+  """Nothing of `long` looks complete in `out`; a resumed run skips `short`
+  and its outputs equal a clean run's."""
+  long_stem = str(out / os.path.splitext(os.path.basename(long))[0])
+  outputs = [long_stem + suffix for suffix in (
+      ".BirdNET.selection.table.txt", ".BirdNET.results.csv",
+      ".embeddings.npz")]
+  assert not any(os.path.exists(p) for p in outputs)
+  assert os.path.exists(outputs[1] + ".partial")  # It was being written.
+  assert not (out / tables.COMBINED_CSV).exists()
+  counts = _run(streaming, str(folder), out, **KILL_OPTIONS)
+  assert (counts["done"], counts["skipped"]) == (1, 1)
+  _run(streaming, str(folder), clean, **KILL_OPTIONS)
+  for path in outputs + [str(out / tables.COMBINED_CSV)]:
+    with open(path, "rb") as f, open(path.replace(str(out), str(clean)),
+                                     "rb") as g:
+      assert f.read() == g.read(), path
+  assert os.path.basename(short) in (out / tables.COMBINED_CSV).read_text()
+  assert not [f for f in os.listdir(out) if "partial" in f]
 
 
 def test_a_kill_mid_recording_leaves_no_file_that_looks_complete(
     workdir, streaming, tmp_path, monkeypatch):
-  folder = tmp_path / "in"
-  os.makedirs(folder)
-  short = _recording_of_length(str(folder), 30_000, "a")  # Done first.
-  long = _recording_of_length(str(folder), 2 * CHUNK + 1, "b")
-  options = {"embeddings": "npz",
-             "selection": predict.Selection(min_confidence=0.0, top_k=1)}
+  short, long = _short_and_long(tmp_path / "in")
   killed = predict.Predictor(workdir, batch_size=8,
                              chunk_seconds=CHUNK_SECONDS)
   stream = killed.stream
@@ -475,24 +502,43 @@ def test_a_kill_mid_recording_leaves_no_file_that_looks_complete(
   monkeypatch.setattr(killed, "stream", killed_mid_recording)
   out = tmp_path / "out"
   with pytest.raises(_Killed):
-    _run(killed, str(folder), out, **options)
-  long_stem = str(out / os.path.splitext(os.path.basename(long))[0])
-  outputs = [long_stem + suffix for suffix in (
-      ".BirdNET.selection.table.txt", ".BirdNET.results.csv",
-      ".embeddings.npz")]
-  assert not any(os.path.exists(p) for p in outputs)
-  assert len(_written_rows(outputs[1] + ".partial")) > 0  # Rows were going.
-  assert not (out / tables.COMBINED_CSV).exists()
-  counts = _run(streaming, str(folder), out, **options)
-  assert (counts["done"], counts["skipped"]) == (1, 1)
-  clean = tmp_path / "clean"
-  _run(streaming, str(folder), clean, **options)
-  for path in outputs + [str(out / tables.COMBINED_CSV)]:
-    with open(path, "rb") as f, open(path.replace(str(out), str(clean)),
-                                     "rb") as g:
-      assert f.read() == g.read(), path
-  assert os.path.basename(short) in (out / tables.COMBINED_CSV).read_text()
-  assert not [f for f in os.listdir(out) if "partial" in f]
+    _run(killed, str(tmp_path / "in"), out, **KILL_OPTIONS)
+  stem = os.path.splitext(os.path.basename(long))[0]
+  # Its rows were going to disk (here the file was closed, unlike a kill).
+  assert len(_written_rows(str(out / f"{stem}.BirdNET.results.csv.partial"))
+             ) > 0
+  _check_killed_then_resumed(streaming, tmp_path / "in", out,
+                             tmp_path / "clean", short, long)
+
+
+@pytest.mark.slow  # An interpreter start with TF and JAX: ~15 s.
+def test_a_sigkill_mid_recording_leaves_no_file_that_looks_complete(
+    workdir, streaming, tmp_path):
+  short, long = _short_and_long(tmp_path / "in")
+  out = tmp_path / "out"
+  code = f"""
+import os, signal
+from inatsounds_jax import predict
+killed = predict.Predictor({workdir!r}, batch_size=8,
+                           chunk_seconds={CHUNK_SECONDS})
+stream = killed.stream
+
+def killed_mid_recording(files):
+  for event in stream(files):
+    yield event
+    if event.kind == predict.WINDOWS and event.path == {long!r}:
+      os.kill(os.getpid(), signal.SIGKILL)
+
+killed.stream = killed_mid_recording
+predict.run(killed, {str(tmp_path / "in")!r}, {str(out)!r},
+            predict.RunOptions(embeddings="npz",
+                               selection=predict.Selection(0.0, top_k=1)))
+"""
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, check=False, timeout=300)
+  assert result.returncode == -9, result.stderr[-2000:]
+  _check_killed_then_resumed(streaming, tmp_path / "in", out,
+                             tmp_path / "clean", short, long)
 
 
 @pytest.mark.parametrize("name", ["npz", "parquet"])
