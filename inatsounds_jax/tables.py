@@ -14,7 +14,9 @@
 With a geographic prior every detection row carries the prior's presence
 probability for its species at the recording's location (`Geo Prior` /
 `Geo prior`; empty where unknown). Every file is written to a temporary
-name and renamed, so a file that exists is complete.
+name and renamed, so a file that exists is complete; tables and embedding
+files are written incrementally (rows appended as windows are classified),
+so nothing of a recording's size is held in memory.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import csv
 import dataclasses
 import math
 import os
+import shutil
+import zipfile
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -53,15 +57,84 @@ def _number(x: float, digits: int = 4) -> str:
   return "" if x is None or math.isnan(x) else f"{x:.{digits}f}"
 
 
-def _atomic_write_rows(path: str, header: Sequence[str],
-                       rows: Sequence[Sequence[str]], delimiter: str) -> None:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = path + ".partial"
-  with open(tmp, "w", newline="", encoding="utf-8") as f:
-    writer = csv.writer(f, delimiter=delimiter, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-  os.replace(tmp, path)
+class PartialFile:
+  """A file written under `path + ".partial"` and renamed when complete.
+
+  So a file that exists under its name is complete: a run killed part way
+  leaves only a `.partial` file, which the next run overwrites.
+  """
+
+  def __init__(self, path: str):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    self.path = path
+    self.tmp = path + ".partial"
+
+  def _close(self) -> None:
+    """Flushes and closes what the subclass has open."""
+
+  def commit(self) -> None:
+    self._close()
+    os.replace(self.tmp, self.path)
+
+  def discard(self) -> None:
+    self._close()
+    if os.path.exists(self.tmp):
+      os.remove(self.tmp)
+
+
+class _DelimitedFile(PartialFile):
+  """A partial file of delimited rows, its header written at once."""
+
+  def __init__(self, path: str, header: Sequence[str], delimiter: str):
+    super().__init__(path)
+    self._file = open(self.tmp, "w", newline="", encoding="utf-8")  # pylint: disable=consider-using-with
+    self._writer = csv.writer(self._file, delimiter=delimiter,
+                              lineterminator="\n")
+    self._writer.writerow(header)
+
+  def write_row(self, row: Sequence[str]) -> None:
+    self._writer.writerow(row)
+
+  def _close(self) -> None:
+    self._file.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+  """A per-recording detection table: its file-name suffix and layout.
+
+  Attributes:
+    suffix: appended to the recording's stem.
+    delimiter: tab or comma.
+    header: the column names (with or without the prior's column).
+    cells: the row of the `number`-th detection (from 1).
+  """
+  suffix: str
+  delimiter: str
+  header: Callable[[bool], Sequence[str]]
+  cells: Callable[[int, Detection, Band, bool], list[str]]
+
+  def open(self, path: str, band: Band, with_prior: bool) -> DetectionWriter:
+    return DetectionWriter(path, self, band, with_prior)
+
+
+class DetectionWriter(_DelimitedFile):
+  """A detection table filled as windows are classified (`add` rows in
+  order), complete under its name only after `commit`."""
+
+  def __init__(self, path: str, table_format: Format, band: Band,
+               with_prior: bool):
+    super().__init__(path, table_format.header(with_prior),
+                     table_format.delimiter)
+    self._format, self._band, self._with_prior = (table_format, band,
+                                                  with_prior)
+    self.rows = 0
+
+  def add(self, detections: Sequence[Detection]) -> None:
+    for d in detections:
+      self.rows += 1
+      self.write_row(self._format.cells(self.rows, d, self._band,
+                                        self._with_prior))
 
 
 # ---------------------------------------------------------------------------
@@ -73,19 +146,17 @@ RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)",
                  "Common Name", "Confidence", "Begin Path", "File Offset (s)")
 
 
-def write_raven(path: str, detections: Sequence[Detection], band: Band,
-                with_prior: bool) -> None:
-  header = RAVEN_COLUMNS + (("Geo Prior",) if with_prior else ())
-  rows = []
-  for i, d in enumerate(detections, start=1):
-    row = [str(i), "Spectrogram 1", "1", _number(d.start_s),
+def _raven_header(with_prior: bool) -> tuple[str, ...]:
+  return RAVEN_COLUMNS + (("Geo Prior",) if with_prior else ())
+
+
+def _raven_cells(number: int, d: Detection, band: Band,
+                 with_prior: bool) -> list[str]:
+  return ([str(number), "Spectrogram 1", "1", _number(d.start_s),
            _number(d.end_s), _number(band.low_hz, 1),
            _number(band.high_hz, 1), d.species, d.common_name,
            _number(d.confidence), d.file, _number(d.start_s)]
-    if with_prior:
-      row.append(_number(d.geo_prior))
-    rows.append(row)
-  _atomic_write_rows(path, header, rows, "\t")
+          + ([_number(d.geo_prior)] if with_prior else []))
 
 
 # ---------------------------------------------------------------------------
@@ -97,28 +168,34 @@ CSV_COLUMNS = ("Start (s)", "End (s)", "Scientific name", "Common name",
 COMBINED_CSV = "BirdNET_CombinedTable.csv"
 
 
-def write_csv(path: str, detections: Sequence[Detection], band: Band,
-              with_prior: bool) -> None:
-  del band
-  header = CSV_COLUMNS + (("Geo prior",) if with_prior else ())
-  rows = [[_number(d.start_s), _number(d.end_s), d.species, d.common_name,
+def _csv_header(with_prior: bool) -> tuple[str, ...]:
+  return CSV_COLUMNS + (("Geo prior",) if with_prior else ())
+
+
+def _csv_cells(number: int, d: Detection, band: Band,
+               with_prior: bool) -> list[str]:
+  del number, band
+  return ([_number(d.start_s), _number(d.end_s), d.species, d.common_name,
            _number(d.confidence), d.file]
-          + ([_number(d.geo_prior)] if with_prior else [])
-          for d in detections]
-  _atomic_write_rows(path, header, rows, ",")
+          + ([_number(d.geo_prior)] if with_prior else []))
 
 
 def combine_csv(per_file_paths: Sequence[str], out_path: str) -> int:
-  """Concatenates per-recording CSVs (same header) into one; returns rows."""
-  header, rows = None, []
+  """Concatenates per-recording CSVs (same header) into one, row by row;
+  returns the rows written."""
+  out, rows = None, 0
   for path in per_file_paths:
     with open(path, newline="", encoding="utf-8") as f:
       reader = csv.reader(f)
       header = next(reader)
-      rows.extend(reader)
-  if header is not None:
-    _atomic_write_rows(out_path, header, rows, ",")
-  return len(rows)
+      if out is None:
+        out = _DelimitedFile(out_path, header, ",")
+      for row in reader:
+        out.write_row(row)
+        rows += 1
+  if out is not None:
+    out.commit()
+  return rows
 
 
 def read_table(path: str) -> list[dict]:
@@ -128,42 +205,92 @@ def read_table(path: str) -> list[dict]:
     return list(csv.DictReader(f, delimiter=delimiter))
 
 
-@dataclasses.dataclass(frozen=True)
-class Format:
-  """A per-recording output: its file-name suffix and its writer."""
-  suffix: str
-  write: Callable[[str, Sequence[Detection], Band, bool], None]
-
-
 FORMATS: registry.Registry[Format] = registry.Registry("output format")
-FORMATS.add("raven", Format(".BirdNET.selection.table.txt", write_raven))
-FORMATS.add("csv", Format(".BirdNET.results.csv", write_csv))
+FORMATS.add("raven", Format(".BirdNET.selection.table.txt", "\t",
+                            _raven_header, _raven_cells))
+FORMATS.add("csv", Format(".BirdNET.results.csv", ",", _csv_header,
+                          _csv_cells))
 
 
 # ---------------------------------------------------------------------------
 # Embeddings.
 # ---------------------------------------------------------------------------
 
-def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
-  tmp = path + ".partial.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+class NpzWriter(PartialFile):
+  """An `.npz` of per-window arrays appended chunk by chunk.
+
+  Each array's rows go to a raw file on disk as they come; `commit` writes
+  the archive (uncompressed, as `np.savez`) from those files, so no whole
+  array is ever in memory.
+  """
+
+  def __init__(self, path: str):
+    super().__init__(path)
+    self._raw: dict[str, tuple[str, np.dtype, tuple[int, ...]]] = {}
+    self._rows = 0
+
+  def add(self, arrays: dict[str, np.ndarray]) -> None:
+    for name, value in arrays.items():
+      if name not in self._raw:
+        self._raw[name] = (f"{self.tmp}.{name}", value.dtype,
+                           value.shape[1:])
+        open(self._raw[name][0], "wb").close()
+      raw, dtype, _ = self._raw[name]
+      with open(raw, "ab") as f:
+        f.write(np.ascontiguousarray(value, dtype).tobytes())
+    self._rows += len(next(iter(arrays.values())))
+
+  def commit(self) -> None:
+    with zipfile.ZipFile(self.tmp, "w", zipfile.ZIP_STORED,
+                         allowZip64=True) as archive:
+      for name, (raw, dtype, row_shape) in self._raw.items():
+        with archive.open(name + ".npy", "w", force_zip64=True) as out:
+          np.lib.format.write_array_header_1_0(out, {
+              "descr": np.lib.format.dtype_to_descr(dtype),
+              "fortran_order": False,
+              "shape": (self._rows, *row_shape)})
+          with open(raw, "rb") as f:
+            shutil.copyfileobj(f, out)
+    self._remove_raw()
+    super().commit()
+
+  def discard(self) -> None:
+    self._remove_raw()
+    super().discard()
+
+  def _remove_raw(self) -> None:
+    for raw, _, _ in self._raw.values():
+      if os.path.exists(raw):
+        os.remove(raw)
 
 
-def write_parquet(path: str, arrays: dict[str, np.ndarray]) -> None:
-  """One row per window; 2-D arrays become fixed-size list columns."""
-  import pyarrow as pa  # pylint: disable=import-outside-toplevel
-  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
-  columns = {}
-  for name, value in arrays.items():
-    if value.ndim == 2:
-      columns[name] = pa.FixedSizeListArray.from_arrays(
-          pa.array(value.reshape(-1)), value.shape[1])
-    else:
-      columns[name] = pa.array(value)
-  tmp = path + ".partial"
-  pq.write_table(pa.table(columns), tmp)
-  os.replace(tmp, path)
+class ParquetWriter(PartialFile):
+  """One row per window, appended chunk by chunk (a row group each); 2-D
+  arrays become fixed-size list columns."""
+
+  def __init__(self, path: str):
+    super().__init__(path)
+    self._writer = None
+
+  def add(self, arrays: dict[str, np.ndarray]) -> None:
+    import pyarrow as pa  # pylint: disable=import-outside-toplevel
+    import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+    columns = {}
+    for name, value in arrays.items():
+      if value.ndim == 2:
+        columns[name] = pa.FixedSizeListArray.from_arrays(
+            pa.array(value.reshape(-1)), value.shape[1])
+      else:
+        columns[name] = pa.array(value)
+    table = pa.table(columns)
+    if self._writer is None:
+      self._writer = pq.ParquetWriter(self.tmp, table.schema)
+    self._writer.write_table(table)
+
+  def _close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
 
 
 def read_embeddings(path: str) -> dict[str, np.ndarray]:
@@ -181,12 +308,14 @@ def read_embeddings(path: str) -> dict[str, np.ndarray]:
 
 @dataclasses.dataclass(frozen=True)
 class EmbeddingFormat:
+  """A per-recording embeddings file: its suffix and its (incremental)
+  writer, `open(path)` -> `add(arrays)`... `commit()` or `discard()`."""
   suffix: str
-  write: Callable[[str, dict[str, np.ndarray]], None]
+  open: Callable[[str], NpzWriter | ParquetWriter]
 
 
 EMBEDDING_FORMATS: registry.Registry[EmbeddingFormat] = registry.Registry(
     "embeddings format")
-EMBEDDING_FORMATS.add("npz", EmbeddingFormat(".embeddings.npz", write_npz))
+EMBEDDING_FORMATS.add("npz", EmbeddingFormat(".embeddings.npz", NpzWriter))
 EMBEDDING_FORMATS.add("parquet", EmbeddingFormat(".embeddings.parquet",
-                                                 write_parquet))
+                                                 ParquetWriter))

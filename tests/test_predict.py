@@ -5,6 +5,7 @@ seconds) on real recordings from PyPI wheels; the slow one trains a tiny
 model on the synthetic set and predicts with it.
 """
 
+import csv
 import json
 import math
 import os
@@ -14,6 +15,7 @@ import sys
 
 import numpy as np
 import pytest
+import soundfile
 
 from inatsounds_jax import audio
 from inatsounds_jax import frontend as frontend_lib
@@ -100,7 +102,7 @@ def test_a_header_length_that_is_wrong_is_caught():
 
 
 def test_a_wrong_header_length_recuts_the_file(workdir, predictor,
-                                               monkeypatch):
+                                               monkeypatch, tmp_path):
   path = model_workdir.bird_wav()
   want = predictor.predict_file(path)
   # 1-s chunks: windows of the wrong first layout reach batches; dropped.
@@ -129,6 +131,19 @@ def test_a_wrong_header_length_recuts_the_file(workdir, predictor,
   assert len(calls) == 2
   np.testing.assert_array_equal(got.start_s, want.start_s)
   np.testing.assert_array_equal(got.logits, want.logits)
+  calls.clear()
+  kinds = [e.kind for e in predictor.stream([(path, math.nan, math.nan)])]
+  assert kinds.count(predict.BEGIN) == 2 and kinds[-1] == predict.END
+  # The command drops what it wrote of the first pass.
+  calls.clear()
+  _run(predictor, path, tmp_path / "out", embeddings="npz",
+       selection=predict.Selection(0.0, top_k=1))
+  rows = tables.read_table(str(tmp_path / "out" /
+                               "birds_10s.BirdNET.results.csv"))
+  assert [r["Start (s)"] for r in rows] == [f"{t:.4f}" for t in want.start_s]
+  written = tables.read_embeddings(str(tmp_path / "out" /
+                                       "birds_10s.embeddings.npz"))
+  np.testing.assert_array_equal(written["logits"], want.logits)
 
 
 # -- The predictor -------------------------------------------------------------
@@ -341,6 +356,212 @@ def test_a_list_file_of_recordings(predictor, recordings, tmp_path):
       f"{os.path.join(recordings, 'sub', 'cy.mp3')}\n")
   counts = _run(predictor, str(tmp_path / "list.txt"), tmp_path / "out")
   assert counts["done"] == 2
+
+
+# -- Streaming: the command never holds a whole recording's table --------------
+
+CHUNK_SECONDS = 4.0  # 88,200 samples: a bit more than one 65,920-sample window.
+CHUNK = int(CHUNK_SECONDS * audio.SAMPLE_RATE)
+
+
+@pytest.fixture(scope="module")
+def streaming(workdir):
+  """A predictor delivering 4-s chunks (1 or 2 windows: batches span them);
+  the batch size is `predictor`'s, so the numbers are the same."""
+  return predict.Predictor(workdir, batch_size=8, chunk_seconds=CHUNK_SECONDS)
+
+
+def _expected_rows(table_format, predictor, path, selection, band):
+  """The rows of `path`'s whole-file table (`predict_file`), as written."""
+  table = predictor.predict_file(path)
+  rows = predict.detections(table, predictor.labels, selection,
+                            os.path.abspath(path))
+  return table, [table_format.cells(i, d, band, False)
+                 for i, d in enumerate(rows, start=1)]
+
+
+def _written_rows(path):
+  with open(path, newline="", encoding="utf-8") as f:
+    delimiter = "\t" if path.endswith(".txt") else ","
+    return [row for row in csv.reader(f, delimiter=delimiter)][1:]
+
+
+def test_streamed_outputs_equal_the_table_of_predict_file(
+    predictor, streaming, recordings, tmp_path):
+  out = tmp_path / "out"
+  selection = predict.Selection(min_confidence=0.0, top_k=3)
+  counts = _run(streaming, recordings, out, embeddings="npz",
+                selection=selection)
+  assert (counts["done"], counts["failed"]) == (2, 2)
+  fe = predictor.windows.frontend
+  band = tables.Band(fe.lower_edge_hz, fe.upper_edge_hz)
+  for name in ("birds", os.path.join("sub", "cy")):
+    path = os.path.join(recordings, name + (".wav" if name == "birds"
+                                            else ".mp3"))
+    for fmt in ("raven", "csv"):
+      table_format = tables.FORMATS.get(fmt)
+      table, want = _expected_rows(table_format, predictor, path, selection,
+                                   band)
+      got = _written_rows(str(out / (name + table_format.suffix)))
+      assert got == want and len(got) == 3 * len(table.start_s)
+    arrays = tables.read_embeddings(str(out / (name + ".embeddings.npz")))
+    np.testing.assert_array_equal(arrays["start_s"], table.start_s)
+    np.testing.assert_array_equal(arrays["end_s"], table.end_s)
+    np.testing.assert_array_equal(arrays["logits"], table.logits)
+    np.testing.assert_array_equal(arrays["embeddings"], table.embeddings)
+  assert not [f for f in os.listdir(out) if "partial" in f]
+
+
+def _recording_of_length(folder, num_samples, name="birds"):
+  """The real bird recording at 22,050 Hz cut to `num_samples`."""
+  waveform = audio.read_audio_file(model_workdir.bird_wav())
+  assert len(waveform) >= num_samples
+  path = os.path.join(folder, f"{name}_{num_samples}.wav")
+  soundfile.write(path, waveform[:num_samples], audio.SAMPLE_RATE,
+                  subtype="PCM_16")
+  return path
+
+
+@pytest.mark.parametrize("num_samples", [
+    WINDOWS.window_samples - 1, CHUNK - 1, CHUNK, CHUNK + 1,
+    CHUNK + WINDOWS.window_samples, 2 * CHUNK + 1])
+def test_chunk_boundaries_give_the_rows_of_the_whole_file(
+    predictor, streaming, tmp_path, num_samples):
+  path = _recording_of_length(str(tmp_path), num_samples)
+  events = list(streaming.stream([(path, math.nan, math.nan)]))
+  kinds = [e.kind for e in events]
+  assert kinds[0] == predict.BEGIN and kinds[-1] == predict.END
+  pieces = [e.table for e in events if e.kind == predict.WINDOWS]
+  assert len(pieces) >= (2 if num_samples > CHUNK else 1)
+  assert sum(len(p.start_s) for p in pieces) == len(
+      predict.Layout.of(num_samples, streaming.windows).first_sample)
+  assert [p.first_window for p in pieces] == list(np.cumsum(
+      [0] + [len(p.start_s) for p in pieces[:-1]]))
+  selection = predict.Selection(min_confidence=0.0, top_k=2)
+  _run(streaming, path, tmp_path / "out", selection=selection)
+  table_format = tables.FORMATS.get("csv")
+  fe = predictor.windows.frontend
+  table, want = _expected_rows(
+      table_format, predictor, path, selection,
+      tables.Band(fe.lower_edge_hz, fe.upper_edge_hz))
+  assert len(want) == 2 * len(table.start_s)
+  stem = os.path.splitext(os.path.basename(path))[0]
+  assert _written_rows(str(tmp_path / "out" / (
+      stem + table_format.suffix))) == want
+
+
+class _Killed(BaseException):
+  """Stands for a kill in-process: nothing after it runs."""
+
+
+KILL_OPTIONS = {"embeddings": "npz",
+                "selection": predict.Selection(min_confidence=0.0, top_k=1)}
+
+
+def _short_and_long(folder):
+  """A short recording (done first) and one of three chunks."""
+  os.makedirs(folder)
+  return (_recording_of_length(str(folder), 30_000, "a"),
+          _recording_of_length(str(folder), 2 * CHUNK + 1, "b"))
+
+
+def _check_killed_then_resumed(streaming, folder, out, clean, short, long):
+  """Nothing of `long` looks complete in `out`; a resumed run skips `short`
+  and its outputs equal a clean run's."""
+  long_stem = str(out / os.path.splitext(os.path.basename(long))[0])
+  outputs = [long_stem + suffix for suffix in (
+      ".BirdNET.selection.table.txt", ".BirdNET.results.csv",
+      ".embeddings.npz")]
+  assert not any(os.path.exists(p) for p in outputs)
+  assert os.path.exists(outputs[1] + ".partial")  # It was being written.
+  assert not (out / tables.COMBINED_CSV).exists()
+  counts = _run(streaming, str(folder), out, **KILL_OPTIONS)
+  assert (counts["done"], counts["skipped"]) == (1, 1)
+  _run(streaming, str(folder), clean, **KILL_OPTIONS)
+  for path in outputs + [str(out / tables.COMBINED_CSV)]:
+    with open(path, "rb") as f, open(path.replace(str(out), str(clean)),
+                                     "rb") as g:
+      assert f.read() == g.read(), path
+  assert os.path.basename(short) in (out / tables.COMBINED_CSV).read_text()
+  assert not [f for f in os.listdir(out) if "partial" in f]
+
+
+def test_a_kill_mid_recording_leaves_no_file_that_looks_complete(
+    workdir, streaming, tmp_path, monkeypatch):
+  short, long = _short_and_long(tmp_path / "in")
+  killed = predict.Predictor(workdir, batch_size=8,
+                             chunk_seconds=CHUNK_SECONDS)
+  stream = killed.stream
+
+  def killed_mid_recording(files):
+    for event in stream(files):
+      yield event
+      if event.kind == predict.WINDOWS and event.path == long:
+        raise _Killed  # After the first chunk's rows were written.
+
+  monkeypatch.setattr(killed, "stream", killed_mid_recording)
+  out = tmp_path / "out"
+  with pytest.raises(_Killed):
+    _run(killed, str(tmp_path / "in"), out, **KILL_OPTIONS)
+  stem = os.path.splitext(os.path.basename(long))[0]
+  # Its rows were going to disk (here the file was closed, unlike a kill).
+  assert len(_written_rows(str(out / f"{stem}.BirdNET.results.csv.partial"))
+             ) > 0
+  _check_killed_then_resumed(streaming, tmp_path / "in", out,
+                             tmp_path / "clean", short, long)
+
+
+@pytest.mark.slow  # An interpreter start with TF and JAX: ~15 s.
+def test_a_sigkill_mid_recording_leaves_no_file_that_looks_complete(
+    workdir, streaming, tmp_path):
+  short, long = _short_and_long(tmp_path / "in")
+  out = tmp_path / "out"
+  code = f"""
+import os, signal
+from inatsounds_jax import predict
+killed = predict.Predictor({workdir!r}, batch_size=8,
+                           chunk_seconds={CHUNK_SECONDS})
+stream = killed.stream
+
+def killed_mid_recording(files):
+  for event in stream(files):
+    yield event
+    if event.kind == predict.WINDOWS and event.path == {long!r}:
+      os.kill(os.getpid(), signal.SIGKILL)
+
+killed.stream = killed_mid_recording
+predict.run(killed, {str(tmp_path / "in")!r}, {str(out)!r},
+            predict.RunOptions(embeddings="npz",
+                               selection=predict.Selection(0.0, top_k=1)))
+"""
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, check=False, timeout=300)
+  assert result.returncode == -9, result.stderr[-2000:]
+  _check_killed_then_resumed(streaming, tmp_path / "in", out,
+                             tmp_path / "clean", short, long)
+
+
+@pytest.mark.parametrize("name", ["npz", "parquet"])
+def test_embedding_files_written_chunk_by_chunk_read_back_whole(tmp_path,
+                                                                name):
+  rng = np.random.default_rng(0)
+  chunks = [{"start_s": rng.random(n), "logits": rng.random(
+      (n, 7)).astype(np.float32)} for n in (3, 1, 5)]
+  path = str(tmp_path / ("x" + tables.EMBEDDING_FORMATS.get(name).suffix))
+  writer = tables.EMBEDDING_FORMATS.get(name).open(path)
+  for chunk in chunks:
+    writer.add(chunk)
+  assert not os.path.exists(path)
+  writer.commit()
+  arrays = tables.read_embeddings(path)
+  for key in ("start_s", "logits"):
+    np.testing.assert_array_equal(
+        arrays[key], np.concatenate([c[key] for c in chunks]))
+  assert arrays["logits"].dtype == np.float32
+  discarded = tables.EMBEDDING_FORMATS.get(name).open(path + ".2")
+  discarded.add(chunks[0])
+  discarded.discard()
+  assert sorted(os.listdir(tmp_path)) == [os.path.basename(path)]
 
 
 @pytest.mark.slow  # Two interpreter starts with TF and JAX: ~15 s.
