@@ -6,7 +6,9 @@ current directory and checks it stays empty: a `gs://` path handed to
 `open`, `os.makedirs` or `os.path.abspath` would land there as `gs:/...`.
 """
 
+import logging
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -14,13 +16,16 @@ import pytest
 
 from inatsounds_jax import checkpoints
 from inatsounds_jax import config_defaults
+from inatsounds_jax import export
 from inatsounds_jax import plots
+from inatsounds_jax import predict
 from inatsounds_jax import registry
 from inatsounds_jax import storage
 from inatsounds_jax import train
 from inatsounds_jax.geo import range_model as range_lib
 from inatsounds_jax.geo import sinr
 import fake_bucket
+import model_workdir
 
 WORKDIR = "gs://bucket/run"
 
@@ -101,27 +106,48 @@ def test_damaged_checkpoint_in_the_bucket_is_moved_aside(bucket):
           / "checkpoints_2").is_dir()
 
 
+@pytest.mark.slow  # ~12 s: jax.export of the model.
+def test_bundle_exported_from_a_bucket_workdir_into_the_bucket_predicts(
+    bucket, tmp_path):
+  shutil.copytree(model_workdir.make_workdir(str(tmp_path / "local")),
+                  bucket / "bucket" / "model")
+  export.export_bundle("gs://bucket/model", "gs://bucket/bundle")
+  assert (bucket / "bucket" / "bundle" / export.CONFIG_FILE).exists()
+  assert not (bucket / "bucket" / "bundle.partial").exists()
+  from_bundle = predict.load_model("gs://bucket/bundle")
+  from_workdir = predict.load_model("gs://bucket/model")
+  x = np.zeros((2, from_bundle.model.window_samples), np.float32)
+  np.testing.assert_array_equal(
+      from_bundle.model.apply(from_bundle.variables, x),
+      from_workdir.model.apply(from_workdir.variables, x))
+
+
 @pytest.mark.slow
 def test_tiny_run_on_a_bucket_workdir_writes_there_and_resumes(
-    bucket, tmp_path):
+    bucket, tmp_path, caplog):
   c = config_defaults.tiny(config_defaults.classifier())
   c.model = "placeholder"
   c.data_dir = str(tmp_path / "tfds")
-  c.num_epochs = 1.0
+  # The run trains its own range prior into gs://bucket/run/range_model.
+  c.range_model = config_defaults.range_model("synthetic")
+  c.range_model.epochs = 2
   first = train.train_and_evaluate(c, WORKDIR)
   run = bucket / "bucket" / "run"
-  for name in ("config.json", "classes.json", "eval_results.json"):
+  for name in ("config.json", "classes.json", "eval_results.json",
+               "range_model/range_results.json", "range_model/range_maps.png"):
     assert (run / name).exists(), name
+  assert storage.read_json(f"{WORKDIR}/config.json")["geo_prior"] == (
+      f"{WORKDIR}/range_model")
+  assert "prior" in storage.read_json(f"{WORKDIR}/eval_results.json")[
+      "evals"]["test"]["mean"]
   assert any(run.glob("*.png"))
   assert any(run.glob("events.out.tfevents.*"))
-  steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir()
-                 if p.name.isdigit())
-  assert steps
-  # A longer run resumes from the bucket's checkpoint, not from scratch.
-  c.num_epochs = 2.0
-  train.train_and_evaluate(c, WORKDIR)
-  assert max(int(p.name) for p in (run / "checkpoints").iterdir()
-             if p.name.isdigit()) > steps[-1]
-  trained = train.load_model_from_workdir(WORKDIR)
-  assert trained.step > steps[-1]
-  assert set(first) == set(train.evaluate_checkpoint(c, WORKDIR))
+  last = max(int(p.name) for p in (run / "checkpoints").iterdir()
+             if p.name.isdigit())
+  # The same command again resumes from the bucket's last step.
+  caplog.set_level(logging.INFO)
+  again = train.train_and_evaluate(c, WORKDIR)
+  assert f"Resumed from step {last}" in caplog.text
+  assert ({k: o.summary for k, o in again.items()} ==
+          {k: o.summary for k, o in first.items()})
+  assert train.load_model_from_workdir(WORKDIR).step == last
