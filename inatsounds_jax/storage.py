@@ -2,8 +2,8 @@
 
 Every file the library itself reads or writes in a workdir, a range-model
 folder or an exported bundle goes through `etils.epath`, the file-system
-layer orbax uses too: a local path, or a `gs://` (`s3://`) URI, which epath
-serves through TensorFlow's file systems. Checkpoints (orbax) and
+layer orbax uses too: a local path, or a `gs://` URI, which epath serves
+through TensorFlow's file systems. Checkpoints (orbax) and
 TensorBoard logs (`tf.io.gfile`) reach the same storage through their own
 libraries. Never `open`/`os.path` a workdir path: that silently makes a
 local folder named `gs:` instead.
