@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 
 from absl import logging
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -26,6 +25,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from inatsounds_jax import registry
+from inatsounds_jax import storage
 
 
 class DamagedCheckpointError(RuntimeError):
@@ -72,14 +72,14 @@ class RunCheckpoints:
     if best_mode not in ("max", "min"):
       raise registry.ConfigError(
           f"best_mode must be 'max' or 'min', got {best_mode!r}")
-    self.workdir = os.path.abspath(workdir)
+    self.workdir = storage.resolve(workdir)
     self.best_metric = best_metric
     self.latest = ocp.CheckpointManager(
-        os.path.join(self.workdir, "checkpoints"),
+        self.workdir / "checkpoints",
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=False))
     self.best = ocp.CheckpointManager(
-        os.path.join(self.workdir, "best"),
+        self.workdir / "best",
         options=ocp.CheckpointManagerOptions(
             max_to_keep=1, create=True, best_mode=best_mode,
             best_fn=lambda metrics: metrics[best_metric],
@@ -147,14 +147,14 @@ class RunCheckpoints:
     damaged = []
     for step in steps:
       try:
-        _check_complete(os.path.join(os.fspath(manager.directory), str(step)))
+        _check_complete(epath.Path(manager.directory) / str(step))
         state = restore(manager, step, abstract, sharding)
         bad = describe_non_finite(state)
         if bad:
           raise ValueError(f"{', '.join(bad)} hold NaN or infinite values")
       except Exception as e:  # pylint: disable=broad-except
         reason = _one_line(e)
-        where = os.path.join(os.fspath(manager.directory), str(step))
+        where = epath.Path(manager.directory) / str(step)
         logging.warning("Checkpoint %s is damaged (%s); moved to %s.", where,
                         reason, self._set_aside(manager, step))
         damaged.append(f"step {step}: {reason}")
@@ -169,14 +169,13 @@ class RunCheckpoints:
           + "; ".join(damaged) + ". Start again with a new --workdir.")
     return None
 
-  def _set_aside(self, manager, step: int) -> str:
-    target = os.path.join(self.workdir, "damaged_checkpoints",
-                          f"{os.path.basename(os.fspath(manager.directory))}"
-                          f"_{step}")
+  def _set_aside(self, manager, step: int) -> epath.Path:
+    source = epath.Path(manager.directory) / str(step)
+    target = (self.workdir / "damaged_checkpoints"
+              / f"{epath.Path(manager.directory).name}_{step}")
     if jax.process_index() == 0:
-      os.makedirs(os.path.dirname(target), exist_ok=True)
-      shutil.move(os.path.join(os.fspath(manager.directory), str(step)),
-                  target)
+      target.parent.mkdir(parents=True, exist_ok=True)
+      source.rename(target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("set aside damaged checkpoint")
     manager.reload()
@@ -193,13 +192,11 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract, sharding):
 
 # Written by orbax when a step is finished; a step without them may be half
 # written (orbax would still restore it from a given target).
-_COMPLETION_FILES = ("_CHECKPOINT_METADATA", os.path.join("default",
-                                                          "_METADATA"))
+_COMPLETION_FILES = ("_CHECKPOINT_METADATA", "default/_METADATA")
 
 
-def _check_complete(step_dir: str) -> None:
-  missing = [f for f in _COMPLETION_FILES
-             if not os.path.exists(os.path.join(step_dir, f))]
+def _check_complete(step_dir: epath.Path) -> None:
+  missing = [f for f in _COMPLETION_FILES if not (step_dir / f).exists()]
   if missing:
     raise FileNotFoundError(f"missing {', '.join(missing)}")
 
@@ -249,11 +246,10 @@ def check_config_for_resume(workdir: str, config: ml_collections.ConfigDict,
   Raises:
     registry.ConfigError: listing each changed field, old and new value.
   """
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = storage.resolve(workdir) / CONFIG_FILE
   now = json.loads(config.to_json_best_effort(sort_keys=True))
-  if resuming and os.path.exists(path):
-    with open(path) as f:
-      was = json.load(f)
+  if resuming and path.exists():
+    was = storage.read_json(path)
     old, new = _flatten(was), _flatten(now)
     default = _flatten(json.loads(defaults.to_json_best_effort())
                        ) if defaults is not None else {}
@@ -271,5 +267,4 @@ def check_config_for_resume(workdir: str, config: ml_collections.ConfigDict,
           ("\n  ..." if len(changed) > 12 else "") +
           "\nUse a new --workdir, or the old values to resume.")
   if jax.process_index() == 0:
-    with open(path, "w") as f:
-      json.dump(now, f, indent=1, sort_keys=True)
+    storage.write_json(path, now, sort_keys=True)

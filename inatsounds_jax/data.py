@@ -7,14 +7,15 @@ prepares it on first use.
 
 from __future__ import annotations
 
-import json
 import os
 
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import tensorflow_datasets as tfds
 
 from inatsounds_jax import release
+from inatsounds_jax import storage
 
 
 def _builder_module():
@@ -85,11 +86,8 @@ def prepare(config: str = "synthetic", data_dir: str | None = None,
 
 def _side_file(builder: tfds.core.DatasetBuilder, name: str):
   """A JSON file the builder wrote next to its records, or None."""
-  path = os.path.join(os.fspath(builder.data_path), name)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  path = epath.Path(builder.data_path) / name
+  return storage.read_json(path) if path.exists() else None
 
 
 def label_counts(builder: tfds.core.DatasetBuilder) -> dict | None:
@@ -141,5 +139,5 @@ def prepare_from_config(config) -> tfds.core.DatasetBuilder:
 
 def true_ranges_path(builder: tfds.core.DatasetBuilder) -> str | None:
   """The synthetic corpus's true ranges next to its records, else None."""
-  path = os.path.join(os.fspath(builder.data_path), release.RANGES_FILE)
-  return path if os.path.exists(path) else None
+  path = epath.Path(builder.data_path) / release.RANGES_FILE
+  return os.fspath(path) if path.exists() else None

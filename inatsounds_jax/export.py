@@ -26,14 +26,14 @@ writes BUNDLE/ with
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
-import shutil
 import sys
 import tempfile
 
 from absl import app
 from absl import flags
+from etils import epath
 import jax
 from jax import export as jax_export
 import jax.numpy as jnp
@@ -43,6 +43,7 @@ import orbax.checkpoint as ocp
 
 import inatsounds_jax
 from inatsounds_jax import losses
+from inatsounds_jax import storage
 from inatsounds_jax import train
 from inatsounds_jax.models import classifier as classifier_lib
 from inatsounds_jax.models import conv
@@ -136,8 +137,7 @@ class TFLiteModel:
       interpreter_class = tf.lite.Interpreter
     content = path_or_bytes
     if isinstance(path_or_bytes, str):
-      with open(path_or_bytes, "rb") as f:
-        content = f.read()
+      content = epath.Path(path_or_bytes).read_bytes()
     self._runner = interpreter_class(
         model_content=content, num_threads=num_threads).get_signature_runner()
 
@@ -170,23 +170,23 @@ def export_bundle(workdir: str, out: str, tflite: bool = False) -> dict:
                               trained.config)
   exported, platforms = export_function(model, variables)
   embedding_dim = int(exported.out_avals[1].shape[1])
-  tmp = out.rstrip("/") + ".partial"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  with open(os.path.join(tmp, EXPORTED_FILE), "wb") as f:
-    f.write(exported.serialize())
-  with open(os.path.join(tmp, LABELS_FILE), "w", newline="",
-            encoding="utf-8") as f:
-    writer = csv.writer(f, lineterminator="\n")
-    writer.writerow(["index", "species", "common_name", "supercategory",
-                     "taxonomy"])
-    writer.writerows(_label_rows(trained.labels))
+  # Written beside `out`, then renamed: a bundle is complete or absent.
+  out = storage.resolve(out)
+  tmp = out.parent / (out.name + ".partial")
+  if tmp.exists():
+    tmp.rmtree()
+  tmp.mkdir(parents=True)
+  (tmp / EXPORTED_FILE).write_bytes(exported.serialize())
+  labels_csv = io.StringIO()
+  writer = csv.writer(labels_csv, lineterminator="\n")
+  writer.writerow(["index", "species", "common_name", "supercategory",
+                   "taxonomy"])
+  writer.writerows(_label_rows(trained.labels))
+  (tmp / LABELS_FILE).write_text(labels_csv.getvalue(), encoding="utf-8")
   with ocp.StandardCheckpointer() as ckpt:
-    ckpt.save(os.path.join(os.path.abspath(tmp), VARIABLES_DIR),
-              jax.device_get(variables))
+    ckpt.save(tmp / VARIABLES_DIR, jax.device_get(variables))
   if tflite:
-    with open(os.path.join(tmp, TFLITE_FILE), "wb") as f:
-      f.write(to_tflite(model, variables))
+    (tmp / TFLITE_FILE).write_bytes(to_tflite(model, variables))
   fe = model.frontend
   description = {
       "bundle_format": BUNDLE_FORMAT,
@@ -216,10 +216,10 @@ def export_bundle(workdir: str, out: str, tflite: bool = False) -> dict:
                         if config.get("dataset_options") else {}},
       "training_config": config.to_dict(),
   }
-  with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
-    json.dump(description, f, indent=1)
-  shutil.rmtree(out, ignore_errors=True)
-  os.replace(tmp, out)
+  storage.write_json(tmp / CONFIG_FILE, description)
+  if out.exists():
+    out.rmtree()
+  tmp.rename(out)
   return description
 
 
@@ -229,14 +229,13 @@ def export_bundle(workdir: str, out: str, tflite: bool = False) -> dict:
 
 def is_bundle(path: str) -> bool:
   """True for a folder written by `export_bundle` (any format version)."""
-  config = os.path.join(path, CONFIG_FILE)
-  if not os.path.exists(config):
+  config = storage.resolve(path) / CONFIG_FILE
+  if not config.exists():
     return False
-  with open(config) as f:
-    try:
-      return "bundle_format" in json.load(f)
-    except json.JSONDecodeError:
-      return False
+  try:
+    return "bundle_format" in storage.read_json(config)
+  except json.JSONDecodeError:
+    return False
 
 
 def read_bundle(path: str) -> train.TrainedModel:
@@ -248,8 +247,8 @@ def read_bundle(path: str) -> train.TrainedModel:
   if not is_bundle(path):
     raise BundleError(f"{path} is not a model bundle (no {CONFIG_FILE} with "
                       "bundle_format)")
-  with open(os.path.join(path, CONFIG_FILE)) as f:
-    description = json.load(f)
+  folder = storage.resolve(path)
+  description = storage.read_json(folder / CONFIG_FILE)
   if description["bundle_format"] != BUNDLE_FORMAT:
     raise BundleError(
         f"{path} is bundle format {description['bundle_format']} (written by "
@@ -257,10 +256,10 @@ def read_bundle(path: str) -> train.TrainedModel:
         f"version ({inatsounds_jax.__version__}) reads format "
         f"{BUNDLE_FORMAT}: export it again with this version")
   config = ml_collections.ConfigDict(description["training_config"])
-  with open(os.path.join(path, LABELS_FILE), newline="",
-            encoding="utf-8") as f:
-    labels = [{k: v for k, v in row.items() if k != "index"}
-              for row in csv.DictReader(f)]
+  labels = [{k: v for k, v in row.items() if k != "index"}
+            for row in csv.DictReader(io.StringIO(
+                (folder / LABELS_FILE).read_text(encoding="utf-8"),
+                newline=""))]
   multilabel = description["output"] == "multilabel"
   if losses.LOSSES.get(config.loss).multilabel != multilabel:
     raise BundleError(f"{path}: config.json's output and loss disagree")
@@ -269,8 +268,7 @@ def read_bundle(path: str) -> train.TrainedModel:
       {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)},
       jnp.zeros((1, model.window_samples), jnp.int16)))
   with ocp.StandardCheckpointer() as ckpt:
-    variables = ckpt.restore(
-        os.path.join(os.path.abspath(path), VARIABLES_DIR), abstract)
+    variables = ckpt.restore(folder / VARIABLES_DIR, abstract)
   return train.TrainedModel(
       model=model, variables=variables, config=config, labels=labels,
       multilabel=multilabel, step=description["checkpoint_step"])
@@ -284,8 +282,8 @@ def load(path: str) -> tuple[classifier_lib.Classifier, dict]:
 
 def load_exported(path: str) -> jax_export.Exported:
   """The bundle's `jax.export` artefact (needs only jax)."""
-  with open(os.path.join(path, EXPORTED_FILE), "rb") as f:
-    return jax_export.deserialize(bytearray(f.read()))
+  return jax_export.deserialize(bytearray(
+      (storage.resolve(path) / EXPORTED_FILE).read_bytes()))
 
 
 def _define_flags() -> None:

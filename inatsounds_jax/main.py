@@ -29,6 +29,7 @@ from ml_collections import config_flags
 
 from inatsounds_jax import checkpoints
 from inatsounds_jax import registry
+from inatsounds_jax import storage
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training configuration (a file in configs/).",
@@ -89,13 +90,9 @@ def initialize_processes(config) -> None:
   other JAX call; the flags (when given) say where process 0 listens."""
   if not config.get("distributed"):
     return
-  import jax  # pylint: disable=import-outside-toplevel
-  jax.distributed.initialize(_COORDINATOR.value,
-                             num_processes=_NUM_PROCESSES.value,
-                             process_id=_PROCESS_ID.value)
-  logging.info("Process %d of %d; %d of %d devices here.",
-               jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count())
+  from inatsounds_jax import processes  # pylint: disable=import-outside-toplevel
+  processes.initialize(_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                       process_id=_PROCESS_ID.value)
 
 
 def _stop_after_another_process_failed(error: Exception) -> None:
@@ -147,7 +144,7 @@ def main(argv):
     raise
   print(job.format_results(results))
   print(f"Everything else (results JSON, plots, checkpoints, TensorBoard): "
-        f"{os.path.abspath(_WORKDIR.value)}")
+        f"{storage.resolve(_WORKDIR.value)}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
 """Matplotlib set up for writing figures to files (no display needed)."""
 
+import io
+
+from etils import epath
+
 
 def pyplot():
   """`matplotlib.pyplot` on the file-only Agg backend (imported on use)."""
@@ -10,7 +14,11 @@ def pyplot():
 
 
 def save(fig, path: str, dpi: int = 120) -> str:
-  """Writes and closes `fig`; returns `path`."""
-  fig.savefig(path, dpi=dpi, bbox_inches="tight")
+  """Writes `fig` as PNG at `path` (local or `gs://`), closes it; returns
+  `path`."""
+  # Through a buffer: matplotlib writes only local files, epath also URIs.
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+  epath.Path(path).write_bytes(buffer.getvalue())
   pyplot().close(fig)
   return path

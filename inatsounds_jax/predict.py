@@ -65,6 +65,7 @@ from inatsounds_jax import audio
 from inatsounds_jax import export
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import registry
+from inatsounds_jax import storage
 from inatsounds_jax import tables
 from inatsounds_jax import train
 from inatsounds_jax.geo import prior as prior_lib
@@ -83,7 +84,7 @@ class InputError(registry.ConfigError):
 
 def load_model(path: str) -> train.TrainedModel:
   """A bundle (`export.py`) or a training workdir's best checkpoint."""
-  if not os.path.isdir(path):
+  if not storage.resolve(path).is_dir():
     raise InputError(f"--model={path}: no such folder (give a training "
                      "workdir or an exported bundle)")
   if export.is_bundle(path):
@@ -742,7 +743,7 @@ def run(predictor: Predictor, input_path: str, output: str,
   _check_writable(output)
   fe = predictor.windows.frontend
   settings = {
-      "model": os.path.abspath(predictor.model_path),
+      "model": os.fspath(storage.resolve(predictor.model_path)),
       "model_name": predictor.trained.model.backbone,
       "checkpoint_step": predictor.trained.step,
       "labels": len(predictor.labels),

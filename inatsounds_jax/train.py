@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import signal
 import threading
@@ -56,7 +55,9 @@ from inatsounds_jax import losses
 from inatsounds_jax import mean_teacher
 from inatsounds_jax import models
 from inatsounds_jax import pretraining
+from inatsounds_jax import processes
 from inatsounds_jax import registry
+from inatsounds_jax import storage
 from inatsounds_jax.evaluators import common as evaluators
 from inatsounds_jax.geo import train_range
 from inatsounds_jax.models import classifier as classifier_lib
@@ -188,7 +189,7 @@ def load_pretrained(state: TrainState, path: str,
   never becomes a constant of a compiled function.
   """
   try:
-    if os.path.isdir(path):
+    if storage.resolve(path).is_dir():
       loaded = {"params": adaptation.classifier_params_from_mae(
           load_model_from_workdir(path), model,
           jax.device_get(state.params), path),
@@ -457,8 +458,8 @@ def loss_context(builder: tfds.core.DatasetBuilder, train_split: str,
 
 def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
   """Builds the run and checks the config; raises `ConfigError` early."""
-  if config.get("distributed") and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
+  if config.get("distributed"):
+    processes.initialize()
   input_pipeline.hide_gpus_from_tensorflow()
   devices = jax.devices() if devices is None else list(devices)
   losses.LOSSES.get(config.loss)  # An unknown name fails first, by name.
@@ -521,13 +522,14 @@ def write_outputs(workdir: str, step: int,
   """`eval_results.json` (and each evaluation's artefacts), process 0."""
   if jax.process_index() != 0:
     return
-  with open(os.path.join(workdir, "eval_results.json"), "w") as f:
-    json.dump({"step": int(step),
-               "evals": {name: o.summary for name, o in outputs.items()}},
-              f, indent=1)
+  workdir = storage.resolve(workdir)
+  storage.write_json(workdir / "eval_results.json",
+                     {"step": int(step),
+                      "evals": {name: o.summary
+                                for name, o in outputs.items()}})
   if artefacts:
     for name, output in outputs.items():
-      output.write_artefacts(os.path.join(workdir, name))
+      output.write_artefacts(os.fspath(workdir / name))
 
 
 LABELS_FILE = "classes.json"
@@ -541,8 +543,7 @@ def write_label_table(workdir: str, builder: tfds.core.DatasetBuilder) -> None:
     return
   table = data.class_table(builder) or [
       {"species": name} for name in builder.info.features["label"].names]
-  with open(os.path.join(workdir, LABELS_FILE), "w") as f:
-    json.dump(table, f, indent=1)
+  storage.write_json(storage.resolve(workdir) / LABELS_FILE, table)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -576,12 +577,11 @@ def load_model_from_workdir(workdir: str) -> TrainedModel:
     checkpoints.DamagedCheckpointError: no intact checkpoint.
   """
   def read_json(name):
-    path = os.path.join(workdir, name)
-    if not os.path.exists(path):
+    path = storage.resolve(workdir) / name
+    if not path.exists():
       raise FileNotFoundError(f"{path} not found: {workdir} is not a "
                               "training workdir")
-    with open(path) as f:
-      return json.load(f)
+    return storage.read_json(path)
 
   config = ml_collections.ConfigDict(read_json(checkpoints.CONFIG_FILE))
   labels = read_json(LABELS_FILE)
@@ -677,7 +677,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if config.get("range_model"):
     train_range.train_for_classifier(config, workdir)
   run = setup(config, devices)
-  os.makedirs(workdir, exist_ok=True)
+  storage.resolve(workdir).mkdir(parents=True, exist_ok=True)
   ckpt = run_checkpoints(workdir, config)
   has_checkpoint = bool(ckpt.latest.all_steps())
   checkpoints.check_config_for_resume(workdir, config, has_checkpoint,

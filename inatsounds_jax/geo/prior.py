@@ -8,12 +8,12 @@ never masked; the prior's probability can be reported instead of applied.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 
 from absl import logging
 import numpy as np
 
+from inatsounds_jax import storage
 from inatsounds_jax.geo import ranges as ranges_lib
 
 # presence(lat [n], lon [n]) -> probability [n, num_range_species].
@@ -101,8 +101,7 @@ def from_range_circles(path: str, label_names: Sequence[str]) -> GeoPrior:
 
   Presence is 1 inside a species' range circles and 0 outside.
   """
-  with open(path) as f:
-    species = json.load(f)
+  species = storage.read_json(path)
   names = [s["name"] for s in species]
 
   def presence(lat, lon):

@@ -13,8 +13,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
-import json
-import os
 from collections.abc import Callable, Sequence
 
 import jax
@@ -25,6 +23,7 @@ import orbax.checkpoint as ocp
 
 from inatsounds_jax import metrics as metrics_lib
 from inatsounds_jax import plots
+from inatsounds_jax import storage
 from inatsounds_jax.geo import prior as prior_lib
 from inatsounds_jax.geo import sinr
 
@@ -149,31 +148,29 @@ class RangeModel:
     return prior_lib.GeoPrior(self.presence, self.species_names, label_names)
 
   def save(self, directory: str) -> None:
-    directory = os.path.abspath(directory)
-    os.makedirs(directory, exist_ok=True)
+    directory = storage.resolve(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as ckpt:
-      ckpt.save(os.path.join(directory, "params"), self.params, force=True)
-    with open(os.path.join(directory, METADATA_FILE), "w") as f:
-      json.dump({"species": self.species_names, "width": self.model.width,
-                 "depth": self.model.depth, "dropout": self.model.dropout},
-                f)
+      ckpt.save(directory / "params", self.params, force=True)
+    storage.write_json(directory / METADATA_FILE, {
+        "species": self.species_names, "width": self.model.width,
+        "depth": self.model.depth, "dropout": self.model.dropout})
 
   @classmethod
   def load(cls, directory: str) -> "RangeModel":
-    directory = os.path.abspath(directory)
-    meta_path = os.path.join(directory, METADATA_FILE)
-    if not os.path.exists(meta_path):
+    directory = storage.resolve(directory)
+    meta_path = directory / METADATA_FILE
+    if not meta_path.exists():
       raise FileNotFoundError(
           f"{meta_path} not found: not a range model folder (train one with "
           "configs/sinr.py, or import a SINR checkpoint)")
-    with open(meta_path) as f:
-      meta = json.load(f)
+    meta = storage.read_json(meta_path)
     model = sinr.SINR(len(meta["species"]), width=meta["width"],
                       depth=meta["depth"], dropout=meta["dropout"])
     abstract = jax.eval_shape(
         lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))["params"])
     with ocp.StandardCheckpointer() as ckpt:
-      params = ckpt.restore(os.path.join(directory, "params"), abstract)
+      params = ckpt.restore(directory / "params", abstract)
     return cls(model, params, list(meta["species"]))
 
 
@@ -381,7 +378,8 @@ def from_sinr_torch(path: str, taxon_names: dict | None = None) -> RangeModel:
 
 def load(path: str) -> RangeModel:
   """A range model from a training workdir, a saved folder, or a SINR .pt."""
-  if os.path.isfile(path):
+  folder = storage.resolve(path)
+  if folder.is_file():
     return from_sinr_torch(path)
-  nested = os.path.join(path, "range_model")
-  return RangeModel.load(nested if os.path.isdir(nested) else path)
+  nested = folder / "range_model"
+  return RangeModel.load(nested if nested.is_dir() else folder)

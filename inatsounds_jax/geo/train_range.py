@@ -8,7 +8,6 @@ known (the synthetic corpus), the range quality against them.
 
 from __future__ import annotations
 
-import json
 import os
 
 from absl import logging
@@ -18,6 +17,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from inatsounds_jax import data
+from inatsounds_jax import storage
 from inatsounds_jax.geo import range_model as range_lib
 
 QUALITY_POINTS = 20_000  # Evenly over the sphere, ~160 km apart.
@@ -54,14 +54,13 @@ def evaluate(config, workdir: str, model: range_lib.RangeModel,
                for i in np.argsort(-counts, kind="stable")[:6]]
   results["maps"] = range_lib.plot_range_maps(
       model.presence, model.species_names, species,
-      os.path.join(workdir, "range_maps.png"))
-  with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
-    json.dump(results, f, indent=1)
+      os.fspath(storage.resolve(workdir) / "range_maps.png"))
+  storage.write_json(storage.resolve(workdir) / RESULTS_FILE, results)
   return results
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  os.makedirs(workdir, exist_ok=True)
+  storage.resolve(workdir).mkdir(parents=True, exist_ok=True)
   observations, builder = _observations(config)
   writer = metric_writers.create_default_writer(workdir)
 
@@ -74,7 +73,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       lr_decay_per_epoch=config.lr_decay_per_epoch, width=config.width,
       depth=config.depth, dropout=config.dropout,
       pos_weight=config.pos_weight, seed=config.seed, log=log)
-  model.save(os.path.join(workdir, "range_model"))
+  model.save(storage.resolve(workdir) / "range_model")
   writer.flush()
   return evaluate(config, workdir, model, observations, builder)
 
@@ -97,9 +96,8 @@ def train_for_classifier(config, workdir: str) -> None:
     config: a classifier config with `range_model` set.
     workdir: the classifier run's workdir.
   """
-  folder = os.path.join(os.path.abspath(workdir), CLASSIFIER_SUBDIR)
-  if jax.process_index() == 0 and not os.path.exists(
-      os.path.join(folder, RESULTS_FILE)):
+  folder = storage.resolve(workdir) / CLASSIFIER_SUBDIR
+  if jax.process_index() == 0 and not (folder / RESULTS_FILE).exists():
     job = config.range_model.copy_and_resolve_references()
     job.update({field: config[field] for field in (
         "dataset", "data_dir", "manual_dir", "dataset_options")})
@@ -108,7 +106,7 @@ def train_for_classifier(config, workdir: str) -> None:
     logging.info("%s", format_results(train_and_evaluate(job, folder)))
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("range model trained")
-  config.geo_prior = folder
+  config.geo_prior = os.fspath(folder)
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
