@@ -134,39 +134,33 @@ def _audible_in_windows(example, start_frames: tf.Tensor,
                        axis=1)
 
 
-def _process_share(process_index: int | None, process_count: int | None
+def process_share(process_index: int | None, process_count: int | None
                    ) -> tuple[int, int]:
   """(this process's index, process count); JAX's unless given (tests)."""
   return (jax.process_index() if process_index is None else process_index,
           jax.process_count() if process_count is None else process_count)
 
 
-def train_dataset(builder: tfds.core.DatasetBuilder, split: str,
-                  global_batch_size: int, config: WindowConfig = WindowConfig(),
-                  seed: int = 0, start_step: int = 0, num_epochs: int = 1,
-                  shuffle_buffer: int = 2048,
-                  process_index: int | None = None,
+def train_windows(builder: tfds.core.DatasetBuilder, split: str,
+                  config: WindowConfig = WindowConfig(), seed: int = 0,
+                  start_example: int = 0, num_epochs: int = 1,
+                  shuffle_buffer: int = 2048, process_index: int | None = None,
                   process_count: int | None = None) -> tf.data.Dataset:
-  """Batches of `{waveform int16 [B, S], label, recording_id, ...}`.
+  """This process's endless stream of training windows, unbatched.
 
-  B is this process's share of `global_batch_size`. The stream is a pure
-  function of `seed`: epoch e reads the files in an order seeded by
-  (seed, e), and element i gets crop seed (seed, i). `start_step` resumes it
-  exactly where a run at that step was: only the current epoch is re-read,
-  and skipped records are not decoded. Set `num_epochs` to the run's length:
-  epochs after it repeat one reshuffled dataset, which resumes exactly only
-  from its start.
+  The process reads its even share of `split`. Epoch e reads the files in
+  an order seeded by (seed, e), and element i gets crop seed (seed, i), so
+  the stream is a pure function of `seed`; `start_example` resumes it at
+  that element of this process's stream: only the current epoch is
+  re-read, and skipped records are not decoded. Set `num_epochs` to the
+  run's length: epochs after it repeat one reshuffled dataset, which
+  resumes exactly only from its start.
   """
-  process_index, process_count = _process_share(process_index, process_count)
-  if global_batch_size % process_count:
-    raise ValueError(f"global batch {global_batch_size} is not divisible by "
-                     f"{process_count} processes")
-  local_batch = global_batch_size // process_count
+  process_index, process_count = process_share(process_index, process_count)
   split = tfds.even_splits(split, n=process_count,
                            drop_remainder=True)[process_index]
   epoch_size = builder.info.splits[split].num_examples
-  start = start_step * local_batch
-  first_epoch, offset = divmod(start, epoch_size)
+  first_epoch, offset = divmod(start_example, epoch_size)
 
   def epoch(e: int) -> tf.data.Dataset:
     epoch_seed = seed * 100_003 + e
@@ -186,13 +180,47 @@ def train_dataset(builder: tfds.core.DatasetBuilder, split: str,
 
   def crop(index, example):
     audio = audio_feature.decode_example(example["audio"])
-    start_frame, left = train_layout(
-        tf.shape(audio)[0], tf.stack([tf.cast(seed, tf.int64), index]), config)
-    window = cut_windows(audio, start_frame, left, config)[0]
-    return dict(_features(example, num_classes), waveform=window)
+    return dict(_features(example, num_classes),
+                waveform=random_window(audio, index, seed, config))
 
-  ds = ds.enumerate(start).map(crop, num_parallel_calls=tf.data.AUTOTUNE,
-                               deterministic=True)
+  return ds.enumerate(start_example).map(
+      crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def random_window(waveform: tf.Tensor, index: tf.Tensor, seed: int,
+                  config: WindowConfig) -> tf.Tensor:
+  """The training window `[window_samples]` of element `index` of a stream
+  seeded by `seed` (`train_layout` with crop seed (seed, index))."""
+  start_frame, left = train_layout(
+      tf.shape(waveform)[0],
+      tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)]), config)
+  return cut_windows(waveform, start_frame, left, config)[0]
+
+
+def local_batch_size(global_batch_size: int, process_count: int) -> int:
+  """This process's share of the global batch."""
+  if global_batch_size % process_count:
+    raise ValueError(f"global batch {global_batch_size} is not divisible by "
+                     f"{process_count} processes")
+  return global_batch_size // process_count
+
+
+def train_dataset(builder: tfds.core.DatasetBuilder, split: str,
+                  global_batch_size: int, config: WindowConfig = WindowConfig(),
+                  seed: int = 0, start_step: int = 0, num_epochs: int = 1,
+                  shuffle_buffer: int = 2048,
+                  process_index: int | None = None,
+                  process_count: int | None = None) -> tf.data.Dataset:
+  """Batches of `{waveform int16 [B, S], label, recording_id, ...}`.
+
+  B is this process's share of `global_batch_size`; the windows are
+  `train_windows`'s, and `start_step` resumes the stream exactly where a
+  run at that step was.
+  """
+  process_index, process_count = process_share(process_index, process_count)
+  local_batch = local_batch_size(global_batch_size, process_count)
+  ds = train_windows(builder, split, config, seed, start_step * local_batch,
+                     num_epochs, shuffle_buffer, process_index, process_count)
   return ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
@@ -208,7 +236,7 @@ def eval_dataset(builder: tfds.core.DatasetBuilder, split: str,
   Files are split across processes (none dropped); every batch has the full
   per-process size, the last one padded with `mask == 0` windows.
   """
-  process_index, process_count = _process_share(process_index, process_count)
+  process_index, process_count = process_share(process_index, process_count)
   split = tfds.even_splits(split, n=process_count,
                            drop_remainder=False)[process_index]
   ds = builder.as_dataset(split=split, shuffle_files=False,
