@@ -73,6 +73,7 @@ def get_config(variant: str = ""):
   if "mixture" in words:
     c.pretrain_sources = ml_collections.ConfigDict({
         "inatsounds": {"type": "tfds", "split": c.get_ref("train_split"),
+                       "window_filter": c.get_ref("train_window_filter"),
                        "weight": 1.0},
         "audio": {"type": "audio_folder", "path": "", "weight": 1.0}})
   if "tiny" in words:

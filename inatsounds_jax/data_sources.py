@@ -17,7 +17,8 @@ element, so each batch holds them in that ratio on average (the MAE
 study's AudioSet : iNatSounds mixtures, Liu et al. 2026, s. 4.6).
 
 - `tfds`: a split of the run's dataset (`split`); labels are carried but
-  not used by pretraining.
+  not used by pretraining. `window_filter`: a keep-list of curated windows
+  (`inatsounds_jax.curate`; "" = every window).
 - `audio_folder`: every wav/flac/ogg/mp3 under `path` (recursive), decoded
   as prediction decodes (`audio.read_audio_file`: mono int16 at 22,050 Hz,
   any rate or channel count); one random window per file per epoch, files
@@ -77,6 +78,18 @@ SOURCES: registry.Registry[Callable[..., Source]] = registry.Registry(
     "training source type")
 
 
+# The source a run without `pretrain_sources` reads: `config.train_split`.
+_TRAIN_SPLIT = "train_split"
+
+
+def _field(name: str, key: str) -> str:
+  """The config field of a source's option, for messages."""
+  if name == _TRAIN_SPLIT:
+    return {"split": "train_split",
+            "window_filter": "train_window_filter"}[key]
+  return f"pretrain_sources.{name}.{key}"
+
+
 def _option(name: str, options: Mapping, field: str):
   if field not in options:
     raise registry.ConfigError(
@@ -88,21 +101,35 @@ def _option(name: str, options: Mapping, field: str):
 @SOURCES.register("tfds")
 def tfds_source(name: str, options: Mapping, weight: float,
                 builder: tfds.core.DatasetBuilder) -> Source:
-  """A split of the run's dataset (`options.split`)."""
+  """A split of the run's dataset (`options.split`), optionally only the
+  windows a keep-list names (`options.window_filter`)."""
   split = _option(name, options, "split")
   if split not in builder.info.splits:
     raise registry.ConfigError(
-        f"pretrain_sources.{name}.split={split!r} is not in the dataset; it "
+        f"{_field(name, 'split')}={split!r} is not in the dataset; it "
         f"has {sorted(builder.info.splits)}")
+  window_filter = None
+  num_examples = builder.info.splits[split].num_examples
+  if options.get("window_filter"):
+    try:
+      window_filter = input_pipeline.WindowFilter.read(
+          options["window_filter"])
+    except (ValueError, OSError) as e:
+      raise registry.ConfigError(
+          f"{_field(name, 'window_filter')}: {e}") from None
+    num_examples = window_filter.num_recordings()
 
   def windows(config, seed, start_example, num_epochs, shuffle_buffer,
               process_index, process_count):
-    return input_pipeline.train_windows(
-        builder, split, config, seed, start_example, num_epochs,
-        shuffle_buffer, process_index, process_count)
+    try:
+      return input_pipeline.train_windows(
+          builder, split, config, seed, start_example, num_epochs,
+          shuffle_buffer, process_index, process_count, window_filter)
+    except ValueError as e:
+      raise registry.ConfigError(
+          f"{_field(name, 'window_filter')}: {e}") from None
 
-  return Source(name, weight, builder.info.splits[split].num_examples,
-                windows)
+  return Source(name, weight, num_examples, windows)
 
 
 def find_audio_files(name: str, path: str) -> list[str]:
@@ -193,7 +220,8 @@ def audio_folder_source(name: str, options: Mapping, weight: float,
 
 
 def from_config(config, builder: tfds.core.DatasetBuilder) -> list[Source]:
-  """The sources of `config.pretrain_sources`, or the train split alone.
+  """The sources of `config.pretrain_sources`, or the train split alone
+  (only `config.train_window_filter`'s windows when set).
 
   Raises:
     registry.ConfigError: an unknown type, a weight <= 0, a missing field,
@@ -201,7 +229,9 @@ def from_config(config, builder: tfds.core.DatasetBuilder) -> list[Source]:
   """
   configured = config.get("pretrain_sources") or {}
   if not configured:
-    return [tfds_source("train_split", {"split": config.train_split}, 1.0,
+    return [tfds_source(_TRAIN_SPLIT, {
+        "split": config.train_split,
+        "window_filter": config.get("train_window_filter", "")}, 1.0,
                         builder)]
   sources = []
   for name, options in configured.items():

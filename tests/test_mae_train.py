@@ -10,6 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from inatsounds_jax import curate
 from inatsounds_jax import registry
 from inatsounds_jax import train
 from test_train import load_config  # pylint: disable=g-bad-import-order
@@ -167,3 +168,19 @@ def test_unlabelled_sources_are_refused_to_a_classifier(data_dir, tmp_path):
   with pytest.raises(registry.ConfigError, match="pretrain_sources: only "
                      "objectives that use no labels"):
     train.setup(c)
+
+
+def test_curating_by_reconstruction_then_pretraining_on_the_kept_windows(
+    mae_workdir, data_dir, tmp_path):
+  out = str(tmp_path / "curated")
+  kept = curate.curate(mae_workdir, out, "reconstruction", keep_fraction=0.5)
+  scores = np.array([float(r) for r in kept.columns["score"]])
+  assert np.isfinite(scores).all() and (scores > 0).all()
+  c = pretrain_config(data_dir,
+                      train_window_filter=os.path.join(out, curate.KEEP_FILE))
+  run = train.setup(c)
+  [source] = run.train_sources
+  assert source.num_examples == len(set(kept.columns["example_index"]))
+  assert source.num_examples < run.builder.info.splits["train"].num_examples
+  outputs = train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert np.isfinite(outputs["validation"].metrics["loss"])
