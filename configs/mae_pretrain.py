@@ -18,7 +18,18 @@ Variants by flag: `--config.mae.decoder=global` (8 global blocks),
 (whole time columns), `--config.model=vit_l16`. Fine-tune the result with
 configs/mae_finetune.py (`--config.init_checkpoint=THIS_WORKDIR`).
 
-CPU smoke run on a small synthetic corpus:
+Variants (comma-separated after the colon):
+- `mixture`: pretrain on the train split and a folder of unlabelled audio
+  (any wav/flac/ogg/mp3 below it, e.g. AudioSet clips), drawn 1 : 1 per
+  window unless the weights are changed (the study's AudioSet : iNatSounds
+  ratios, Liu et al. 2026, s. 4.6):
+
+    --config=configs/mae_pretrain.py:mixture \
+        --config.pretrain_sources.audio.path=/data/audioset \
+        --config.pretrain_sources.audio.weight=3.0
+
+  (`inatsounds_jax/data_sources.py` lists the source types);
+- `tiny`: a CPU smoke run on a small synthetic corpus:
 
     python -m inatsounds_jax.main --config=configs/mae_pretrain.py:tiny \
         --workdir=/tmp/mae_tiny
@@ -29,7 +40,13 @@ import ml_collections
 from inatsounds_jax import config_defaults
 
 
+VARIANTS = ("tiny", "mixture")
+
+
 def get_config(variant: str = ""):
+  words = set(filter(None, variant.split(",")))
+  if words - set(VARIANTS):
+    raise ValueError(f"unknown variant {variant!r}; combine {VARIANTS}")
   c = config_defaults.classifier()
   c.objective = "masked_reconstruction"
   c.model = "vit_b16"  # The encoder.
@@ -53,12 +70,16 @@ def get_config(variant: str = ""):
       "max_windows": 4096, "num_figures": 4}})
   c.best_metric = "validation/loss"
   c.best_mode = "min"
-  if variant == "tiny":
+  if "mixture" in words:
+    c.pretrain_sources = ml_collections.ConfigDict({
+        "inatsounds": {"type": "tfds", "split": c.get_ref("train_split"),
+                       "window_filter": c.get_ref("train_window_filter"),
+                       "weight": 1.0},
+        "audio": {"type": "audio_folder", "path": "", "weight": 1.0}})
+  if "tiny" in words:
     c = config_defaults.tiny(c)
     c.model = "vit_mu16"
     c.image.size = (32, 64)
     c.mae.update(mask_ratio=0.75, decoder_width=64, decoder_depth=2,
                  decoder_heads=4, local_window=(2, 2))
-  elif variant:
-    raise ValueError(f"unknown variant {variant!r}; use '' or 'tiny'")
   return c

@@ -21,6 +21,13 @@ def classifier() -> ml_collections.ConfigDict:
   # Fields of the builder config, e.g. num_species for "synthetic".
   c.dataset_options = ml_collections.ConfigDict()
   c.train_split = "train"
+  # Name -> source of training windows (data_sources.py: the train split,
+  # folders of unlabelled audio, mixtures), for objectives without labels;
+  # empty: train_split.
+  c.pretrain_sources = ml_collections.ConfigDict()
+  # A keep-list of curated train_split windows (inatsounds_jax/curate.py);
+  # "" = every window.
+  c.train_window_filter = ""
   c.frontend_preset = "inatsounds"
   c.window_frames = 512
   c.eval_stride_frames = 256

@@ -17,6 +17,7 @@ frontend applied to a window gives exactly those frames of the whole file.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 
 import jax
@@ -134,39 +135,121 @@ def _audible_in_windows(example, start_frames: tf.Tensor,
                        axis=1)
 
 
-def _process_share(process_index: int | None, process_count: int | None
+def process_share(process_index: int | None, process_count: int | None
                    ) -> tuple[int, int]:
   """(this process's index, process count); JAX's unless given (tests)."""
   return (jax.process_index() if process_index is None else process_index,
           jax.process_count() if process_count is None else process_count)
 
 
-def train_dataset(builder: tfds.core.DatasetBuilder, split: str,
-                  global_batch_size: int, config: WindowConfig = WindowConfig(),
-                  seed: int = 0, start_step: int = 0, num_epochs: int = 1,
-                  shuffle_buffer: int = 2048,
-                  process_index: int | None = None,
-                  process_count: int | None = None) -> tf.data.Dataset:
-  """Batches of `{waveform int16 [B, S], label, recording_id, ...}`.
+@dataclasses.dataclass(frozen=True)
+class WindowFilter:
+  """The training windows kept by curation (`inatsounds_jax.curate`).
 
-  B is this process's share of `global_batch_size`. The stream is a pure
-  function of `seed`: epoch e reads the files in an order seeded by
-  (seed, e), and element i gets crop seed (seed, i). `start_step` resumes it
-  exactly where a run at that step was: only the current epoch is re-read,
-  and skipped records are not decoded. Set `num_epochs` to the run's length:
-  epochs after it repeat one reshuffled dataset, which resumes exactly only
-  from its start.
+  Rows are dense evaluation windows (`eval_layout`) of the train split:
+  recording `example_index` at `split_position` in the split's unshuffled
+  order, window `start_frame` of its signal padded by `left_pad_frames`.
   """
-  process_index, process_count = _process_share(process_index, process_count)
-  if global_batch_size % process_count:
-    raise ValueError(f"global batch {global_batch_size} is not divisible by "
-                     f"{process_count} processes")
-  local_batch = global_batch_size // process_count
+  example_index: np.ndarray
+  split_position: np.ndarray
+  start_frame: np.ndarray
+  left_pad_frames: np.ndarray
+  window_frames: int
+  path: str = ""
+
+  COLUMNS = ("example_index", "split_position", "start_frame",
+             "left_pad_frames", "window_frames")
+
+  @classmethod
+  def read(cls, path: str) -> "WindowFilter":
+    """Reads a keep-list CSV (at least `COLUMNS`).
+
+    Raises:
+      ValueError: missing columns, no rows, or mixed window lengths.
+    """
+    with tf.io.gfile.GFile(path) as f:
+      rows = list(csv.DictReader(f))
+    missing = set(cls.COLUMNS) - set(rows[0] if rows else cls.COLUMNS)
+    if missing:
+      raise ValueError(f"{path}: missing columns {sorted(missing)}")
+    if not rows:
+      raise ValueError(f"{path}: keeps no windows")
+    column = {k: np.array([int(r[k]) for r in rows], np.int64)
+              for k in cls.COLUMNS}
+    lengths = set(column["window_frames"].tolist())
+    if len(lengths) != 1:
+      raise ValueError(f"{path}: windows of several lengths {lengths}")
+    return cls(column["example_index"], column["split_position"],
+               column["start_frame"], column["left_pad_frames"],
+               lengths.pop(), path)
+
+  def num_recordings(self, first: int = 0, end: int | None = None) -> int:
+    """Recordings with a kept window at split positions first .. end - 1."""
+    inside = self.split_position >= first
+    if end is not None:
+      inside &= self.split_position < end
+    return len(np.unique(self.example_index[inside]))
+
+
+def _kept_windows(window_filter: WindowFilter):
+  """Per example index: (first row, row count) into the sorted rows, and
+  the rows' (start frame, left padding), as tensors."""
+  order = np.argsort(window_filter.example_index, kind="stable")
+  index = window_filter.example_index[order]
+  size = int(index.max()) + 1
+  count = np.bincount(index, minlength=size)
+  first = np.concatenate([[0], np.cumsum(count)[:-1]])
+  return (tf.constant(first, tf.int64), tf.constant(count, tf.int64),
+          tf.constant(window_filter.start_frame[order], tf.int32),
+          tf.constant(window_filter.left_pad_frames[order], tf.int32))
+
+
+def train_windows(builder: tfds.core.DatasetBuilder, split: str,
+                  config: WindowConfig = WindowConfig(), seed: int = 0,
+                  start_example: int = 0, num_epochs: int = 1,
+                  shuffle_buffer: int = 2048, process_index: int | None = None,
+                  process_count: int | None = None,
+                  window_filter: WindowFilter | None = None
+                  ) -> tf.data.Dataset:
+  """This process's endless stream of training windows, unbatched.
+
+  The process reads its even share of `split`. Epoch e reads the files in
+  an order seeded by (seed, e), and element i gets crop seed (seed, i), so
+  the stream is a pure function of `seed`; `start_example` resumes it at
+  that element of this process's stream: only the current epoch is
+  re-read, and skipped records are not decoded. Set `num_epochs` to the
+  run's length: epochs after it repeat one reshuffled dataset, which
+  resumes exactly only from its start.
+
+  With `window_filter`, only recordings with a kept window are read, and
+  element i's window is drawn uniformly among its recording's kept ones
+  (seed (seed, i)).
+
+  Raises:
+    ValueError: the filter's windows are not this run's length, or it keeps
+      nothing of this process's share.
+  """
+  process_index, process_count = process_share(process_index, process_count)
   split = tfds.even_splits(split, n=process_count,
                            drop_remainder=True)[process_index]
   epoch_size = builder.info.splits[split].num_examples
-  start = start_step * local_batch
-  first_epoch, offset = divmod(start, epoch_size)
+  if window_filter is not None:
+    if window_filter.window_frames != config.window_frames:
+      raise ValueError(
+          f"{window_filter.path}: windows of {window_filter.window_frames} "
+          f"frames; this run's are {config.window_frames}")
+    [share] = split.to_absolute(builder.info.splits)
+    epoch_size = window_filter.num_recordings(share.from_ or 0, share.to)
+    if not epoch_size:
+      raise ValueError(f"{window_filter.path}: keeps no recording of "
+                       f"process {process_index}'s share of the split")
+    first_row, num_rows, kept_start, kept_left = _kept_windows(window_filter)
+
+    def kept(example):
+      i = tf.cast(example["example_index"], tf.int64)
+      size = tf.size(num_rows, out_type=tf.int64)
+      return (i < size) & (tf.gather(num_rows, tf.minimum(i, size - 1)) > 0)
+  first_epoch, offset = divmod(start_example, epoch_size)
 
   def epoch(e: int) -> tf.data.Dataset:
     epoch_seed = seed * 100_003 + e
@@ -175,6 +258,8 @@ def train_dataset(builder: tfds.core.DatasetBuilder, split: str,
         decoders={"audio": tfds.decode.SkipDecoding()},
         read_config=tfds.ReadConfig(shuffle_seed=epoch_seed,
                                     skip_prefetch=True))
+    if window_filter is not None:
+      ds = ds.filter(kept)
     return ds.shuffle(shuffle_buffer, seed=epoch_seed)
 
   ds = epoch(first_epoch).skip(offset)
@@ -186,13 +271,55 @@ def train_dataset(builder: tfds.core.DatasetBuilder, split: str,
 
   def crop(index, example):
     audio = audio_feature.decode_example(example["audio"])
-    start_frame, left = train_layout(
-        tf.shape(audio)[0], tf.stack([tf.cast(seed, tf.int64), index]), config)
-    window = cut_windows(audio, start_frame, left, config)[0]
+    if window_filter is None:
+      window = random_window(audio, index, seed, config)
+    else:
+      i = tf.cast(example["example_index"], tf.int64)
+      row = first_row[i] + tf.random.stateless_uniform(
+          [], tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)]),
+          maxval=num_rows[i], dtype=tf.int64)
+      window = cut_windows(audio, kept_start[row][None], kept_left[row],
+                           config)[0]
     return dict(_features(example, num_classes), waveform=window)
 
-  ds = ds.enumerate(start).map(crop, num_parallel_calls=tf.data.AUTOTUNE,
-                               deterministic=True)
+  return ds.enumerate(start_example).map(
+      crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def random_window(waveform: tf.Tensor, index: tf.Tensor, seed: int,
+                  config: WindowConfig) -> tf.Tensor:
+  """The training window `[window_samples]` of element `index` of a stream
+  seeded by `seed` (`train_layout` with crop seed (seed, index))."""
+  start_frame, left = train_layout(
+      tf.shape(waveform)[0],
+      tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)]), config)
+  return cut_windows(waveform, start_frame, left, config)[0]
+
+
+def local_batch_size(global_batch_size: int, process_count: int) -> int:
+  """This process's share of the global batch."""
+  if global_batch_size % process_count:
+    raise ValueError(f"global batch {global_batch_size} is not divisible by "
+                     f"{process_count} processes")
+  return global_batch_size // process_count
+
+
+def train_dataset(builder: tfds.core.DatasetBuilder, split: str,
+                  global_batch_size: int, config: WindowConfig = WindowConfig(),
+                  seed: int = 0, start_step: int = 0, num_epochs: int = 1,
+                  shuffle_buffer: int = 2048,
+                  process_index: int | None = None,
+                  process_count: int | None = None) -> tf.data.Dataset:
+  """Batches of `{waveform int16 [B, S], label, recording_id, ...}`.
+
+  B is this process's share of `global_batch_size`; the windows are
+  `train_windows`'s, and `start_step` resumes the stream exactly where a
+  run at that step was.
+  """
+  process_index, process_count = process_share(process_index, process_count)
+  local_batch = local_batch_size(global_batch_size, process_count)
+  ds = train_windows(builder, split, config, seed, start_step * local_batch,
+                     num_epochs, shuffle_buffer, process_index, process_count)
   return ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
@@ -202,13 +329,15 @@ def eval_dataset(builder: tfds.core.DatasetBuilder, split: str,
                  process_count: int | None = None) -> tf.data.Dataset:
   """One pass of dense windows: `{waveform, label, recording_id, mask, ...}`.
 
+  `start_frame` and `left_pad_frames` place each window (`eval_layout`).
+
   `audible_in_window` marks the species calling in each window (from the
   strong labels; all zero where the records have none).
 
   Files are split across processes (none dropped); every batch has the full
   per-process size, the last one padded with `mask == 0` windows.
   """
-  process_index, process_count = _process_share(process_index, process_count)
+  process_index, process_count = process_share(process_index, process_count)
   split = tfds.even_splits(split, n=process_count,
                            drop_remainder=False)[process_index]
   ds = builder.as_dataset(split=split, shuffle_files=False,
@@ -221,6 +350,8 @@ def eval_dataset(builder: tfds.core.DatasetBuilder, split: str,
     out = {k: tf.repeat(v[None], n, axis=0)
            for k, v in _features(example, num_classes).items()}
     out["waveform"] = cut_windows(example["audio"], starts, left, config)
+    out["start_frame"] = starts
+    out["left_pad_frames"] = tf.repeat(left, n)
     out["mask"] = tf.ones([n], tf.bool)
     out["audible_in_window"] = _audible_in_windows(example, starts - left,
                                                    config, num_classes)

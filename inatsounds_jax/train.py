@@ -48,6 +48,7 @@ from inatsounds_jax import augment
 from inatsounds_jax import checkpoints
 from inatsounds_jax import config_defaults
 from inatsounds_jax import data
+from inatsounds_jax import data_sources
 from inatsounds_jax import frontend as frontend_lib
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import label_modes
@@ -311,15 +312,19 @@ class Objective:
       (value, (metrics, variable updates, loss state))`, differentiated
       with respect to `params`; `metrics` are scalars logged as `train/*`.
       Classification also takes the mean `teacher`, when there is one.
+    uses_labels: the loss reads the batch's targets; objectives that do
+      not can train on unlabelled audio (`config.pretrain_sources`).
   """
   make_model: Callable[..., Any]
   loss: Callable[..., Any]
+  uses_labels: bool = True
 
 
 OBJECTIVES: registry.Registry[Objective] = registry.Registry("objective")
 OBJECTIVES.add("classification", Objective(make_model, classification_loss))
 OBJECTIVES.add("masked_reconstruction", Objective(
-    pretraining.make_model, pretraining.reconstruction_loss))
+    pretraining.make_model, pretraining.reconstruction_loss,
+    uses_labels=False))
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx, loss,
@@ -387,6 +392,7 @@ class RunContext:
   mesh: jax.sharding.Mesh
   data_sharding: jax.sharding.NamedSharding
   builder: tfds.core.DatasetBuilder
+  train_sources: tuple[data_sources.Source, ...]  # What training reads.
   objective: Objective
   model: Any  # The objective's model (a `Classifier` for classification).
   windows: input_pipeline.WindowConfig
@@ -468,16 +474,20 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
   check_config(config, builder.info.splits, len(devices),
                jax.process_count())
   label_names = tuple(builder.info.features["label"].names)
+  objective = OBJECTIVES.get(config.get("objective", "classification"))
+  if config.get("pretrain_sources") and objective.uses_labels:
+    raise registry.ConfigError(
+        "pretrain_sources: only objectives that use no labels (e.g. "
+        "masked_reconstruction) can read unlabelled sources")
+  train_sources = tuple(data_sources.from_config(config, builder))
   steps_per_epoch = max(
-      1, builder.info.splits[config.train_split].num_examples //
-      config.batch_size)
+      1, sum(s.num_examples for s in train_sources) // config.batch_size)
   loss = losses.from_config(config, loss_context(
       builder, config.train_split, steps_per_epoch, mesh))
   losses.check_rows_fit(loss, len(label_names), len(devices))
   labels = label_modes.from_config(config, builder, label_names)
   teacher = mean_teacher.from_config(config, steps_per_epoch, builder,
                                      label_names)
-  objective = OBJECTIVES.get(config.get("objective", "classification"))
   model = objective.make_model(config, len(label_names), loss.multilabel)
   windows = window_config(model, config.eval_stride_frames)
   schedule = learning_rate_schedule(config, steps_per_epoch)
@@ -495,8 +505,9 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
   return RunContext(
       mesh=mesh, data_sharding=jax.sharding.NamedSharding(
           mesh, jax.sharding.PartitionSpec("data")),
-      builder=builder, objective=objective, model=model, windows=windows,
-      loss=loss, labels=labels, teacher=teacher, schedule=schedule, tx=tx,
+      builder=builder, train_sources=train_sources, objective=objective,
+      model=model, windows=windows, loss=loss, labels=labels,
+      teacher=teacher, schedule=schedule, tx=tx,
       steps_per_epoch=steps_per_epoch,
       total_steps=int(config.num_epochs * steps_per_epoch),
       init=jax.jit(init, out_shardings=sharding), abstract_state=abstract,
@@ -708,10 +719,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           objective=run.objective, teacher=run.teacher),
       in_shardings=(run.state_sharding, run.data_sharding),
       out_shardings=(run.state_sharding, None), donate_argnums=0)
-  train_iter = iter(input_pipeline.train_dataset(
-      run.builder, config.train_split, config.batch_size, run.windows,
-      seed=config.seed, start_step=start_step,
-      num_epochs=int(np.ceil(config.num_epochs)),
+  train_iter = iter(data_sources.train_dataset(
+      run.train_sources, config.batch_size, run.windows, seed=config.seed,
+      start_step=start_step, num_epochs=int(np.ceil(config.num_epochs)),
       shuffle_buffer=config.shuffle_buffer))
   report = periodic_actions.ReportProgress(num_train_steps=run.total_steps,
                                            writer=writer)
@@ -740,7 +750,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       batch = {k: v.numpy() for k, v in next(train_iter).items()}
       batch = input_pipeline.shard_batch(
           {**{k: batch[k] for k in ("waveform", "label", "example_index")},
-           **run.labels(batch),
+           **(run.labels(batch) if run.objective.uses_labels else {}),
            **(run.teacher.host_fields(batch) if run.teacher else {})},
           run.data_sharding)
       state, metrics = step_fn(state, batch)

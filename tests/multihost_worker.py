@@ -19,6 +19,7 @@ from absl import app
 import jax
 import tensorflow_datasets as tfds
 
+from inatsounds_jax import data_sources
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import main
 
@@ -39,7 +40,7 @@ class _RecordedTrainBatches:
       yield batch
 
 
-def _train_dataset(*args, original=input_pipeline.train_dataset, **kwargs):
+def _train_dataset(*args, original=data_sources.train_dataset, **kwargs):
   return _RecordedTrainBatches(original(*args, **kwargs))
 
 
@@ -68,7 +69,7 @@ def _write_record():
     json.dump(record, f)
 
 
-input_pipeline.train_dataset = _train_dataset
+data_sources.train_dataset = _train_dataset
 input_pipeline.eval_dataset = _eval_dataset
 builtins.open = _open
 app.run(main.main)

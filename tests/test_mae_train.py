@@ -10,9 +10,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from inatsounds_jax import curate
 from inatsounds_jax import registry
 from inatsounds_jax import train
 from test_train import load_config  # pylint: disable=g-bad-import-order
+import model_workdir  # pylint: disable=g-bad-import-order
 
 pytestmark = pytest.mark.slow
 
@@ -131,3 +133,49 @@ def test_fine_tune_with_another_input_shape_says_both(mae_workdir, data_dir,
     train.train_and_evaluate(c, str(tmp_path))
   assert ("the MAE was pretrained on 1 x 32 x 64 inputs; this model takes "
           "1 x 32 x 128") in str(e.value)
+
+
+def test_pretraining_on_a_mixture_of_the_train_split_and_an_audio_folder(
+    data_dir, tmp_path):
+  folder = tmp_path / "unlabelled" / "sub"
+  folder.mkdir(parents=True)
+  shutil.copy(model_workdir.bird_wav(), folder)
+  shutil.copy(model_workdir.yellowthroat_mp3(), folder)
+  c = load_config("mae_pretrain", "tiny,mixture")
+  c.data_dir = data_dir
+  c.pretrain_sources.audio.path = str(tmp_path / "unlabelled")
+  c.pretrain_sources.audio.weight = 3.0
+  workdir = str(tmp_path / "run")
+  outputs = train.train_and_evaluate(c, workdir)
+  assert np.isfinite(outputs["validation"].metrics["loss"])
+  run = train.setup(c)
+  split_size = run.builder.info.splits["train"].num_examples
+  assert {s.name: s.num_examples for s in run.train_sources} == {
+      "inatsounds": split_size, "audio": 2}
+  assert run.total_steps == (split_size + 2) // c.batch_size
+  assert checkpoint(workdir)["step"] == run.total_steps
+
+
+def test_unlabelled_sources_are_refused_to_a_classifier(data_dir, tmp_path):
+  c = load_config("mae_finetune", "tiny")
+  c.data_dir = data_dir
+  c.pretrain_sources = {"x": {"type": "tfds", "split": "train"}}
+  with pytest.raises(registry.ConfigError, match="pretrain_sources: only "
+                     "objectives that use no labels"):
+    train.setup(c)
+
+
+def test_curating_by_reconstruction_then_pretraining_on_the_kept_windows(
+    mae_workdir, data_dir, tmp_path):
+  out = str(tmp_path / "curated")
+  kept = curate.curate(mae_workdir, out, "reconstruction", keep_fraction=0.5)
+  scores = np.array([float(r) for r in kept.columns["score"]])
+  assert np.isfinite(scores).all() and (scores > 0).all()
+  c = pretrain_config(data_dir,
+                      train_window_filter=os.path.join(out, curate.KEEP_FILE))
+  run = train.setup(c)
+  [source] = run.train_sources
+  assert source.num_examples == len(set(kept.columns["example_index"]))
+  assert source.num_examples < run.builder.info.splits["train"].num_examples
+  outputs = train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert np.isfinite(outputs["validation"].metrics["loss"])

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from inatsounds_jax import config_defaults
 from inatsounds_jax import data
-from inatsounds_jax import input_pipeline
+from inatsounds_jax import data_sources
 from inatsounds_jax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -111,8 +111,8 @@ def single_process(data_dir, tmp_path_factory):
   """(workdir, results) of the 1 process x 8 devices reference run."""
   workdir = str(tmp_path_factory.mktemp("single"))
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(input_pipeline, "train_dataset",
-               two_shares(input_pipeline.train_dataset))
+    mp.setattr(data_sources, "train_dataset",
+               two_shares(data_sources.train_dataset))
     results = train.train_and_evaluate(config(data_dir), workdir)
   return workdir, results
 
@@ -181,8 +181,8 @@ def test_two_processes_train_and_evaluate_like_one(data_dir, single_process,
       subprocess.run(["rm", "-r", str(stale)], check=True)
   (workdir / "eval_results.json").unlink()
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(input_pipeline, "train_dataset",
-               two_shares(input_pipeline.train_dataset))
+    mp.setattr(data_sources, "train_dataset",
+               two_shares(data_sources.train_dataset))
     train.train_and_evaluate(config(data_dir), str(workdir))
   resumed = final_params(str(workdir))
   assert resumed.step == single.step

@@ -1,0 +1,308 @@
+"""What training reads: the train split, folders of unlabelled audio, mixtures.
+
+Every run's training windows come from `train_dataset` here. Unless
+`config.pretrain_sources` is set, that is the dataset's `config.train_split`
+alone, exactly `input_pipeline.train_dataset`'s stream with every field.
+`config.pretrain_sources` maps a name to a source, like `config.evals`:
+
+    c.pretrain_sources = {
+        "inatsounds": {"type": "tfds", "split": "train", "weight": 1.0},
+        "audioset": {"type": "audio_folder", "path": "/data/audioset",
+                     "weight": 3.0}}
+
+Each source is an endless `tf.data` stream of random training windows
+(`input_pipeline.random_window`, the one crop of the train split); the
+sources are drawn from at random by `weight` (relative, > 0), element by
+element, so each batch holds them in that ratio on average (the MAE
+study's AudioSet : iNatSounds mixtures, Liu et al. 2026, s. 4.6).
+
+- `tfds`: a split of the run's dataset (`split`); labels are carried but
+  not used by pretraining. `window_filter`: a keep-list of curated windows
+  (`inatsounds_jax.curate`; "" = every window).
+- `audio_folder`: every wav/flac/ogg/mp3 under `path` (recursive), decoded
+  as prediction decodes (`audio.read_audio_file`: mono int16 at 22,050 Hz,
+  any rate or channel count); one random window per file per epoch, files
+  shorter than a window zero-padded, centred. A file that cannot be
+  decoded is replaced by the next one in the folder's order, with a warning.
+
+Multi-host: each process reads a disjoint share of every source (the
+split's `tfds.even_splits` share, every process_count-th file of a folder)
+and draws its own mixture. The stream is a pure function of `config.seed`
+and resumes exactly at a step: each source restarts at the element it had
+reached, found by replaying the (cheap) draws, not the audio.
+
+Mixtures are for objectives that do not use labels (`Objective.uses_labels`
+false): a folder has none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from inatsounds_jax import audio
+from inatsounds_jax import input_pipeline
+from inatsounds_jax import registry
+
+# Draws of the mixture are made this many at a time (one stateless call).
+_DRAW_BLOCK = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """One stream of training windows.
+
+  Attributes:
+    name: its key in `config.pretrain_sources`.
+    weight: its relative share of the drawn windows.
+    num_examples: recordings across all processes (one window each per
+      epoch).
+    windows: `(window config, seed, start_example, num_epochs,
+      shuffle_buffer, process_index, process_count) -> tf.data.Dataset` of
+      this process's endless unbatched stream, from element `start_example`,
+      with `waveform` int16, `label` and `example_index` int (-1 where
+      unlabelled).
+  """
+  name: str
+  weight: float
+  num_examples: int
+  windows: Callable[..., tf.data.Dataset]
+
+
+SOURCES: registry.Registry[Callable[..., Source]] = registry.Registry(
+    "training source type")
+
+
+# The source a run without `pretrain_sources` reads: `config.train_split`.
+_TRAIN_SPLIT = "train_split"
+
+
+def _field(name: str, key: str) -> str:
+  """The config field of a source's option, for messages."""
+  if name == _TRAIN_SPLIT:
+    return {"split": "train_split",
+            "window_filter": "train_window_filter"}[key]
+  return f"pretrain_sources.{name}.{key}"
+
+
+def _option(name: str, options: Mapping, field: str):
+  if field not in options:
+    raise registry.ConfigError(
+        f"pretrain_sources.{name}: needs field {field!r} (has "
+        f"{sorted(options)})")
+  return options[field]
+
+
+@SOURCES.register("tfds")
+def tfds_source(name: str, options: Mapping, weight: float,
+                builder: tfds.core.DatasetBuilder) -> Source:
+  """A split of the run's dataset (`options.split`), optionally only the
+  windows a keep-list names (`options.window_filter`)."""
+  split = _option(name, options, "split")
+  if split not in builder.info.splits:
+    raise registry.ConfigError(
+        f"{_field(name, 'split')}={split!r} is not in the dataset; it "
+        f"has {sorted(builder.info.splits)}")
+  window_filter = None
+  num_examples = builder.info.splits[split].num_examples
+  if options.get("window_filter"):
+    try:
+      window_filter = input_pipeline.WindowFilter.read(
+          options["window_filter"])
+    except (ValueError, OSError) as e:
+      raise registry.ConfigError(
+          f"{_field(name, 'window_filter')}: {e}") from None
+    num_examples = window_filter.num_recordings()
+
+  def windows(config, seed, start_example, num_epochs, shuffle_buffer,
+              process_index, process_count):
+    try:
+      return input_pipeline.train_windows(
+          builder, split, config, seed, start_example, num_epochs,
+          shuffle_buffer, process_index, process_count, window_filter)
+    except ValueError as e:
+      raise registry.ConfigError(
+          f"{_field(name, 'window_filter')}: {e}") from None
+
+  return Source(name, weight, num_examples, windows)
+
+
+def find_audio_files(name: str, path: str) -> list[str]:
+  """Every recording under folder `path` (recursive, sorted).
+
+  Raises:
+    registry.ConfigError: not a folder, or no audio in it.
+  """
+  # Imported here: prediction imports the training loop, which imports us.
+  from inatsounds_jax import predict  # pylint: disable=import-outside-toplevel
+  if not path or not tf.io.gfile.isdir(path):
+    raise registry.ConfigError(
+        f"pretrain_sources.{name}.path={path!r}: no such folder")
+  try:
+    return [full for full, _ in predict.find_audio(path)]
+  except predict.InputError:
+    raise registry.ConfigError(
+        f"pretrain_sources.{name}.path={path}: no audio files "
+        f"({', '.join(predict.AUDIO_EXTENSIONS)}) in this folder") from None
+
+
+class _FolderDecoder:
+  """Decodes recording i of a file list; an undecodable one (warned about
+  once) is replaced by the next decodable one, so the recording behind an
+  element is a pure function of its position and resuming stays exact."""
+
+  def __init__(self, name: str, files: list[str]):
+    self._name, self._files = name, files
+    self._bad: set[int] = set()
+
+  def __call__(self, i) -> np.ndarray:
+    n = len(self._files)
+    for j in range(n):
+      k = (int(i) + j) % n
+      if k in self._bad:
+        continue
+      try:
+        return audio.read_audio_file(self._files[k])
+      except audio.AudioError as e:
+        self._bad.add(k)
+        logging.warning("pretrain_sources.%s skips a recording: %s",
+                        self._name, e)
+    raise registry.ConfigError(
+        f"pretrain_sources.{self._name}: none of its {n} recordings can be "
+        "decoded")
+
+
+@SOURCES.register("audio_folder")
+def audio_folder_source(name: str, options: Mapping, weight: float,
+                        builder: tfds.core.DatasetBuilder) -> Source:
+  """Every recording under `options.path`; unlabelled."""
+  del builder  # Only its own files.
+  files = find_audio_files(name, _option(name, options, "path"))
+
+  def windows(config, seed, start_example, num_epochs, shuffle_buffer,
+              process_index, process_count):
+    del num_epochs, shuffle_buffer  # Every epoch is a full permutation.
+    share = files[process_index::process_count]
+    if not share:
+      raise registry.ConfigError(
+          f"pretrain_sources.{name}: {len(files)} recordings cannot be "
+          f"shared among {process_count} processes")
+    decode = _FolderDecoder(name, share)
+    first_epoch, offset = divmod(start_example, len(share))
+
+    def epoch(e):
+      return tf.data.Dataset.from_tensor_slices(
+          tf.random.experimental.stateless_shuffle(
+              tf.range(len(share)),
+              seed=tf.stack([tf.cast(seed, tf.int64) * 100_003 + e,
+                             tf.constant(1, tf.int64)])))
+
+    def crop(index, file_index):
+      waveform = tf.numpy_function(decode, [file_index], tf.int16,
+                                   stateful=False)
+      waveform.set_shape([None])
+      return {"waveform": input_pipeline.random_window(waveform, index, seed,
+                                                       config),
+              "label": tf.constant(-1, tf.int32),
+              "example_index": tf.constant(-1, tf.int64)}
+
+    ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max)
+    ds = ds.flat_map(epoch).skip(offset).enumerate(start_example)
+    return ds.map(crop, num_parallel_calls=tf.data.AUTOTUNE,
+                  deterministic=True)
+
+  return Source(name, weight, len(files), windows)
+
+
+def from_config(config, builder: tfds.core.DatasetBuilder) -> list[Source]:
+  """The sources of `config.pretrain_sources`, or the train split alone
+  (only `config.train_window_filter`'s windows when set).
+
+  Raises:
+    registry.ConfigError: an unknown type, a weight <= 0, a missing field,
+      a split not in the dataset, a folder without audio.
+  """
+  configured = config.get("pretrain_sources") or {}
+  if not configured:
+    return [tfds_source(_TRAIN_SPLIT, {
+        "split": config.train_split,
+        "window_filter": config.get("train_window_filter", "")}, 1.0,
+                        builder)]
+  sources = []
+  for name, options in configured.items():
+    options = dict(options)
+    factory = SOURCES.get(_option(name, options, "type"))
+    weight = options.get("weight", 1.0)
+    if not (isinstance(weight, (int, float)) and weight > 0):
+      raise registry.ConfigError(
+          f"pretrain_sources.{name}.weight={weight!r} must be > 0")
+    sources.append(factory(name, options, float(weight), builder))
+  return sources
+
+
+def _draw_block(block: tf.Tensor, cumulative: tf.Tensor, seed: int
+                ) -> tf.Tensor:
+  """Source ids of draws block * _DRAW_BLOCK ... (+ _DRAW_BLOCK)."""
+  u = tf.random.stateless_uniform(
+      [_DRAW_BLOCK], tf.stack([tf.cast(seed, tf.int64) * 100_003 + 7, block]))
+  return tf.searchsorted(cumulative, u, side="right")
+
+
+def draws(weights, seed: int) -> tf.data.Dataset:
+  """Endless int64 source ids, i.i.d. with probabilities ~ `weights`."""
+  cumulative = np.cumsum(weights, dtype=np.float64) / np.sum(weights)
+  cumulative = tf.constant(cumulative[:-1], tf.float32)
+  return tf.data.Dataset.range(np.iinfo(np.int64).max).map(
+      lambda b: tf.cast(_draw_block(b, cumulative, seed), tf.int64)).unbatch()
+
+
+def draw_counts(weights, seed: int, num_draws: int) -> np.ndarray:
+  """How many of the first `num_draws` draws went to each source."""
+  blocks = draws(weights, seed).take(num_draws).batch(_DRAW_BLOCK)
+  counts = np.zeros(len(weights), np.int64)
+  for ids in blocks.as_numpy_iterator():
+    counts += np.bincount(ids, minlength=len(weights))
+  return counts
+
+
+def train_dataset(sources: list[Source], global_batch_size: int,
+                  config: input_pipeline.WindowConfig, seed: int = 0,
+                  start_step: int = 0, num_epochs: int = 1,
+                  shuffle_buffer: int = 2048,
+                  process_index: int | None = None,
+                  process_count: int | None = None) -> tf.data.Dataset:
+  """This process's batches, drawn from `sources` by weight.
+
+  One source: its stream with all its fields (the train split's equals
+  `input_pipeline.train_dataset`'s). Several: `{waveform, label,
+  example_index, source}`, `source` the index of the window's source.
+  `start_step` resumes exactly where a run at that step was.
+  """
+  process_index, process_count = input_pipeline.process_share(process_index,
+                                                              process_count)
+  local_batch = input_pipeline.local_batch_size(global_batch_size,
+                                                process_count)
+  start = start_step * local_batch
+  weights = [s.weight for s in sources]
+  consumed = (draw_counts(weights, seed, start) if len(sources) > 1
+              else [start])
+  streams = [source.windows(config, seed + i, int(first), num_epochs,
+                            shuffle_buffer, process_index, process_count)
+             for i, (source, first) in enumerate(zip(sources, consumed))]
+  if len(streams) == 1:
+    ds = streams[0]
+  else:
+    # The fields all sources have, so that their streams interleave.
+    ds = tf.data.Dataset.choose_from_datasets(
+        [s.map(lambda x, i=i: {
+            "waveform": x["waveform"], "label": tf.cast(x["label"], tf.int32),
+            "example_index": tf.cast(x["example_index"], tf.int64),
+            "source": tf.constant(i, tf.int32)})
+         for i, s in enumerate(streams)],
+        draws(weights, seed).skip(start), stop_on_empty_dataset=True)
+  return ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
