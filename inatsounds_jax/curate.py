@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
 import sys
 
 from absl import app
 from absl import flags
+from etils import epath
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
@@ -41,6 +41,7 @@ from inatsounds_jax import data
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import plots
 from inatsounds_jax import registry
+from inatsounds_jax import storage
 from inatsounds_jax import train
 
 SCORES_FILE = "scores.csv"
@@ -66,7 +67,8 @@ class Scores:
     return Scores({k: v[keep] for k, v in self.columns.items()})
 
   def write(self, path: str) -> str:
-    with open(path, "w", newline="") as f:
+    """Writes the CSV at `path` (local or `gs://`); returns `path`."""
+    with epath.Path(path).open("w") as f:
       writer = csv.writer(f)
       writer.writerow(COLUMNS)
       for row in zip(*(self.columns[k] for k in COLUMNS)):
@@ -189,12 +191,12 @@ def curate(workdir: str, out: str, by: str = "confidence",
   scores = score_windows(trained, by, builder, trained.config.train_split,
                          batch_size)
   keep = keep_mask(scores.columns["score"], threshold, keep_fraction)
-  os.makedirs(out, exist_ok=True)
-  scores.write(os.path.join(out, SCORES_FILE))
+  out = storage.resolve(out)
+  out.mkdir(parents=True, exist_ok=True)
+  scores.write(out / SCORES_FILE)
   kept = scores.select(keep)
-  kept.write(os.path.join(out, KEEP_FILE))
-  plot_histogram(os.path.join(out, HISTOGRAM_FILE), scores.columns["score"],
-                 keep, by)
+  kept.write(out / KEEP_FILE)
+  plot_histogram(out / HISTOGRAM_FILE, scores.columns["score"], keep, by)
   return kept
 
 
@@ -221,7 +223,7 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(f"kept {len(kept)} windows; train on them with "
-        f"--config.train_window_filter={os.path.join(f.out, KEEP_FILE)}")
+        f"--config.train_window_filter={storage.resolve(f.out) / KEEP_FILE}")
   return 0
 
 
