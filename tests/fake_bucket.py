@@ -27,6 +27,7 @@ import contextlib
 import os
 
 from clu import metric_writers
+from etils.epath import gpath as epath_gpath
 from etils.epath import testing as epath_testing
 from orbax.checkpoint._src.path import gcs_utils
 from orbax.checkpoint._src.serialization import tensorstore_utils
@@ -72,6 +73,9 @@ def fake_gcs(root, monkeypatch):
       yield remote(folder), dirs, files
 
   monkeypatch.setenv("EPATH_USE_TF", "0")
+  # epath caches "is TensorFlow installed?" on first use (an earlier test in
+  # this process may have asked): answer for the environment variable.
+  monkeypatch.setattr(epath_gpath, "_is_tf_installed", lambda: False)
   normalize = tensorstore_utils._normalize_path  # pylint: disable=protected-access
   monkeypatch.setattr(tensorstore_utils, "_normalize_path",
                       lambda path: normalize(local(path)))

@@ -30,10 +30,10 @@ from inatsounds_jax import train
 REPO = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
-# A tiny ViT (no BatchNorm: well conditioned across partitionings), plain
+# A two-block ViT (no BatchNorm: well conditioned across partitionings), plain
 # SGD and the unquantised frontend, as in test_train's device-count tests.
 OVERRIDES = {
-    "model": "vit_ti16", "image.size": (32, 64), "image.channels": 1,
+    "model": "vit_mu16", "image.size": (32, 64), "image.channels": 1,
     "optimizer": "sgd", "learning_rate": 0.01,
     "frontend_preset": "inatsounds_float", "num_epochs": 2.0,
     "checkpoint_every_steps": 2, "evals.validation.every_epochs": 2.0,

@@ -37,8 +37,11 @@ def load_config(name, *args):
 
 
 def tiny_config(data_dir, **overrides):
+  """The loop's test run: the placeholder backbone (it has BatchNorm
+  statistics, like the CNNs); the real backbones train in
+  `test_every_shipped_config_runs_a_step` and the torchvision-weights test."""
   c = config_defaults.tiny(config_defaults.classifier())
-  c.model = "resnet18"
+  c.model = "placeholder"
   c.image.size = (32, 64)
   c.image.channels = 1
   c.optimizer = "adam"
@@ -110,10 +113,8 @@ def test_one_device_and_eight_devices_agree_on_batch_norm_statistics(
   # running statistics after one step average the first forward pass, a
   # well-conditioned function of the data, so they must agree closely.
   # Per-device statistics would differ from the global ones by the spread of
-  # the per-device means. (The parameters after that step are not compared:
-  # BatchNorm over 1x2 maps of 8 examples is chaotic, and float rounding
-  # alone moves them by 1e-3; tests/test_conv.py checks the sharded
-  # gradients against float64 instead.)
+  # the per-device means. (ResNet-18's sharded BatchNorm gradients are
+  # checked against float64 in tests/test_conv.py.)
   _, one, eight = _one_and_eight_devices(data_dir, tmp_path, num_epochs=0.5,
                                          collection="batch_stats")
   assert_trees_close(one, eight, rtol=1e-5, atol=1e-6)
@@ -122,13 +123,13 @@ def test_one_device_and_eight_devices_agree_on_batch_norm_statistics(
 def test_one_device_and_eight_devices_agree_over_an_epoch(data_dir, tmp_path):
   # A model without BatchNorm stays well conditioned over many steps.
   steps, one, eight = _one_and_eight_devices(
-      data_dir, tmp_path, num_epochs=2.0, model="vit_ti16")
+      data_dir, tmp_path, num_epochs=2.0, model="vit_mu16")
   assert steps >= 4
   assert_trees_close(one, eight, rtol=2e-4, atol=2e-5)
 
 
 def test_parameter_sharding_matches_replicated(data_dir, tmp_path):
-  c = tiny_config(data_dir, model="vit_ti16", num_epochs=1.0,
+  c = tiny_config(data_dir, model="vit_mu16", num_epochs=1.0,
                   optimizer="sgd", learning_rate=0.01)
   train.train_and_evaluate(c, str(tmp_path / "replicated"))
   c.shard_params = True
@@ -154,7 +155,7 @@ def command_line_run(workdir, data_dir, *extra):
   args = [sys.executable, "-m", "inatsounds_jax.main",
           f"--config={REPO / 'configs' / 'resnet50.py'}:tiny",
           f"--workdir={workdir}", f"--config.data_dir={data_dir}",
-          "--config.model=resnet18", "--config.image.size=(32, 64)",
+          "--config.model=placeholder", "--config.image.size=(32, 64)",
           "--config.image.channels=1", "--config.optimizer=adam",
           "--config.learning_rate=0.001", "--config.num_epochs=4.0",
           *extra]
@@ -228,8 +229,8 @@ def test_run_starts_from_a_torchvision_checkpoint_resumes_and_evaluates(
   torch.manual_seed(0)
   torch.save(torchvision.models.resnet18().state_dict(), weights)
   # Learning rate 0: the trained parameters are the imported ones.
-  c = tiny_config(data_dir, init_checkpoint=str(weights), learning_rate=0.0,
-                  num_epochs=1.0)
+  c = tiny_config(data_dir, model="resnet18", init_checkpoint=str(weights),
+                  learning_rate=0.0, num_epochs=1.0)
   workdir = str(tmp_path / "run")
   first = train.train_and_evaluate(c, workdir)
   _, params = final_params(workdir)
@@ -320,6 +321,7 @@ def test_init_checkpoint_that_is_not_weights_is_named_in_one_line(
   weights = tmp_path / "resnet18.pth"
   weights.write_text("<html>404 Not Found</html>\n")
   args, env = command_line_run(tmp_path / "run", data_dir,
+                               "--config.model=resnet18",
                                f"--config.init_checkpoint={weights}")
   result = subprocess.run(args, env=env, cwd=REPO, capture_output=True,
                           text=True)

@@ -1,10 +1,12 @@
 """A placeholder backbone for fast tests and smoke runs: not a real model.
 
-Mean over the time axis of the NHWC image, then one dense layer: a few
-hundred parameters, compiled in well under a second, with the same call
-signature and options as the real backbones (`train`, `dtype`,
-`head_bias_init`), so anything built around a backbone can be tested
-without paying for one (as perch-hoplite tests its model zoo).
+Mean over the time axis of the NHWC image, a batch norm, then one dense
+layer: a few hundred parameters, compiled in well under a second, with the
+same call signature and options as the real backbones (`train`, `dtype`,
+`head_bias_init`, `bn_momentum`) and, like the CNNs, `batch_stats` that
+training updates over the global batch, so anything built around a backbone
+(sharded statistics, their checkpointing and resume) can be tested without
+paying for one (as perch-hoplite tests its model zoo).
 """
 
 from __future__ import annotations
@@ -15,17 +17,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from inatsounds_jax.models import layers
+
 
 class Placeholder(nn.Module):
   """NHWC images -> logits `[batch, num_classes]`."""
   num_classes: int
   dtype: Any = jnp.float32
   head_bias_init: float = 0.0
+  bn_momentum: float = 0.9
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    del train
     features = x.astype(self.dtype).mean(axis=2).reshape(x.shape[0], -1)
+    features = layers.BatchNorm(use_running_average=not train,
+                                momentum=self.bn_momentum, dtype=self.dtype,
+                                name="norm")(features)
     return nn.Dense(self.num_classes, dtype=self.dtype,
                     bias_init=nn.initializers.constant(self.head_bias_init),
                     name="head")(features).astype(jnp.float32)
