@@ -17,6 +17,9 @@ from test_train import load_config  # pylint: disable=g-bad-import-order
 import model_workdir  # pylint: disable=g-bad-import-order
 
 pytestmark = pytest.mark.slow
+# The tests sharing the pretrained `mae_workdir` run in one test process
+# (`pytest --dist loadgroup`), so it is trained once.
+ONE_PROCESS = pytest.mark.xdist_group("mae_workdir")
 
 
 def pretrain_config(data_dir, **overrides):
@@ -48,6 +51,7 @@ def mae_workdir(data_dir, tmp_path_factory):
   return workdir
 
 
+@ONE_PROCESS
 def test_pretraining_reports_reconstruction_loss_draws_figures_and_resumes(
     mae_workdir, data_dir, tmp_path):
   with open(os.path.join(mae_workdir, "eval_results.json")) as f:
@@ -80,6 +84,7 @@ def mae_encoder(mae_workdir):
   return train.load_model_from_workdir(mae_workdir).variables["params"]
 
 
+@ONE_PROCESS
 def test_partial_fine_tune_starts_from_the_encoder_and_keeps_frozen_blocks(
     mae_workdir, data_dir, tmp_path):
   c = finetune_config(data_dir, "tiny,partial", mae_workdir)
@@ -96,6 +101,7 @@ def test_partial_fine_tune_starts_from_the_encoder_and_keeps_frozen_blocks(
   np.testing.assert_allclose(tuned["pos_embed"][0, 0], 0.0)  # Class token.
 
 
+@ONE_PROCESS
 def test_linear_probe_changes_only_the_head(mae_workdir, data_dir, tmp_path):
   c = finetune_config(data_dir, "tiny,linear_probe", mae_workdir)
   train.train_and_evaluate(c, str(tmp_path))
@@ -112,6 +118,7 @@ def test_linear_probe_changes_only_the_head(mae_workdir, data_dir, tmp_path):
   assert state_size <= 2 * head_size + 4
 
 
+@ONE_PROCESS
 def test_fine_tune_from_a_classifier_workdir_says_what_it_found(
     mae_workdir, data_dir, tmp_path):
   classifier = str(tmp_path / "classifier")
@@ -125,6 +132,7 @@ def test_fine_tune_from_a_classifier_workdir_says_what_it_found(
           "workdir") in str(e.value)
 
 
+@ONE_PROCESS
 def test_fine_tune_with_another_input_shape_says_both(mae_workdir, data_dir,
                                                       tmp_path):
   c = finetune_config(data_dir, "tiny", mae_workdir)
@@ -165,6 +173,7 @@ def test_unlabelled_sources_are_refused_to_a_classifier(data_dir, tmp_path):
     train.setup(c)
 
 
+@ONE_PROCESS
 def test_curating_by_reconstruction_then_pretraining_on_the_kept_windows(
     mae_workdir, data_dir, tmp_path):
   out = str(tmp_path / "curated")
