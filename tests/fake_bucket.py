@@ -5,7 +5,8 @@ for the three ways files reach a bucket from this library:
 
 - `etils.epath` (the library's own files, and orbax's folder operations):
   through epath's own test hook, `epath.testing.mock_epath`, with epath's
-  TensorFlow backend turned off (`EPATH_USE_TF=0`; it would bypass the hook);
+  TensorFlow backend turned off (as `EPATH_USE_TF=0` would; it would bypass
+  the hook);
 - orbax's array writes: tensorstore would open `gs://` with its GCS driver,
   so orbax's path normalisation maps the URI to the local folder (its file
   driver then writes there), and orbax's "is this GCS?" and "hierarchical
@@ -72,9 +73,9 @@ def fake_gcs(root, monkeypatch):
     for folder, dirs, files in original(local(top), **kwargs):
       yield remote(folder), dirs, files
 
-  monkeypatch.setenv("EPATH_USE_TF", "0")
-  # epath caches "is TensorFlow installed?" on first use (an earlier test in
-  # this process may have asked): answer for the environment variable.
+  # What EPATH_USE_TF=0 decides, set where epath reads it: it caches "is
+  # TensorFlow installed?" on first use, which an earlier test in this
+  # process may have made.
   monkeypatch.setattr(epath_gpath, "_is_tf_installed", lambda: False)
   normalize = tensorstore_utils._normalize_path  # pylint: disable=protected-access
   monkeypatch.setattr(tensorstore_utils, "_normalize_path",
