@@ -145,7 +145,9 @@ def test_tiny_run_on_a_bucket_workdir_writes_there_and_resumes(
   last = max(int(p.name) for p in (run / "checkpoints").iterdir()
              if p.name.isdigit())
   # The same command again resumes from the bucket's last step.
-  caplog.set_level(logging.INFO)
+  # On absl's logger: an earlier test in this process may have raised its
+  # level (absl's verbosity), which the root logger's level would not undo.
+  caplog.set_level(logging.INFO, logger="absl")
   again = train.train_and_evaluate(c, WORKDIR)
   assert f"Resumed from step {last}" in caplog.text
   assert ({k: o.summary for k, o in again.items()} ==
