@@ -1,9 +1,19 @@
 """Shared fixtures: a small synthetic corpus and builds from it."""
 
 import os
+import tempfile
 
 # Tests see 8 fake CPU devices (sharding tests) and keep TF off any GPU.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The tests compile far more than they compute (tiny batches, a few steps):
+# without LLVM's optimisations XLA compiles a train step 2-3x faster, and
+# programs compiled again (a resumed run, the same model in another test,
+# a subprocess) come from a cache shared by the test processes. Benchmarks
+# and users keep XLA's defaults.
+os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), "inatsounds_jax_tests_xla_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
