@@ -1,0 +1,196 @@
+"""The L48 layout reader and builder, on a fake in the authors' layout."""
+
+import dataclasses
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from inatsounds_jax import data
+from inatsounds_jax import l48
+from tests import l48_fake
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("l48"))
+  return root, l48_fake.write(root)
+
+
+@pytest.fixture(scope="module")
+def built(fake, tmp_path_factory):
+  return data.prepare("l48", data_dir=str(tmp_path_factory.mktemp("tfds")),
+                      manual_dir=fake[0])
+
+
+def _examples(builder, split):
+  return list(tfds.as_numpy(builder.as_dataset(split=split,
+                                               shuffle_files=False)))
+
+
+def _copy(fake, tmp_path):
+  root = str(tmp_path / "copy")
+  shutil.copytree(fake[0], root)
+  return root
+
+
+def _edit_json(root, name, edit):
+  path = os.path.join(root, name)
+  with open(path) as f:
+    records = json.load(f)
+  edit(records)
+  with open(path, "w") as f:
+    json.dump(records, f)
+
+
+def test_builder_splits_clips_by_asset_as_the_benchmark_does(fake, built):
+  _, written = fake
+  splits = built.info.splits
+  # 4 species: 3 train assets (one of them validation) and 1 test asset
+  # each, 3 clips per asset.
+  assert {s: splits[s].num_examples for s in splits} == {
+      "train": 24, "validation": 12, "test": 12}
+  assert built.info.features["label"].names == list(l48_fake.SPECIES)
+  train = _examples(built, "train")
+  expected = [c for c in written["clips"]
+              if c["asset_id"] < 8000
+              and c["asset_id"] not in written["validation"]]
+  # clips.json order within the split: example_index is the row of the
+  # benchmark's matrices.
+  assert [int(ex["clip_id"]) for ex in train] == [c["id"] for c in expected]
+  assert [int(ex["example_index"]) for ex in train] == list(range(24))
+  assert [int(ex["recording_id"]) for ex in train] == [
+      c["asset_id"] for c in expected]
+  assert [ex["file_path"].decode() for ex in train] == [
+      c["file_path"] for c in expected]
+  first = train[0]
+  assert first["image"].shape == (l48_fake.HEIGHT, l48_fake.WIDTH, 3)
+  assert first["image"].dtype == np.uint8
+  # Clip of asset 1 (amerob), the target drawn in the top band.
+  assert first["image"][:3].mean() > 150 and first["image"][-3:].mean() < 100
+  assets = sorted({c["asset_id"] for c in expected})
+  assert [int(ex["asset_index"]) for ex in train] == [
+      assets.index(c["asset_id"]) for c in expected]
+
+
+def test_clip_labels_and_masks_match_the_format_script(built):
+  train = _examples(built, "train")
+  by_order = {int(ex["clip_order"]): ex for ex in train
+              if int(ex["recording_id"]) == 1}  # amerob; blujay off range.
+  expected = {
+      # target alone, fully labelled
+      0: {"labels": [1, 0, 0, 0], "mask_full": [1, 1, 1, 1],
+          "mask_target": [1, 0, 0, 0], "mask_geo": [1, 0, 1, 0],
+          "mask_checklist": [1, 0, 1, 1]},
+      # target absent, everything else unknown: the target entry is unknown
+      # too, so target-only has nothing known
+      1: {"labels": [0, 0, 0, 0], "mask_full": [0, 0, 0, 0],
+          "mask_target": [0, 0, 0, 0], "mask_geo": [0, 0, 1, 0],
+          "mask_checklist": [0, 0, 1, 1]},
+      # target and a background species (norcar, on the checklist)
+      2: {"labels": [1, 1, 0, 0], "mask_full": [1, 1, 1, 1],
+          "mask_target": [1, 0, 0, 0], "mask_geo": [1, 0, 1, 0],
+          "mask_checklist": [1, 0, 1, 1]},
+  }
+  for order, fields in expected.items():
+    ex = by_order[order]
+    assert int(ex["label"]) == 0
+    for name, value in fields.items():
+      assert ex[name].dtype == np.uint8
+      np.testing.assert_array_equal(ex[name], value, err_msg=f"{order} {name}")
+
+
+def test_builder_writes_the_side_files_the_loop_reads(built):
+  sources = data.label_sources(built)
+  assert sources["label_masks"] and not sources["strong_labels"]
+  assert sources["example_index_size"] == {"train": 24, "validation": 12,
+                                           "test": 12}
+  assert sources["asset_index_size"] == {"train": 8, "validation": 4,
+                                         "test": 4}
+  # Fully annotated train clips hold 1 or 2 positives (clips 0 and 2).
+  assert sources["mean_audible_species"]["train"] == pytest.approx(1.5)
+  table = data.class_table(built)
+  assert [r["species"] for r in table] == list(l48_fake.SPECIES)
+  assert table[1]["common_name"] == "Common norcar"
+  counts = data.label_counts(built)
+  assert counts["train"] == [6, 6, 6, 6]
+
+
+def test_missing_image_stops_the_build_naming_the_file(fake, tmp_path):
+  root = _copy(fake, tmp_path)
+  os.remove(os.path.join(root, "images", "8010", "2.jpg"))
+  with pytest.raises(l48.L48Error, match=r"images/8010/2.jpg: missing "
+                     r"\(the image of clip \d+ in clips.json\)"):
+    data.prepare("l48", data_dir=str(tmp_path / "tfds"), manual_dir=root)
+
+
+def test_unreadable_image_is_named(fake, tmp_path):
+  root = _copy(fake, tmp_path)
+  path = os.path.join(root, "images", "1", "0.jpg")
+  with open(path, "wb") as f:
+    f.write(b"not an image")
+  with pytest.raises(l48.L48Error, match=r"images/1/0.jpg: unreadable image"):
+    l48.check_image(path, "clip 3")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda root: os.remove(os.path.join(root, "val_split.npy")),
+     r"val_split.npy: missing; copy val_split.npy from the root of "
+     r"github.com/cvl-umass/l48-benchmarking"),
+    (lambda root: os.remove(os.path.join(root, "clips.json")),
+     r"clips.json: missing"),
+    (lambda root: _edit_json(root, "assets.json",
+                             lambda r: r[0].update(target_species_code="xxx")),
+     r"assets.json: asset 0 has target species 'xxx', which is not in "
+     r"taxa.csv"),
+    (lambda root: _edit_json(root, "assets.json",
+                             lambda r: r[0].update(split="val")),
+     r"assets.json: asset 0 has split 'val'"),
+    (lambda root: _edit_json(root, "clips.json",
+                             lambda r: r[0].pop("asset_id")),
+     r"clips.json: clip 0 has no field 'asset_id'"),
+    (lambda root: _edit_json(root, "clips.json",
+                             lambda r: r[0].update(asset_id=77)),
+     r"clips.json: clip 0 names asset 77, which is not in assets.json"),
+    (lambda root: _edit_json(root, "clips.json",
+                             lambda r: r[0].update(
+                                 present_species_codes="amerob")),
+     r"clips.json: clip 0 field 'present_species_codes' is 'amerob', "
+     r"expected a list"),
+    (lambda root: np.save(os.path.join(root, "val_split.npy"),
+                          np.array([5000])),
+     r"val_split.npy: asset ids \[5000\] are not in assets.json"),
+])
+def test_bad_metadata_is_named_with_its_problem(fake, tmp_path, edit,
+                                                message):
+  root = _copy(fake, tmp_path)
+  edit(root)
+  with pytest.raises(l48.L48Error, match=message):
+    l48.read(root)
+
+
+def _first_clip_labels(root, **extra_codes):
+  """Labels of clips.json's first clip, and of it with `extra_codes`
+  appended to its lists (`present`, `unknown`)."""
+  release = l48.read(root)
+  clip = release.clips[0]
+  changed = dataclasses.replace(clip, **{
+      k: getattr(clip, k) + tuple(v) for k, v in extra_codes.items()})
+  asset = release.assets[clip.asset_id]
+  return (l48.clip_labels(clip, asset, release.species_codes),
+          lambda: l48.clip_labels(changed, asset, release.species_codes))
+
+
+def test_present_species_outside_the_range_prior_is_an_error(fake):
+  _, changed = _first_clip_labels(fake[0], present=["blujay"])
+  with pytest.raises(l48.L48Error, match=r"clip 0 has present species "
+                     r"outside asset 0's possible species"):
+    changed()
+
+
+def test_codes_outside_taxa_are_ignored_like_the_format_script(fake):
+  labels, changed = _first_clip_labels(fake[0], unknown=["Unknown bird"])
+  np.testing.assert_array_equal(changed()["full"], labels["full"])
