@@ -124,7 +124,9 @@ def label_sources(builder: tfds.core.DatasetBuilder) -> dict:
   mode), per split `example_index_size`, `asset_index_size` (L48: assets
   per split) and `mean_audible_species` (the mean number of species audible
   in a recording, or present in a fully annotated L48 clip; absent without
-  strong labels).
+  strong labels), and (L48) per split and mask feature (`mask_full`,
+  `mask_target`, `mask_geo`, `mask_checklist`) `unlabelled_examples`: the
+  example indices whose mask is all zero.
 
   Records built before the builder wrote it hold none of them.
   """
@@ -134,6 +136,7 @@ def label_sources(builder: tfds.core.DatasetBuilder) -> dict:
           "label_masks": bool(found.get("label_masks")),
           "example_index_size": dict(found.get("example_index_size", {})),
           "asset_index_size": dict(found.get("asset_index_size", {})),
+          "unlabelled_examples": dict(found.get("unlabelled_examples", {})),
           "mean_audible_species": dict(found.get("mean_audible_species",
                                                  {}))}
 

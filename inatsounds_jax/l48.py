@@ -57,6 +57,9 @@ VAL_SPLIT_FILE = "val_split.npy"
 IMAGES_DIR = "images"
 # The label masks a clip carries, one per label mode of the study.
 MASKS = ("full", "target", "geo", "checklist")
+# The clip feature holding each label mode's mask (`label_modes.py` names).
+MASK_OF_MODE = {"full": "mask_full", "target_only": "mask_target",
+                "geo": "mask_geo", "checklist": "mask_checklist"}
 # TFDS split names, from the asset's split and the validation list.
 SPLITS = ("train", "validation", "test")
 IMAGE_FORMATS = ("PNG", "JPEG")

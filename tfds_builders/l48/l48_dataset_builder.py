@@ -8,9 +8,10 @@ describes the layout. From Python: `inatsounds_jax.data.prepare("l48",
 manual_dir=DIR)`.
 
 Splits as in the benchmark code: assets of split "test" form `test`, those
-listed in val_split.npy `validation`, the other train assets `train`; each
-split keeps clips.json's order, so `example_index` is the row of the
-benchmark's `<split>_*.npy` matrices. A clip's features:
+listed in val_split.npy `validation`, the other train assets `train`. A
+clip's `example_index` is its position in its split in clips.json's order,
+the row of the benchmark's `<split>_*.npy` matrices (the records
+themselves are shuffled, as TFDS writes them). A clip's features:
 
 - `image`: the spectrogram image as stored (PNG/JPEG bytes; decoded to
   uint8 RGB [height, width, 3]);
@@ -80,9 +81,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         }),
         supervised_keys=("image", "label"),
         homepage="https://github.com/visipedia/ml48s",
-        # Records in clips.json order: an asset's clips in time order, and
-        # example i of a split is row i of the benchmark's matrices.
-        disable_shuffling=True,
     )
 
   def _split_generators(self, dl_manager):
@@ -102,6 +100,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     asset_index = {a: i for i, a in enumerate(assets)}
     counts = np.zeros(len(codes), np.int64)
     positives = []
+    unlabelled = {feature: [] for feature in l48.MASK_OF_MODE.values()}
     for index, clip in enumerate(clips):
       asset = release.assets[clip.asset_id]
       path = release.image_path(clip)
@@ -111,6 +110,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       counts[label] += 1
       if labels["full"].all():
         positives.append(int(labels["labels"].sum()))
+      for m in l48.MASKS:
+        if not labels[m].any():
+          unlabelled[f"mask_{m}"].append(index)
       with open(path, "rb") as f:
         image = f.read()
       yield clip.id, {
@@ -121,7 +123,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           **{f"mask_{m}": labels[m] for m in l48.MASKS}}
     self._sizes[split] = {
         "examples": len(clips), "assets": len(assets),
-        "label_counts": counts.tolist(),
+        "label_counts": counts.tolist(), "unlabelled": unlabelled,
         "mean_positives": float(np.mean(positives)) if positives else 0.0}
 
   def _download_and_prepare(self, dl_manager, download_config):
@@ -139,6 +141,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         "strong_labels": False, "checklists": False, "label_masks": True,
         "example_index_size": {s: v["examples"] for s, v in sizes.items()},
         "asset_index_size": {s: v["assets"] for s, v in sizes.items()},
+        # Per split and mask feature: the example indices with nothing
+        # known (training drops them, as the benchmark's
+        # remove_unannotated).
+        "unlabelled_examples": {s: v["unlabelled"] for s, v in sizes.items()},
         # Per fully annotated clip: the expected positives of EPR / ROLE.
         "mean_audible_species": {s: v["mean_positives"]
                                  for s, v in sizes.items()}})
