@@ -64,8 +64,9 @@ _WHERE = {
     "geo_prior": "a geographic prior: set geo_prior to 'synthetic_truth' "
                  "(synthetic corpus) or to a range-model workdir "
                  "(configs/sinr.py trains one)",
-    "checklists": "per-recording checklists, which only the synthetic "
-                  "corpus has (strong_labels.json, dataset='synthetic')",
+    "checklists": "per-recording checklists, which the synthetic corpus "
+                  "(strong_labels.json, dataset='synthetic') and L48 "
+                  "(dataset='l48') have",
     "strong_labels": "strong labels (every audible species), which only the "
                      "synthetic corpus has (strong_labels.json, "
                      "dataset='synthetic')",

@@ -5,13 +5,22 @@ import json
 import os
 import shutil
 
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from inatsounds_jax import augment
 from inatsounds_jax import data
+from inatsounds_jax import frontend
+from inatsounds_jax import input_pipeline
 from inatsounds_jax import l48
+from inatsounds_jax import label_modes
+from inatsounds_jax import train
+from inatsounds_jax.models import classifier
 from tests import l48_fake
+from tests.test_train import load_config
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +137,13 @@ def test_missing_image_stops_the_build_naming_the_file(fake, tmp_path):
     data.prepare("l48", data_dir=str(tmp_path / "tfds"), manual_dir=root)
 
 
+def test_building_without_the_folder_says_what_to_download(tmp_path):
+  with pytest.raises(l48.L48Error, match=r"dataset 'l48' needs manual_dir "
+                     r"(.|\n)*ml48s.tar.gz(.|\n)*val_split.npy"):
+    data.prepare("l48", data_dir=str(tmp_path / "tfds"),
+                 manual_dir=str(tmp_path / "absent"))
+
+
 def test_unreadable_image_is_named(fake, tmp_path):
   root = _copy(fake, tmp_path)
   path = os.path.join(root, "images", "1", "0.jpg")
@@ -198,7 +214,6 @@ def test_codes_outside_taxa_are_ignored_like_the_format_script(fake):
 
 
 def tiny_l48_config(root, data_dir, **overrides):
-  from tests.test_train import load_config  # pylint: disable=import-outside-toplevel
   c = load_config("l48", "tiny")
   c.update(manual_dir=root, data_dir=str(data_dir), **overrides)
   return c
@@ -215,7 +230,6 @@ def tiny_l48_config(root, data_dir, **overrides):
 ])
 def test_tiny_l48_config_trains_in_each_label_mode(
     fake, tmp_path, mode, loss, asset_weight, steps_per_epoch):
-  from inatsounds_jax import train  # pylint: disable=import-outside-toplevel
   c = tiny_l48_config(fake[0], tmp_path / "tfds", label_mode=mode, loss=loss,
                       asset_reg={"weight": asset_weight, "rate": 0.1})
   assert train.setup(c).steps_per_epoch == steps_per_epoch
@@ -227,3 +241,81 @@ def test_tiny_l48_config_trains_in_each_label_mode(
     assert summary["num_files"] == 4 and summary["num_windows"] == 12
     assert summary["num_annotated_windows"] == 8
     assert 0 < outputs[split].metrics["no_prior/window_map"] <= 1
+
+
+def test_training_reads_one_clip_per_example_without_unlabelled_ones(built):
+  size = frontend.ImageInputConfig(height=12, width=20)
+  windows = input_pipeline.WindowConfig(frontend=size)
+  stream = input_pipeline.train_windows(
+      built, "train", windows, seed=1, num_epochs=1, process_index=0,
+      process_count=1, require_known="mask_target")
+  # The 8 clips without their target (nothing known in target-only) are
+  # left out: an epoch is the other 16, each once.
+  epoch = list(tfds.as_numpy(stream.take(16)))
+  assert sorted(int(x["example_index"]) for x in epoch) == sorted(
+      int(ex["example_index"]) for ex in _examples(built, "train")
+      if ex["mask_target"].any())
+  assert all(x["image"].shape == (12, 20, 3) and x["image"].dtype == np.uint8
+             for x in epoch)
+  assert all(x["mask_target"].any() for x in epoch)
+
+
+def test_evaluation_gives_each_clip_as_a_window_of_its_asset(built):
+  windows = input_pipeline.WindowConfig(
+      frontend=frontend.ImageInputConfig(height=l48_fake.HEIGHT,
+                                         width=l48_fake.WIDTH))
+  batches = list(tfds.as_numpy(input_pipeline.eval_dataset(
+      built, "test", 5, windows, process_index=0, process_count=1)))
+  rows = {k: np.concatenate([b[k] for b in batches]) for k in
+          ("mask", "recording_id", "annotated", "audible_in_window",
+           "image")}
+  valid = rows["mask"]
+  assert valid.sum() == 12 and len(valid) == 15  # Padded to whole batches.
+  assert sorted(set(rows["recording_id"][valid])) == [8000, 8010, 8020, 8030]
+  # Clips with the target absent (all unknown) are not annotated.
+  assert rows["annotated"][valid].sum() == 8
+  by_clip = {int(ex["clip_id"]): ex for ex in _examples(built, "test")}
+  assert sorted(rows["audible_in_window"][valid].sum(axis=1)) == sorted(
+      int(ex["labels"].sum()) for ex in by_clip.values())
+  assert rows["image"].shape[1:] == (l48_fake.HEIGHT, l48_fake.WIDTH, 3)
+
+
+def test_label_modes_read_each_clips_mask_from_the_data(built):
+  names = built.info.features["label"].names
+  clips = _examples(built, "train")
+  batch = {k: np.stack([ex[k] for ex in clips]) for k in
+           ("label", "labels", "mask_target", "mask_geo", "mask_checklist",
+            "mask_full")}
+  for mode, feature in (("target_only", "mask_target"), ("geo", "mask_geo"),
+                        ("checklist", "mask_checklist"),
+                        ("full", "mask_full")):
+    observer = label_modes.from_config(
+        ml_collections.ConfigDict({"label_mode": mode}), built, names)
+    out = observer(batch)
+    np.testing.assert_array_equal(out["label_mask"], batch[feature])
+    # Known entries carry the clip's labels; unknown ones are 0 (what the
+    # assume-negative losses read).
+    np.testing.assert_array_equal(out["targets"],
+                                  batch["labels"] * batch[feature])
+
+
+def test_image_classifier_normalises_grey_clips_like_the_benchmark():
+  mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+  model = classifier.Classifier(
+      backbone="placeholder", num_classes=4,
+      frontend=frontend.ImageInputConfig(height=6, width=10),
+      image=augment.ImageConfig(size=None, channels=3, mean=mean, std=std))
+  grey = np.random.default_rng(0).integers(0, 256, (2, 6, 10), np.uint8)
+  images = np.repeat(grey[..., None], 3, axis=-1)
+  one_channel = model.apply({}, jnp.asarray(images),
+                            method=classifier.Classifier.spectrogram)
+  np.testing.assert_allclose(one_channel, grey)
+  # torchvision's ToTensor + Normalize on the RGB clip.
+  expected = (images / 255.0 - np.array(mean)) / np.array(std)
+  np.testing.assert_allclose(
+      augment.to_model_image(one_channel, model.image), expected, rtol=1e-5,
+      atol=1e-5)
+  assert model.example_input.shape == (6, 10, 3)
+  variables = model.init({"params": np.zeros(2, np.uint32)},
+                         jnp.zeros((1, 6, 10, 3), jnp.uint8))
+  assert model.apply(variables, jnp.asarray(images)).shape == (2, 4)

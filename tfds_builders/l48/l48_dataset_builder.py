@@ -84,7 +84,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager):
-    manual_dir = os.fspath(dl_manager.manual_dir)
+    try:
+      manual_dir = os.fspath(dl_manager.manual_dir)
+    except AssertionError:  # TFDS's way of saying it is missing or empty.
+      raise l48.L48Error(
+          "dataset 'l48' needs manual_dir (--config.manual_dir) holding the "
+          "L48 folder:" + self.MANUAL_DOWNLOAD_INSTRUCTIONS) from None
     self._release = release = l48.read(manual_dir)
     self.info.features["label"].names = list(release.species_codes)
     clips = collections.defaultdict(list)
