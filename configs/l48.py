@@ -58,6 +58,10 @@ def get_config(variant: str = ""):
       split: {"type": "strong_label", "split": split,
               "every_epochs": 1.0 if split == "validation" else 0.0}
       for split in ("validation", "test")})
+  # Recording level: each test asset's clips pooled, scored against its
+  # target species (top-1, mAP; no geographic prior, L48 has no locations).
+  c.evals.test_assets = {"type": "file_level", "split": "test",
+                         "every_epochs": 0.0}
   c.best_metric = "validation/no_prior/window_map"
   if variant == "tiny":
     c.update(init_checkpoint="", model="placeholder", batch_size=8,

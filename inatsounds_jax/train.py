@@ -438,6 +438,33 @@ def check_config(config, splits, num_devices: int, process_count: int
       raise registry.ConfigError(f"evals.{name}.every_epochs must be >= 0")
 
 
+def check_input(config, builder: tfds.core.DatasetBuilder) -> None:
+  """The frontend must fit the records: audio, or images (L48) with the
+  "image" frontend, which has no dB scale for mixup and whose spectrograms
+  (dark calls on white) SpecAugment's zero fill would mark as loud.
+
+  Raises:
+    registry.ConfigError.
+  """
+  images = input_pipeline.is_image_dataset(builder)
+  image_frontend = isinstance(frontend_lib.get_config(config.frontend_preset),
+                              frontend_lib.ImageInputConfig)
+  if images != image_frontend:
+    raise registry.ConfigError(
+        f"frontend_preset {config.frontend_preset!r} takes "
+        f"{'images' if image_frontend else 'waveforms'}, and dataset "
+        f"{config.dataset!r} holds {'images' if images else 'audio'}"
+        + ("; use frontend_preset='image'" if images else ""))
+  augment_config = config.augment
+  if image_frontend and (augment_config.mixup or
+                         augment_config.freq_mask_max_width or
+                         augment_config.time_mask_max_width):
+    raise registry.ConfigError(
+        "augment: mixup and SpecAugment work on the library's own "
+        "spectrograms; with frontend_preset='image' set augment.mixup=False "
+        "and augment.freq_mask_max_width=augment.time_mask_max_width=0")
+
+
 def _check_best_metric(best_metric: str,
                        scheduled: Sequence[evaluators.ScheduledEvaluator]
                        ) -> None:
@@ -479,6 +506,8 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
   builder = data.prepare_from_config(config)
   check_config(config, builder.info.splits, len(devices),
                jax.process_count())
+  if config.get("objective", "classification") == "classification":
+    check_input(config, builder)
   label_names = tuple(builder.info.features["label"].names)
   objective = OBJECTIVES.get(config.get("objective", "classification"))
   if config.get("pretrain_sources") and objective.uses_labels:

@@ -17,6 +17,7 @@ from inatsounds_jax import frontend
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import l48
 from inatsounds_jax import label_modes
+from inatsounds_jax import registry
 from inatsounds_jax import train
 from inatsounds_jax.models import classifier
 from tests import l48_fake
@@ -241,6 +242,9 @@ def test_tiny_l48_config_trains_in_each_label_mode(
     assert summary["num_files"] == 4 and summary["num_windows"] == 12
     assert summary["num_annotated_windows"] == 8
     assert 0 < outputs[split].metrics["no_prior/window_map"] <= 1
+  # The test assets pooled over their clips, against their target species.
+  assets = outputs["test_assets"]
+  assert 0 <= assets.metrics["mean/no_prior/top1"] <= 1
 
 
 def test_training_reads_one_clip_per_example_without_unlabelled_ones(built):
@@ -319,3 +323,17 @@ def test_image_classifier_normalises_grey_clips_like_the_benchmark():
   variables = model.init({"params": np.zeros(2, np.uint32)},
                          jnp.zeros((1, 6, 10, 3), jnp.uint8))
   assert model.apply(variables, jnp.asarray(images)).shape == (2, 4)
+
+
+def test_config_must_read_clips_with_the_image_frontend_and_no_augment(
+    built):
+  c = load_config("l48", "tiny")
+  train.check_input(c, built)
+  with pytest.raises(registry.ConfigError, match=r"frontend_preset "
+                     r"'inatsounds' takes waveforms, and dataset 'l48' "
+                     r"holds images; use frontend_preset='image'"):
+    train.check_input(ml_collections.ConfigDict(
+        {**c.to_dict(), "frontend_preset": "inatsounds"}), built)
+  c.augment.mixup = True
+  with pytest.raises(registry.ConfigError, match="augment.mixup=False"):
+    train.check_input(c, built)

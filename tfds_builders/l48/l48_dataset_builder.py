@@ -139,7 +139,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       with open(os.path.join(self.data_path, name), "w") as f:
         json.dump(value, f, indent=1)
 
-    write(CLASSES_NAME, [dict(row, label=i, species=row["species_code"])
+    # Every L48 species is a bird: one supercategory, as iNatSounds names it.
+    write(CLASSES_NAME, [dict(row, label=i, species=row["species_code"],
+                              supercategory="Aves")
                          for i, row in enumerate(self._release.species)])
     write(LABEL_COUNTS_NAME, {s: v["label_counts"] for s, v in sizes.items()})
     write(LABEL_SOURCES_NAME, {
