@@ -37,8 +37,9 @@ class ImageConfig:
   """
   size: tuple[int, int] | None = (224, 224)
   channels: int = 3  # The paper repeats the image into 3 channels.
-  mean: float = 0.6569
-  std: float = 0.1786
+  # Of the 0..1 image: one value, or one per channel (ImageNet's for L48).
+  mean: float | tuple[float, ...] = 0.6569
+  std: float | tuple[float, ...] = 0.1786
   antialias: bool = True
 
 
@@ -143,5 +144,6 @@ def to_model_image(images: jax.Array, config: ImageConfig) -> jax.Array:
   x = images.astype(jnp.float32) / 255.0
   if config.size is not None and tuple(config.size) != x.shape[1:]:
     x = _resize(x, tuple(config.size), config.antialias)
-  x = (x - config.mean) / config.std
-  return jnp.repeat(x[..., None], config.channels, axis=-1)
+  x = jnp.repeat(x[..., None], config.channels, axis=-1)
+  return ((x - np.asarray(config.mean, np.float32)) /
+          np.asarray(config.std, np.float32))

@@ -15,7 +15,7 @@ import ml_collections
 def classifier() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # Data.
-  c.dataset = "full"  # "full" (the release) or "synthetic".
+  c.dataset = "full"  # "full" (the release), "synthetic", or "l48".
   c.data_dir = ""  # TFDS data dir; "" = TFDS's default.
   c.manual_dir = ""  # The release's archives or folders (config "full").
   # Fields of the builder config, e.g. num_species for "synthetic".
@@ -35,6 +35,8 @@ def classifier() -> ml_collections.ConfigDict:
   # Model.
   c.model = "resnet50"
   c.model_options = ml_collections.ConfigDict()  # dropout, drop_path, ...
+  # Optional "mean"/"std" of the 0..1 image (one, or one per channel; e.g.
+  # ImageNet's in configs/l48.py); unset: the paper's spectrogram statistics.
   c.image = ml_collections.ConfigDict({"size": (224, 224), "channels": 3})
   c.dtype = "float32"  # or "bfloat16" compute.
   c.init_checkpoint = ""  # torchvision/timm .pth or .safetensors.

@@ -1,8 +1,9 @@
-"""Entry points to the iNatSounds TFDS dataset from Python.
+"""Entry points to the TFDS datasets from Python: iNatSounds and L48.
 
-The builder itself lives in `tfds_builders/inat_sounds/` so that the `tfds`
-command line finds it; this module creates it with the right config and
-prepares it on first use.
+The builders live in `tfds_builders/inat_sounds/` and `tfds_builders/l48/`
+so that the `tfds` command line finds them; this module creates them with
+the right config and prepares them on first use. Both write the same side
+files next to their records (read below).
 """
 
 from __future__ import annotations
@@ -24,18 +25,32 @@ def _builder_module():
   return inat_sounds_dataset_builder
 
 
+# The dataset name that selects the Merlin L48 spectrogram clips (images,
+# `tfds_builders/l48/`) instead of an iNatSounds config.
+L48 = "l48"
+
+
 def builder(config: str = "synthetic", data_dir: str | None = None,
             strict: bool = False, **config_fields) -> tfds.core.DatasetBuilder:
-  """The iNatSounds builder for `config` ('full' or 'synthetic').
+  """The iNatSounds builder for `config` ('full' or 'synthetic'), or the
+  L48 builder for 'l48'.
 
   Args:
-    config: 'full' (the official release from a manual dir) or 'synthetic'.
+    config: 'full' (the official release from a manual dir), 'synthetic',
+      or 'l48' (the L48 folder from a manual dir; no config fields, and it
+      always stops at the first problem).
     data_dir: where TFDS keeps prepared datasets (TFDS's default if None).
     strict: stop at the first bad item instead of skipping and reporting it.
     **config_fields: fields of `InatSoundsConfig` (num_species,
       num_recordings, seed). A synthetic corpus other than the default gets
       its own config name, so different sizes never share records.
   """
+  if config == L48:
+    if config_fields:
+      raise ValueError(f"the l48 dataset has no config fields; got "
+                       f"{sorted(config_fields)}")
+    from tfds_builders.l48 import l48_dataset_builder  # pylint: disable=import-outside-toplevel
+    return l48_dataset_builder.Builder(data_dir=data_dir)
   module = _builder_module()
   base = next((c for c in module.Builder.BUILDER_CONFIGS if c.name == config),
               None)
@@ -104,16 +119,24 @@ def class_table(builder: tfds.core.DatasetBuilder) -> list[dict] | None:
 
 
 def label_sources(builder: tfds.core.DatasetBuilder) -> dict:
-  """Which extras the records hold: `strong_labels`, `checklists` (bools),
-  per split `example_index_size` and `mean_audible_species` (the mean
-  number of species audible in a recording; absent without strong labels).
+  """Which extras the records hold: `strong_labels`, `checklists`,
+  `label_masks` (bools: L48's per-clip labels and masks of every label
+  mode), per split `example_index_size`, `asset_index_size` (L48: assets
+  per split) and `mean_audible_species` (the mean number of species audible
+  in a recording, or present in a fully annotated L48 clip; absent without
+  strong labels), and (L48) per split and mask feature (`mask_full`,
+  `mask_target`, `mask_geo`, `mask_checklist`) `unlabelled_examples`: the
+  example indices whose mask is all zero.
 
   Records built before the builder wrote it hold none of them.
   """
   found = _side_file(builder, _builder_module().LABEL_SOURCES_NAME) or {}
   return {"strong_labels": bool(found.get("strong_labels")),
           "checklists": bool(found.get("checklists")),
+          "label_masks": bool(found.get("label_masks")),
           "example_index_size": dict(found.get("example_index_size", {})),
+          "asset_index_size": dict(found.get("asset_index_size", {})),
+          "unlabelled_examples": dict(found.get("unlabelled_examples", {})),
           "mean_audible_species": dict(found.get("mean_audible_species",
                                                  {}))}
 

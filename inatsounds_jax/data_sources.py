@@ -46,7 +46,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from inatsounds_jax import audio
+from inatsounds_jax import data
 from inatsounds_jax import input_pipeline
+from inatsounds_jax import l48
 from inatsounds_jax import registry
 
 # Draws of the mixture are made this many at a time (one stateless call).
@@ -102,7 +104,8 @@ def _option(name: str, options: Mapping, field: str):
 def tfds_source(name: str, options: Mapping, weight: float,
                 builder: tfds.core.DatasetBuilder) -> Source:
   """A split of the run's dataset (`options.split`), optionally only the
-  windows a keep-list names (`options.window_filter`)."""
+  windows a keep-list names (`options.window_filter`), or only the clips
+  with a known label in a mask feature (`options.require_known`, L48)."""
   split = _option(name, options, "split")
   if split not in builder.info.splits:
     raise registry.ConfigError(
@@ -110,6 +113,10 @@ def tfds_source(name: str, options: Mapping, weight: float,
         f"has {sorted(builder.info.splits)}")
   window_filter = None
   num_examples = builder.info.splits[split].num_examples
+  require_known = options.get("require_known", "")
+  if require_known:
+    num_examples -= len(data.label_sources(builder)["unlabelled_examples"]
+                        .get(split, {}).get(require_known, ()))
   if options.get("window_filter"):
     try:
       window_filter = input_pipeline.WindowFilter.read(
@@ -124,7 +131,8 @@ def tfds_source(name: str, options: Mapping, weight: float,
     try:
       return input_pipeline.train_windows(
           builder, split, config, seed, start_example, num_epochs,
-          shuffle_buffer, process_index, process_count, window_filter)
+          shuffle_buffer, process_index, process_count, window_filter,
+          require_known)
     except ValueError as e:
       raise registry.ConfigError(
           f"{_field(name, 'window_filter')}: {e}") from None
@@ -229,10 +237,15 @@ def from_config(config, builder: tfds.core.DatasetBuilder) -> list[Source]:
   """
   configured = config.get("pretrain_sources") or {}
   if not configured:
+    # Data with a mask per label mode (L48): clips the run's mode knows
+    # nothing of are left out, as the benchmark's remove_unannotated does.
+    mode = config.get("label_mode", "target_only")
+    require_known = (l48.MASK_OF_MODE.get(mode, "")
+                     if data.label_sources(builder)["label_masks"] else "")
     return [tfds_source(_TRAIN_SPLIT, {
         "split": config.train_split,
-        "window_filter": config.get("train_window_filter", "")}, 1.0,
-                        builder)]
+        "window_filter": config.get("train_window_filter", ""),
+        "require_known": require_known}, 1.0, builder)]
   sources = []
   for name, options in configured.items():
     options = dict(options)

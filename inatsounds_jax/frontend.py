@@ -89,9 +89,35 @@ PRESETS.add("inatsounds_legacy", FrontendConfig(
 PRESETS.add("inatsounds_float", FrontendConfig(quantize=False))
 
 
-def get_config(preset: str | FrontendConfig) -> FrontendConfig:
-  """A preset by name, or a `FrontendConfig` as it is."""
-  if isinstance(preset, FrontendConfig):
+@dataclasses.dataclass(frozen=True)
+class ImageInputConfig:
+  """Inputs that are already spectrogram images, as the Merlin L48 clips
+  (Sun et al., NeurIPS 2025, arXiv:2511.00252): uint8 `[height, width,
+  channels]` per example, every clip brought to this size by the input
+  pipeline (the release's are 750 x 236). The module (`ImageFrontend`)
+  makes them the one-channel 0..255 image the classifier resizes and
+  normalises (`augment.to_model_image`): L48's spectrograms are grey,
+  stored as RGB, so the channel mean keeps all they hold.
+  """
+  height: int = 236
+  width: int = 750
+  channels: int = 3
+
+  @property
+  def example_shape(self) -> tuple[int, int, int]:
+    return (self.height, self.width, self.channels)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+PRESETS.add("image", ImageInputConfig())
+
+
+def get_config(preset: "str | FrontendConfig | ImageInputConfig"
+               ) -> "FrontendConfig | ImageInputConfig":
+  """A preset by name, or a config as it is."""
+  if isinstance(preset, (FrontendConfig, ImageInputConfig)):
     return preset
   return PRESETS.get(preset)
 
@@ -266,3 +292,20 @@ class Frontend(nn.Module):
     if jnp.issubdtype(waveform.dtype, jnp.integer):
       waveform = waveform.astype(jnp.float32) / np.float32(audio.INT16_SCALE)
     return _mel_image(waveform, self.config)
+
+
+class ImageFrontend(nn.Module):
+  """uint8 images `[batch, height, width, channels]` -> float `[batch,
+  height, width]` 0..255, the channel mean (`ImageInputConfig`)."""
+  config: ImageInputConfig = ImageInputConfig()
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    return images.astype(jnp.float32).mean(axis=-1)
+
+
+def module(config: "FrontendConfig | ImageInputConfig") -> nn.Module:
+  """The frontend module of a config: spectrogram of waveforms, or images."""
+  if isinstance(config, ImageInputConfig):
+    return ImageFrontend(config)
+  return Frontend(config)

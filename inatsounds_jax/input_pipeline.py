@@ -13,6 +13,14 @@ frontend applied to a window gives exactly those frames of the whole file.
   carries its recording id and a validity mask; the last partial batch is
   padded with masked
   windows, so every window of every file is seen exactly once.
+
+Datasets of spectrogram images (the Merlin L48 clips, `tfds_builders/l48`)
+are already cut: each clip is one window, its recording the asset it comes
+from, under `image` instead of `waveform` (`model_input` picks whichever a
+batch has), brought to the model's `frontend.ImageInputConfig` size.
+Training reads one clip per example; evaluation reads every clip once, with
+`audible_in_window` its labels and `annotated` whether all of them are
+known.
 """
 
 from __future__ import annotations
@@ -26,9 +34,24 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from inatsounds_jax import frontend as frontend_lib
+from inatsounds_jax import l48
 
 # Fields carried next to the waveform (besides label and recording id).
 _META = ("latitude", "longitude", "example_index")
+# An L48 clip's labels and the mask of every label mode.
+_CLIP_LABELS = ("labels", *l48.MASK_OF_MODE.values())
+# What the training loop sends to the devices, where a batch has it.
+TRAIN_KEYS = ("waveform", "image", "label", "example_index", "asset_index")
+
+
+def model_input(batch: dict):
+  """The model's input in a batch: its `image`s, else its `waveform`s."""
+  return batch["image"] if "image" in batch else batch["waveform"]
+
+
+def is_image_dataset(builder: tfds.core.DatasetBuilder) -> bool:
+  """Whether the records hold spectrogram images (L48) rather than audio."""
+  return "image" in builder.info.features
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,9 +134,15 @@ def _multi_hot(labels: tf.Tensor, num_classes: int) -> tf.Tensor:
 def _features(example, num_classes: int) -> dict:
   """Label, recording id, location, `example_index`, and over the classes:
   `audible` (every species in the strong labels) and `checklist`, uint8
-  multi-hot, all zero where the records have none."""
+  multi-hot, all zero where the records have none. Of an L48 clip: label,
+  recording (asset) id, `example_index`, `asset_index`, its labels and
+  masks."""
   out = {"label": tf.cast(example["label"], tf.int32),
          "recording_id": example["recording_id"]}
+  if "labels" in example:
+    out.update({k: example[k] for k in
+                ("example_index", "asset_index", *_CLIP_LABELS)})
+    return out
   out.update({k: example[k] for k in _META})
   out["audible"] = _multi_hot(example["event_label"], num_classes)
   out["checklist"] = _multi_hot(example["checklist"], num_classes)
@@ -133,6 +162,19 @@ def _audible_in_windows(example, start_frames: tf.Tensor,
   # Over no events the maximum of uint8 is 0.
   return tf.reduce_max(tf.cast(overlaps, tf.uint8)[:, :, None] * hot[None],
                        axis=1)
+
+
+def clip_image(image: tf.Tensor, frontend: frontend_lib.ImageInputConfig
+               ) -> tf.Tensor:
+  """uint8 `[height, width, channels]` of `frontend`: the clip as it is when
+  it has that size, else resized (bilinear, antialiased)."""
+  size = tf.constant([frontend.height, frontend.width])
+  resized = tf.cond(
+      tf.reduce_all(tf.shape(image)[:2] == size), lambda: image,
+      lambda: tf.cast(tf.clip_by_value(tf.round(tf.image.resize(
+          image, size, antialias=True)), 0, 255), tf.uint8))
+  resized.set_shape(frontend.example_shape)
+  return resized
 
 
 def process_share(process_index: int | None, process_count: int | None
@@ -209,8 +251,8 @@ def train_windows(builder: tfds.core.DatasetBuilder, split: str,
                   start_example: int = 0, num_epochs: int = 1,
                   shuffle_buffer: int = 2048, process_index: int | None = None,
                   process_count: int | None = None,
-                  window_filter: WindowFilter | None = None
-                  ) -> tf.data.Dataset:
+                  window_filter: WindowFilter | None = None,
+                  require_known: str = "") -> tf.data.Dataset:
   """This process's endless stream of training windows, unbatched.
 
   The process reads its even share of `split`. Epoch e reads the files in
@@ -225,14 +267,33 @@ def train_windows(builder: tfds.core.DatasetBuilder, split: str,
   element i's window is drawn uniformly among its recording's kept ones
   (seed (seed, i)).
 
+  Image datasets (L48) yield each clip, `image` at the size of
+  `config.frontend` (an `ImageInputConfig`). With `require_known` (a mask
+  feature), clips whose mask is all zero are left out; the clips kept are
+  counted first (one pass over this process's share reading the masks, not
+  decoding images), so epochs and resuming stay exact.
+
   Raises:
     ValueError: the filter's windows are not this run's length, or it keeps
-      nothing of this process's share.
+      nothing of this process's share; a filter over image clips.
   """
   process_index, process_count = process_share(process_index, process_count)
   split = tfds.even_splits(split, n=process_count,
                            drop_remainder=True)[process_index]
   epoch_size = builder.info.splits[split].num_examples
+  images = is_image_dataset(builder)
+  if images and window_filter is not None:
+    raise ValueError(f"{window_filter.path}: window filters name windows of "
+                     "audio; the dataset holds image clips")
+  if require_known:
+    epoch_size = int(builder.as_dataset(
+        split=split, decoders={"image": tfds.decode.SkipDecoding()},
+        read_config=tfds.ReadConfig(skip_prefetch=True)).reduce(
+            np.int64(0), lambda n, x: n + tf.cast(
+                tf.reduce_any(x[require_known] > 0), tf.int64)))
+    if not epoch_size:
+      raise ValueError(f"no example of process {process_index}'s share of "
+                       f"the split has a known label in {require_known}")
   if window_filter is not None:
     if window_filter.window_frames != config.window_frames:
       raise ValueError(
@@ -250,27 +311,33 @@ def train_windows(builder: tfds.core.DatasetBuilder, split: str,
       size = tf.size(num_rows, out_type=tf.int64)
       return (i < size) & (tf.gather(num_rows, tf.minimum(i, size - 1)) > 0)
   first_epoch, offset = divmod(start_example, epoch_size)
+  input_name = "image" if images else "audio"
 
   def epoch(e: int) -> tf.data.Dataset:
     epoch_seed = seed * 100_003 + e
     ds = builder.as_dataset(
         split=split, shuffle_files=True,
-        decoders={"audio": tfds.decode.SkipDecoding()},
+        decoders={input_name: tfds.decode.SkipDecoding()},
         read_config=tfds.ReadConfig(shuffle_seed=epoch_seed,
                                     skip_prefetch=True))
     if window_filter is not None:
       ds = ds.filter(kept)
+    if require_known:
+      ds = ds.filter(lambda x: tf.reduce_any(x[require_known] > 0))
     return ds.shuffle(shuffle_buffer, seed=epoch_seed)
 
   ds = epoch(first_epoch).skip(offset)
   for e in range(first_epoch + 1, max(num_epochs, first_epoch + 1)):
     ds = ds.concatenate(epoch(e))
   ds = ds.concatenate(epoch(num_epochs).repeat())
-  audio_feature = builder.info.features["audio"]
+  input_feature = builder.info.features[input_name]
   num_classes = builder.info.features["label"].num_classes
 
   def crop(index, example):
-    audio = audio_feature.decode_example(example["audio"])
+    if images:
+      return dict(_features(example, num_classes), image=clip_image(
+          input_feature.decode_example(example["image"]), config.frontend))
+    audio = input_feature.decode_example(example["audio"])
     if window_filter is None:
       window = random_window(audio, index, seed, config)
     else:
@@ -332,7 +399,12 @@ def eval_dataset(builder: tfds.core.DatasetBuilder, split: str,
   `start_frame` and `left_pad_frames` place each window (`eval_layout`).
 
   `audible_in_window` marks the species calling in each window (from the
-  strong labels; all zero where the records have none).
+  strong labels; all zero where the records have none); `annotated` says
+  whether that is every label of the window (always, for audio).
+
+  Image datasets (L48): `{image, label, recording_id, mask, ...}`, one
+  window per clip, `audible_in_window` its labels, `annotated` whether its
+  full mask knows every species (the benchmark scores only those clips).
 
   Files are split across processes (none dropped); every batch has the full
   per-process size, the last one padded with `mask == 0` windows.
@@ -355,10 +427,20 @@ def eval_dataset(builder: tfds.core.DatasetBuilder, split: str,
     out["mask"] = tf.ones([n], tf.bool)
     out["audible_in_window"] = _audible_in_windows(example, starts - left,
                                                    config, num_classes)
+    out["annotated"] = tf.ones([n], tf.bool)
     return tf.data.Dataset.from_tensor_slices(out)
 
+  def clip_window(example):
+    out = _features(example, num_classes)
+    out["image"] = clip_image(example["image"], config.frontend)
+    out["mask"] = tf.constant(True)
+    out["audible_in_window"] = example["labels"]
+    out["annotated"] = tf.reduce_all(example[l48.MASK_OF_MODE["full"]] > 0)
+    return out
+
   batch = global_batch_size // process_count
-  ds = ds.flat_map(windows).batch(batch)
+  ds = (ds.map(clip_window) if is_image_dataset(builder)
+        else ds.flat_map(windows)).batch(batch)
 
   def pad_batch(b):
     missing = batch - tf.shape(b["mask"])[0]

@@ -22,6 +22,13 @@ The positive is always known and positive. `LabelObserver(batch)` turns a
 host batch (`label`, `latitude`, `longitude`, `audible`, `checklist`) into
 `targets` and `label_mask`, both float32 `[batch, classes]`; the losses in
 `losses.py` read them.
+
+Data that carries each mode's mask per example (the L48 clips,
+`data.label_sources(...)["label_masks"]`) is read as it is: the mask is the
+mode's feature (`l48.MASK_OF_MODE`), the targets the clip's labels where
+known. There the target species is known only in clips where it is present
+(as in the benchmark), and clips with nothing known are not trained on
+(`data_sources`).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from inatsounds_jax import data
+from inatsounds_jax import l48
 from inatsounds_jax import registry
 from inatsounds_jax.geo import prior as prior_lib
 
@@ -56,8 +64,9 @@ _WHERE = {
     "geo_prior": "a geographic prior: set geo_prior to 'synthetic_truth' "
                  "(synthetic corpus) or to a range-model workdir "
                  "(configs/sinr.py trains one)",
-    "checklists": "per-recording checklists, which only the synthetic "
-                  "corpus has (strong_labels.json, dataset='synthetic')",
+    "checklists": "per-recording checklists, which the synthetic corpus "
+                  "(strong_labels.json, dataset='synthetic') and L48 "
+                  "(dataset='l48') have",
     "strong_labels": "strong labels (every audible species), which only the "
                      "synthetic corpus has (strong_labels.json, "
                      "dataset='synthetic')",
@@ -99,9 +108,16 @@ class LabelObserver:
   num_classes: int
   prior: prior_lib.GeoPrior | None = None
   geo_threshold: float = 0.1
+  # The batch feature holding this mode's mask, for data that carries one
+  # (L48); empty: derived from the label and the mode's sources.
+  mask_feature: str = ""
 
   def __call__(self, batch: dict) -> dict[str, np.ndarray]:
     """`{"targets", "label_mask"}` float32 `[batch, classes]` for `batch`."""
+    if self.mask_feature:
+      mask = np.asarray(batch[self.mask_feature], np.float32)
+      return {"targets": np.asarray(batch["labels"], np.float32) * mask,
+              "label_mask": mask}
     label = np.asarray(batch["label"])
     positives = np.zeros((len(label), self.num_classes), np.float32)
     positives[np.arange(len(label)), label] = 1
@@ -123,6 +139,9 @@ def from_config(config, builder: tfds.core.DatasetBuilder,
   name = config.get("label_mode", "target_only")
   mode = LABEL_MODES.get(name)
   have = data.label_sources(builder)
+  if have["label_masks"]:
+    return LabelObserver(mode, len(label_names),
+                         mask_feature=l48.MASK_OF_MODE[name])
   have["geo_prior"] = bool(config.get("geo_prior"))
   missing = [n for n in mode.needs if not have[n]]
   if missing:

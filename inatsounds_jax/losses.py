@@ -91,11 +91,15 @@ class LossContext:
       axis (None: one device, plain indexing).
     expected_positives: mean audible species per example from the data
       (0 when unknown).
+    num_assets: rows of per-recording state when several examples share a
+      recording (L48's clips of an asset: `asset_index`); 0 when each
+      example is its own recording.
   """
   num_examples: int = 0
   steps_per_epoch: int = 1
   mesh: jax.sharding.Mesh | None = None
   expected_positives: float = 0.0
+  num_assets: int = 0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -411,18 +415,21 @@ def with_asset_regularisation(loss: Loss, weight: float, rate: float,
   a `[recordings, classes]` is a running average of each recording's window
   probabilities (initialised uniform in (0.4, 0.6); known entries read as
   their labels), updated a <- (1 - rate) a + rate p after each use. Rows by
-  `batch["example_index"]`: one recording per example in iNatSounds.
+  `batch["asset_index"]` where examples share recordings (L48's clips,
+  `context.num_assets` rows), else by `batch["example_index"]` (one
+  recording per example in iNatSounds).
   """
   def init(num_classes):
+    rows = context.num_assets or context.num_examples
     table = jax.random.uniform(jax.random.PRNGKey(1),
-                               (padded_rows(context.num_examples),
-                                num_classes), minval=0.4, maxval=0.6)
+                               (padded_rows(rows), num_classes),
+                               minval=0.4, maxval=0.6)
     return {"loss": loss.init(num_classes), "rows": {"asset": table}}
 
   def fn(logits, targets, batch, state):
     value, inner = loss(logits, targets, batch, state["loss"])
     mask = label_mask(targets, batch)
-    index = batch["example_index"]
+    index = batch["asset_index" if context.num_assets else "example_index"]
     average = gather_rows(state["rows"]["asset"], index, context.mesh)
     average = mask * targets + (1 - mask) * average
     value = value + weight * _bce(logits, average).mean()

@@ -143,11 +143,15 @@ def make_model(config, num_classes: int, multilabel: bool
     options.setdefault("head_bias_init", models.head_bias_for_bce(num_classes))
   models.BACKBONES.get(config.model)  # An unknown name fails here, by name.
   size = config.image.size
+  # Normalisation of the 0..1 image: one value or one per channel (the
+  # image dict's optional mean/std; ImageNet's for L48).
+  norm = {k: (tuple(v) if isinstance(v, (list, tuple)) else float(v))
+          for k, v in config.image.items() if k in ("mean", "std")}
   return classifier_lib.Classifier(
       backbone=config.model, num_classes=num_classes,
       frontend=frontend_lib.get_config(config.frontend_preset),
       image=augment.ImageConfig(size=tuple(size) if size else None,
-                                channels=config.image.channels),
+                                channels=config.image.channels, **norm),
       window_frames=config.window_frames,
       backbone_options=tuple(sorted(options.items())))
 
@@ -164,8 +168,9 @@ def init_state(model: classifier_lib.Classifier, tx, loss: losses.Loss,
                rng: jax.Array, *, ema: bool) -> TrainState:
   """Fresh state (jitted by the caller; reads no file)."""
   init_rng, state_rng = jax.random.split(rng)
+  example = model.example_input
   variables = model.init({"params": init_rng, "dropout": init_rng},
-                         jnp.zeros((1, model.window_samples), jnp.int16))
+                         jnp.zeros((1,) + example.shape, example.dtype))
   params = variables["params"]
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params,
@@ -268,7 +273,7 @@ def classification_loss(params, state: TrainState, batch: dict,
   `params`, so no gradient flows through them; nor does any through the
   `teacher` (the EMA parameters), whose outputs are a consistency target."""
   aug_rng, dropout_rng = jax.random.split(rng)
-  images = model.apply({}, batch["waveform"],
+  images = model.apply({}, input_pipeline.model_input(batch),
                        method=classifier_lib.Classifier.spectrogram)
   # Observed targets and known entries (label_modes.py); one-hot without.
   targets = batch.get("targets",
@@ -433,6 +438,33 @@ def check_config(config, splits, num_devices: int, process_count: int
       raise registry.ConfigError(f"evals.{name}.every_epochs must be >= 0")
 
 
+def check_input(config, builder: tfds.core.DatasetBuilder) -> None:
+  """The frontend must fit the records: audio, or images (L48) with the
+  "image" frontend, which has no dB scale for mixup and whose spectrograms
+  (dark calls on white) SpecAugment's zero fill would mark as loud.
+
+  Raises:
+    registry.ConfigError.
+  """
+  images = input_pipeline.is_image_dataset(builder)
+  image_frontend = isinstance(frontend_lib.get_config(config.frontend_preset),
+                              frontend_lib.ImageInputConfig)
+  if images != image_frontend:
+    raise registry.ConfigError(
+        f"frontend_preset {config.frontend_preset!r} takes "
+        f"{'images' if image_frontend else 'waveforms'}, and dataset "
+        f"{config.dataset!r} holds {'images' if images else 'audio'}"
+        + ("; use frontend_preset='image'" if images else ""))
+  augment_config = config.augment
+  if image_frontend and (augment_config.mixup or
+                         augment_config.freq_mask_max_width or
+                         augment_config.time_mask_max_width):
+    raise registry.ConfigError(
+        "augment: mixup and SpecAugment work on the library's own "
+        "spectrograms; with frontend_preset='image' set augment.mixup=False "
+        "and augment.freq_mask_max_width=augment.time_mask_max_width=0")
+
+
 def _check_best_metric(best_metric: str,
                        scheduled: Sequence[evaluators.ScheduledEvaluator]
                        ) -> None:
@@ -457,6 +489,7 @@ def loss_context(builder: tfds.core.DatasetBuilder, train_split: str,
   return losses.LossContext(
       num_examples=int(sources["example_index_size"].get(
           train_split, builder.info.splits[train_split].num_examples)),
+      num_assets=int(sources["asset_index_size"].get(train_split, 0)),
       steps_per_epoch=steps_per_epoch, mesh=mesh,
       expected_positives=float(sources["mean_audible_species"].get(
           train_split, 0.0)))
@@ -473,6 +506,8 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
   builder = data.prepare_from_config(config)
   check_config(config, builder.info.splits, len(devices),
                jax.process_count())
+  if config.get("objective", "classification") == "classification":
+    check_input(config, builder)
   label_names = tuple(builder.info.features["label"].names)
   objective = OBJECTIVES.get(config.get("objective", "classification"))
   if config.get("pretrain_sources") and objective.uses_labels:
@@ -749,7 +784,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     for step in range(start_step + 1, run.total_steps + 1):
       batch = {k: v.numpy() for k, v in next(train_iter).items()}
       batch = input_pipeline.shard_batch(
-          {**{k: batch[k] for k in ("waveform", "label", "example_index")},
+          {**{k: batch[k] for k in input_pipeline.TRAIN_KEYS if k in batch},
            **(run.labels(batch) if run.objective.uses_labels else {}),
            **(run.teacher.host_fields(batch) if run.teacher else {})},
           run.data_sharding)

@@ -229,6 +229,20 @@ def test_asset_regularisation_adds_bce_to_the_running_average():
                              rtol=1e-5)
 
 
+def test_asset_regularisation_keys_rows_by_asset_where_clips_share_one():
+  # L48: two clips (examples 3 and 1) of the same recording, asset row 0.
+  context = losses.LossContext(num_examples=5, num_assets=2)
+  loss = losses.with_asset_regularisation(losses.LOSSES.get("an"), 0.5, 0.1,
+                                          context)
+  state = loss.init(4)
+  table = np.asarray(state["rows"]["asset"], np.float64)
+  _, new = value_of(loss, batch={**BATCH, "asset_index": jnp.asarray([0, 0])},
+                    state=state)
+  updated = np.asarray(new["rows"]["asset"])
+  assert not np.allclose(updated[0], table[0])
+  np.testing.assert_array_equal(updated[1:], table[1:])
+
+
 def config(**fields):
   c = ml_collections.ConfigDict({"loss": "an", "loss_options": {},
                                  "asset_reg": {"weight": 0.0, "rate": 0.001}})

@@ -1,6 +1,7 @@
 """Waveform classifier: frontend, image conversion and backbone in one module.
 
-An exported `Classifier` takes int16 or float waveforms and returns logits,
+An exported `Classifier` takes int16 or float waveforms and returns logits
+(or, with an image frontend, uint8 spectrogram images such as L48's clips),
 so preprocessing cannot drift between training, evaluation and use. Training
 runs the parts separately to augment in between:
 
@@ -35,17 +36,29 @@ class WindowedModel:
   @property
   def image_size(self) -> tuple[int, int]:
     """(H, W) of the backbone's input: the resize target, else the window's
-    native spectrogram size (mel bands x frames)."""
+    native spectrogram size (mel bands x frames), or the input image's."""
     if self.image.size:
       return tuple(self.image.size)
+    if isinstance(self.frontend, frontend_lib.ImageInputConfig):
+      return (self.frontend.height, self.frontend.width)
     return (self.frontend.num_mel_bins, self.window_frames)
+
+  @property
+  def example_input(self) -> jax.ShapeDtypeStruct:
+    """One example of the model's input: an int16 waveform window, or a
+    uint8 image for an image frontend (`frontend.ImageInputConfig`)."""
+    if isinstance(self.frontend, frontend_lib.ImageInputConfig):
+      return jax.ShapeDtypeStruct(self.frontend.example_shape, jnp.uint8)
+    return jax.ShapeDtypeStruct((self.window_samples,), jnp.int16)
 
 
 class Classifier(WindowedModel, nn.Module):
-  """Waveforms `[batch, samples]` -> logits `[batch, num_classes]`."""
+  """Waveforms `[batch, samples]` (or images `[batch, H, W, C]` with an
+  image frontend) -> logits `[batch, num_classes]`."""
   backbone: str
   num_classes: int
-  frontend: frontend_lib.FrontendConfig = frontend_lib.INATSOUNDS
+  frontend: frontend_lib.FrontendConfig | frontend_lib.ImageInputConfig = (
+      frontend_lib.INATSOUNDS)
   image: augment.ImageConfig = augment.ImageConfig()
   window_frames: int = 512  # The window the model classifies (~2.97 s).
   backbone_options: tuple[tuple[str, Any], ...] = ()
@@ -54,10 +67,11 @@ class Classifier(WindowedModel, nn.Module):
     self.net = models_lib.create(self.backbone, self.num_classes,
                                  image_size=self.image_size,
                                  **dict(self.backbone_options))
-    self.spectrogram_frontend = frontend_lib.Frontend(self.frontend)
+    self.spectrogram_frontend = frontend_lib.module(self.frontend)
 
   def spectrogram(self, waveform: jax.Array) -> jax.Array:
-    """`[batch, mel, frames]` image, values 0..255."""
+    """`[batch, mel, frames]` image, values 0..255 (of an image input: its
+    one-channel `[batch, height, width]`)."""
     return self.spectrogram_frontend(waveform)
 
   def classify(self, images: jax.Array, train: bool = False) -> jax.Array:
