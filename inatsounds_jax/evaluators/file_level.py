@@ -115,7 +115,8 @@ def evaluate_split(predict: common.PredictFn,
   num_windows = 0
   for batch in common.in_step_with_other_processes(tfds.as_numpy(
       input_pipeline.eval_dataset(builder, split, batch_size, windows))):
-    logits = np.asarray(predict(batch["waveform"]), np.float64)
+    logits = np.asarray(predict(batch["waveform"], batch["latitude"],
+                                batch["longitude"]), np.float64)
     valid = batch["mask"]
     num_windows += int(valid.sum())
     views = {"no_prior": logits}

@@ -82,7 +82,8 @@ class Evaluator:
     windows = {view: [] for view in self.views}
     window_truth, recording = [], []
     for batch in common.in_step_with_other_processes(batches):
-      logits = np.asarray(predict(batch["waveform"]), np.float64)
+      logits = np.asarray(predict(batch["waveform"], batch["latitude"],
+                                  batch["longitude"]), np.float64)
       valid = batch["mask"]
       views = {"no_prior": logits}
       if self.prior is not None:
