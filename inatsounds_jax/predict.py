@@ -308,7 +308,7 @@ class Predictor:
     self.location = location_input.from_config(
         self.trained.config, self._training_prior)
     variables = self.trained.variables
-    self._apply = jax.jit(lambda w, location: model.apply(
+    self._apply = jax.jit(lambda w, location=None: model.apply(
         variables, w, location=location,
         method=classifier_lib.Classifier.embed_and_classify))
 
