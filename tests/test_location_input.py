@@ -14,6 +14,7 @@ from inatsounds_jax import registry
 from inatsounds_jax import train
 from inatsounds_jax.geo import location_input
 from inatsounds_jax.geo import prior as prior_lib
+from inatsounds_jax.geo import range_model as range_lib
 from inatsounds_jax.geo import sinr
 from inatsounds_jax.models import classifier as classifier_lib
 
@@ -218,6 +219,31 @@ def test_prediction_passes_the_recordings_location_to_an_encoding_model(
   # The embedding is the backbone's, whatever the location.
   np.testing.assert_allclose(located.embeddings, unknown.embeddings,
                              atol=1e-6)
+
+
+@pytest.mark.slow  # Trains a range model (about 8 s on CPU).
+def test_prediction_adds_the_training_range_models_log_prior(tmp_path):
+  names = [row["species"] for row in model_workdir.labels(6)]
+  rng = np.random.default_rng(0)
+  observations = range_lib.Observations(
+      rng.uniform(-60, 60, 60), rng.uniform(-180, 180, 60),
+      rng.integers(0, 4, 60), names[:4])  # Two labels are not covered.
+  range_lib.train(observations, epochs=1, batch_size=32).save(
+      str(tmp_path / "range_model"))
+  workdir = model_workdir.make_workdir(
+      str(tmp_path / "model"), location_input="prior_logits",
+      geo_prior=str(tmp_path / "range_model"))
+  predictor = predict.Predictor(workdir, batch_size=4)
+  wav = model_workdir.bird_wav()
+  unknown = predictor.predict_file(wav)
+  located = predictor.predict_file(wav, latitude=42.4, longitude=-76.5)
+  p = range_lib.load(str(tmp_path / "range_model")).prior(
+      names).probabilities([42.4], [-76.5])[0]
+  expected = np.log(np.maximum(np.nan_to_num(p, nan=1.0), 1e-3))
+  assert (expected[4:] == 0).all() and (expected[:4] < 0).all()
+  np.testing.assert_allclose(located.logits - unknown.logits,
+                             np.broadcast_to(expected, unknown.logits.shape),
+                             atol=1e-4)
 
 
 def test_prediction_refuses_a_prior_logits_model_whose_prior_it_cannot_rebuild(
