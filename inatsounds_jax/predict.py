@@ -821,6 +821,11 @@ def run(predictor: Predictor, input_path: str, output: str,
     print(f"warning: {len(unlocated)} of {len(todo)} recordings have no "
           f"location (e.g. {unlocated[0]}): their geo prior column is empty "
           "and nothing is filtered", file=sys.stderr)
+  if predictor.location is not None and unlocated:
+    print(f"warning: {len(unlocated)} of {len(todo)} recordings have no "
+          f"location (e.g. {unlocated[0]}): the model, trained with "
+          f"location_input {predictor.trained.config.location_input!r}, "
+          "classifies them as at an unknown location", file=sys.stderr)
   counts = {"done": 0, "skipped": skipped, "failed": 0, "detections": 0}
   errors = []
   total_s = sum(_audio_seconds(t[0]) for t in todo)

@@ -1,5 +1,7 @@
 """The recording's location as a classifier input (geo/location_input.py)."""
 
+import shutil
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -11,6 +13,7 @@ from inatsounds_jax import curate
 from inatsounds_jax import export
 from inatsounds_jax import predict
 from inatsounds_jax import registry
+from inatsounds_jax import tables
 from inatsounds_jax import train
 from inatsounds_jax.geo import location_input
 from inatsounds_jax.geo import prior as prior_lib
@@ -219,6 +222,30 @@ def test_prediction_passes_the_recordings_location_to_an_encoding_model(
   # The embedding is the backbone's, whatever the location.
   np.testing.assert_allclose(located.embeddings, unknown.embeddings,
                              atol=1e-6)
+
+
+def test_prediction_command_passes_the_location_and_warns_without_one(
+    encoding_workdir, tmp_path, capsys):
+  folder = tmp_path / "recordings"
+  folder.mkdir()
+  shutil.copy(model_workdir.bird_wav(), folder / "birds.wav")
+  predictor = predict.Predictor(encoding_workdir, batch_size=4)
+  every_row = predict.Selection(0.0, top_k=len(predictor.species))
+  for name, where in (("located", {"latitude": 42.4, "longitude": -76.5}),
+                      ("unlocated", {})):
+    predict.run(predictor, str(folder), str(tmp_path / name),
+                predict.RunOptions(formats=("csv",), selection=every_row,
+                                   **where))
+  warned = capsys.readouterr().err
+  assert warned.count("classifies them as at an unknown location") == 1
+  located, unlocated = (
+      tables.read_table(str(tmp_path / name / "birds.BirdNET.results.csv"))
+      for name in ("located", "unlocated"))
+  expected = predictor.predict_file(model_workdir.bird_wav(), 42.4, -76.5)
+  assert len(located) == len(unlocated) > 0
+  assert located != unlocated
+  assert max(float(r["Confidence"]) for r in located) == pytest.approx(
+      float(expected.probabilities.max()), abs=1e-3)
 
 
 @pytest.mark.slow  # Trains a range model (about 8 s on CPU).
