@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from inatsounds_jax import adaptation
 from inatsounds_jax import augment
 from inatsounds_jax import curate
 from inatsounds_jax import export
@@ -131,6 +132,16 @@ def test_encoding_classifier_without_locations_uses_the_missing_embedding():
   # Only the located rows change (the head starts random, not zero).
   np.testing.assert_array_equal(out[2], model.apply(variables, w)[2])
   assert not np.allclose(out[:2], model.apply(variables, w)[:2])
+
+
+def test_a_linear_probe_trains_the_location_head_with_the_head():
+  model = small_classifier(location_input="encoding")
+  params = model.init(jax.random.PRNGKey(0), waveforms(model))["params"]
+  groups = adaptation.trained_or_frozen(params, 0, linear_probe=True)
+  assert set(jax.tree.leaves(groups["location_head"])) == {
+      adaptation.TRAINED}
+  assert adaptation.FROZEN in jax.tree.leaves(groups["net"])
+  assert adaptation.TRAINED in jax.tree.leaves(groups["net"])  # Its head.
 
 
 def test_embedding_is_the_backbones_pooled_features_with_a_location_head():

@@ -6,7 +6,9 @@ softmaxes (also for sigmoid-trained models, as in the paper) are pooled per
 recording by mean and by max, then scored with `metrics.file_level_metrics`
 (class-averaged top-1/top-5, mAP, mF1), overall and per supercategory. With
 a geographic prior, species outside the recording's range get the window's
-lowest logit before the softmax, and results are reported both ways.
+lowest logit before the softmax, and results are reported both ways. A
+model with a location input (`config.location_input`) is given each
+window's recording location (NaN: unknown) through `predict`.
 
 Options (`config.evals.<name>`): `split`; `geo_prior` ("" none,
 "synthetic_truth" the synthetic corpus's true ranges, or a range-model
