@@ -1,6 +1,6 @@
 """Location during training against the post-hoc geo prior, synthetic corpus.
 
-    nice -n 10 python benchmarks/location.py [--seeds 3 --epochs 6]
+    nice -n 10 python benchmarks/location.py [--seeds 3 --prior truth|sinr]
 
 The iNatSounds paper applies its geo prior after training (s.5.1) and asks
 whether geographic information helps during training (s.6). Rows:
@@ -14,11 +14,14 @@ whether geographic information helps during training (s.6). Rows:
 - `prior_logits`: the prior's log-probabilities added to the logits in
   training and evaluation.
 
-The prior everywhere is the corpus's true ranges (`synthetic_truth`), so
-the rows differ only in how the location is used, not in the quality of a
-range model. Columns: file-level top-1 and mAP (mean pooling,
-`evaluators/file_level.py`) on the validation split, mean and standard
-deviation over seeds (initialisation and data order; the corpus is fixed).
+By default the prior everywhere is the corpus's true ranges
+(`synthetic_truth`), so the rows differ only in how the location is used,
+not in the quality of a range model; `--prior sinr` uses a SINR range model
+trained on the train split's locations instead (the realistic case).
+Columns: file-level top-1 and mAP (mean pooling, `evaluators/file_level.py`)
+on the validation split, mean and standard deviation over seeds
+(initialisation and data order; the corpus is fixed).
+
 Every run goes through `train.train_and_evaluate` with the `placeholder`
 backbone (a linear classifier on the window's mean spectrum) and softmax
 cross-entropy, set up as in `spml.py` (24 species, 6 epochs, Adam 0.03),
@@ -39,7 +42,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np  # noqa: E402
 
+from inatsounds_jax import config_defaults  # noqa: E402
 from inatsounds_jax import train  # noqa: E402
+from inatsounds_jax.geo import train_range  # noqa: E402
 import spml  # noqa: E402  (benchmarks/: the same placeholder runs)
 
 # Row -> (location_input of the run, file-level view read from it).
@@ -51,12 +56,25 @@ ROWS = {"no location": ("", "no_prior"),
 METRICS = ("top1", "map")
 
 
-def run_config(location_input: str, seed: int, args) -> dict:
+def prior_source(args) -> str:
+  """`geo_prior` for every run: the true ranges, or (`--prior sinr`) a SINR
+  range model trained once on the corpus's train split
+  (`configs/sinr.py:synthetic`'s recipe) into `args.workdir`."""
+  if args.prior == "truth":
+    return "synthetic_truth"
+  c = spml.placeholder_config(0, args)
+  c.range_model = config_defaults.range_model("synthetic")
+  train_range.train_for_classifier(c, args.workdir)
+  return c.geo_prior
+
+
+def run_config(location_input: str, seed: int, prior: str, args) -> dict:
   c = spml.placeholder_config(seed, args)
   c.location_input = location_input
+  c.geo_prior = prior
   c.evals = {"validation": {
       "type": "file_level", "split": "validation",
-      "every_epochs": float(args.epochs), "geo_prior": "synthetic_truth"}}
+      "every_epochs": float(args.epochs), "geo_prior": prior}}
   c.best_metric = "validation/mean/no_prior/map"
   return c
 
@@ -64,12 +82,17 @@ def run_config(location_input: str, seed: int, args) -> dict:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   spml.add_run_arguments(parser, "location")
+  parser.add_argument("--prior", choices=("truth", "sinr"), default="truth")
+  parser.add_argument("--workdir", default=os.path.join(
+      tempfile.gettempdir(), "inatsounds_location_benchmark_sinr"))
   args = parser.parse_args()
+  prior = prior_source(args)
+  print(f"geo prior: {prior}", flush=True)
   results = {row: {m: [] for m in METRICS} for row in ROWS}
   start = time.time()
   for location_input in dict.fromkeys(v[0] for v in ROWS.values()):
     for seed in range(args.seeds):
-      config = run_config(location_input, seed, args)
+      config = run_config(location_input, seed, prior, args)
       with tempfile.TemporaryDirectory() as workdir:
         metrics = train.train_and_evaluate(config, workdir)[
             "validation"].metrics
