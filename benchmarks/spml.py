@@ -50,7 +50,9 @@ METRIC = "no_prior/window_map"
 MASK_FREE = ("full_bce", "an", "an_ls", "mean_teacher")
 
 
-def run_config(row: str, column: dict, seed: int, args) -> dict:
+def placeholder_config(seed: int, args) -> dict:
+  """The placeholder classifier on the benchmark corpus, `args`'s schedule
+  (`add_run_arguments`), the true ranges as geo prior; no evaluations."""
   c = config_defaults.classifier()
   c.update(dataset="synthetic", data_dir=args.data_dir, model="placeholder",
            optimizer="adam", learning_rate=args.learning_rate,
@@ -65,6 +67,11 @@ def run_config(row: str, column: dict, seed: int, args) -> dict:
   c.image.channels = 1
   c.augment.freq_mask_max_width = 0
   c.augment.time_mask_max_width = 0
+  return c
+
+
+def run_config(row: str, column: dict, seed: int, args) -> dict:
+  c = placeholder_config(seed, args)
   c.evals = {"strong": {"type": "strong_label", "split": "validation",
                         "every_epochs": 0.0}}
   c.best_metric = "strong/" + METRIC
@@ -83,18 +90,24 @@ def run_config(row: str, column: dict, seed: int, args) -> dict:
   return c
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_run_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+  """Seeds, schedule, corpus size, data dir (`/tmp/inatsounds_<name>_...`)
+  and --json: what `placeholder_config` reads."""
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--epochs", type=int, default=6)
   parser.add_argument("--learning_rate", type=float, default=0.03)
   parser.add_argument("--species", type=int, default=24)
   parser.add_argument("--recordings", type=int, default=480)
+  parser.add_argument("--data_dir", default=os.path.join(
+      tempfile.gettempdir(), f"inatsounds_{name}_benchmark_tfds"))
+  parser.add_argument("--json", default="")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  add_run_arguments(parser, "spml")
   parser.add_argument("--rows", default=",".join(ROWS))
   parser.add_argument("--columns", default=",".join(COLUMNS))
-  parser.add_argument("--data_dir", default=os.path.join(
-      tempfile.gettempdir(), "inatsounds_spml_benchmark_tfds"))
-  parser.add_argument("--json", default="")
   args = parser.parse_args()
   results = {}
   start = time.time()

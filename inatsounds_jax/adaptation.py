@@ -61,10 +61,14 @@ def layer_scales(params, decay: float):
 
 
 def trained_or_frozen(params, freeze_blocks: int, linear_probe: bool):
-  """Per parameter, `FROZEN` or `TRAINED`."""
+  """Per parameter, `FROZEN` or `TRAINED`. A linear probe trains the head
+  and the location input's layers (`Classifier.location_head`: they join
+  the head, so they are new to the pretrained backbone too)."""
   if linear_probe:
     return jax.tree_util.tree_map_with_path(
-        lambda p, _: TRAINED if _module_name(p) == "head" else FROZEN, params)
+        lambda p, _: TRAINED if _module_name(p) == "head" or any(
+            getattr(k, "key", None) == "location_head" for k in p)
+        else FROZEN, params)
   return jax.tree.map(
       lambda i: FROZEN if freeze_blocks and i <= freeze_blocks else TRAINED,
       layer_ids(params))

@@ -83,6 +83,13 @@ def classifier() -> ml_collections.ConfigDict:
   # A second prior reported beside geo_prior as the view "ceiling" (e.g.
   # "synthetic_truth", the best any range model could do); "" = none.
   c.geo_ceiling_prior = ""
+  # The recording's location as a classifier input during training
+  # (geo/location_input.py): "" off; "encoding" (SINR's location encoding
+  # through a learned layer, joined to the pooled features; option
+  # `width`, 64) or "prior_logits" (geo_prior's log-probabilities added to
+  # the logits, in training and evaluation; option `floor`, 1e-3).
+  c.location_input = ""
+  c.location_options = ml_collections.ConfigDict()
   # A range-model job config (`range_model()`): the run first trains it on
   # its own dataset's train split into WORKDIR/range_model and uses it as
   # geo_prior. None: geo_prior as given.

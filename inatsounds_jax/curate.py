@@ -83,7 +83,7 @@ def window_scorer(trained: train.TrainedModel, by: str):
 
   Raises:
     registry.ConfigError: the workdir's objective is not the one `by`
-      needs.
+      needs, or its model has a location input.
   """
   if by not in _OBJECTIVE:
     raise registry.ConfigError(f"--by={by!r}: choose from {sorted(_OBJECTIVE)}")
@@ -92,6 +92,13 @@ def window_scorer(trained: train.TrainedModel, by: str):
     raise registry.ConfigError(
         f"--by={by} needs a workdir trained with objective "
         f"{_OBJECTIVE[by]!r}; this one was trained with {objective!r}")
+  if trained.config.get("location_input"):
+    # Scoring without the windows' locations would silently score another
+    # classifier than the one trained.
+    raise registry.ConfigError(
+        f"--by={by}: the workdir was trained with location_input "
+        f"{trained.config.location_input!r}, which curation does not pass "
+        "(it scores waveforms only)")
   model = trained.model
   if by == "reconstruction":
     return lambda variables, waveform, label: model.apply(

@@ -164,10 +164,21 @@ def export_bundle(workdir: str, out: str, tflite: bool = False) -> dict:
 
   Returns:
     The bundle's config.json contents.
+
+  Raises:
+    BundleError: the model has a location input (`config.location_input`).
   """
   trained = train.load_model_from_workdir(workdir)
   model, variables, config = (trained.model, trained.variables,
                               trained.config)
+  if config.get("location_input"):
+    # The exported function takes waveforms only; dropping the location
+    # would silently classify every recording as unlocated.
+    raise BundleError(
+        f"{workdir} was trained with location_input "
+        f"{config.location_input!r}, which a bundle cannot carry yet (its "
+        "function takes waveforms only); predict from the workdir "
+        "(`predict --model=WORKDIR`), which passes locations")
   exported, platforms = export_function(model, variables)
   embedding_dim = int(exported.out_avals[1].shape[1])
   # Written beside `out`, then renamed: a bundle is complete or absent.

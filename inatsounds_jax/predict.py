@@ -24,6 +24,13 @@ to the recording's output files, so its memory stays flat in file length
 (no `windows x classes` array of a whole recording is ever held);
 `Predictor.predict_file` puts the chunks together.
 
+A model trained with a location input (`config.location_input`,
+`geo/location_input.py`) is given each recording's location (--latitude/
+--longitude or --locations; a recording without one is classified as with
+an unknown location, as in training). `prior_logits` models rebuild their
+training prior from the range-model workdir their config names; one trained
+on the synthetic corpus's true ranges is refused.
+
 Each window gets probabilities (softmax for models trained with a
 multiclass loss, sigmoid for multilabel ones). Window times are clipped to
 the recording: a file shorter than a window has one window, 0 .. duration.
@@ -68,6 +75,7 @@ from inatsounds_jax import registry
 from inatsounds_jax import storage
 from inatsounds_jax import tables
 from inatsounds_jax import train
+from inatsounds_jax.geo import location_input
 from inatsounds_jax.geo import prior as prior_lib
 from inatsounds_jax.geo import range_model
 from inatsounds_jax.models import classifier as classifier_lib
@@ -297,9 +305,22 @@ class Predictor:
     if geo_prior:
       self.prior = range_model.load(geo_prior).prior(self.species)
       print(self.prior.check_coverage(), file=sys.stderr)
+    self.location = location_input.from_config(
+        self.trained.config, self._training_prior)
     variables = self.trained.variables
-    self._apply = jax.jit(lambda w: model.apply(
-        variables, w, method=classifier_lib.Classifier.embed_and_classify))
+    self._apply = jax.jit(lambda w, location=None: model.apply(
+        variables, w, location=location,
+        method=classifier_lib.Classifier.embed_and_classify))
+
+  def _training_prior(self, source: str) -> prior_lib.GeoPrior:
+    """The prior a `prior_logits` model was trained with, from its config."""
+    if source == "synthetic_truth":
+      raise InputError(
+          f"{self.model_path} was trained with location_input "
+          "'prior_logits' over the synthetic corpus's true ranges "
+          "(geo_prior 'synthetic_truth'), which prediction cannot rebuild "
+          "without that dataset; train it with a range model as geo_prior")
+    return range_model.load(source).prior(self.species)
 
   @property
   def hop_seconds(self) -> float:
@@ -365,9 +386,13 @@ class Predictor:
     def run_batch():
       waves = np.zeros((self.batch_size, self.windows.window_samples),
                        np.int16)
-      for i, (_, _, wave) in enumerate(batch):
+      locations = None if self.location is None else self.location(
+          None, None, self.batch_size)
+      for i, (chunk, _, wave) in enumerate(batch):
         waves[i] = wave
-      embeddings, logits = jax.device_get(self._apply(waves))
+        if locations is not None:
+          locations[i] = chunk.location
+      embeddings, logits = jax.device_get(self._apply(waves, locations))
       for i, (chunk, row, _) in enumerate(batch):
         chunk.put(row, embeddings[i], logits[i])
       batch.clear()
@@ -379,9 +404,11 @@ class Predictor:
         yield item if isinstance(item, FileEvent) else item.event(self)
 
     for index, (path, lat, lon) in enumerate(files):
-      prior = None
+      prior = location = None
       if self.prior is not None:
         prior = self.prior.probabilities([lat], [lon])[0]
+      if self.location is not None:
+        location = self.location([lat], [lon])[0]
       layout, next_window = None, 0
       try:
         for chunk_layout, windows in self._file_windows(path):
@@ -389,7 +416,7 @@ class Predictor:
             layout, next_window = chunk_layout, 0
             queue.append(FileEvent(index, path, BEGIN))
           chunk = _Chunk(index, path, layout, next_window, len(windows),
-                         prior)
+                         prior, location)
           next_window += len(windows)
           queue.append(chunk)
           for row, wave in enumerate(windows):
@@ -431,9 +458,12 @@ class _Chunk:
   """A chunk's windows waiting for the batches that classify them."""
 
   def __init__(self, index: int, path: str, layout: Layout, first: int,
-               count: int, prior: np.ndarray | None):
+               count: int, prior: np.ndarray | None,
+               location: np.ndarray | None):
     self.index, self.path, self.layout = index, path, layout
     self.first, self.count, self.prior = first, count, prior
+    self.location = location  # The model's location features, if it has
+    # a location input.
     self.missing = count
     self._embeddings = self._logits = None
 
@@ -791,6 +821,11 @@ def run(predictor: Predictor, input_path: str, output: str,
     print(f"warning: {len(unlocated)} of {len(todo)} recordings have no "
           f"location (e.g. {unlocated[0]}): their geo prior column is empty "
           "and nothing is filtered", file=sys.stderr)
+  if predictor.location is not None and unlocated:
+    print(f"warning: {len(unlocated)} of {len(todo)} recordings have no "
+          f"location (e.g. {unlocated[0]}): the model, trained with "
+          f"location_input {predictor.trained.config.location_input!r}, "
+          "classifies them as at an unknown location", file=sys.stderr)
   counts = {"done": 0, "skipped": skipped, "failed": 0, "detections": 0}
   errors = []
   total_s = sum(_audio_seconds(t[0]) for t in todo)

@@ -60,6 +60,8 @@ from inatsounds_jax import processes
 from inatsounds_jax import registry
 from inatsounds_jax import storage
 from inatsounds_jax.evaluators import common as evaluators
+from inatsounds_jax.evaluators import file_level
+from inatsounds_jax.geo import location_input
 from inatsounds_jax.geo import train_range
 from inatsounds_jax.models import classifier as classifier_lib
 from inatsounds_jax.models import convert
@@ -142,6 +144,9 @@ def make_model(config, num_classes: int, multilabel: bool
   if multilabel:
     options.setdefault("head_bias_init", models.head_bias_for_bce(num_classes))
   models.BACKBONES.get(config.model)  # An unknown name fails here, by name.
+  location_options = dict(config.get("location_options", {}))
+  if config.get("location_input"):
+    location_input.check_options(config.location_input, location_options)
   size = config.image.size
   # Normalisation of the 0..1 image: one value or one per channel (the
   # image dict's optional mean/std; ImageNet's for L48).
@@ -153,7 +158,9 @@ def make_model(config, num_classes: int, multilabel: bool
       image=augment.ImageConfig(size=tuple(size) if size else None,
                                 channels=config.image.channels, **norm),
       window_frames=config.window_frames,
-      backbone_options=tuple(sorted(options.items())))
+      backbone_options=tuple(sorted(options.items())),
+      location_input=config.get("location_input", ""),
+      location_options=tuple(sorted(location_options.items())))
 
 
 def window_config(model: classifier_lib.Classifier, eval_stride_frames: int
@@ -271,7 +278,10 @@ def classification_loss(params, state: TrainState, batch: dict,
   """The classifier's loss of a batch: (value, (metrics, variable updates,
   loss state)). The spectrogram and its augmentation do not depend on
   `params`, so no gradient flows through them; nor does any through the
-  `teacher` (the EMA parameters), whose outputs are a consistency target."""
+  `teacher` (the EMA parameters), whose outputs are a consistency target.
+  A model with a location input reads the batch's `location` features
+  (`geo/location_input.py`; with mixup, each mixed example keeps its own
+  recording's location)."""
   aug_rng, dropout_rng = jax.random.split(rng)
   images = model.apply({}, input_pipeline.model_input(batch),
                        method=classifier_lib.Classifier.spectrogram)
@@ -292,9 +302,11 @@ def classification_loss(params, state: TrainState, batch: dict,
     teacher_logits = jax.lax.stop_gradient(model.apply(
         state.variables(use_ema=True),
         teacher.teacher_view(jax.random.fold_in(rng, 1), images),
-        train=False, method=classifier_lib.Classifier.classify))
+        train=False, location=batch.get("location"),
+        method=classifier_lib.Classifier.classify))
   out = model.apply(state.variables() | {"params": params}, images,
-                    train=True, method=classifier_lib.Classifier.classify,
+                    train=True, location=batch.get("location"),
+                    method=classifier_lib.Classifier.classify,
                     mutable=mutable, rngs={"dropout": dropout_rng})
   logits, updates = out if mutable else (out, {})
   value, loss_state = loss(logits, targets, loss_batch, state.loss_state)
@@ -403,6 +415,8 @@ class RunContext:
   windows: input_pipeline.WindowConfig
   loss: losses.Loss
   labels: label_modes.LabelObserver
+  # Host features of the model's location input (None: it has none).
+  location: location_input.LocationFeatures | None
   teacher: mean_teacher.MeanTeacher | None
   schedule: optax.Schedule
   tx: optax.GradientTransformation
@@ -521,6 +535,18 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
       builder, config.train_split, steps_per_epoch, mesh))
   losses.check_rows_fit(loss, len(label_names), len(devices))
   labels = label_modes.from_config(config, builder, label_names)
+  location = location_input.from_config(config, functools.partial(
+      file_level.load_prior, builder=builder, label_names=label_names,
+      min_coverage=0.5))
+  if location is not None and not objective.uses_labels:
+    raise registry.ConfigError(
+        f"location_input {config.location_input!r} is for classifiers; "
+        f"objective {config.get('objective')!r} has no logits to add it to")
+  if location is not None and input_pipeline.is_image_dataset(builder):
+    raise registry.ConfigError(
+        f"location_input {config.location_input!r}: dataset "
+        f"{config.dataset!r} holds spectrogram images without a recording "
+        "location; set location_input=''")
   teacher = mean_teacher.from_config(config, steps_per_epoch, builder,
                                      label_names)
   model = objective.make_model(config, len(label_names), loss.multilabel)
@@ -542,7 +568,7 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
           mesh, jax.sharding.PartitionSpec("data")),
       builder=builder, train_sources=train_sources, objective=objective,
       model=model, windows=windows, loss=loss, labels=labels,
-      teacher=teacher, schedule=schedule, tx=tx,
+      location=location, teacher=teacher, schedule=schedule, tx=tx,
       steps_per_epoch=steps_per_epoch,
       total_steps=int(config.num_epochs * steps_per_epoch),
       init=jax.jit(init, out_shardings=sharding), abstract_state=abstract,
@@ -557,8 +583,9 @@ def run_evaluators(run: RunContext, state: TrainState, use_ema: bool,
                    scheduled: Sequence[evaluators.ScheduledEvaluator]
                    ) -> dict[str, evaluators.EvalOutput]:
   predict = evaluators.make_predict_fn(
-      lambda v, w: run.model.apply(v, w), state.variables(use_ema),
-      run.data_sharding)
+      lambda v, w, *location: run.model.apply(v, w, location=(
+          location[0] if location else None)),
+      state.variables(use_ema), run.data_sharding, run.location)
   return {s.name: s.evaluator.run(predict) for s in scheduled}
 
 
@@ -786,6 +813,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       batch = input_pipeline.shard_batch(
           {**{k: batch[k] for k in input_pipeline.TRAIN_KEYS if k in batch},
            **(run.labels(batch) if run.objective.uses_labels else {}),
+           **({"location": run.location(batch["latitude"],
+                                        batch["longitude"])}
+              if run.location else {}),
            **(run.teacher.host_fields(batch) if run.teacher else {})},
           run.data_sharding)
       state, metrics = step_fn(state, batch)

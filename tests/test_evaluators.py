@@ -20,7 +20,8 @@ def fake_predict(num_classes):
   rng = np.random.default_rng(0)
   projection = rng.normal(size=(NUM_WINDOW_FEATURES, num_classes))
 
-  def predict(waveform):
+  def predict(waveform, latitude=None, longitude=None):
+    del latitude, longitude  # A model without a location input.
     w = np.asarray(waveform, np.float64) / 32767.0
     features = np.stack([w.mean(1), np.abs(w).mean(1), w.std(1),
                          w[:, ::7].mean(1)], axis=1)

@@ -54,7 +54,7 @@ def test_window_and_file_truth_and_map_match_the_strong_labels(
   names = small_dataset.info.features["label"].names
   evaluator = strong_label.Evaluator(context(small_dataset),
                                      split="validation")
-  output = evaluator.run(lambda w: np.zeros((len(w), len(names))))
+  output = evaluator.run(lambda w, *location: np.zeros((len(w), len(names))))
   windows, files = truth_from_json(small_corpus, small_dataset, "validation")
   assert output.summary["num_windows"] == len(windows)
   assert output.summary["num_files"] == len(files)

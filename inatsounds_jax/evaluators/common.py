@@ -34,10 +34,13 @@ import tensorflow_datasets as tfds
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import registry
 
-# int16 waveforms `[batch, window_samples]` of this process -> float logits
-# `[batch, classes]` of the same rows (the model runs on the global batch);
-# for a model with several outputs (the MAE), a dict of such arrays.
-PredictFn = Callable[[np.ndarray], np.ndarray]
+# (int16 waveforms `[batch, window_samples]` of this process, and
+# optionally their recordings' `latitude`, `longitude` `[batch]`, NaN where
+# unknown) -> float logits `[batch, classes]` of the same rows (the model
+# runs on the global batch); for a model with several outputs (the MAE), a
+# dict of such arrays. Evaluators pass the locations their records have; a
+# model without a location input ignores them.
+PredictFn = Callable[..., np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,14 +126,26 @@ def from_config(evals: Mapping[str, Mapping[str, Any]],
 
 
 def make_predict_fn(apply_logits: Callable, variables,
-                    sharding: jax.sharding.NamedSharding) -> PredictFn:
-  """Jitted, mesh-sharded `waveform -> logits` (or a dict of per-window
-  arrays) for this process's batches."""
+                    sharding: jax.sharding.NamedSharding,
+                    location_features: Callable | None = None) -> PredictFn:
+  """Jitted, mesh-sharded `PredictFn` (logits or a dict of per-window
+  arrays) for this process's batches.
+
+  `apply_logits(variables, waveform)`, or with `location_features` (a
+  `location_input.LocationFeatures`: `(latitude, longitude, n) -> [n,
+  width]` on the host) `apply_logits(variables, waveform, location)`.
+  """
   jitted = jax.jit(apply_logits, out_shardings=sharding)
 
-  def predict(waveform: np.ndarray) -> np.ndarray:
-    x = input_pipeline.shard_batch({"w": waveform}, sharding)["w"]
-    logits = jitted(variables, x)
+  def predict(waveform: np.ndarray, latitude=None, longitude=None
+              ) -> np.ndarray:
+    inputs = {"w": waveform}
+    if location_features is not None:
+      inputs["location"] = location_features(latitude, longitude,
+                                             len(waveform))
+    x = input_pipeline.shard_batch(inputs, sharding)
+    logits = jitted(variables, x["w"], *(
+        [x["location"]] if location_features is not None else []))
     if jax.process_count() > 1:  # Only this process's rows.
       logits = multihost_utils.global_array_to_host_local_array(
           logits, sharding.mesh, sharding.spec)

@@ -6,7 +6,9 @@ softmaxes (also for sigmoid-trained models, as in the paper) are pooled per
 recording by mean and by max, then scored with `metrics.file_level_metrics`
 (class-averaged top-1/top-5, mAP, mF1), overall and per supercategory. With
 a geographic prior, species outside the recording's range get the window's
-lowest logit before the softmax, and results are reported both ways.
+lowest logit before the softmax, and results are reported both ways. A
+model with a location input (`config.location_input`) is given each
+window's recording location (NaN: unknown) through `predict`.
 
 Options (`config.evals.<name>`): `split`; `geo_prior` ("" none,
 "synthetic_truth" the synthetic corpus's true ranges, or a range-model
@@ -115,8 +117,10 @@ def evaluate_split(predict: common.PredictFn,
   num_windows = 0
   for batch in common.in_step_with_other_processes(tfds.as_numpy(
       input_pipeline.eval_dataset(builder, split, batch_size, windows))):
-    logits = np.asarray(predict(input_pipeline.model_input(batch)),
-                        np.float64)
+    # Images (L48) have no location: the model sees it unknown.
+    logits = np.asarray(predict(input_pipeline.model_input(batch),
+                                batch.get("latitude"),
+                                batch.get("longitude")), np.float64)
     valid = batch["mask"]
     num_windows += int(valid.sum())
     views = {"no_prior": logits}

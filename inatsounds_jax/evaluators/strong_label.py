@@ -86,8 +86,10 @@ class Evaluator:
     windows = {view: [] for view in self.views}
     window_truth, recording, annotated = [], [], []
     for batch in common.in_step_with_other_processes(batches):
-      logits = np.asarray(predict(input_pipeline.model_input(batch)),
-                          np.float64)
+      # Images (L48) have no location: the model sees it unknown.
+      logits = np.asarray(predict(input_pipeline.model_input(batch),
+                                  batch.get("latitude"),
+                                  batch.get("longitude")), np.float64)
       valid = batch["mask"]
       views = {"no_prior": logits}
       if self.prior is not None:

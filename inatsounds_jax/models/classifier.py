@@ -8,6 +8,10 @@ runs the parts separately to augment in between:
     images = model.apply(v, waveform, method=Classifier.spectrogram)
     images, targets = augment.augment(rng, images, targets, aug_config)
     logits = model.apply(v, images, train=True, method=Classifier.classify)
+
+A classifier with a `location_input` (`geo/location_input.py`) also takes
+the recordings' location features `[batch, width]` (`location=`); without
+them every location counts as unknown.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import jax.numpy as jnp
 from inatsounds_jax import augment
 from inatsounds_jax import frontend as frontend_lib
 from inatsounds_jax import models as models_lib
+from inatsounds_jax.geo import location_input as location_lib
 
 
 class WindowedModel:
@@ -62,26 +67,42 @@ class Classifier(WindowedModel, nn.Module):
   image: augment.ImageConfig = augment.ImageConfig()
   window_frames: int = 512  # The window the model classifies (~2.97 s).
   backbone_options: tuple[tuple[str, Any], ...] = ()
+  # "" or a name in `location_input.LOCATION_INPUTS`, and its options.
+  location_input: str = ""
+  location_options: tuple[tuple[str, Any], ...] = ()
 
   def setup(self):
     self.net = models_lib.create(self.backbone, self.num_classes,
                                  image_size=self.image_size,
                                  **dict(self.backbone_options))
     self.spectrogram_frontend = frontend_lib.module(self.frontend)
+    self.location_head = location_lib.head_for(
+        self.location_input, self.num_classes, self.location_options)
 
   def spectrogram(self, waveform: jax.Array) -> jax.Array:
     """`[batch, mel, frames]` image, values 0..255 (of an image input: its
     one-channel `[batch, height, width]`)."""
     return self.spectrogram_frontend(waveform)
 
-  def classify(self, images: jax.Array, train: bool = False) -> jax.Array:
-    """Logits of spectrogram images (after any augmentation)."""
-    return self.net(augment.to_model_image(images, self.image), train=train)
+  def classify(self, images: jax.Array, train: bool = False,
+               location: jax.Array | None = None) -> jax.Array:
+    """Logits of spectrogram images (after any augmentation), plus the
+    location head's offsets (`location`: features `[batch, width]`; None:
+    unknown) when the model has a `location_input`."""
+    logits = self.net(augment.to_model_image(images, self.image), train=train)
+    if self.location_head is None:
+      return logits
+    if location is None:
+      location = self.location_head.missing(images.shape[0])
+    return logits + self.location_head(location)
 
-  def __call__(self, waveform: jax.Array, train: bool = False) -> jax.Array:
-    return self.classify(self.spectrogram(waveform), train=train)
+  def __call__(self, waveform: jax.Array, train: bool = False,
+               location: jax.Array | None = None) -> jax.Array:
+    return self.classify(self.spectrogram(waveform), train=train,
+                         location=location)
 
-  def embed_and_classify(self, waveform: jax.Array
+  def embed_and_classify(self, waveform: jax.Array,
+                         location: jax.Array | None = None
                          ) -> tuple[jax.Array, jax.Array]:
     """(embedding `[batch, dim]`, logits `[batch, num_classes]`), inference.
 
@@ -89,19 +110,30 @@ class Classifier(WindowedModel, nn.Module):
     the pooled features (ResNet: the global average pool; MobileNet-V3: the
     1280-wide layer after its hard-swish; ViT: the normed class token;
     placeholder: the time-averaged image). It is read by intercepting that
-    call, so the backbones need no second output.
+    call (inside the backbone, not the location head), so the backbones need
+    no second output.
     """
     head_inputs = []
 
     def record_dense_input(next_fn, args, kwargs, context):
       if isinstance(context.module, nn.Dense) and (
-          context.method_name == "__call__"):
+          context.method_name == "__call__") and _inside(context.module,
+                                                         "net"):
         head_inputs.append(args[0])
       return next_fn(*args, **kwargs)
 
     with nn.intercept_methods(record_dense_input):
-      logits = self(waveform)
+      logits = self(waveform, location=location)
     return head_inputs[-1].astype(jnp.float32), logits
+
+
+def _inside(module: nn.Module, name: str) -> bool:
+  """`module` is the submodule `name` of its classifier, or inside it."""
+  while module is not None:
+    if module.name == name:
+      return True
+    module = module.parent
+  return False
 
 
 def from_backbone_variables(backbone_variables: dict) -> dict:
