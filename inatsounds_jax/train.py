@@ -582,10 +582,13 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
 def run_evaluators(run: RunContext, state: TrainState, use_ema: bool,
                    scheduled: Sequence[evaluators.ScheduledEvaluator]
                    ) -> dict[str, evaluators.EvalOutput]:
-  predict = evaluators.make_predict_fn(
-      lambda v, w, *location: run.model.apply(v, w, location=(
-          location[0] if location else None)),
-      state.variables(use_ema), run.data_sharding, run.location)
+  def apply(variables, inputs, *location):
+    # `location` only for a model with a location input (not the MAE).
+    return run.model.apply(variables, inputs,
+                           **({"location": location[0]} if location else {}))
+
+  predict = evaluators.make_predict_fn(apply, state.variables(use_ema),
+                                       run.data_sharding, run.location)
   return {s.name: s.evaluator.run(predict) for s in scheduled}
 
 
