@@ -455,7 +455,8 @@ def check_config(config, splits, num_devices: int, process_count: int
 def check_input(config, builder: tfds.core.DatasetBuilder) -> None:
   """The frontend must fit the records: audio, or images (L48) with the
   "image" frontend, which has no dB scale for mixup and whose spectrograms
-  (dark calls on white) SpecAugment's zero fill would mark as loud.
+  (dark calls on white) SpecAugment's zero fill would mark as loud. Images
+  have no recording location for a range prior.
 
   Raises:
     registry.ConfigError.
@@ -469,6 +470,15 @@ def check_input(config, builder: tfds.core.DatasetBuilder) -> None:
         f"{'images' if image_frontend else 'waveforms'}, and dataset "
         f"{config.dataset!r} holds {'images' if images else 'audio'}"
         + ("; use frontend_preset='image'" if images else ""))
+  located = {field: config.get(field) for field in
+             ("geo_prior", "geo_ceiling_prior", "range_model")}
+  located = [f"{field}={value!r}" for field, value in located.items()
+             if value]
+  if images and located:
+    raise registry.ConfigError(
+        f"{', '.join(located)}: dataset {config.dataset!r} holds spectrogram "
+        "images without recording locations, so no range prior applies; "
+        "its geo label mode reads the range negatives from the data")
   augment_config = config.augment
   if image_frontend and (augment_config.mixup or
                          augment_config.freq_mask_max_width or

@@ -325,7 +325,7 @@ def test_image_classifier_normalises_grey_clips_like_the_benchmark():
   assert model.apply(variables, jnp.asarray(images)).shape == (2, 4)
 
 
-def test_config_must_read_clips_with_the_image_frontend_and_no_augment(
+def test_config_must_read_clips_with_the_image_frontend_no_augment_no_prior(
     built):
   c = load_config("l48", "tiny")
   train.check_input(c, built)
@@ -336,4 +336,10 @@ def test_config_must_read_clips_with_the_image_frontend_and_no_augment(
         {**c.to_dict(), "frontend_preset": "inatsounds"}), built)
   c.augment.mixup = True
   with pytest.raises(registry.ConfigError, match="augment.mixup=False"):
+    train.check_input(c, built)
+  c.augment.mixup = False
+  c.geo_prior = "/runs/sinr"
+  with pytest.raises(registry.ConfigError, match=r"geo_prior='/runs/sinr': "
+                     r"dataset 'l48' holds spectrogram images without "
+                     r"recording locations"):
     train.check_input(c, built)
