@@ -456,7 +456,7 @@ def check_input(config, builder: tfds.core.DatasetBuilder) -> None:
   """The frontend must fit the records: audio, or images (L48) with the
   "image" frontend, which has no dB scale for mixup and whose spectrograms
   (dark calls on white) SpecAugment's zero fill would mark as loud. Images
-  have no recording location for a range prior.
+  have no recording location for a range prior or a location input.
 
   Raises:
     registry.ConfigError.
@@ -471,14 +471,16 @@ def check_input(config, builder: tfds.core.DatasetBuilder) -> None:
         f"{config.dataset!r} holds {'images' if images else 'audio'}"
         + ("; use frontend_preset='image'" if images else ""))
   located = {field: config.get(field) for field in
-             ("geo_prior", "geo_ceiling_prior", "range_model")}
+             ("geo_prior", "geo_ceiling_prior", "range_model",
+              "location_input")}
   located = [f"{field}={value!r}" for field, value in located.items()
              if value]
   if images and located:
     raise registry.ConfigError(
         f"{', '.join(located)}: dataset {config.dataset!r} holds spectrogram "
-        "images without recording locations, so no range prior applies; "
-        "its geo label mode reads the range negatives from the data")
+        "images without recording locations, so neither a range prior nor "
+        "a location input applies (leave them empty); its geo label mode "
+        "reads the range negatives from the data")
   augment_config = config.augment
   if image_frontend and (augment_config.mixup or
                          augment_config.freq_mask_max_width or
@@ -552,11 +554,6 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
     raise registry.ConfigError(
         f"location_input {config.location_input!r} is for classifiers; "
         f"objective {config.get('objective')!r} has no logits to add it to")
-  if location is not None and input_pipeline.is_image_dataset(builder):
-    raise registry.ConfigError(
-        f"location_input {config.location_input!r}: dataset "
-        f"{config.dataset!r} holds spectrogram images without a recording "
-        "location; set location_input=''")
   teacher = mean_teacher.from_config(config, steps_per_epoch, builder,
                                      label_names)
   model = objective.make_model(config, len(label_names), loss.multilabel)

@@ -343,3 +343,9 @@ def test_config_must_read_clips_with_the_image_frontend_no_augment_no_prior(
                      r"dataset 'l48' holds spectrogram images without "
                      r"recording locations"):
     train.check_input(c, built)
+  c.geo_prior = ""
+  c.location_input = "encoding"
+  with pytest.raises(registry.ConfigError, match=r"location_input='encoding'"
+                     r": dataset 'l48' holds spectrogram images without "
+                     r"recording locations"):
+    train.check_input(c, built)

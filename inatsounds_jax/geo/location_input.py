@@ -89,10 +89,12 @@ class LocationInput:
     head: `(num_classes, options) -> LocationHead` module.
     features: `(latitude [n], longitude [n], prior, options) -> float32
       [n, width]`, on the host (`prior` is None unless `needs_prior`).
+    option_names: what `config.location_options` may set for it.
     needs_prior: the features come from `config.geo_prior`.
   """
   head: Callable[[int, dict], nn.Module]
   features: Callable[..., np.ndarray]
+  option_names: tuple[str, ...]
   needs_prior: bool = False
 
 
@@ -116,23 +118,20 @@ LOCATION_INPUTS: registry.Registry[LocationInput] = registry.Registry(
 LOCATION_INPUTS.add("encoding", LocationInput(
     head=lambda num_classes, options: EncodedLocationHead(
         num_classes, int(options.get("width", DEFAULT_ENCODING_WIDTH))),
-    features=_coordinates))
+    features=_coordinates, option_names=("width",)))
 LOCATION_INPUTS.add("prior_logits", LocationInput(
     head=lambda num_classes, options: PriorLogitsHead(num_classes),
-    features=_prior_log_probabilities, needs_prior=True))
-
-# What a config's `location_options` may set, per input (checked early).
-_OPTIONS = {"encoding": ("width",), "prior_logits": ("floor",)}
-
+    features=_prior_log_probabilities, option_names=("floor",),
+    needs_prior=True))
 
 def check_options(name: str, options: dict) -> None:
   """Raises `ConfigError` for an unknown input or option (both named)."""
-  LOCATION_INPUTS.get(name)
-  unknown = sorted(set(options) - set(_OPTIONS[name]))
+  allowed = LOCATION_INPUTS.get(name).option_names
+  unknown = sorted(set(options) - set(allowed))
   if unknown:
     raise registry.ConfigError(
         f"location_options {unknown} do not apply to location_input "
-        f"{name!r}; it takes {list(_OPTIONS[name])}")
+        f"{name!r}; it takes {list(allowed)}")
 
 
 @dataclasses.dataclass(frozen=True)
