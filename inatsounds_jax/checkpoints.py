@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 
 from absl import logging
@@ -40,6 +41,25 @@ class Preempted(Exception):
     super().__init__(f"stopped by SIGTERM at step {step}; its state is saved "
                      f"in {workdir}: run the same command again to resume")
     self.step = step
+
+
+def has_bucket_client() -> bool:
+  """Whether the Cloud Storage client (`google-cloud-storage`) is installed."""
+  try:
+    return importlib.util.find_spec("google.cloud.storage") is not None
+  except ModuleNotFoundError:  # Not even the `google.cloud` namespace.
+    return False
+
+
+def _check_bucket_client(workdir: epath.Path) -> None:
+  """orbax lists and finalises checkpoint steps in a `gs://` bucket with the
+  Cloud Storage client, which it imports only then: without it a run would
+  fail after its setup with an ImportError deep in orbax."""
+  if str(workdir).startswith("gs://") and not has_bucket_client():
+    raise registry.ConfigError(
+        f"checkpoints in {workdir} need the Cloud Storage client, which is "
+        "not installed: pip install 'inatsounds_jax[gcs]' (or "
+        "google-cloud-storage)")
 
 
 class NonFiniteStateError(FloatingPointError):
@@ -93,6 +113,7 @@ class RunCheckpoints:
       raise registry.ConfigError(
           f"best_mode must be 'max' or 'min', got {best_mode!r}")
     self.workdir = storage.resolve(workdir)
+    _check_bucket_client(self.workdir)
     self.best_metric = best_metric
     self.latest = ocp.CheckpointManager(
         self.workdir / "checkpoints",

@@ -153,3 +153,16 @@ def test_tiny_run_on_a_bucket_workdir_writes_there_and_resumes(
   assert ({k: o.summary for k, o in again.items()} ==
           {k: o.summary for k, o in first.items()})
   assert train.load_model_from_workdir(WORKDIR).step == last
+
+
+def test_bucket_workdir_without_the_storage_client_is_refused_first(
+    tmp_path, monkeypatch):
+  monkeypatch.setattr(checkpoints, "has_bucket_client", lambda: False)
+  c = config_defaults.tiny(config_defaults.classifier())
+  c.update(model="placeholder", data_dir=str(tmp_path / "tfds"))
+  for job in (train.train_and_evaluate, train.evaluate_checkpoint):
+    with pytest.raises(registry.ConfigError,
+                       match=r"checkpoints in gs://bucket/run need the Cloud "
+                             r"Storage client.*inatsounds_jax\[gcs\]"):
+      job(c, WORKDIR)
+  assert not (tmp_path / "tfds").exists()  # Refused before any work.
