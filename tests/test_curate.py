@@ -2,6 +2,9 @@
 
 import csv
 import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -15,6 +18,8 @@ from inatsounds_jax import input_pipeline as ip
 from inatsounds_jax import registry
 from inatsounds_jax import train
 import model_workdir  # pylint: disable=g-bad-import-order
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -137,17 +142,38 @@ def test_training_on_a_keep_list_sees_only_kept_windows(
 
 
 @pytest.mark.slow  # Builds the tiny synthetic set.
-def test_curate_writes_scores_keep_list_and_histogram(tmp_path):
-  # The workdir's own dataset (the tiny synthetic set), end to end.
+def test_curate_command_writes_scores_keep_list_and_histogram(tmp_path):
+  # The workdir's own dataset (the tiny synthetic set), end to end, as a
+  # user runs it.
   workdir = str(tmp_path / "workdir")
   model_workdir.make_workdir(workdir, num_classes=6, window_frames=64,
                              eval_stride_frames=48,
                              data_dir=str(tmp_path / "tfds"))
   out = str(tmp_path / "out")
-  kept = curate.curate(workdir, out, "confidence", keep_fraction=0.25)
+
+  def command(*cut):
+    return subprocess.run(
+        [sys.executable, "-m", "inatsounds_jax.curate", f"--workdir={workdir}",
+         f"--out={out}", *cut], capture_output=True, text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=REPO)
+
+  result = command("--keep_fraction=0.25")
+  assert result.returncode == 0, result.stderr[-3000:]
   rows = read_csv(os.path.join(out, curate.SCORES_FILE))
   kept_rows = read_csv(os.path.join(out, curate.KEEP_FILE))
-  assert len(kept_rows) == len(kept) == round(0.25 * len(rows))
+  assert len(kept_rows) == round(0.25 * len(rows))
+  assert (f"kept {len(kept_rows)} windows; train on them with "
+          f"--config.train_window_filter={out}/{curate.KEEP_FILE}"
+          ) in result.stdout
   cut = min(float(r["score"]) for r in kept_rows)
   assert all(float(r["score"]) <= cut for r in rows if r not in kept_rows)
   assert os.path.getsize(os.path.join(out, curate.HISTOGRAM_FILE)) > 5000
+  # Two cuts at once: one line, exit status 1, the files left as they were.
+  before = (tmp_path / "out" / curate.KEEP_FILE).read_bytes()
+  result = command("--keep_fraction=0.25", "--threshold=0.5")
+  assert result.returncode == 1
+  # TensorFlow's start-up lines may come first; ours is the last.
+  assert result.stderr.splitlines()[-1] == (
+      "error: give exactly one of --threshold and --keep_fraction")
+  assert "Traceback" not in result.stderr
+  assert (tmp_path / "out" / curate.KEEP_FILE).read_bytes() == before
