@@ -35,6 +35,12 @@ SMALL = synthetic.CorpusConfig(num_species=8, num_recordings=48, seed=3,
                                median_duration_s=2.0, max_duration_s=30.0)
 
 
+def pytest_collection_modifyitems(items):
+  """Runs the slow tests first: with `pytest -n 2` the test processes then
+  end on short tests together, instead of one waiting on a long one."""
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory):
   """A finished small corpus; tests must not modify it (copy first)."""

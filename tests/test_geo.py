@@ -145,8 +145,8 @@ def test_missing_coordinates_mask_nothing():
 
 
 @pytest.mark.slow  # Trains a range model (tens of seconds).
-def test_renamed_label_list_is_matched_by_name_not_index(trained):
-  model, _ = trained
+def test_renamed_label_list_is_matched_by_name_not_index(briefly_trained):
+  model, _ = briefly_trained
   labels = list(reversed(model.species_names)) + ["Unknown species"]
   prior = model.prior(labels)
   lat, lon = range_lib.sphere_points(50)

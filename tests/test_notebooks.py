@@ -74,13 +74,17 @@ def outputs_text(nb) -> str:
 
 
 TINY = {"NUM_SPECIES": 6, "NUM_RECORDINGS": 36}
+# The schedule and batch of test_every_shipped_config_runs_a_step: the same
+# train step, whose compiled program then comes from the tests' shared XLA
+# cache (compiling it is most of a notebook's time on CPU).
+ONE_STEP = 0.5
 
 
 @pytest.mark.slow
 def test_quickstart_notebook_runs(tmp_path, data_dir):
   nb = run(REPO / "colab" / "quickstart.ipynb", dict(
       WORKDIR=str(tmp_path / "run"), DATA_DIR=data_dir,
-      NUM_EPOCHS=1.0, BATCH_SIZE=8, RANGE_EPOCHS=5, **TINY))
+      NUM_EPOCHS=ONE_STEP, BATCH_SIZE=32, RANGE_EPOCHS=5, **TINY))
   text = outputs_text(nb)
   assert "ceiling" in text and "image/png" in text
   assert (tmp_path / "run" / "range_model" / "range_maps.png").exists()
@@ -90,7 +94,7 @@ def test_quickstart_notebook_runs(tmp_path, data_dir):
 def test_train_notebook_runs_on_the_synthetic_corpus(tmp_path, data_dir):
   nb = run(REPO / "colab" / "train_inatsounds.ipynb", dict(
       WORKDIR=str(tmp_path / "run"), DATA_DIR=data_dir,
-      VARIANT="tiny", NUM_EPOCHS=1.0, RANGE_EPOCHS=2))
+      VARIANT="tiny", NUM_EPOCHS=ONE_STEP, RANGE_EPOCHS=2))
   assert "mean prior" in outputs_text(nb).replace("  ", " ")
   assert (tmp_path / "run" / "range_model" / "range_results.json").exists()
 
