@@ -109,8 +109,8 @@ def pipeline_rows(builder, batch: int, num_batches: int) -> list[tuple]:
   config = ip.WindowConfig()
   for name, ds in (
       ("train crops (tf.data from TFDS)",
-       ip.train_dataset(builder, "train", batch, config, process_index=0,
-                        process_count=1)),
+       ip.train_windows(builder, "train", config, process_index=0,
+                        process_count=1).batch(batch)),
       ("eval dense windows (tf.data from TFDS)",
        ip.eval_dataset(builder, "test", batch, config, process_index=0,
                        process_count=1))):

@@ -2,7 +2,7 @@
 
 Every run's training windows come from `train_dataset` here. Unless
 `config.pretrain_sources` is set, that is the dataset's `config.train_split`
-alone, exactly `input_pipeline.train_dataset`'s stream with every field.
+alone (`input_pipeline.train_windows`, batched), with every field.
 `config.pretrain_sources` maps a name to a source, like `config.evals`:
 
     c.pretrain_sources = {
@@ -215,7 +215,7 @@ def audio_folder_source(name: str, options: Mapping, weight: float,
                                    stateful=False)
       waveform.set_shape([None])
       return {"waveform": input_pipeline.random_window(waveform, index, seed,
-                                                       config),
+                                                       config)[0],
               "label": tf.constant(-1, tf.int32),
               "example_index": tf.constant(-1, tf.int64)}
 
@@ -291,8 +291,7 @@ def train_dataset(sources: list[Source], global_batch_size: int,
                   process_count: int | None = None) -> tf.data.Dataset:
   """This process's batches, drawn from `sources` by weight.
 
-  One source: its stream with all its fields (the train split's equals
-  `input_pipeline.train_dataset`'s). Several: `{waveform, label,
+  One source: its stream with all its fields. Several: `{waveform, label,
   example_index, source}`, `source` the index of the window's source.
   `start_step` resumes exactly where a run at that step was.
   """

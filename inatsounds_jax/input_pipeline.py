@@ -339,28 +339,34 @@ def train_windows(builder: tfds.core.DatasetBuilder, split: str,
           input_feature.decode_example(example["image"]), config.frontend))
     audio = input_feature.decode_example(example["audio"])
     if window_filter is None:
-      window = random_window(audio, index, seed, config)
+      window, first_frame = random_window(audio, index, seed, config)
     else:
       i = tf.cast(example["example_index"], tf.int64)
       row = first_row[i] + tf.random.stateless_uniform(
           [], tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)]),
           maxval=num_rows[i], dtype=tf.int64)
-      window = cut_windows(audio, kept_start[row][None], kept_left[row],
-                           config)[0]
-    return dict(_features(example, num_classes), waveform=window)
+      start, left = kept_start[row][None], kept_left[row]
+      window = cut_windows(audio, start, left, config)[0]
+      first_frame = start - left
+    return dict(_features(example, num_classes), waveform=window,
+                audible_in_window=_audible_in_windows(
+                    example, first_frame, config, num_classes)[0])
 
   return ds.enumerate(start_example).map(
       crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def random_window(waveform: tf.Tensor, index: tf.Tensor, seed: int,
-                  config: WindowConfig) -> tf.Tensor:
+                  config: WindowConfig) -> tuple[tf.Tensor, tf.Tensor]:
   """The training window `[window_samples]` of element `index` of a stream
-  seeded by `seed` (`train_layout` with crop seed (seed, index))."""
+  seeded by `seed` (`train_layout` with crop seed (seed, index)), and its
+  first frame in the unpadded signal `[1]` (negative when centred in
+  zeros)."""
   start_frame, left = train_layout(
       tf.shape(waveform)[0],
       tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)]), config)
-  return cut_windows(waveform, start_frame, left, config)[0]
+  return (cut_windows(waveform, start_frame, left, config)[0],
+          start_frame - left)
 
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -369,25 +375,6 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
     raise ValueError(f"global batch {global_batch_size} is not divisible by "
                      f"{process_count} processes")
   return global_batch_size // process_count
-
-
-def train_dataset(builder: tfds.core.DatasetBuilder, split: str,
-                  global_batch_size: int, config: WindowConfig = WindowConfig(),
-                  seed: int = 0, start_step: int = 0, num_epochs: int = 1,
-                  shuffle_buffer: int = 2048,
-                  process_index: int | None = None,
-                  process_count: int | None = None) -> tf.data.Dataset:
-  """Batches of `{waveform int16 [B, S], label, recording_id, ...}`.
-
-  B is this process's share of `global_batch_size`; the windows are
-  `train_windows`'s, and `start_step` resumes the stream exactly where a
-  run at that step was.
-  """
-  process_index, process_count = process_share(process_index, process_count)
-  local_batch = local_batch_size(global_batch_size, process_count)
-  ds = train_windows(builder, split, config, seed, start_step * local_batch,
-                     num_epochs, shuffle_buffer, process_index, process_count)
-  return ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_dataset(builder: tfds.core.DatasetBuilder, split: str,

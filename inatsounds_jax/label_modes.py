@@ -15,13 +15,15 @@ known. A mode, by name in
 - `checklist`: also species absent from the recordist's checklist as known
   negatives (the synthetic corpus's checklists; they omit some callers, so
   a few of these negatives are wrong, as in the field).
-- `full`: every entry known, positive for each species audible in the
-  recording (the strong labels): the upper bound.
+- `full`: every entry known, positive for each species calling in the
+  training window (the strong labels' events overlapping it): the upper
+  bound, as the L48 study's full labels are per clip. The recording's
+  single positive stays positive.
 
 The positive is always known and positive. `LabelObserver(batch)` turns a
-host batch (`label`, `latitude`, `longitude`, `audible`, `checklist`) into
-`targets` and `label_mask`, both float32 `[batch, classes]`; the losses in
-`losses.py` read them.
+host batch (`label`, `latitude`, `longitude`, `audible_in_window`,
+`checklist`) into `targets` and `label_mask`, both float32 `[batch,
+classes]`; the losses in `losses.py` read them.
 
 Data that carries each mode's mask per example (the L48 clips,
 `data.label_sources(...)["label_masks"]`) is read as it is: the mask is the
@@ -91,7 +93,7 @@ def _checklist(batch, positives, observer):
 
 def _full(batch, positives, observer):
   del observer
-  return (np.maximum(positives, batch["audible"]),
+  return (np.maximum(positives, batch["audible_in_window"]),
           np.ones_like(positives))
 
 

@@ -70,7 +70,7 @@ def test_folder_windows_equal_prediction_decoding_of_any_format(tmp_path):
     batches = stream([source], 2, batch=3, seed=4)
     for i, window in enumerate(np.concatenate(
         [b["waveform"] for b in batches])):
-      expected = ip.random_window(decoded, i, 4, WINDOWS).numpy()
+      expected = ip.random_window(decoded, i, 4, WINDOWS)[0].numpy()
       np.testing.assert_array_equal(window, expected)
     assert (batches[0]["label"] == -1).all()
 
@@ -153,9 +153,9 @@ def test_the_train_split_mixes_with_a_folder_and_alone_is_unchanged(
   alone = data_sources.from_config(
       ml_collections.ConfigDict({"train_split": "train"}), small_dataset)
   [got] = stream(alone, 1, batch=4, seed=5)
-  [want] = list(ip.train_dataset(small_dataset, "train", 4, WINDOWS, seed=5,
+  [want] = list(ip.train_windows(small_dataset, "train", WINDOWS, seed=5,
                                  process_index=0, process_count=1)
-                .take(1).as_numpy_iterator())
+                .batch(4).take(1).as_numpy_iterator())
   assert set(got) == set(want)
   for k in want:
     np.testing.assert_array_equal(got[k], want[k])

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from inatsounds_jax import data_sources
 from inatsounds_jax import input_pipeline as ip
 
 CONFIG = ip.WindowConfig()
@@ -46,6 +47,14 @@ def test_train_layout_short_file_is_centred():
   samples = (frames - 1) * 128 + 512
   start, left = ip.train_layout(samples, tf.constant([0, 0], tf.int64), CONFIG)
   assert int(start[0]) == 0 and int(left) == (512 - frames) // 2
+
+
+def train_dataset(builder, global_batch_size, **kwargs):
+  """A run's training batches from `builder`'s train split."""
+  source = data_sources.tfds_source("train_split", {"split": "train"}, 1.0,
+                                    builder)
+  return data_sources.train_dataset([source], global_batch_size, CONFIG,
+                                    **kwargs)
 
 
 def _all(ds):
@@ -95,7 +104,7 @@ def test_eval_process_shards_are_disjoint_and_complete(small_dataset):
 
 def test_train_batches_deterministic_and_on_grid(small_dataset):
   def take(seed, n=3):
-    ds = ip.train_dataset(small_dataset, "train", 4, CONFIG, seed=seed,
+    ds = train_dataset(small_dataset, 4, seed=seed,
                           shuffle_buffer=16, process_index=0, process_count=1)
     return _all(ds.take(n))
   a, b, c = take(0), take(0), take(1)
@@ -122,10 +131,37 @@ def test_train_batches_deterministic_and_on_grid(small_dataset):
         np.testing.assert_array_equal(window, want)
 
 
+def test_train_windows_know_the_species_calling_in_them(small_dataset):
+  # The `full` label mode's targets: strong-label events overlapping the
+  # window, not every species of the recording.
+  examples = {int(ex["recording_id"]): ex for ex in
+              tfds.as_numpy(small_dataset.as_dataset(split="train"))}
+  rate = CONFIG.frontend.sample_rate
+  narrower = 0
+  for batch in _all(train_dataset(small_dataset, 4, seed=2).take(6)):
+    for rid, window, hot, everywhere in zip(
+        batch["recording_id"], batch["waveform"], batch["audible_in_window"],
+        batch["audible"]):
+      ex = examples[int(rid)]
+      if len(ex["audio"]) < W:  # Centred in zeros: the whole recording.
+        begin, end = 0.0, len(ex["audio"]) / rate
+      else:
+        [start] = [s for s in range(0, len(ex["audio"]) - W + 1, 128)
+                   if np.array_equal(ex["audio"][s:s + W], window)][:1]
+        begin, end = start / rate, (start + W) / rate
+      calling = {int(c) for c, s, e in zip(
+          ex["event_label"], ex["event_start"], ex["event_end"])
+                 if s < end and e > begin}
+      assert set(np.flatnonzero(hot).tolist()) == calling
+      assert (hot <= everywhere).all()
+      narrower += int((hot < everywhere).any())
+  assert narrower  # Some windows miss a species calling elsewhere.
+
+
 def test_train_shards_per_process(small_dataset):
   ids = []
   for index in range(2):
-    ds = ip.train_dataset(small_dataset, "train", 4, CONFIG, seed=0,
+    ds = train_dataset(small_dataset, 4, seed=0,
                           process_index=index, process_count=2)
     batch = next(iter(tfds.as_numpy(ds)))
     assert batch["waveform"].shape == (2, W)
@@ -134,7 +170,7 @@ def test_train_shards_per_process(small_dataset):
                 b["recording_id"]})
   assert not ids[0] & ids[1]
   with pytest.raises(ValueError, match="not divisible"):
-    ip.train_dataset(small_dataset, "train", 5, CONFIG, process_count=2,
+    train_dataset(small_dataset, 5, process_count=2,
                      process_index=0)
 
 
@@ -157,7 +193,7 @@ def test_batches_are_laid_out_over_the_device_mesh(small_dataset):
 
 def test_train_stream_resumes_exactly_at_a_step(small_dataset):
   def batches(start_step, n):
-    ds = ip.train_dataset(small_dataset, "train", 4, CONFIG, seed=5,
+    ds = train_dataset(small_dataset, 4, seed=5,
                           start_step=start_step, num_epochs=3,
                           shuffle_buffer=8, process_index=0, process_count=1)
     return _all(ds.take(n))

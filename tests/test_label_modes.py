@@ -16,7 +16,8 @@ BATCH = {
     "label": np.array([1, 0, 2]),
     "latitude": np.array([10.0, -5.0, np.nan]),
     "longitude": np.array([20.0, 30.0, np.nan]),
-    "audible": np.array([[0, 1, 0, 1], [1, 0, 0, 0], [0, 1, 1, 0]], np.uint8),
+    "audible_in_window": np.array([[0, 1, 0, 1], [1, 0, 0, 0], [0, 1, 1, 0]],
+                                  np.uint8),
     "checklist": np.array([[0, 1, 1, 0], [1, 0, 0, 1], [0, 0, 0, 0]],
                           np.uint8),
 }
