@@ -81,7 +81,7 @@ def run_config(location_input: str, seed: int, prior: str, args) -> dict:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  spml.add_run_arguments(parser, "location")
+  spml.add_run_arguments(parser, "location", epochs=6)
   parser.add_argument("--prior", choices=("truth", "sinr"), default="truth")
   parser.add_argument("--workdir", default=os.path.join(
       tempfile.gettempdir(), "inatsounds_location_benchmark_sinr"))
