@@ -51,10 +51,16 @@ def has_bucket_client() -> bool:
     return False
 
 
-def _check_bucket_client(workdir: epath.Path) -> None:
-  """orbax lists and finalises checkpoint steps in a `gs://` bucket with the
+def check_bucket_client(workdir: str | epath.Path) -> None:
+  """Refuses a `gs://` workdir without the Cloud Storage client.
+
+  orbax lists and finalises checkpoint steps in a `gs://` bucket with the
   Cloud Storage client, which it imports only then: without it a run would
-  fail after its setup with an ImportError deep in orbax."""
+  fail after its setup with an ImportError deep in orbax.
+
+  It starts no JAX backend, so a run calls it first, before
+  `jax.distributed` is initialised.
+  """
   if str(workdir).startswith("gs://") and not has_bucket_client():
     raise registry.ConfigError(
         f"checkpoints in {workdir} need the Cloud Storage client, which is "
@@ -113,7 +119,7 @@ class RunCheckpoints:
       raise registry.ConfigError(
           f"best_mode must be 'max' or 'min', got {best_mode!r}")
     self.workdir = storage.resolve(workdir)
-    _check_bucket_client(self.workdir)
+    check_bucket_client(self.workdir)
     self.best_metric = best_metric
     self.latest = ocp.CheckpointManager(
         self.workdir / "checkpoints",

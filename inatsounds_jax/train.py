@@ -707,10 +707,11 @@ def format_results(outputs: dict[str, evaluators.EvalOutput]) -> str:
 def evaluate_checkpoint(config, workdir: str, devices=None
                         ) -> dict[str, evaluators.EvalOutput]:
   """`--mode=eval`: every evaluation of the best (else latest) checkpoint."""
-  ckpt = run_checkpoints(workdir, config)  # Refuses a bucket it cannot list.
+  checkpoints.check_bucket_client(workdir)  # Before any work.
   if config.get("range_model"):
     train_range.train_for_classifier(config, workdir)
   run = setup(config, devices)
+  ckpt = run_checkpoints(workdir, config)
   restored = (ckpt.restore_best(run.abstract_state, run.state_sharding) or
               ckpt.restore_latest(run.abstract_state, run.state_sharding))
   if restored is None:
@@ -757,11 +758,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   them, so results do not depend on how many there are. With
   `config.range_model` set, the run first trains its own geographic prior.
   """
-  ckpt = run_checkpoints(workdir, config)  # Refuses a bucket it cannot list.
-  storage.resolve(workdir).mkdir(parents=True, exist_ok=True)
+  checkpoints.check_bucket_client(workdir)  # Before any work.
   if config.get("range_model"):
     train_range.train_for_classifier(config, workdir)
   run = setup(config, devices)
+  storage.resolve(workdir).mkdir(parents=True, exist_ok=True)
+  ckpt = run_checkpoints(workdir, config)
   has_checkpoint = bool(ckpt.latest.all_steps())
   checkpoints.check_config_for_resume(workdir, config, has_checkpoint,
                                       defaults=config_defaults.classifier())
