@@ -7,7 +7,9 @@ frontend applied to a window gives exactly those frames of the whole file.
 
 - Train: one random `window_frames` window per file per epoch; files shorter
   than a window are zero-padded, centred. Shuffled, repeated, sharded per
-  process; each process yields its part of the global batch.
+  process; each process yields its part of the global batch. Each window
+  carries `audible_in_window`, the species whose strong-label events
+  overlap it (the `full` label mode's targets; zeros without strong labels).
 - Eval: dense windows every `eval_stride_frames`, centred zero padding so the
   last window fits (the iNatSounds paper's evaluation protocol). Each window
   carries its recording id and a validity mask; the last partial batch is

@@ -15,12 +15,13 @@ known. A mode, by name in
 - `checklist`: also species absent from the recordist's checklist as known
   negatives (the synthetic corpus's checklists; they omit some callers, so
   a few of these negatives are wrong, as in the field).
-- `full`: every entry known, positive for each species calling in the
-  training window (the strong labels' events overlapping it): the upper
-  bound, as the L48 study's full labels are per clip. The recording's
-  single positive stays positive.
+- `full`: every entry known, positive exactly for the species calling in
+  the training window (the strong labels' events overlapping it): the
+  upper bound, as the L48 study's full labels are per clip. A window in
+  which the recording's own species is silent has it as a known negative.
 
-The positive is always known and positive. `LabelObserver(batch)` turns a
+The recording's species is always known, and positive in every mode but
+`full`, whose targets are the truth. `LabelObserver(batch)` turns a
 host batch (`label`, `latitude`, `longitude`, `audible_in_window`,
 `checklist`) into `targets` and `label_mask`, both float32 `[batch,
 classes]`; the losses in `losses.py` read them.
@@ -93,8 +94,7 @@ def _checklist(batch, positives, observer):
 
 def _full(batch, positives, observer):
   del observer
-  return (np.maximum(positives, batch["audible_in_window"]),
-          np.ones_like(positives))
+  return batch["audible_in_window"], np.ones_like(positives)
 
 
 LABEL_MODES.add("target_only", LabelMode(_target_only))

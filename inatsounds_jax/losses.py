@@ -32,7 +32,8 @@ every loss averaged over batch x classes:
   entropy, so minimising raises it) on unknown ones, a = 0.1.
 - `epr`: BCE on known entries plus (sum p / B - k)^2 / C^2, k the expected
   positives per example (`expected_positives`; 0 takes the dataset's mean
-  number of audible species from its strong labels).
+  number of audible species per recording from its strong labels: an
+  upper estimate for a window, which hears some of them).
 - `role`: a label table G `[examples, classes]` of logits in the state
   (initialised uniform in (logit 0.4, logit 0.6)), known entries taken from
   the labels; loss 0.5 (R(f, G) + R(G, f)), R(F, Y) = BCE(F, sigmoid(Y),

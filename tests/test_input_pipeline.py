@@ -1,6 +1,7 @@
 import collections
 import math
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,6 +9,7 @@ import tensorflow_datasets as tfds
 
 from inatsounds_jax import data_sources
 from inatsounds_jax import input_pipeline as ip
+from inatsounds_jax import label_modes
 
 CONFIG = ip.WindowConfig()
 W = CONFIG.window_samples  # 65,920 samples = 512 frames.
@@ -156,6 +158,19 @@ def test_train_windows_know_the_species_calling_in_them(small_dataset):
       assert (hot <= everywhere).all()
       narrower += int((hot < everywhere).any())
   assert narrower  # Some windows miss a species calling elsewhere.
+
+
+def test_a_training_batch_gives_the_full_mode_its_window_truth(
+    small_dataset):
+  # The field the pipeline writes is the one the label mode reads.
+  c = ml_collections.ConfigDict({"label_mode": "full", "geo_prior": ""})
+  names = small_dataset.info.features["label"].names
+  observe = label_modes.from_config(c, small_dataset, names)
+  batch = next(iter(tfds.as_numpy(train_dataset(small_dataset, 8, seed=1))))
+  out = observe(batch)
+  np.testing.assert_array_equal(out["targets"], batch["audible_in_window"])
+  assert out["targets"].shape == (8, len(names))
+  assert out["targets"].any() and (out["label_mask"] == 1).all()
 
 
 def test_train_shards_per_process(small_dataset):

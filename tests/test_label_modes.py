@@ -60,10 +60,19 @@ def test_checklist_makes_unlisted_species_known_negatives():
       [1, 1, 0, 1], [1, 1, 1, 0], [1, 1, 1, 1]])
 
 
-def test_full_knows_everything_and_every_audible_species_is_positive():
+def test_full_knows_everything_and_every_species_calling_is_positive():
   out = observer("full")(BATCH)
   np.testing.assert_array_equal(out["targets"], [
       [0, 1, 0, 1], [1, 0, 0, 0], [0, 1, 1, 0]])
+  np.testing.assert_array_equal(out["label_mask"], np.ones((3, 4)))
+
+
+def test_full_makes_the_named_species_negative_where_it_is_silent():
+  # Example 0 names b, but only d calls in its window.
+  silent = dict(BATCH, audible_in_window=np.array(
+      [[0, 0, 0, 1], [1, 0, 0, 0], [0, 1, 1, 0]], np.uint8))
+  out = observer("full")(silent)
+  np.testing.assert_array_equal(out["targets"], silent["audible_in_window"])
   np.testing.assert_array_equal(out["label_mask"], np.ones((3, 4)))
 
 
