@@ -28,6 +28,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from inatsounds_jax import data  # pylint: disable=g-import-not-at-top
+from inatsounds_jax import data_sources  # pylint: disable=g-import-not-at-top
 from inatsounds_jax import frontend  # pylint: disable=g-import-not-at-top
 from inatsounds_jax import frontend_reference  # pylint: disable=g-import-not-at-top
 from inatsounds_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
@@ -109,8 +110,10 @@ def pipeline_rows(builder, batch: int, num_batches: int) -> list[tuple]:
   config = ip.WindowConfig()
   for name, ds in (
       ("train crops (tf.data from TFDS)",
-       ip.train_windows(builder, "train", config, process_index=0,
-                        process_count=1).batch(batch)),
+       data_sources.train_dataset(
+           [data_sources.tfds_source("train_split", {"split": "train"}, 1.0,
+                                     builder)], batch, config,
+           process_index=0, process_count=1)),
       ("eval dense windows (tf.data from TFDS)",
        ip.eval_dataset(builder, "test", batch, config, process_index=0,
                        process_count=1))):
