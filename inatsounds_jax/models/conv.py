@@ -12,11 +12,14 @@ compilers and cuDNN already run well:
   form (autodiff of the sum would scatter into padded copies, 20x slower).
 - Dense convolutions: XLA's kernel gradient is a convolution with an
   output-sized window, 3-20x slower than the forward. Here it is a matrix
-  product of the input's patches with the output gradient, one example at
-  a time so the patches stay in cache; forward and input gradient stay
+  product of the input's patches with the output gradient (one example at
+  a time when the patches are large); forward and input gradient stay
   native (near matrix-product speed). Convolutions whose windows do not
   overlap (1x1, patch embeddings) are plain matrix products, all three ways
-  (XLA's convolution is 3-10x slower there).
+  (XLA's convolution is 3-10x slower there). Every kernel gradient's
+  operands are materialised before their product (`_rows_product`): fused
+  into the transpose XLA makes for it, a batch norm's gradient was read
+  with a row's stride, 4x the product's time.
 - Max pooling's gradient: JAX's generic rule tracks argmax positions with
   four index arrays through a variadic reduce-window, 10x the cost of the
   pooling. Here the forward also records which window tap won (the first
@@ -356,8 +359,8 @@ def _matmul_conv(x, kernel, strides, pads, precision, dtype):
 
   1x1 kernel: (strided) window of `x` times kernel[0, 0]. Kernel = stride,
   no padding: each output position's patch is a block of `x`, so reshaping
-  `x` to [n, rows, cols, kh * kw * I] gives the patch matrix. Autodiff gives
-  matrix products for both gradients.
+  `x` to [n, rows, cols, kh * kw * I] gives the patch matrix. Both
+  gradients are matrix products (`_patch_product`).
   """
   kh, kw, in_channels = kernel.shape[:3]
   out = _output_size(x.shape[1:3], (kh, kw), strides, pads, (1, 1))
@@ -368,9 +371,45 @@ def _matmul_conv(x, kernel, strides, pads, precision, dtype):
         x.shape[0], out[0], kh, out[1], kw, in_channels)
     patches = blocks.transpose(0, 1, 3, 2, 4, 5).reshape(
         x.shape[0], *out, kh * kw * in_channels)
-  return lax.dot_general(patches, kernel.reshape(-1, kernel.shape[-1]),
-                         (((3,), (0,)), ((), ())), precision,
-                         preferred_element_type=dtype)
+  return _patch_product(patches, kernel.reshape(-1, kernel.shape[-1]),
+                        precision, dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _patch_product(patches, kernel, precision, dtype):
+  """patches [n, h, w, k] @ kernel [k, o] -> [n, h, w, o]."""
+  return lax.dot_general(patches, kernel, (((3,), (0,)), ((), ())),
+                         precision, preferred_element_type=dtype)
+
+
+def _patch_product_fwd(patches, kernel, precision, dtype):
+  return _patch_product(patches, kernel, precision, dtype), (patches, kernel)
+
+
+def _patch_product_bwd(precision, dtype, residuals, grad):
+  patches, kernel = residuals
+  dpatches = lax.dot_general(grad, kernel, (((3,), (1,)), ((), ())),
+                             precision, preferred_element_type=dtype)
+  return (dpatches.astype(patches.dtype),
+          _rows_product(patches, grad, precision).astype(kernel.dtype))
+
+
+_patch_product.defvjp(_patch_product_fwd, _patch_product_bwd)
+
+
+def _rows_product(a, b, precision):
+  """a^T b over all leading axes: [..., k] x [..., o] -> [k, o].
+
+  Both operands are materialised first: XLA transposes one of them for
+  the product, and fused with the elementwise ops that made it (a batch
+  norm's gradient, say) that transpose reads them a row apart, 4x the
+  product's own time for a 1x1 convolution on 112 x 112 maps.
+  """
+  a, b = lax.optimization_barrier((a.reshape(-1, a.shape[-1]),
+                                   b.reshape(-1, b.shape[-1])))
+  return lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision,
+                         preferred_element_type=jnp.promote_types(
+                             b.dtype, jnp.float32))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
@@ -401,11 +440,8 @@ _BATCH_PATCH_BYTES = 16 << 20
 
 def _dense_kernel_grad(x, grad, kernel_shape, strides, pads, dilation,
                        precision):
-  """sum over examples and positions of patches(x)^T grad, [kh, kw, I, O].
-
-  The patch matrix (taps x input channels by positions) is built already
-  transposed, so the product needs no further copy.
-  """
+  """sum over examples and positions of patches(x)^T grad, [kh, kw, I, O];
+  the patches [positions, taps x input channels]."""
   n, oh, ow, out_channels = grad.shape
   in_channels = x.shape[-1]
   padded, offsets = _pad_for(
@@ -414,11 +450,8 @@ def _dense_kernel_grad(x, grad, kernel_shape, strides, pads, dilation,
 
   def product(images, grads):
     patches = jnp.concatenate(
-        [_window(images, o, strides, (oh, ow)).reshape(-1, in_channels).T
-         for o in offsets])
-    return lax.dot_general(patches, grads.reshape(-1, out_channels),
-                           (((1,), (0,)), ((), ())), precision,
-                           preferred_element_type=accumulate)
+        [_window(images, o, strides, (oh, ow)) for o in offsets], axis=-1)
+    return _rows_product(patches, grads, precision)
 
   patch_bytes = grad[..., :1].size * len(offsets) * in_channels * (
       x.dtype.itemsize)
