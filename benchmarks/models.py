@@ -2,6 +2,7 @@
 
     python benchmarks/models.py [--models resnet18,...  --batch 16
                                  --steps 2 --rounds 5]
+    python benchmarks/models.py --profile --models vit_ti16 [--top 15]
 
 Per model, on the same batch and machine: inference (eval mode) and one SGD
 training step (forward, softmax cross-entropy, backward, update) in examples
@@ -21,6 +22,12 @@ depends on what ran before in the process (PyTorch's MobileNet-V3 inference
 measured 44 to 86 ex/s that way, 104 to 124 with the setting).
 `--system-malloc` keeps glibc's defaults.
 
+`--profile` prints, instead of the table, where the JAX side's time goes:
+a `jax.profiler` trace of inference and of a training step, each compiled
+op's time summed by layer (blocks folded together, forward and backward
+apart) and by JAX primitive; the layer of an op is the Flax module path in
+its name (ops outside modules, such as attention's softmax, are "(model)").
+
 Other processes' load is measured, not guessed: the CPU time the whole
 machine spent (/proc/stat) minus this process's own, as a share of all cores
 over the timed rounds. Rows where it exceeds 10% are marked contended, and
@@ -30,10 +37,14 @@ the load average is printed before and after.
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
 import os
 import platform
+import re
 import statistics
 import sys
+import tempfile
 import time
 
 # glibc tunables, read at process start: no mmap()ed blocks, no trimming.
@@ -60,6 +71,7 @@ import torchvision  # pylint: disable=g-import-not-at-top
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import optax  # pylint: disable=g-import-not-at-top
+from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
 
 from inatsounds_jax import models  # pylint: disable=g-import-not-at-top
 
@@ -139,7 +151,13 @@ def jax_steps(name, batch, num_classes=1000):
     state[0], state[1], state[2] = train_step(*state, x, y)
     jax.block_until_ready(state[0])
 
-  return lambda: infer(variables, x).block_until_ready(), step
+  def run_infer():
+    infer(variables, x).block_until_ready()
+
+  # The compiled program's text, for `--profile` to name its ops.
+  run_infer.hlo = lambda: infer.lower(variables, x).compile().as_text()
+  step.hlo = lambda: train_step.lower(*state, x, y).compile().as_text()
+  return run_infer, step
 
 
 def torch_steps(name, batch, num_classes=1000):
@@ -183,6 +201,70 @@ def paired_rates(jax_fn, torch_fn, batch, steps, rounds, load):
           ratio, load.share())
 
 
+def _layer_and_op(op_name: str) -> tuple[str, str]:
+  """("layer (forward|backward)", primitive) of an HLO op's JAX name.
+
+  `jit(f)/jvp(ResNet)/layer1_0_conv1/conv_general_dilated` ->
+  ("layer1_*_conv1 (forward)", "conv_general_dilated"): transformation
+  wrappers dropped, block indices folded so that a layer kind sums over
+  its blocks; ops under `transpose(...)` are the backward pass.
+  """
+  backward = "transpose(" in op_name
+  parts = []
+  for part in op_name.split("/")[1:]:
+    while (inner := re.fullmatch(r"\w+\((.*)\)", part)) and "," not in (
+        inner.group(1)):
+      part = inner.group(1)
+    parts.append(part)
+  layer = next((p for p in parts[1:-1] if re.search(r"_\d|^[a-z]", p)),
+               "(model)")
+  layer = re.sub(r"(blocks|layer\d+|features)_\d+_", r"\1_*_", layer)
+  return (f"{layer} ({'backward' if backward else 'forward'})",
+          parts[-1] if parts else op_name)
+
+
+def profile(fn, calls: int = 3):
+  """(ms per call, {layer: ms per call}, {primitive: ms per call}) of
+  `fn` (a `jax_steps` callable), from a `jax.profiler` trace: the time of
+  each compiled op (XLA's CPU thunks), named by the JAX op it came from."""
+  names = dict(re.findall(r'%([\w.-]+) = [^\n]*?metadata=\{op_name="([^"]*)"',
+                          fn.hlo()))
+  fn()
+  with tempfile.TemporaryDirectory() as trace_dir:
+    start = time.perf_counter()
+    with jax.profiler.trace(trace_dir):
+      for _ in range(calls):
+        fn()
+    wall = (time.perf_counter() - start) / calls
+    [path] = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)
+    space = xplane_pb2.XSpace()
+    with open(path, "rb") as f:
+      space.ParseFromString(f.read())
+  layers, ops = collections.Counter(), collections.Counter()
+  for plane in space.planes:
+    for line in plane.lines:
+      for event in line.events:
+        op_name = names.get(plane.event_metadata[event.metadata_id].name)
+        if op_name:
+          layer, op = _layer_and_op(op_name)
+          ms = event.duration_ps / 1e9 / calls
+          layers[layer] += ms
+          ops[op] += ms
+  return wall * 1e3, layers, ops
+
+
+def print_profile(name: str, mode: str, fn, top: int) -> None:
+  wall_ms, layers, ops = profile(fn)
+  total = sum(layers.values())
+  print(f"\n### {name} {mode}: {wall_ms:.1f} ms per call; ops sum to "
+        f"{total:.1f} ms on all threads\n")
+  for title, counter in (("layer", layers), ("JAX primitive", ops)):
+    print(f"| {title} | ms | share |\n|---|---:|---:|")
+    for key, ms in counter.most_common(top):
+      print(f"| {key} | {ms:.1f} | {ms / total:.0%} |")
+    print()
+
+
 def _loadavg() -> str:
   return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -196,7 +278,18 @@ def main():
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--system-malloc", action="store_true",
                       help="keep glibc's default malloc settings")
+  parser.add_argument("--profile", action="store_true",
+                      help="instead of the table: where the JAX side's time "
+                      "goes, by layer and by JAX primitive")
+  parser.add_argument("--top", type=int, default=15,
+                      help="rows of each --profile table")
   args = parser.parse_args()
+  if args.profile:
+    for name in args.models.split(","):
+      infer, train = jax_steps(name, args.batch)
+      print_profile(name, "inference", infer, args.top)
+      print_profile(name, "training step", train, args.top)
+    return
   malloc = ("glibc malloc defaults" if args.system_malloc else
             " ".join(f"{k}={v}" for k, v in KEEP_FREED_MEMORY.items()))
   print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
