@@ -216,7 +216,8 @@ def _layer_and_op(op_name: str) -> tuple[str, str]:
         inner.group(1)):
       part = inner.group(1)
     parts.append(part)
-  layer = next((p for p in parts[1:-1] if re.search(r"_\d|^[a-z]", p)),
+  layer = next((p for p in parts[1:-1] if re.search(r"_\d|^[a-z]", p)
+                and p != "cond" and not re.fullmatch(r"branch_\d+_fun", p)),
                "(model)")
   layer = re.sub(r"(blocks|layer\d+|features)_\d+_", r"\1_*_", layer)
   return (f"{layer} ({'backward' if backward else 'forward'})",

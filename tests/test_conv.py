@@ -214,3 +214,35 @@ def test_sharded_batch_norm_network_gradients_are_float32_accurate():
   for got in (one, eight):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(exact)):
       np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(b).max(), rtol=0)
+
+
+@pytest.mark.parametrize("lhs_shape", [(5, 7), (2, 3, 7), (2, 3, 4, 7)])
+def test_dense_layer_product_matches_native_dot(lhs_shape):
+  x = jax.random.normal(jax.random.PRNGKey(0), lhs_shape)
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (7, 6))
+  numbers = (((len(lhs_shape) - 1,), (0,)), ((), ()))
+  _assert_same_values_and_grads(
+      lambda x, k: conv.dot_general(x, k, numbers),
+      lambda x, k: lax.dot_general(x, k, numbers), x, kernel)
+
+
+def test_other_products_stay_native():
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 5))
+  numbers = (((2,), (2,)), ((0,), (0,)))  # A batched product.
+  text = jax.jit(lambda x: conv.dot_general(x, x, numbers)).lower(
+      x).as_text()
+  assert "platform_index" not in text and "case" not in text
+
+
+def test_flax_dense_with_it_equals_flax_dense():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 8))
+  ours = nn.Dense(3, dot_general=conv.dot_general)
+  theirs = nn.Dense(3)
+  params = theirs.init(jax.random.PRNGKey(1), x)["params"]
+
+  def apply(module):
+    return lambda kernel, bias, x: module.apply(
+        {"params": {"kernel": kernel, "bias": bias}}, x)
+
+  _assert_same_values_and_grads(apply(ours), apply(theirs), params["kernel"],
+                                params["bias"], x)

@@ -24,13 +24,16 @@ compilers and cuDNN already run well:
   four index arrays through a variadic reduce-window, 10x the cost of the
   pooling. Here the forward also records which window tap won (the first
   maximum, as PyTorch picks) and the gradient is routed by that index.
+- Dense layers' products `[..., k] @ [k, o]`: the kernel gradient's
+  operands are materialised first, as for the convolutions above.
 
 `conv_general_dilated` is a drop-in for `lax.conv_general_dilated` (give
 it to Flax as `nn.Conv(conv_general_dilated=...)`): NHWC / HWIO 2-D
-convolutions take these paths, anything else goes to the native op. The
-choice of path is made per platform when the function is lowered
-(`lax.platform_dependent`), so one traced function runs each backend's
-best path, also when exported for several platforms. Code that converts
+convolutions take these paths, anything else goes to the native op;
+`dot_general` likewise for `nn.Dense(dot_general=...)`. The choice of path
+is made per platform when the function is lowered (`by_platform`, which
+`attention.py` uses too), so one traced function runs each backend's best
+path, also when exported for several platforms. Code that converts
 the model for another runtime whose own kernels are better (TFLite's
 DEPTHWISE_CONV_2D over XNNPACK, where jax2tf would turn the CPU path into
 hundreds of slices and multiplies) traces inside `native_ops()`.
@@ -68,7 +71,7 @@ def native_ops() -> Iterator[None]:
     _NATIVE_ONLY.reset(token)
 
 
-def _by_platform(*args, cpu, default):
+def by_platform(*args, cpu, default):
   """`lax.platform_dependent`, or `default` alone inside `native_ops()`."""
   if _NATIVE_ONLY.get():
     return default(*args)
@@ -119,7 +122,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array,
   dimension numbers; `padding` is "SAME", "VALID" or two (low, high) pairs.
   """
   strides, pads, dilation = _canonical(x, kernel, strides, padding, dilation)
-  return _by_platform(
+  return by_platform(
       x, kernel,
       cpu=_on_cpu(_shifted_sum_conv, strides, pads, dilation,
                   preferred_element_type),
@@ -149,7 +152,7 @@ def dense_conv(x: jax.Array, kernel: jax.Array,
     return _dense_conv_cpu(x, kernel, strides, pads, dilation, precision,
                            dtype)
 
-  return _by_platform(
+  return by_platform(
       x, kernel, cpu=on_cpu,
       default=_native(strides, pads, dilation, 1, precision,
                       preferred_element_type))
@@ -375,10 +378,32 @@ def _matmul_conv(x, kernel, strides, pads, precision, dtype):
                         precision, dtype)
 
 
+def dot_general(lhs, rhs, dimension_numbers, precision=None,
+                preferred_element_type=None):
+  """`lax.dot_general`; a dense layer's `[..., k] @ [k, o]` routed here
+  (give it to Flax as `nn.Dense(dot_general=...)`): on CPU its kernel
+  gradient is `_rows_product`, elsewhere it is the native op."""
+
+  def native(lhs, rhs):
+    return lax.dot_general(lhs, rhs, dimension_numbers, precision,
+                           preferred_element_type=preferred_element_type)
+
+  (lhs_contract, rhs_contract), batch = dimension_numbers
+  if (rhs.ndim != 2 or tuple(lhs_contract) != (lhs.ndim - 1,) or
+      tuple(rhs_contract) != (0,) or any(batch)):
+    return native(lhs, rhs)
+  dtype = preferred_element_type or jnp.result_type(lhs, rhs)
+  return by_platform(
+      lhs, rhs, cpu=lambda lhs, rhs: _patch_product(lhs, rhs, precision,
+                                                     dtype),
+      default=native)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _patch_product(patches, kernel, precision, dtype):
-  """patches [n, h, w, k] @ kernel [k, o] -> [n, h, w, o]."""
-  return lax.dot_general(patches, kernel, (((3,), (0,)), ((), ())),
+  """patches [..., k] @ kernel [k, o] -> [..., o]."""
+  return lax.dot_general(patches, kernel, (((patches.ndim - 1,), (0,)),
+                                           ((), ())),
                          precision, preferred_element_type=dtype)
 
 
@@ -388,7 +413,8 @@ def _patch_product_fwd(patches, kernel, precision, dtype):
 
 def _patch_product_bwd(precision, dtype, residuals, grad):
   patches, kernel = residuals
-  dpatches = lax.dot_general(grad, kernel, (((3,), (1,)), ((), ())),
+  dpatches = lax.dot_general(grad, kernel, (((grad.ndim - 1,), (1,)),
+                                            ((), ())),
                              precision, preferred_element_type=dtype)
   return (dpatches.astype(patches.dtype),
           _rows_product(patches, grad, precision).astype(kernel.dtype))
@@ -487,7 +513,7 @@ def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int],
   def on_cpu(x):
     return _max_pool_cpu(x, window, strides, pads)
 
-  return _by_platform(x, cpu=on_cpu, default=native)
+  return by_platform(x, cpu=on_cpu, default=native)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))

@@ -56,7 +56,9 @@ class Layers:
   def dense(self, name: str, features: int, bias_init: float = 0.0,
             use_bias: bool = True) -> nn.Dense:
     return nn.Dense(features, use_bias=use_bias, dtype=self.dtype,
-                    bias_init=nn.initializers.constant(bias_init), name=name)
+                    bias_init=nn.initializers.constant(bias_init),
+                    # A faster kernel gradient on CPU; native elsewhere.
+                    dot_general=conv_lib.dot_general, name=name)
 
 
 class BatchNorm(nn.Module):

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from inatsounds_jax.models import attention
 from inatsounds_jax.models import layers as layers_lib
 
 # width, depth, heads, MLP width.
@@ -108,7 +109,6 @@ def encoder_block(x: jax.Array, *, prefix: str, heads: int, mlp: int,
   """
   width = x.shape[-1]
   head_dim = width // heads
-  attend = attend or jax.nn.dot_product_attention
 
   def norm(name):
     return nn.LayerNorm(1e-6, dtype=layers.dtype, name=name)
@@ -116,7 +116,11 @@ def encoder_block(x: jax.Array, *, prefix: str, heads: int, mlp: int,
   y = norm(prefix + "norm1")(x)
   qkv = layers.dense(prefix + "attn_qkv", 3 * width)(y)
   qkv = qkv.reshape(x.shape[:2] + (3, heads, head_dim))
-  y = attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]).reshape(x.shape)
+  if attend is None:
+    y = attention.self_attention(qkv)
+  else:
+    y = attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+  y = y.reshape(x.shape)
   y = layers.dense(prefix + "attn_proj", width)(y)
   y = nn.Dropout(dropout, deterministic=not train)(y)
   x = x + layers_lib.DropPath(drop_path, name=prefix + "drop_path1")(y, train)
