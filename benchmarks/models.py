@@ -26,7 +26,9 @@ measured 44 to 86 ex/s that way, 104 to 124 with the setting).
 a `jax.profiler` trace of inference and of a training step, each compiled
 op's time summed by layer (blocks folded together, forward and backward
 apart) and by JAX primitive; the layer of an op is the Flax module path in
-its name (ops outside modules, such as attention's softmax, are "(model)").
+its name (ops outside modules are "(model)"). A fused op counts for the
+layer of its root: XLA may fuse several layers into one op (the last
+stage of a ResNet into its `fc` at inference, for example).
 
 Other processes' load is measured, not guessed: the CPU time the whole
 machine spent (/proc/stat) minus this process's own, as a share of all cores
