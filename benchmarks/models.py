@@ -73,7 +73,6 @@ import torchvision  # pylint: disable=g-import-not-at-top
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import optax  # pylint: disable=g-import-not-at-top
-from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
 
 from inatsounds_jax import models  # pylint: disable=g-import-not-at-top
 
@@ -234,8 +233,14 @@ def profile(fn, calls: int = 3):
   """(ms per call, {layer: ms per call}, {primitive: ms per call}) of
   `fn` (a `jax_steps` callable), from a `jax.profiler` trace: the time of
   each compiled op (XLA's CPU thunks), named by the JAX op it came from."""
-  names = dict(re.findall(r'%([\w.-]+) = [^\n]*?metadata=\{op_name="([^"]*)"',
-                          fn.hlo()))
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+
+  names = {
+      name: op_name for name, op_name in re.findall(
+          r'%([\w.-]+) = [^\n]*?metadata=\{[^}]*?op_name="([^"]*)"',
+          fn.hlo())
+      # Control flow encloses the ops it runs, which count themselves.
+      if not re.match(r"(while|conditional|call)\b", name)}
   fn()
   with tempfile.TemporaryDirectory() as trace_dir:
     start = time.perf_counter()
@@ -257,6 +262,9 @@ def profile(fn, calls: int = 3):
           ms = event.duration_ps / 1e9 / calls
           layers[layer] += ms
           ops[op] += ms
+  if not layers:
+    raise RuntimeError("the trace named none of the compiled program's ops: "
+                       "has the profiler's event naming changed?")
   return wall * 1e3, layers, ops
 
 

@@ -246,3 +246,21 @@ def test_flax_dense_with_it_equals_flax_dense():
 
   _assert_same_values_and_grads(apply(ours), apply(theirs), params["kernel"],
                                 params["bias"], x)
+
+
+def test_bfloat16_dense_layer_gradients_keep_their_dtypes():
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 3, 8))
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (8, 5))
+  numbers = (((2,), (0,)), ((), ()))
+
+  def grads(product, dtype):
+    return jax.grad(lambda x, k: jnp.sum(product(x, k, numbers).astype(
+        jnp.float32) ** 2), argnums=(0, 1))(x.astype(dtype),
+                                             kernel.astype(dtype))
+
+  got = grads(conv.dot_general, jnp.bfloat16)
+  want = grads(lax.dot_general, jnp.float32)
+  for g, w in zip(got, want):
+    assert g.dtype == jnp.bfloat16
+    np.testing.assert_allclose(g.astype(jnp.float32), w, rtol=0.05,
+                               atol=0.05 * np.abs(w).max())

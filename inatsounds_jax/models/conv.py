@@ -1,6 +1,7 @@
-"""Convolutions and max pooling with fast CPU paths, native elsewhere.
+"""Convolutions, max pooling and dense layers' products: fast CPU paths,
+native elsewhere.
 
-XLA's CPU backend is slow on three things the backbones need, so on CPU
+XLA's CPU backend is slow on four things the backbones need, so on CPU
 this module computes them differently (same values up to float rounding,
 same gradients), and leaves GPU and TPU on the native ops, which their
 compilers and cuDNN already run well:
@@ -392,7 +393,7 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None,
   if (rhs.ndim != 2 or tuple(lhs_contract) != (lhs.ndim - 1,) or
       tuple(rhs_contract) != (0,) or any(batch)):
     return native(lhs, rhs)
-  dtype = preferred_element_type or jnp.result_type(lhs, rhs)
+  dtype = jax.eval_shape(native, lhs, rhs).dtype  # lax's own rule.
   return by_platform(
       lhs, rhs, cpu=lambda lhs, rhs: _patch_product(lhs, rhs, precision,
                                                      dtype),
