@@ -20,7 +20,6 @@ heads, n, n]`, 7.5 MB a block for ViT-Ti at batch 16.
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,9 +42,14 @@ def _heads_major(qkv):
   return tuple(jnp.moveaxis(qkv, (2, 3), (0, 2)))
 
 
+def _scale(q):
+  """1 / sqrt(head_dim) in q's dtype."""
+  return np.float32(1 / np.sqrt(q.shape[-1])).astype(q.dtype)
+
+
 def _forward(qkv):
   q, k, v = _heads_major(qkv)
-  scale = np.float32(1 / np.sqrt(q.shape[-1])).astype(q.dtype)
+  scale = _scale(q)
   logits = jnp.einsum("bhqd,bhkd->bhqk", q * scale, k,
                       preferred_element_type=jnp.float32)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
@@ -66,7 +70,7 @@ def _attention_fwd(qkv):
 def _attention_bwd(residuals, grad):
   qkv, out, probs = residuals
   q, k, v = _heads_major(qkv)
-  scale = np.float32(1 / np.sqrt(q.shape[-1])).astype(q.dtype)
+  scale = _scale(q)
   grad_heads = jnp.moveaxis(grad, 2, 1)  # [b, h, n, d]
   dv = jnp.einsum("bhqk,bhqd->bhkd", probs, grad_heads)
   dprobs = jnp.einsum("bhqd,bhkd->bhqk", grad_heads, v,

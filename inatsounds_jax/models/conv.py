@@ -364,7 +364,7 @@ def _matmul_conv(x, kernel, strides, pads, precision, dtype):
   1x1 kernel: (strided) window of `x` times kernel[0, 0]. Kernel = stride,
   no padding: each output position's patch is a block of `x`, so reshaping
   `x` to [n, rows, cols, kh * kw * I] gives the patch matrix. Both
-  gradients are matrix products (`_patch_product`).
+  gradients are matrix products (`_kernel_product`).
   """
   kh, kw, in_channels = kernel.shape[:3]
   out = _output_size(x.shape[1:3], (kh, kw), strides, pads, (1, 1))
@@ -375,7 +375,7 @@ def _matmul_conv(x, kernel, strides, pads, precision, dtype):
         x.shape[0], out[0], kh, out[1], kw, in_channels)
     patches = blocks.transpose(0, 1, 3, 2, 4, 5).reshape(
         x.shape[0], *out, kh * kw * in_channels)
-  return _patch_product(patches, kernel.reshape(-1, kernel.shape[-1]),
+  return _kernel_product(patches, kernel.reshape(-1, kernel.shape[-1]),
                         precision, dtype)
 
 
@@ -395,24 +395,26 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None,
     return native(lhs, rhs)
   dtype = jax.eval_shape(native, lhs, rhs).dtype  # lax's own rule.
   return by_platform(
-      lhs, rhs, cpu=lambda lhs, rhs: _patch_product(lhs, rhs, precision,
+      lhs, rhs, cpu=lambda lhs, rhs: _kernel_product(lhs, rhs, precision,
                                                      dtype),
       default=native)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _patch_product(patches, kernel, precision, dtype):
-  """patches [..., k] @ kernel [k, o] -> [..., o]."""
+def _kernel_product(patches, kernel, precision, dtype):
+  """patches [..., k] @ kernel [k, o] -> [..., o] (a 1x1 or patch
+  convolution's patches, or a dense layer's inputs); the kernel gradient is
+  `_rows_product`."""
   return lax.dot_general(patches, kernel, (((patches.ndim - 1,), (0,)),
                                            ((), ())),
                          precision, preferred_element_type=dtype)
 
 
-def _patch_product_fwd(patches, kernel, precision, dtype):
-  return _patch_product(patches, kernel, precision, dtype), (patches, kernel)
+def _kernel_product_fwd(patches, kernel, precision, dtype):
+  return _kernel_product(patches, kernel, precision, dtype), (patches, kernel)
 
 
-def _patch_product_bwd(precision, dtype, residuals, grad):
+def _kernel_product_bwd(precision, dtype, residuals, grad):
   patches, kernel = residuals
   dpatches = lax.dot_general(grad, kernel, (((grad.ndim - 1,), (1,)),
                                             ((), ())),
@@ -421,7 +423,7 @@ def _patch_product_bwd(precision, dtype, residuals, grad):
           _rows_product(patches, grad, precision).astype(kernel.dtype))
 
 
-_patch_product.defvjp(_patch_product_fwd, _patch_product_bwd)
+_kernel_product.defvjp(_kernel_product_fwd, _kernel_product_bwd)
 
 
 def _rows_product(a, b, precision):
