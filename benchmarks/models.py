@@ -6,8 +6,9 @@
 
 Per model, on the same batch and machine: inference (eval mode) and one SGD
 training step (forward, softmax cross-entropy, backward, update) in examples
-per second, for the Flax model under `jax.jit` and the same torchvision/timm
-model in PyTorch eager (`torch.compile` is not used: eager is what most users
+per second, for the Flax model under `conv.jit` (`jax.jit` with the CPU
+compiler options the library's training and prediction use) and the same
+torchvision/timm model in PyTorch eager (`torch.compile` is not used: eager is what most users
 run). After a warm-up (compilation), JAX and PyTorch are timed in alternating
 rounds of `steps` calls each (after one untimed call per round), so that
 load from other processes hits both alike; the table gives each side's
@@ -75,6 +76,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import optax  # pylint: disable=g-import-not-at-top
 
 from inatsounds_jax import models  # pylint: disable=g-import-not-at-top
+from inatsounds_jax.models import conv  # pylint: disable=g-import-not-at-top
 
 TORCH_FACTORIES = {
     "resnet18": lambda c: torchvision.models.resnet18(num_classes=c),
@@ -132,9 +134,9 @@ def jax_steps(name, batch, num_classes=1000):
                                         if k != "params"}
   opt_state = tx.init(params)
 
-  infer = jax.jit(lambda v, x: model.apply(v, x))
+  infer = conv.jit(lambda v, x: model.apply(v, x))
 
-  @jax.jit
+  @conv.jit
   def train_step(params, extra, opt_state, x, y):
     def loss_fn(p):
       logits, updates = model.apply(

@@ -43,6 +43,7 @@ from inatsounds_jax import plots
 from inatsounds_jax import registry
 from inatsounds_jax import storage
 from inatsounds_jax import train
+from inatsounds_jax.models import conv
 
 SCORES_FILE = "scores.csv"
 KEEP_FILE = "keep.csv"
@@ -115,7 +116,7 @@ def score_windows(trained: train.TrainedModel, by: str,
                   builder: tfds.core.DatasetBuilder, split: str,
                   batch_size: int = 64) -> Scores:
   """Scores of every dense window of `split` (one process)."""
-  scorer = jax.jit(window_scorer(trained, by))
+  scorer = conv.jit(window_scorer(trained, by))
   windows = train.window_config(trained.model,
                                 trained.config.eval_stride_frames)
   rows = {k: [] for k in COLUMNS}

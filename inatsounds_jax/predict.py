@@ -79,6 +79,7 @@ from inatsounds_jax.geo import location_input
 from inatsounds_jax.geo import prior as prior_lib
 from inatsounds_jax.geo import range_model
 from inatsounds_jax.models import classifier as classifier_lib
+from inatsounds_jax.models import conv
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 SETTINGS_FILE = "settings.json"
@@ -308,7 +309,7 @@ class Predictor:
     self.location = location_input.from_config(
         self.trained.config, self._training_prior)
     variables = self.trained.variables
-    self._apply = jax.jit(lambda w, location=None: model.apply(
+    self._apply = conv.jit(lambda w, location=None: model.apply(
         variables, w, location=location,
         method=classifier_lib.Classifier.embed_and_classify))
 

@@ -64,6 +64,7 @@ from inatsounds_jax.evaluators import file_level
 from inatsounds_jax.geo import location_input
 from inatsounds_jax.geo import train_range
 from inatsounds_jax.models import classifier as classifier_lib
+from inatsounds_jax.models import conv
 from inatsounds_jax.models import convert
 
 
@@ -785,7 +786,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       origin = f"started from init_checkpoint {config.init_checkpoint}"
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
-  step_fn = jax.jit(
+  step_fn = conv.jit(
       functools.partial(
           train_step, model=run.model, tx=run.tx, loss=run.loss,
           augment_config=augment.AugmentConfig(**config.augment),

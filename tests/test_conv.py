@@ -1,5 +1,7 @@
 """CPU paths of models/conv.py against the native XLA ops, and dispatch."""
 
+import re
+
 import flax.linen as nn
 import jax
 from jax.sharding import Mesh
@@ -71,14 +73,10 @@ def test_depthwise_matches_native_conv(batch, size, channels, k, stride,
       x, kernel)
 
 
-@pytest.mark.parametrize("batch_patch_bytes", [0, 1 << 30])
 @pytest.mark.parametrize("batch, size, channels, k, stride, dilation, pad",
                          CASES)
 def test_dense_matches_native_conv(batch, size, channels, k, stride,
-                                   dilation, pad, batch_patch_bytes,
-                                   monkeypatch):
-  # Kernel gradient both per example and over the whole batch at once.
-  monkeypatch.setattr(conv, "_BATCH_PATCH_BYTES", batch_patch_bytes)
+                                   dilation, pad):
   x = jax.random.normal(jax.random.PRNGKey(0),
                         (batch, size, size + 1, channels))
   kernel = jax.random.normal(jax.random.PRNGKey(1), (k, k, channels, 5))
@@ -89,6 +87,50 @@ def test_dense_matches_native_conv(batch, size, channels, k, stride,
           dimension_numbers=NHWC),
       lambda x, w: _native(x, w, strides, pad, dilations), x, kernel,
       rtol=2e-5)
+
+
+def _compiled_ops(fn, *shapes, jit=conv.jit):
+  """Compiled HLO text of `fn` on float32 arrays of `shapes`."""
+  args = [jnp.ones(s, jnp.float32) for s in shapes]
+  return jit(fn).lower(*args).compile().as_text()
+
+
+def _library_fused(text, opcode):
+  """Whether an `opcode` op is inside one of XLA's YNNPACK fusions."""
+  bodies = re.findall(r"\n(%\S+) [^\n]*\{\n(.*?)\n\}", text, re.S)
+  library = set(re.findall(r"kind=kCustom, calls=(%[\w.-]+)", text))
+  return any(name in library and f" {opcode}(" in body
+             for name, body in bodies)
+
+
+def test_cpu_jit_leaves_convolutions_to_xla_and_libraries_the_rest():
+  """`conv.jit` hands convolutions to XLA's own (multithreaded) kernels,
+  which plain `jax.jit` gives to YNNPACK, and keeps YNNPACK's dots and
+  reductions; if a JAX upgrade changes what XLA does by default, this
+  says so (and the options need a new look)."""
+  def convolve(x, kernel):
+    return _native(x, kernel, (1, 1), "SAME", (1, 1))
+
+  shapes = ((4, 32, 32, 32), (3, 3, 32, 32))
+  assert _library_fused(_compiled_ops(convolve, *shapes, jit=jax.jit),
+                        "convolution")
+  assert not _library_fused(_compiled_ops(convolve, *shapes), "convolution")
+  assert _library_fused(_compiled_ops(jnp.dot, (256, 256), (256, 256)),
+                        "dot")
+  assert _library_fused(
+      _compiled_ops(lambda x: x.sum((0, 1, 2)), (16, 32, 32, 64)), "reduce")
+
+
+def test_cpu_jit_adds_options_only_on_cpu(monkeypatch):
+  seen = {}
+  monkeypatch.setattr(jax, "jit", lambda fun, **kw: seen.update(kw))
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  conv.jit(jnp.sin, donate_argnums=0)
+  assert seen == {"donate_argnums": 0}
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  conv.jit(jnp.sin, compiler_options={"xla_cpu_enable_fast_math": False})
+  assert seen["compiler_options"] == {**conv.CPU_COMPILER_OPTIONS,
+                                      "xla_cpu_enable_fast_math": False}
 
 
 def test_other_convolutions_stay_native():

@@ -33,6 +33,7 @@ import tensorflow_datasets as tfds
 
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import registry
+from inatsounds_jax.models import conv
 
 # (int16 waveforms `[batch, window_samples]` of this process, and
 # optionally their recordings' `latitude`, `longitude` `[batch]`, NaN where
@@ -135,7 +136,7 @@ def make_predict_fn(apply_logits: Callable, variables,
   `location_input.LocationFeatures`: `(latitude, longitude, n) -> [n,
   width]` on the host) `apply_logits(variables, waveform, location)`.
   """
-  jitted = jax.jit(apply_logits, out_shardings=sharding)
+  jitted = conv.jit(apply_logits, out_shardings=sharding)
 
   def predict(waveform: np.ndarray, latitude=None, longitude=None
               ) -> np.ndarray:

@@ -11,16 +11,14 @@ compilers and cuDNN already run well:
   is a sum of shifted, per-channel-scaled slices of the input, which XLA
   fuses into one vectorised loop, with hand-written gradients of the same
   form (autodiff of the sum would scatter into padded copies, 20x slower).
-- Dense convolutions: XLA's kernel gradient is a convolution with an
-  output-sized window, 3-20x slower than the forward. Here it is a matrix
-  product of the input's patches with the output gradient (one example at
-  a time when the patches are large); forward and input gradient stay
-  native (near matrix-product speed). Convolutions whose windows do not
-  overlap (1x1, patch embeddings) are plain matrix products, all three ways
-  (XLA's convolution is 3-10x slower there). Every kernel gradient's
-  operands are materialised before their product (`_rows_product`): fused
-  into the transpose XLA makes for it, a batch norm's gradient was read
-  with a row's stride, 4x the product's time.
+- Dense convolutions: whose windows do not overlap (1x1, patch
+  embeddings) are plain matrix products, all three ways (XLA's
+  convolution is 3-10x slower there), and their kernel gradient's operands
+  are materialised before the product (`_rows_product`): fused into the
+  transpose XLA makes for it, a batch norm's gradient was read with a
+  row's stride, 4x the product's own time. Other dense convolutions stay
+  XLA's own, forward and both gradients, compiled with
+  `CPU_COMPILER_OPTIONS` (below).
 - Max pooling's gradient: JAX's generic rule tracks argmax positions with
   four index arrays through a variadic reduce-window, 10x the cost of the
   pooling. Here the forward also records which window tap won (the first
@@ -38,6 +36,16 @@ path, also when exported for several platforms. Code that converts
 the model for another runtime whose own kernels are better (TFLite's
 DEPTHWISE_CONV_2D over XNNPACK, where jax2tf would turn the CPU path into
 hundreds of slices and multiplies) traces inside `native_ops()`.
+
+XLA:CPU hands float32 convolutions to the YNNPACK library by default,
+which runs those on large maps on one thread; its own (Eigen)
+convolutions use every core: 1.4-2.3x faster forward, and 1.5-4x faster
+kernel gradients (2026-12-04, 2 Xeon cores; `BENCHMARKS.md`).
+`CPU_COMPILER_OPTIONS` keeps XLA's default library use for dots and
+reductions (batch norm statistics) and leaves convolutions to XLA; `jit`
+applies them, and every program of the library that runs a model is
+jitted with it (pass them as `jax.jit(..., compiler_options=...)` to
+get the same from your own code).
 """
 
 from __future__ import annotations
@@ -70,6 +78,23 @@ def native_ops() -> Iterator[None]:
     yield
   finally:
     _NATIVE_ONLY.reset(token)
+
+
+# XLA:CPU's default library use (YNNPACK) without its convolutions: see the
+# module docstring. Values are `DebugOptions.LibraryFusionType` names.
+CPU_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type":
+        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
+}
+
+
+def jit(fun, **kwargs):
+  """`jax.jit(fun, **kwargs)`, with `CPU_COMPILER_OPTIONS` when JAX's
+  default backend is the CPU (other backends do not know them)."""
+  if jax.default_backend() == "cpu":
+    kwargs["compiler_options"] = {**CPU_COMPILER_OPTIONS,
+                                  **kwargs.get("compiler_options", {})}
+  return jax.jit(fun, **kwargs)
 
 
 def by_platform(*args, cpu, default):
@@ -141,22 +166,20 @@ def dense_conv(x: jax.Array, kernel: jax.Array,
   numbers. On CPU a convolution whose windows do not overlap (1x1 kernels,
   patch embeddings with stride = kernel) is a matrix product over the
   channels of (rearranged) `x`, 3-10x faster than XLA's convolution either
-  way; other kernels get a faster kernel gradient.
+  way; other kernels are XLA's convolution everywhere.
   """
   strides, pads, dilation = _canonical(x, kernel, strides, padding, dilation)
+  native = _native(strides, pads, dilation, 1, precision,
+                   preferred_element_type)
+  if kernel.shape[:2] != (1, 1) and (kernel.shape[:2] != strides or any(
+      lo or hi for lo, hi in pads)):
+    return native(x, kernel)
 
   def on_cpu(x, kernel):
     dtype = preferred_element_type or jnp.result_type(x, kernel)
-    if kernel.shape[:2] == (1, 1) or (kernel.shape[:2] == strides and not any(
-        lo or hi for lo, hi in pads)):
-      return _matmul_conv(x, kernel, strides, pads, precision, dtype)
-    return _dense_conv_cpu(x, kernel, strides, pads, dilation, precision,
-                           dtype)
+    return _matmul_conv(x, kernel, strides, pads, precision, dtype)
 
-  return by_platform(
-      x, kernel, cpu=on_cpu,
-      default=_native(strides, pads, dilation, 1, precision,
-                      preferred_element_type))
+  return by_platform(x, kernel, cpu=on_cpu, default=native)
 
 
 def _canonical(x, kernel, strides, padding, dilation):
@@ -439,60 +462,6 @@ def _rows_product(a, b, precision):
   return lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision,
                          preferred_element_type=jnp.promote_types(
                              b.dtype, jnp.float32))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _dense_conv_cpu(x, kernel, strides, pads, dilation, precision, dtype):
-  """Native convolution with the kernel gradient as matrix products."""
-  return _native(strides, pads, dilation, 1, precision, dtype)(x, kernel)
-
-
-def _dense_fwd(x, kernel, strides, pads, dilation, precision, dtype):
-  return (_dense_conv_cpu(x, kernel, strides, pads, dilation, precision,
-                          dtype), (x, kernel))
-
-
-def _dense_bwd(strides, pads, dilation, precision, dtype, residuals, grad):
-  x, kernel = residuals
-  native = _native(strides, pads, dilation, 1, precision, dtype)
-  dx, = jax.linear_transpose(lambda x: native(x, kernel), x)(grad)
-  return dx, _dense_kernel_grad(x, grad, kernel.shape, strides, pads,
-                                dilation, precision).astype(kernel.dtype)
-
-
-_dense_conv_cpu.defvjp(_dense_fwd, _dense_bwd)
-
-# Patch matrices of the whole batch up to this size make one product; larger
-# ones are built one example at a time, so that they stay in cache.
-_BATCH_PATCH_BYTES = 16 << 20
-
-
-def _dense_kernel_grad(x, grad, kernel_shape, strides, pads, dilation,
-                       precision):
-  """sum over examples and positions of patches(x)^T grad, [kh, kw, I, O];
-  the patches [positions, taps x input channels]."""
-  n, oh, ow, out_channels = grad.shape
-  in_channels = x.shape[-1]
-  padded, offsets = _pad_for(
-      x, _tap_offsets(kernel_shape[:2], pads, dilation), strides, (oh, ow))
-  accumulate = jnp.promote_types(grad.dtype, jnp.float32)
-
-  def product(images, grads):
-    patches = jnp.concatenate(
-        [_window(images, o, strides, (oh, ow)) for o in offsets], axis=-1)
-    return _rows_product(patches, grads, precision)
-
-  patch_bytes = grad[..., :1].size * len(offsets) * in_channels * (
-      x.dtype.itemsize)
-  if patch_bytes <= _BATCH_PATCH_BYTES:
-    total = product(padded, grad)
-  else:
-    total = lax.scan(
-        lambda total, example: (total + product(example[0][None],
-                                                example[1][None]), None),
-        jnp.zeros((len(offsets) * in_channels, out_channels), accumulate),
-        (padded, grad))[0]
-  return total.reshape(kernel_shape)
 
 
 # Max pooling.
