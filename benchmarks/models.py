@@ -8,11 +8,12 @@ Per model, on the same batch and machine: inference (eval mode) and one SGD
 training step (forward, softmax cross-entropy, backward, update) in examples
 per second, for the Flax model under `conv.jit` (`jax.jit` with the CPU
 compiler options the library's training and prediction use) and the same
-torchvision/timm model in PyTorch eager (`torch.compile` is not used: eager is what most users
-run). After a warm-up (compilation), JAX and PyTorch are timed in alternating
-rounds of `steps` calls each (after one untimed call per round), so that
-load from other processes hits both alike; the table gives each side's
-median rate and the median of the per-round ratios (JAX / PyTorch).
+torchvision/timm model in PyTorch eager (`torch.compile` is not used: eager
+is what most users run). After a warm-up (compilation), JAX and PyTorch are
+timed in alternating rounds of `steps` calls each (after one untimed call
+per round), so that load from other processes hits both alike; the table
+gives each side's median rate and the median of the per-round ratios (JAX /
+PyTorch).
 
 Memory: by default the script restarts itself with glibc's malloc told
 never to return freed memory to the system (`KEEP_FREED_MEMORY`), for both
@@ -29,7 +30,12 @@ op's time summed by layer (blocks folded together, forward and backward
 apart) and by JAX primitive; the layer of an op is the Flax module path in
 its name (ops outside modules are "(model)"). A fused op counts for the
 layer of its root: XLA may fuse several layers into one op (the last
-stage of a ResNet into its `fc` at inference, for example).
+stage of a ResNet into its `fc` at inference, for example). XLA's own
+(Eigen) convolutions and matrix products, which `conv.jit` chooses on CPU,
+run on its thread pool outside the traced ops: the trace shows only their
+dispatch, and their time is in the gap between the ops' sum and the wall
+time per call (to see them as ops, profile with plain `jax.jit`, whose
+YNNPACK kernels are traced).
 
 Other processes' load is measured, not guessed: the CPU time the whole
 machine spent (/proc/stat) minus this process's own, as a share of all cores
@@ -273,8 +279,9 @@ def profile(fn, calls: int = 3):
 def print_profile(name: str, mode: str, fn, top: int) -> None:
   wall_ms, layers, ops = profile(fn)
   total = sum(layers.values())
-  print(f"\n### {name} {mode}: {wall_ms:.1f} ms per call; ops sum to "
-        f"{total:.1f} ms on all threads\n")
+  print(f"\n### {name} {mode}: {wall_ms:.1f} ms per call; traced ops sum "
+        f"to {total:.1f} ms on all threads (XLA's own convolutions and "
+        "products are not traced)\n")
   for title, counter in (("layer", layers), ("JAX primitive", ops)):
     print(f"| {title} | ms | share |\n|---|---:|---:|")
     for key, ms in counter.most_common(top):

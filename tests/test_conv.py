@@ -103,9 +103,9 @@ def _library_fused(text, opcode):
              for name, body in bodies)
 
 
-def test_cpu_jit_leaves_convolutions_to_xla_and_libraries_the_rest():
-  """`conv.jit` hands convolutions to XLA's own (multithreaded) kernels,
-  which plain `jax.jit` gives to YNNPACK, and keeps YNNPACK's dots and
+def test_cpu_jit_leaves_products_to_xla_and_reductions_to_the_library():
+  """`conv.jit` hands convolutions and dots to XLA's own (multithreaded)
+  kernels, which plain `jax.jit` gives to YNNPACK, and keeps YNNPACK's
   reductions; if a JAX upgrade changes what XLA does by default, this
   says so (and the options need a new look)."""
   def convolve(x, kernel):
@@ -115,8 +115,9 @@ def test_cpu_jit_leaves_convolutions_to_xla_and_libraries_the_rest():
   assert _library_fused(_compiled_ops(convolve, *shapes, jit=jax.jit),
                         "convolution")
   assert not _library_fused(_compiled_ops(convolve, *shapes), "convolution")
-  assert _library_fused(_compiled_ops(jnp.dot, (256, 256), (256, 256)),
-                        "dot")
+  square = ((256, 256), (256, 256))
+  assert _library_fused(_compiled_ops(jnp.dot, *square, jit=jax.jit), "dot")
+  assert not _library_fused(_compiled_ops(jnp.dot, *square), "dot")
   assert _library_fused(
       _compiled_ops(lambda x: x.sum((0, 1, 2)), (16, 32, 32, 64)), "reduce")
 

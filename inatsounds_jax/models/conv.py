@@ -37,14 +37,15 @@ the model for another runtime whose own kernels are better (TFLite's
 DEPTHWISE_CONV_2D over XNNPACK, where jax2tf would turn the CPU path into
 hundreds of slices and multiplies) traces inside `native_ops()`.
 
-XLA:CPU hands float32 convolutions to the YNNPACK library by default,
-which runs those on large maps on one thread; its own (Eigen)
-convolutions use every core: 1.4-2.3x faster forward, and 1.5-4x faster
-kernel gradients (2026-12-04, 2 Xeon cores; `BENCHMARKS.md`).
-`CPU_COMPILER_OPTIONS` keeps XLA's default library use for dots and
-reductions (batch norm statistics) and leaves convolutions to XLA; `jit`
-applies them, and every program of the library that runs a model is
-jitted with it (pass them as `jax.jit(..., compiler_options=...)` to
+XLA:CPU hands float32 convolutions and matrix products to the YNNPACK
+library by default, which runs convolutions on large maps on one thread.
+XLA's own (Eigen) kernels use every core: convolutions up to 2.3x faster
+forward and 1.4-4x faster kernel gradients, and whole models 0-15%
+faster for the products (2026-12-04, 2 Xeon cores; `BENCHMARKS.md`).
+`CPU_COMPILER_OPTIONS` keeps YNNPACK for reductions only (batch norm
+statistics: without it XLA splits them into slow windowed reductions);
+`jit` applies them, and every program of the library that runs a model
+is jitted with it (pass them as `jax.jit(..., compiler_options=...)` to
 get the same from your own code).
 """
 
@@ -80,11 +81,10 @@ def native_ops() -> Iterator[None]:
     _NATIVE_ONLY.reset(token)
 
 
-# XLA:CPU's default library use (YNNPACK) without its convolutions: see the
-# module docstring. Values are `DebugOptions.LibraryFusionType` names.
+# YNNPACK for reductions only: see the module docstring. The value is a
+# comma-separated list of `DebugOptions.LibraryFusionType` names.
 CPU_COMPILER_OPTIONS = {
-    "xla_cpu_experimental_ynn_fusion_type":
-        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE",
 }
 
 
