@@ -10,7 +10,9 @@ writes BUNDLE/ with
   `[batch, dim]`, the pooled features before the head). It runs in any
   process with jax and numpy (`jax.export.deserialize(bytes).call(x)`),
   on the platforms listed in `config.json` (CPU, CUDA and TPU together when
-  this JAX can lower for them). Load only bundles you trust.
+  this JAX can lower for them). Load only bundles you trust. On CPU, jit
+  the call with `compiler_options=models.conv.CPU_COMPILER_OPTIONS` (the
+  same dict written out: it is one entry) for XLA's faster convolutions.
 - `labels.csv`: index, species, common name, supercategory, taxonomy.
 - `config.json`: sample rate, window, default hop, frontend preset and
   parameters, model name, multiclass or multilabel, library version, the
