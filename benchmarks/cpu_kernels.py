@@ -26,14 +26,14 @@ import os
 import statistics
 import time
 
-import torch  # pylint: disable=g-import-not-at-top  (before XLA: see models.py)
+import torch  # Before XLA, as in models.py.
 
-import jax  # pylint: disable=g-import-not-at-top
-from jax import lax  # pylint: disable=g-import-not-at-top
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
 
-from inatsounds_jax.models import conv  # pylint: disable=g-import-not-at-top
+from inatsounds_jax.models import conv
 
 BATCH = 16
 # (map size, in channels, out channels, kernel, stride) of ResNet's convs.
@@ -89,8 +89,9 @@ def conv_rows():
          (tx, tw.shape, tg, stride, pad)),
     ]
     for part, fn, args, torch_fn, torch_args in parts:
-      jitted = functools.partial(fn, stride=stride, pad=pad)
-      rates = [gflops(gflop, jit(jitted), *args)
+      op = functools.partial(fn, stride=stride, pad=pad)
+      on_device = jax.device_put(args)
+      rates = [gflops(gflop, jit(op), *on_device)
                for jit in (jax.jit, conv.jit)]
       with torch.no_grad():
         rates.append(gflops(gflop, torch_fn, *torch_args))
@@ -104,7 +105,8 @@ def product_rows():
     a = rng.standard_normal((*batch, m, k), np.float32)
     b = rng.standard_normal((*batch, k, n), np.float32)
     gflop = 2 * int(np.prod(batch, dtype=int)) * m * k * n / 1e9
-    rates = [gflops(gflop, jit(jnp.matmul), a, b)
+    on_device = jax.device_put((a, b))
+    rates = [gflops(gflop, jit(jnp.matmul), *on_device)
              for jit in (jax.jit, conv.jit)]
     rates.append(gflops(gflop, torch.matmul, torch.from_numpy(a),
                         torch.from_numpy(b)))

@@ -10,9 +10,11 @@ writes BUNDLE/ with
   `[batch, dim]`, the pooled features before the head). It runs in any
   process with jax and numpy (`jax.export.deserialize(bytes).call(x)`),
   on the platforms listed in `config.json` (CPU, CUDA and TPU together when
-  this JAX can lower for them). Load only bundles you trust. On CPU, jit
-  the call with `compiler_options=models.conv.CPU_COMPILER_OPTIONS` (the
-  same dict written out: it is one entry) for XLA's faster convolutions.
+  this JAX can lower for them). Load only bundles you trust. On CPU,
+  `jax.jit(exported.call, compiler_options=CPU_COMPILER_OPTIONS)` runs
+  XLA's faster convolutions; the dict is `models.conv.CPU_COMPILER_OPTIONS`
+  (one XLA debug option: copy it when the library is not installed; a JAX
+  whose XLA lacks the option refuses to compile with it).
 - `labels.csv`: index, species, common name, supercategory, taxonomy.
 - `config.json`: sample rate, window, default hop, frontend preset and
   parameters, model name, multiclass or multilabel, library version, the

@@ -29,7 +29,8 @@ def _assert_same_values_and_grads(fn, reference, *args, rtol=1e-5):
   """Outputs and input/kernel gradients agree (relative to their scale)."""
   want = reference(*args)
   cotangent = jax.random.normal(jax.random.PRNGKey(9), want.shape)
-  got, grads = jax.jit(lambda *a: (fn(*a), jax.vjp(fn, *a)[1](cotangent)))(
+  # Compiled as the library compiles its programs.
+  got, grads = conv.jit(lambda *a: (fn(*a), jax.vjp(fn, *a)[1](cotangent)))(
       *args)
   want_grads = jax.vjp(reference, *args)[1](cotangent)
   for a, b in zip((got, *grads), (want, *want_grads)):
@@ -39,7 +40,7 @@ def _assert_same_values_and_grads(fn, reference, *args, rtol=1e-5):
 
 # (batch, height, channels, kernel, stride, dilation, padding); width is
 # height + 1 so that rows and columns cannot be swapped unnoticed.
-CASES = [
+SHAPES = [
     (3, 9, 3, 3, 1, 1, ((1, 1), (1, 1))),
     (2, 9, 3, 3, 2, 1, ((1, 1), (1, 1))),
     (17, 10, 3, 5, 2, 1, ((2, 2), (2, 2))),  # Batch over one grad block.
@@ -50,11 +51,21 @@ CASES = [
     (2, 8, 4, 1, 1, 1, ((0, 0), (0, 0))),
     (2, 8, 4, 1, 2, 1, ((0, 0), (0, 0))),
     (2, 8, 3, 2, 2, 1, "VALID"),  # Windows do not overlap.
+    (2, 9, 3, 2, 2, 2, "VALID"),  # Kernel = stride, but dilated: overlap.
 ]
-# The default suite runs the first four (strides 1, 2 and 3, dilation,
-# asymmetric and SAME pads); the rest run with the slow tests.
-CASES = CASES[:4] + [pytest.param(*c, marks=pytest.mark.slow)
-                     for c in CASES[4:]]
+
+
+def _default_suite_runs(indices):
+  """SHAPES as parameters, all but `indices` marked slow."""
+  return [c if i in indices else pytest.param(*c, marks=pytest.mark.slow)
+          for i, c in enumerate(SHAPES)]
+
+
+# Depthwise: strides 1, 2 and 3, dilation, asymmetric and SAME pads in the
+# default suite. Dense: the matrix-product cases (1x1 with stride, windows
+# that do not overlap), the dilated look-alike and two native ones.
+CASES = _default_suite_runs({0, 1, 2, 3})
+DENSE_CASES = _default_suite_runs({0, 1, 8, 9, 10})
 
 
 @pytest.mark.parametrize("batch, size, channels, k, stride, dilation, pad",
@@ -74,7 +85,7 @@ def test_depthwise_matches_native_conv(batch, size, channels, k, stride,
 
 
 @pytest.mark.parametrize("batch, size, channels, k, stride, dilation, pad",
-                         CASES)
+                         DENSE_CASES)
 def test_dense_matches_native_conv(batch, size, channels, k, stride,
                                    dilation, pad):
   x = jax.random.normal(jax.random.PRNGKey(0),
@@ -98,11 +109,13 @@ def _compiled_ops(fn, *shapes, jit=conv.jit):
 def _library_fused(text, opcode):
   """Whether an `opcode` op is inside one of XLA's YNNPACK fusions."""
   bodies = re.findall(r"\n(%\S+) [^\n]*\{\n(.*?)\n\}", text, re.S)
-  library = set(re.findall(r"kind=kCustom, calls=(%[\w.-]+)", text))
+  library = set(re.findall(
+      r"%ynn_fusion[\w.-]* = [^\n]*kind=kCustom, calls=(%[\w.-]+)", text))
   return any(name in library and f" {opcode}(" in body
              for name, body in bodies)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU only")
 def test_cpu_jit_leaves_products_to_xla_and_reductions_to_the_library():
   """`conv.jit` hands convolutions and dots to XLA's own (multithreaded)
   kernels, which plain `jax.jit` gives to YNNPACK, and keeps YNNPACK's
@@ -132,6 +145,8 @@ def test_cpu_jit_adds_options_only_on_cpu(monkeypatch):
   conv.jit(jnp.sin, compiler_options={"xla_cpu_enable_fast_math": False})
   assert seen["compiler_options"] == {**conv.CPU_COMPILER_OPTIONS,
                                       "xla_cpu_enable_fast_math": False}
+  conv.jit(jnp.sin, compiler_options=None)  # jax.jit's own default.
+  assert seen["compiler_options"] == conv.CPU_COMPILER_OPTIONS
 
 
 def test_other_convolutions_stay_native():

@@ -39,14 +39,14 @@ hundreds of slices and multiplies) traces inside `native_ops()`.
 
 XLA:CPU hands float32 convolutions and matrix products to the YNNPACK
 library by default, which runs convolutions on large maps on one thread.
-XLA's own (Eigen) kernels use every core: convolutions up to 2.3x faster
-forward and 1.4-4x faster kernel gradients, and whole models 0-15%
-faster for the products (2026-12-04, 2 Xeon cores; `BENCHMARKS.md`).
+XLA's own (Eigen) convolutions use every core: up to 2.4x faster
+forward and 1.3-4x faster kernel gradients; its own matrix products make
+whole ViTs 7-10% faster (2026-12-04, 2 Xeon cores; `BENCHMARKS.md`).
 `CPU_COMPILER_OPTIONS` keeps YNNPACK for reductions only (batch norm
-statistics: without it XLA splits them into slow windowed reductions);
-`jit` applies them, and every program of the library that runs a model
-is jitted with it (pass them as `jax.jit(..., compiler_options=...)` to
-get the same from your own code).
+statistics: without it XLA splits them into slow windowed reductions).
+`jit` applies them; the library's training step, evaluators, `predict`
+and `curate` are jitted with it (pass them as `jax.jit(...,
+compiler_options=...)` to get the same from your own code).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def jit(fun, **kwargs):
   default backend is the CPU (other backends do not know them)."""
   if jax.default_backend() == "cpu":
     kwargs["compiler_options"] = {**CPU_COMPILER_OPTIONS,
-                                  **kwargs.get("compiler_options", {})}
+                                  **(kwargs.get("compiler_options") or {})}
   return jax.jit(fun, **kwargs)
 
 
@@ -172,7 +172,7 @@ def dense_conv(x: jax.Array, kernel: jax.Array,
   native = _native(strides, pads, dilation, 1, precision,
                    preferred_element_type)
   if kernel.shape[:2] != (1, 1) and (kernel.shape[:2] != strides or any(
-      lo or hi for lo, hi in pads)):
+      lo or hi for lo, hi in pads) or dilation != (1, 1)):
     return native(x, kernel)
 
   def on_cpu(x, kernel):
