@@ -1,6 +1,7 @@
 """XLA:CPU's kernels against PyTorch's, one op at a time.
 
     python benchmarks/cpu_kernels.py
+    taskset -c 0 python benchmarks/cpu_kernels.py  # One core, one thread.
 
 What `benchmarks/models.py` cannot separate: the speed of the single
 convolutions and matrix products the backbones are made of, in GFLOP/s on
@@ -16,7 +17,10 @@ and each op's forward, input gradient and kernel gradient (convolutions),
 so that a JAX upgrade can be checked against the options (run it again and
 compare the first two columns) and the remaining gap to PyTorch read per
 kernel. Shapes: ResNet's 3x3 convolutions and stem at batch 16 and 224 x
-224 input, ViT-Ti's dense and attention products at batch 16.
+224 input, ViT-Ti's dense and attention products at batch 16, and a whole
+ViT-Ti attention (`models.attention.self_attention`: products, softmax and
+the layout changes around them; PyTorch's `scaled_dot_product_attention`),
+forward and forward + backward, rated by its products' FLOPs alone.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from inatsounds_jax.models import attention
 from inatsounds_jax.models import conv
 
 BATCH = 16
@@ -42,6 +47,8 @@ CONVS = [(224, 3, 64, 7, 2), (56, 64, 64, 3, 1), (56, 64, 128, 3, 2),
 # (batch dims, m, k, n) of ViT-Ti's products: qkv, fc1, and attention's.
 PRODUCTS = [((), BATCH * 197, 192, 576), ((), BATCH * 197, 192, 768),
             ((BATCH * 3,), 197, 64, 197), ((BATCH * 3,), 197, 197, 64)]
+# (tokens, heads, head size) of ViT-Ti's attention.
+ATTENTION = (197, 3, 64)
 
 
 def gflops(gflop: float, fn, *args) -> float:
@@ -115,15 +122,52 @@ def product_rows():
     yield (name, *rates)
 
 
+def attention_rows():
+  """`self_attention` on a ViT-Ti block's qkv; the backward pass includes
+  its forward, as a training step runs it (2 products forward, 4 back)."""
+  tokens, heads, size = ATTENTION
+  rng = np.random.default_rng(0)
+  qkv = rng.standard_normal((BATCH, tokens, 3, heads, size), np.float32)
+  grad = rng.standard_normal((BATCH, tokens, heads, size), np.float32)
+  product_gflop = 2 * BATCH * heads * tokens * tokens * size / 1e9
+  # PyTorch's layout: [3, batch, heads, tokens, size].
+  tqkv = torch.from_numpy(qkv).permute(2, 0, 3, 1, 4).contiguous()
+  tgrad = torch.from_numpy(grad).permute(0, 2, 1, 3).contiguous()
+  sdpa = torch.nn.functional.scaled_dot_product_attention
+
+  def torch_forward():
+    with torch.no_grad():
+      return sdpa(*tqkv)
+
+  def torch_backward():
+    leaf = tqkv.detach().requires_grad_()
+    return torch.autograd.grad(sdpa(*leaf), leaf, tgrad)
+
+  def backward(qkv, grad):
+    return jax.vjp(attention.self_attention, qkv)[1](grad)[0]
+
+  parts = [("forward", 2, attention.self_attention, (qkv,), torch_forward),
+           ("forward + backward", 6, backward, (qkv, grad), torch_backward)]
+  for part, products, fn, args, torch_fn in parts:
+    gflop = products * product_gflop
+    on_device = jax.device_put(args)
+    rates = [gflops(gflop, jit(fn), *on_device) for jit in (jax.jit, conv.jit)]
+    rates.append(gflops(gflop, torch_fn))
+    yield (f"attention {BATCH}x{heads} heads x {tokens} tokens {part}",
+           *rates)
+
+
 def main():
-  torch.set_num_threads(os.cpu_count())
+  cores = len(os.sched_getaffinity(0))  # What `taskset` leaves us.
+  torch.set_num_threads(cores)
   print(f"# jax {jax.__version__} on {jax.default_backend()}, torch "
         f"{torch.__version__} ({torch.get_num_threads()} threads), "
-        f"{os.cpu_count()} cores; GFLOP/s, float32, median of 8 calls; "
+        f"{cores} cores; GFLOP/s, float32, median of 8 calls; "
         f"load average {os.getloadavg()[0]:.2f}\n")
   print("| op | jax.jit | conv.jit | PyTorch | conv.jit / PyTorch |")
   print("|---|---:|---:|---:|---:|")
-  for name, default, ours, theirs in (*conv_rows(), *product_rows()):
+  for name, default, ours, theirs in (*conv_rows(), *product_rows(),
+                                         *attention_rows()):
     print(f"| {name} | {default:.0f} | {ours:.0f} | {theirs:.0f} | "
           f"{ours / theirs:.2f} |", flush=True)
 
