@@ -317,7 +317,8 @@ def main():
   malloc = ("glibc malloc defaults" if args.system_malloc else
             " ".join(f"{k}={v}" for k, v in KEEP_FREED_MEMORY.items()))
   print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
-        f"{os.cpu_count()} cores, jax {jax.__version__} on "
+        f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} cores, jax "
+        f"{jax.__version__} on "
         f"{jax.devices()[0].platform}, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads); batch {args.batch}, 224x224; "
         f"medians of {args.rounds} alternating rounds of {args.steps} calls; "
