@@ -11,10 +11,10 @@ compilers and cuDNN already run well:
   is a sum of shifted, per-channel-scaled slices of the input, which XLA
   fuses into one vectorised loop, with hand-written gradients of the same
   form (autodiff of the sum would scatter into padded copies, 20x slower).
-- Dense convolutions: whose windows do not overlap (1x1, patch
-  embeddings) are plain matrix products, all three ways (XLA's
-  convolution is 3-10x slower there), and their kernel gradient's operands
-  are materialised before the product (`_rows_product`): fused into the
+- Dense convolutions whose windows do not overlap (1x1, patch
+  embeddings): plain matrix products, all three ways (XLA's convolution
+  is 3-10x slower there), and their kernel gradient's operands are
+  materialised before the product (`_rows_product`): fused into the
   transpose XLA made for it, a batch norm's gradient was read with a
   row's stride, 4x the product's own time. Other dense convolutions stay
   XLA's own, forward and both gradients, compiled with
@@ -40,7 +40,7 @@ hundreds of slices and multiplies) traces inside `native_ops()`.
 XLA:CPU hands float32 convolutions and matrix products to the YNNPACK
 library by default, which runs convolutions on large maps on one thread.
 XLA's own (Eigen) convolutions use every core: up to 2.4x faster
-forward and 1.3-4x faster kernel gradients; its own matrix products make
+forward and 1.3-4.5x faster kernel gradients; its own matrix products make
 whole ViTs 7-10% faster (2026-12-04, 2 Xeon cores; `BENCHMARKS.md`).
 `CPU_COMPILER_OPTIONS` keeps YNNPACK for reductions only (batch norm
 statistics: without it XLA splits them into slow windowed reductions).
