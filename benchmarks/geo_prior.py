@@ -23,7 +23,7 @@ import numpy as np
 
 from inatsounds_jax import synthetic
 from inatsounds_jax.geo import range_model as range_lib
-from inatsounds_jax.geo import ranges as ranges_lib
+from inatsounds_jax import sphere
 
 
 def synthetic_observations(seed: int = 0):
@@ -56,7 +56,7 @@ def nearest_observation_km(obs: range_lib.Observations, lat, lon):
 def quality_table(epochs: int) -> list[tuple]:
   obs, species = synthetic_observations()
   lat, lon = range_lib.sphere_points(20_000)
-  truth = np.stack([ranges_lib.in_range(s["ranges"], lat, lon)
+  truth = np.stack([sphere.in_range(s["ranges"], lat, lon)
                     for s in species], axis=1)
   rows = []
   start = time.perf_counter()

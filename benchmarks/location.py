@@ -64,8 +64,7 @@ def prior_source(args) -> str:
     return "synthetic_truth"
   c = spml.placeholder_config(0, args)
   c.range_model = config_defaults.range_model("synthetic")
-  train_range.train_for_classifier(c, args.workdir)
-  return c.geo_prior
+  return train_range.train_for_classifier(c, args.workdir)
 
 
 def run_config(location_input: str, seed: int, prior: str, args) -> dict:

@@ -130,7 +130,7 @@ def adapt_optimizer(tx: optax.GradientTransformation, config
 
 def classifier_params_from_mae(source, classifier, params, path: str) -> dict:
   """`params` (a fresh classifier's) with the encoder of MAE `source` (a
-  `train.TrainedModel` of a pretraining workdir) in place.
+  `trained.TrainedModel` of a pretraining workdir) in place.
 
   The position embeddings become the MAE's fixed sin-cos ones (zero for the
   class token); the head, its norm and anything else the encoder lacks
@@ -142,7 +142,7 @@ def classifier_params_from_mae(source, classifier, params, path: str) -> dict:
       fit the classifier (size, patch size, input shape), saying what was
       found and what was expected.
   """
-  objective = source.config.get("objective", "classification")
+  objective = source.config.objective
   if objective != "masked_reconstruction":
     raise registry.ConfigError(
         f"init_checkpoint {path}: a workdir of a {objective!r} run (model "

@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 
 from inatsounds_jax import registry
 from inatsounds_jax import storage
+from inatsounds_jax import workdir as workdir_lib
 
 
 class DamagedCheckpointError(RuntimeError):
@@ -122,12 +123,12 @@ class RunCheckpoints:
     check_bucket_client(self.workdir)
     self.best_metric = best_metric
     self.latest = ocp.CheckpointManager(
-        self.workdir / "checkpoints",
+        self.workdir / workdir_lib.CHECKPOINTS_DIR,
         item_handlers=state_handler(),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=False))
     self.best = ocp.CheckpointManager(
-        self.workdir / "best", item_handlers=state_handler(),
+        self.workdir / workdir_lib.BEST_DIR, item_handlers=state_handler(),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=1, create=True, best_mode=best_mode,
             best_fn=lambda metrics: metrics[best_metric],
@@ -177,26 +178,31 @@ class RunCheckpoints:
           tree[field], is_leaf=lambda m: hasattr(m, "shape"))
     return None
 
-  def restore_latest(self, abstract, sharding):
+  def restore_latest(self, abstract, sharding, partial: bool = False):
     """(state, step) of the newest intact latest checkpoint, or None if the
-    workdir has none. Damaged newer steps are moved aside with a warning."""
-    return self._restore_newest(self.latest, abstract, sharding)
+    workdir has none. Damaged newer steps are moved aside with a warning.
+    `partial`: `abstract` names some of the saved state's top-level fields
+    (e.g. only the model's variables), and only those are read."""
+    return self._restore_newest(self.latest, abstract, sharding,
+                                partial=partial)
 
-  def restore_best(self, abstract, sharding):
+  def restore_best(self, abstract, sharding, partial: bool = False):
     """(state, step) of the best checkpoint, or None."""
     step = self.best.best_step()
     if step is None:
       return None
-    return self._restore_newest(self.best, abstract, sharding, [step])
+    return self._restore_newest(self.best, abstract, sharding, [step],
+                                partial=partial)
 
-  def _restore_newest(self, manager, abstract, sharding, steps=None):
+  def _restore_newest(self, manager, abstract, sharding, steps=None,
+                      partial: bool = False):
     steps = sorted(manager.all_steps() if steps is None else steps,
                    reverse=True)
     damaged = []
     for step in steps:
       try:
         _check_complete(epath.Path(manager.directory) / str(step))
-        state = restore(manager, step, abstract, sharding)
+        state = restore(manager, step, abstract, sharding, partial)
         bad = describe_non_finite(state)
         if bad:
           raise ValueError(f"{', '.join(bad)} hold NaN or infinite values")
@@ -219,7 +225,7 @@ class RunCheckpoints:
 
   def _set_aside(self, manager, step: int) -> epath.Path:
     source = epath.Path(manager.directory) / str(step)
-    target = (self.workdir / "damaged_checkpoints"
+    target = (self.workdir / workdir_lib.DAMAGED_DIR
               / f"{epath.Path(manager.directory).name}_{step}")
     if jax.process_index() == 0:
       target.parent.mkdir(parents=True, exist_ok=True)
@@ -230,14 +236,16 @@ class RunCheckpoints:
     return target
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract, sharding):
-  """The state saved at `step`, laid out with `sharding` (no checks)."""
+def restore(manager: ocp.CheckpointManager, step: int, abstract, sharding,
+            partial: bool = False):
+  """The state saved at `step`, laid out with `sharding` (no checks); with
+  `partial`, only the fields `abstract` names."""
   target = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       abstract, sharding)
   return manager.restore(step, args=ocp.args.PyTreeRestore(
       target, restore_args=ocp.checkpoint_utils.construct_restore_args(
-          target)))
+          target), partial_restore=partial))
 
 
 # Written by orbax when a step is finished; a step without them may be half
@@ -267,7 +275,6 @@ HARMLESS_FIELDS = (
     "init_checkpoint", "distributed", "geo_prior", "geo_threshold",
     "geo_ceiling_prior", "range_model",
 )
-CONFIG_FILE = "config.json"
 
 
 def _flatten(tree, prefix: str = "") -> dict:
@@ -296,7 +303,7 @@ def check_config_for_resume(workdir: str, config: ml_collections.ConfigDict,
   Raises:
     registry.ConfigError: listing each changed field, old and new value.
   """
-  path = storage.resolve(workdir) / CONFIG_FILE
+  path = workdir_lib.path(workdir, workdir_lib.CONFIG_FILE)
   now = json.loads(config.to_json_best_effort(sort_keys=True))
   if resuming and path.exists():
     was = storage.read_json(path)

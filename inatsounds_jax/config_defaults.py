@@ -14,6 +14,9 @@ import ml_collections
 
 def classifier() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  # What is trained (objectives/): "classification" or
+  # "masked_reconstruction" (masked-autoencoder pretraining).
+  c.objective = "classification"
   # Data.
   c.dataset = "full"  # "full" (the release), "synthetic", or "l48".
   c.data_dir = ""  # TFDS data dir; "" = TFDS's default.

@@ -33,16 +33,16 @@ import sys
 from absl import app
 from absl import flags
 from etils import epath
-import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
 from inatsounds_jax import data
 from inatsounds_jax import input_pipeline
+from inatsounds_jax import objectives
 from inatsounds_jax import plots
 from inatsounds_jax import registry
 from inatsounds_jax import storage
-from inatsounds_jax import train
+from inatsounds_jax import trained as trained_lib
 from inatsounds_jax.models import conv
 
 SCORES_FILE = "scores.csv"
@@ -51,9 +51,6 @@ HISTOGRAM_FILE = "histogram.png"
 COLUMNS = ("recording_id", "example_index", "split_position", "window",
            "start_s", "start_frame", "left_pad_frames", "window_frames",
            "score")
-# What each --by needs the workdir to have trained.
-_OBJECTIVE = {"confidence": "classification",
-              "reconstruction": "masked_reconstruction"}
 
 
 @dataclasses.dataclass
@@ -79,46 +76,31 @@ class Scores:
     return path
 
 
-def window_scorer(trained: train.TrainedModel, by: str):
-  """`(variables, waveform [B, S], label [B]) -> score [B]` for `by`.
+def window_scorer(trained: trained_lib.TrainedModel, by: str):
+  """`(variables, waveform [B, S], label [B]) -> score [B]` for `by`: the
+  window score of the objective whose `window_score` is `by`.
 
   Raises:
-    registry.ConfigError: the workdir's objective is not the one `by`
-      needs, or its model has a location input.
+    registry.ConfigError: no objective scores so, the workdir's objective
+      is not that one, or its model cannot be scored on waveforms.
   """
-  if by not in _OBJECTIVE:
-    raise registry.ConfigError(f"--by={by!r}: choose from {sorted(_OBJECTIVE)}")
-  objective = trained.config.get("objective", "classification")
-  if objective != _OBJECTIVE[by]:
+  name, objective = objectives.by_window_score(by)
+  if trained.config.objective != name:
     raise registry.ConfigError(
-        f"--by={by} needs a workdir trained with objective "
-        f"{_OBJECTIVE[by]!r}; this one was trained with {objective!r}")
-  if trained.config.get("location_input"):
-    # Scoring without the windows' locations would silently score another
-    # classifier than the one trained.
-    raise registry.ConfigError(
-        f"--by={by}: the workdir was trained with location_input "
-        f"{trained.config.location_input!r}, which curation does not pass "
-        "(it scores waveforms only)")
-  model = trained.model
-  if by == "reconstruction":
-    return lambda variables, waveform, label: model.apply(
-        variables, waveform)["loss"]
-  activation = jax.nn.sigmoid if trained.multilabel else jax.nn.softmax
-
-  def confidence(variables, waveform, label):
-    probabilities = activation(model.apply(variables, waveform))
-    return jax.numpy.take_along_axis(probabilities, label[:, None], 1)[:, 0]
-  return confidence
+        f"--by={by} needs a workdir trained with objective {name!r}; this "
+        f"one was trained with {trained.config.objective!r}")
+  try:
+    return objective.scorer(trained)
+  except registry.ConfigError as e:
+    raise registry.ConfigError(f"--by={by}: {e}") from None
 
 
-def score_windows(trained: train.TrainedModel, by: str,
+def score_windows(trained: trained_lib.TrainedModel, by: str,
                   builder: tfds.core.DatasetBuilder, split: str,
                   batch_size: int = 64) -> Scores:
   """Scores of every dense window of `split` (one process)."""
   scorer = conv.jit(window_scorer(trained, by))
-  windows = train.window_config(trained.model,
-                                trained.config.eval_stride_frames)
+  windows = trained.windows(trained.config.eval_stride_frames)
   rows = {k: [] for k in COLUMNS}
   position, previous, window = -1, None, 0
   seconds_per_frame = (windows.frontend.hop_length /
@@ -191,7 +173,7 @@ def curate(workdir: str, out: str, by: str = "confidence",
   """
   keep_mask(np.zeros(1), threshold, keep_fraction)  # Options, before work.
   try:
-    trained = train.load_model_from_workdir(workdir)
+    trained = trained_lib.load_workdir(workdir)
   except FileNotFoundError as e:
     raise registry.ConfigError(f"--workdir={workdir}: {e}") from None
   window_scorer(trained, by)  # The workdir's kind, before reading data.
@@ -211,8 +193,9 @@ def curate(workdir: str, out: str, by: str = "confidence",
 def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "A trained classifier or MAE workdir.")
   flags.DEFINE_string("out", None, "Folder for scores, keep-list, plot.")
-  flags.DEFINE_enum("by", "confidence", sorted(_OBJECTIVE),
-                    "What scores a window.")
+  flags.DEFINE_string("by", "confidence",
+                      "What scores a window: 'confidence' (a classifier "
+                      "workdir) or 'reconstruction' (an MAE workdir).")
   flags.DEFINE_float("threshold", None, "Keep windows scoring at least this.")
   flags.DEFINE_float("keep_fraction", None,
                      "Keep this fraction of the highest-scoring windows.")

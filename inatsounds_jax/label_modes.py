@@ -131,8 +131,10 @@ class LabelObserver:
 
 
 def from_config(config, builder: tfds.core.DatasetBuilder,
-                label_names: Sequence[str]) -> LabelObserver:
-  """The observer for `config.label_mode` over `builder`'s records.
+                label_names: Sequence[str], priors: prior_lib.Priors
+                ) -> LabelObserver:
+  """The observer for `config.label_mode` over `builder`'s records (the
+  `geo` mode takes `config.geo_prior` from the run's `priors`).
 
   Raises:
     registry.ConfigError: unknown mode, or the data lacks what it needs
@@ -151,10 +153,6 @@ def from_config(config, builder: tfds.core.DatasetBuilder,
         f"label_mode {name!r} needs " + "; and ".join(
             _WHERE[n] for n in missing)
         + f"; the dataset in {builder.data_path} has none")
-  prior = None
-  if "geo_prior" in mode.needs:
-    from inatsounds_jax.evaluators import file_level  # pylint: disable=import-outside-toplevel
-    prior = file_level.load_prior(config.geo_prior, builder, label_names,
-                                  min_coverage=0.5)
+  prior = priors(config.geo_prior) if "geo_prior" in mode.needs else None
   return LabelObserver(mode, len(label_names), prior,
                        float(config.get("geo_threshold", 0.1)))

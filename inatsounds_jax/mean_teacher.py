@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from inatsounds_jax import registry
+from inatsounds_jax.geo import prior as prior_lib
 
 CONSISTENCY = registry.Registry("mean_teacher consistency")
 CONSISTENCY.add("pred_mse", lambda s, t: jnp.mean(
@@ -99,9 +100,10 @@ def random_erasing(rng: jax.Array, images: jax.Array,
   return jnp.where(inside, jnp.zeros_like(images), images)
 
 
-def from_config(config, steps_per_epoch: int, builder, label_names
+def from_config(config, steps_per_epoch: int, priors: prior_lib.Priors
                 ) -> MeanTeacher | None:
-  """`config.mean_teacher` (None when its weight is 0).
+  """`config.mean_teacher` (None when its weight is 0); a geo mask takes
+  `config.geo_prior` from the run's `priors`.
 
   Raises:
     registry.ConfigError: no EMA to be the teacher, an unknown consistency,
@@ -122,9 +124,7 @@ def from_config(config, steps_per_epoch: int, builder, label_names
       raise registry.ConfigError(
           "mean_teacher.geo_mask needs geo_prior ('synthetic_truth' or a "
           "range-model workdir)")
-    from inatsounds_jax.evaluators import file_level  # pylint: disable=import-outside-toplevel
-    prior = file_level.load_prior(config.geo_prior, builder, label_names,
-                                  min_coverage=0.5)
+    prior = priors(config.geo_prior)
   return MeanTeacher(
       weight=float(options["weight"]), consistency=name,
       rampup_steps=int(float(options.get("rampup_epochs", 0.0)) *

@@ -36,7 +36,7 @@ RELEASE_SPLITS = {
 # Files the synthetic corpus adds to the release layout (the release has
 # neither): every species audible in each recording with its time spans and
 # the recordist's checklist (`load_strong_labels`), and each species' true
-# range as circles (`geo/ranges.py`). The builder turns the first into
+# range as circles (`sphere.py`). The builder turns the first into
 # features and copies the ranges next to the records.
 STRONG_LABELS_FILE = "strong_labels.json"
 RANGES_FILE = "species_ranges.json"

@@ -51,7 +51,7 @@ import scipy.fft
 from inatsounds_jax import audio as audio_lib
 from inatsounds_jax import registry
 from inatsounds_jax import release
-from inatsounds_jax.geo import ranges as ranges_lib
+from inatsounds_jax import sphere
 
 SR = audio_lib.SAMPLE_RATE
 # What the generator wrote (relative paths) and with which config; it never
@@ -477,10 +477,10 @@ def make_recording_specs(config: CorpusConfig, species: list[dict],
         duration = float(np.clip(
             config.median_duration_s * math.exp(0.9 * rng.standard_normal()),
             1.0, config.max_duration_s))
-      lat, lon = ranges_lib.random_point_in_range(s["ranges"], rng)
+      lat, lon = sphere.random_point_in_range(s["ranges"], rng)
       # Background callers are species of the same place, as in the field.
       here = [t["id"] for t in species
-              if t["id"] != cid and ranges_lib.in_range(t["ranges"], lat, lon)]
+              if t["id"] != cid and sphere.in_range(t["ranges"], lat, lon)]
       background = []
       if here and rng.uniform() < config.background_species_prob:
         background = [int(x) for x in rng.choice(
@@ -530,7 +530,7 @@ def make_checklist(spec: dict, events: list[dict], species: list[dict],
       listed.add(cid)
   if spec["latitude"] is not None:
     for t in species:
-      here = ranges_lib.in_range(t["ranges"], spec["latitude"],
+      here = sphere.in_range(t["ranges"], spec["latitude"],
                                  spec["longitude"])
       if (t["id"] not in audible and bool(here)
           and rng.uniform() < config.checklist_site_species):

@@ -1,11 +1,12 @@
 """The training job: `train_and_evaluate(config, workdir)`.
 
-What is trained is an `Objective` chosen by `config.objective`:
-"classification" (a species classifier, the default) or
-"masked_reconstruction" (masked-autoencoder pretraining, `pretraining.py`).
-An objective gives the model and the per-batch loss; everything else (the
-mesh, the optimizer, the NaN guard, checkpoints, resume, evaluations) is this
-one loop.
+What is trained is an objective chosen by `config.objective`
+(`objectives/`: "classification", a species classifier, or
+"masked_reconstruction", masked-autoencoder pretraining). An objective gives
+the model, the per-batch loss and the check of its input; everything else
+(the mesh, the optimizer, the NaN guard, checkpoints, resume, evaluations)
+is this one loop. The model is built and loaded through `trained.py`, the
+layer every job shares; nothing but `main.py` imports this module.
 
 One jit-compiled step over a `jax.sharding.Mesh` (batch split over `data`;
 parameters and optimizer state replicated, or sharded FSDP-style with
@@ -23,6 +24,7 @@ saves the current step before exiting.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import os
@@ -49,19 +51,19 @@ from inatsounds_jax import checkpoints
 from inatsounds_jax import config_defaults
 from inatsounds_jax import data
 from inatsounds_jax import data_sources
-from inatsounds_jax import frontend as frontend_lib
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import label_modes
 from inatsounds_jax import losses
 from inatsounds_jax import mean_teacher
-from inatsounds_jax import models
-from inatsounds_jax import pretraining
+from inatsounds_jax import objectives
 from inatsounds_jax import processes
 from inatsounds_jax import registry
 from inatsounds_jax import storage
+from inatsounds_jax import trained
+from inatsounds_jax import workdir as workdir_lib
 from inatsounds_jax.evaluators import common as evaluators
-from inatsounds_jax.evaluators import file_level
 from inatsounds_jax.geo import location_input
+from inatsounds_jax.geo import prior as prior_lib
 from inatsounds_jax.geo import train_range
 from inatsounds_jax.models import classifier as classifier_lib
 from inatsounds_jax.models import conv
@@ -137,48 +139,11 @@ def make_optimizer(config, schedule) -> optax.GradientTransformation:
 # Model and state.
 # ---------------------------------------------------------------------------
 
-def make_model(config, num_classes: int, multilabel: bool
-               ) -> classifier_lib.Classifier:
-  options = dict(config.get("model_options", {}))
-  if config.get("dtype", "float32") == "bfloat16":
-    options["dtype"] = jnp.bfloat16
-  if multilabel:
-    options.setdefault("head_bias_init", models.head_bias_for_bce(num_classes))
-  models.BACKBONES.get(config.model)  # An unknown name fails here, by name.
-  location_options = dict(config.get("location_options", {}))
-  if config.get("location_input"):
-    location_input.check_options(config.location_input, location_options)
-  size = config.image.size
-  # Normalisation of the 0..1 image: one value or one per channel (the
-  # image dict's optional mean/std; ImageNet's for L48).
-  norm = {k: (tuple(v) if isinstance(v, (list, tuple)) else float(v))
-          for k, v in config.image.items() if k in ("mean", "std")}
-  return classifier_lib.Classifier(
-      backbone=config.model, num_classes=num_classes,
-      frontend=frontend_lib.get_config(config.frontend_preset),
-      image=augment.ImageConfig(size=tuple(size) if size else None,
-                                channels=config.image.channels, **norm),
-      window_frames=config.window_frames,
-      backbone_options=tuple(sorted(options.items())),
-      location_input=config.get("location_input", ""),
-      location_options=tuple(sorted(location_options.items())))
-
-
-def window_config(model: classifier_lib.Classifier, eval_stride_frames: int
-                  ) -> input_pipeline.WindowConfig:
-  """The input pipeline's windows, from the model's own window and frontend."""
-  return input_pipeline.WindowConfig(
-      window_frames=model.window_frames,
-      eval_stride_frames=eval_stride_frames, frontend=model.frontend)
-
-
 def init_state(model: classifier_lib.Classifier, tx, loss: losses.Loss,
                rng: jax.Array, *, ema: bool) -> TrainState:
   """Fresh state (jitted by the caller; reads no file)."""
   init_rng, state_rng = jax.random.split(rng)
-  example = model.example_input
-  variables = model.init({"params": init_rng, "dropout": init_rng},
-                         jnp.zeros((1,) + example.shape, example.dtype))
+  variables = trained.init_variables(model, init_rng)
   params = variables["params"]
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params,
@@ -205,7 +170,7 @@ def load_pretrained(state: TrainState, path: str,
   try:
     if storage.resolve(path).is_dir():
       loaded = {"params": adaptation.classifier_params_from_mae(
-          load_model_from_workdir(path), model,
+          trained.load_workdir(path), model,
           jax.device_get(state.params), path),
                 "batch_stats": jax.device_get(state.batch_stats)}
     else:
@@ -272,89 +237,16 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.ones((), bool)
 
 
-def classification_loss(params, state: TrainState, batch: dict,
-                        rng: jax.Array, *, model, loss,
-                        augment_config: augment.AugmentConfig,
-                        teacher: mean_teacher.MeanTeacher | None = None):
-  """The classifier's loss of a batch: (value, (metrics, variable updates,
-  loss state)). The spectrogram and its augmentation do not depend on
-  `params`, so no gradient flows through them; nor does any through the
-  `teacher` (the EMA parameters), whose outputs are a consistency target.
-  A model with a location input reads the batch's `location` features
-  (`geo/location_input.py`; with mixup, each mixed example keeps its own
-  recording's location)."""
-  aug_rng, dropout_rng = jax.random.split(rng)
-  images = model.apply({}, input_pipeline.model_input(batch),
-                       method=classifier_lib.Classifier.spectrogram)
-  # Observed targets and known entries (label_modes.py); one-hot without.
-  targets = batch.get("targets",
-                      jax.nn.one_hot(batch["label"], model.num_classes))
-  loss_batch = dict(batch, step=state.step)
-  images, targets = augment.augment(aug_rng, images, targets, augment_config,
-                                    model.frontend)
-  if augment_config.mixup and "label_mask" in batch:
-    # Mixup pairs each example with the previous one: an entry stays known
-    # where both know it, and every mixed-in positive is known.
-    loss_batch["label_mask"] = jnp.maximum(
-        batch["label_mask"] * jnp.roll(batch["label_mask"], 1, axis=0),
-        (targets > 0).astype(targets.dtype))
-  mutable = ["batch_stats"] if state.batch_stats else False
-  if teacher is not None:  # The EMA parameters, in inference mode.
-    teacher_logits = jax.lax.stop_gradient(model.apply(
-        state.variables(use_ema=True),
-        teacher.teacher_view(jax.random.fold_in(rng, 1), images),
-        train=False, location=batch.get("location"),
-        method=classifier_lib.Classifier.classify))
-  out = model.apply(state.variables() | {"params": params}, images,
-                    train=True, location=batch.get("location"),
-                    method=classifier_lib.Classifier.classify,
-                    mutable=mutable, rngs={"dropout": dropout_rng})
-  logits, updates = out if mutable else (out, {})
-  value, loss_state = loss(logits, targets, loss_batch, state.loss_state)
-  if teacher is not None:
-    value = value + teacher.loss(logits, teacher_logits, state.step,
-                                 batch.get("teacher_keep"))
-  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-  return value, ({"accuracy": accuracy}, updates, loss_state)
-
-
-@dataclasses.dataclass(frozen=True)
-class Objective:
-  """What a run trains.
-
-  Attributes:
-    make_model: `(config, num_classes, multilabel) -> module` taking
-      waveforms, with `window_frames` and `frontend` (the input pipeline's
-      windows come from them) and `window_samples`.
-    loss: `(params, state, batch, rng, *, model, loss, augment_config) ->
-      (value, (metrics, variable updates, loss state))`, differentiated
-      with respect to `params`; `metrics` are scalars logged as `train/*`.
-      Classification also takes the mean `teacher`, when there is one.
-    uses_labels: the loss reads the batch's targets; objectives that do
-      not can train on unlabelled audio (`config.pretrain_sources`).
-  """
-  make_model: Callable[..., Any]
-  loss: Callable[..., Any]
-  uses_labels: bool = True
-
-
-OBJECTIVES: registry.Registry[Objective] = registry.Registry("objective")
-OBJECTIVES.add("classification", Objective(make_model, classification_loss))
-OBJECTIVES.add("masked_reconstruction", Objective(
-    pretraining.make_model, pretraining.reconstruction_loss,
-    uses_labels=False))
-
-
 def train_step(state: TrainState, batch: dict, *, model, tx, loss,
                augment_config: augment.AugmentConfig, ema_decay: float,
-               schedule, objective: Objective | None = None,
+               schedule, objective: objectives.Objective | None = None,
                teacher: mean_teacher.MeanTeacher | None = None
                ) -> tuple[TrainState, dict]:
   """One update of `objective` (default: classification, with the mean
   `teacher` if given). Unless the loss, the gradients and the updated state
   are all finite, the update is skipped (only the step count moves on) and
   the metrics say which of the three was not."""
-  objective = objective or OBJECTIVES.get("classification")
+  objective = objective or objectives.get("classification")
   step_rng = jax.random.fold_in(state.rng, state.step)
   options = {"teacher": teacher} if teacher is not None else {}
   (value, (extra, updates, loss_state)), grads = jax.value_and_grad(
@@ -411,11 +303,12 @@ class RunContext:
   data_sharding: jax.sharding.NamedSharding
   builder: tfds.core.DatasetBuilder
   train_sources: tuple[data_sources.Source, ...]  # What training reads.
-  objective: Objective
+  objective: objectives.Objective
   model: Any  # The objective's model (a `Classifier` for classification).
   windows: input_pipeline.WindowConfig
   loss: losses.Loss
   labels: label_modes.LabelObserver
+  priors: prior_lib.Priors  # Every geographic prior of the run, by source.
   # Host features of the model's location input (None: it has none).
   location: location_input.LocationFeatures | None
   teacher: mean_teacher.MeanTeacher | None
@@ -451,45 +344,6 @@ def check_config(config, splits, num_devices: int, process_count: int
   for name, options in config.evals.items():
     if not (options.get("every_epochs", 1.0) >= 0):
       raise registry.ConfigError(f"evals.{name}.every_epochs must be >= 0")
-
-
-def check_input(config, builder: tfds.core.DatasetBuilder) -> None:
-  """The frontend must fit the records: audio, or images (L48) with the
-  "image" frontend, which has no dB scale for mixup and whose spectrograms
-  (dark calls on white) SpecAugment's zero fill would mark as loud. Images
-  have no recording location for a range prior or a location input.
-
-  Raises:
-    registry.ConfigError.
-  """
-  images = input_pipeline.is_image_dataset(builder)
-  image_frontend = isinstance(frontend_lib.get_config(config.frontend_preset),
-                              frontend_lib.ImageInputConfig)
-  if images != image_frontend:
-    raise registry.ConfigError(
-        f"frontend_preset {config.frontend_preset!r} takes "
-        f"{'images' if image_frontend else 'waveforms'}, and dataset "
-        f"{config.dataset!r} holds {'images' if images else 'audio'}"
-        + ("; use frontend_preset='image'" if images else ""))
-  located = {field: config.get(field) for field in
-             ("geo_prior", "geo_ceiling_prior", "range_model",
-              "location_input")}
-  located = [f"{field}={value!r}" for field, value in located.items()
-             if value]
-  if images and located:
-    raise registry.ConfigError(
-        f"{', '.join(located)}: dataset {config.dataset!r} holds spectrogram "
-        "images without recording locations, so neither a range prior nor "
-        "a location input applies (leave them empty); its geo label mode "
-        "reads the range negatives from the data")
-  augment_config = config.augment
-  if image_frontend and (augment_config.mixup or
-                         augment_config.freq_mask_max_width or
-                         augment_config.time_mask_max_width):
-    raise registry.ConfigError(
-        "augment: mixup and SpecAugment work on the library's own "
-        "spectrograms; with frontend_preset='image' set augment.mixup=False "
-        "and augment.freq_mask_max_width=augment.time_mask_max_width=0")
 
 
 def _check_best_metric(best_metric: str,
@@ -533,10 +387,9 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
   builder = data.prepare_from_config(config)
   check_config(config, builder.info.splits, len(devices),
                jax.process_count())
-  if config.get("objective", "classification") == "classification":
-    check_input(config, builder)
+  objective = objectives.get(config.objective)
+  objective.check_input(config, builder)
   label_names = tuple(builder.info.features["label"].names)
-  objective = OBJECTIVES.get(config.get("objective", "classification"))
   if config.get("pretrain_sources") and objective.uses_labels:
     raise registry.ConfigError(
         "pretrain_sources: only objectives that use no labels (e.g. "
@@ -547,18 +400,16 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
   loss = losses.from_config(config, loss_context(
       builder, config.train_split, steps_per_epoch, mesh))
   losses.check_rows_fit(loss, len(label_names), len(devices))
-  labels = label_modes.from_config(config, builder, label_names)
-  location = location_input.from_config(config, functools.partial(
-      file_level.load_prior, builder=builder, label_names=label_names,
-      min_coverage=0.5))
+  priors = prior_lib.Priors(label_names, data.true_ranges_path(builder))
+  labels = label_modes.from_config(config, builder, label_names, priors)
+  location = location_input.from_config(config, priors)
   if location is not None and not objective.uses_labels:
     raise registry.ConfigError(
         f"location_input {config.location_input!r} is for classifiers; "
         f"objective {config.get('objective')!r} has no logits to add it to")
-  teacher = mean_teacher.from_config(config, steps_per_epoch, builder,
-                                     label_names)
+  teacher = mean_teacher.from_config(config, steps_per_epoch, priors)
   model = objective.make_model(config, len(label_names), loss.multilabel)
-  windows = window_config(model, config.eval_stride_frames)
+  windows = trained.window_config(model, config.eval_stride_frames)
   schedule = learning_rate_schedule(config, steps_per_epoch)
   tx = make_optimizer(config, schedule)
   init = functools.partial(init_state, model, tx, loss,
@@ -569,15 +420,15 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
   scheduled = tuple(evaluators.from_config(
       config.evals, evaluators.EvalContext(
           builder=builder, windows=windows, batch_size=config.eval_batch_size,
-          label_names=label_names)))
+          label_names=label_names, priors=priors)))
   _check_best_metric(config.best_metric, scheduled)
   return RunContext(
       mesh=mesh, data_sharding=jax.sharding.NamedSharding(
           mesh, jax.sharding.PartitionSpec("data")),
       builder=builder, train_sources=train_sources, objective=objective,
       model=model, windows=windows, loss=loss, labels=labels,
-      location=location, teacher=teacher, schedule=schedule, tx=tx,
-      steps_per_epoch=steps_per_epoch,
+      priors=priors, location=location, teacher=teacher, schedule=schedule,
+      tx=tx, steps_per_epoch=steps_per_epoch,
       total_steps=int(config.num_epochs * steps_per_epoch),
       init=jax.jit(init, out_shardings=sharding), abstract_state=abstract,
       state_sharding=sharding, evaluators=scheduled)
@@ -607,16 +458,13 @@ def write_outputs(workdir: str, step: int,
   if jax.process_index() != 0:
     return
   workdir = storage.resolve(workdir)
-  storage.write_json(workdir / "eval_results.json",
+  storage.write_json(workdir / workdir_lib.EVAL_RESULTS_FILE,
                      {"step": int(step),
                       "evals": {name: o.summary
                                 for name, o in outputs.items()}})
   if artefacts:
     for name, output in outputs.items():
       output.write_artefacts(os.fspath(workdir / name))
-
-
-LABELS_FILE = "classes.json"
 
 
 def write_label_table(workdir: str, builder: tfds.core.DatasetBuilder) -> None:
@@ -627,78 +475,27 @@ def write_label_table(workdir: str, builder: tfds.core.DatasetBuilder) -> None:
     return
   table = data.class_table(builder) or [
       {"species": name} for name in builder.info.features["label"].names]
-  storage.write_json(storage.resolve(workdir) / LABELS_FILE, table)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainedModel:
-  """A workdir's model for inference: the module, its variables, its labels.
-  (The module is a `Classifier`, or for an MAE pretraining workdir its
-  `MaskedAutoencoder`.)
-
-  Attributes:
-    config: the run's config (as recorded in `WORKDIR/config.json`).
-    labels: `classes.json`'s rows, in output order.
-    multilabel: the loss was multilabel (sigmoid outputs, else softmax).
-    step: the checkpoint's training step.
-  """
-  model: Any
-  variables: dict
-  config: ml_collections.ConfigDict
-  labels: list[dict]
-  multilabel: bool
-  step: int
-
-
-def load_model_from_workdir(workdir: str) -> TrainedModel:
-  """The best (else latest) checkpoint of a training workdir, on one device.
-
-  Needs only the workdir (`config.json`, `classes.json`, checkpoints), not
-  the dataset. The EMA parameters are used when the run kept them.
-
-  Raises:
-    FileNotFoundError: a file is missing or there is no checkpoint.
-    checkpoints.DamagedCheckpointError: no intact checkpoint.
-  """
-  def read_json(name):
-    path = storage.resolve(workdir) / name
-    if not path.exists():
-      raise FileNotFoundError(f"{path} not found: {workdir} is not a "
-                              "training workdir")
-    return storage.read_json(path)
-
-  config = ml_collections.ConfigDict(read_json(checkpoints.CONFIG_FILE))
-  labels = read_json(LABELS_FILE)
-  loss = losses.LOSSES.get(config.loss)
-  model = OBJECTIVES.get(config.get("objective", "classification")
-                         ).make_model(config, len(labels), loss.multilabel)
-  tx = make_optimizer(config, learning_rate_schedule(config, 1))
-  abstract = jax.eval_shape(functools.partial(
-      init_state, model, tx, loss, jax.random.PRNGKey(0),
-      ema=bool(config.ema_decay)))
-  ckpt = run_checkpoints(workdir, config)
-  # The loss state's shape depends on the training data (per-example rows),
-  # which this function does not read: the checkpoint says it.
-  saved_loss_state = ckpt.saved_field("loss_state")
-  if saved_loss_state is not None:
-    abstract = abstract.replace(loss_state=saved_loss_state)
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
-  sharding = state_sharding(abstract, mesh, shard_params=False)
-  restored = (ckpt.restore_best(abstract, sharding) or
-              ckpt.restore_latest(abstract, sharding))
-  if restored is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}")
-  state, step = restored
-  return TrainedModel(model=model,
-                      variables=state.variables(bool(config.ema_decay)),
-                      config=config, labels=labels,
-                      multilabel=loss.multilabel, step=step)
+  storage.write_json(workdir_lib.path(workdir, workdir_lib.LABELS_FILE), table)
 
 
 def run_checkpoints(workdir: str, config) -> checkpoints.RunCheckpoints:
   return checkpoints.RunCheckpoints(workdir, config.keep_checkpoints,
                                     config.best_metric,
                                     config.get("best_mode", "max"))
+
+
+def with_own_range_model(config: ml_collections.ConfigDict, workdir: str
+                          ) -> ml_collections.ConfigDict:
+  """`config`, or for a config with `range_model` a copy whose `geo_prior`
+  (and so every evaluation's) is the range model trained for it first
+  (`train_range.train_for_classifier`). The copy is what the workdir
+  records, so a loaded model finds its prior there."""
+  if not config.get("range_model"):
+    return config
+  folder = train_range.train_for_classifier(config, workdir)
+  config = copy.deepcopy(config)  # Keeps the evaluations' references.
+  config.geo_prior = folder
+  return config
 
 
 def format_results(outputs: dict[str, evaluators.EvalOutput]) -> str:
@@ -709,8 +506,7 @@ def evaluate_checkpoint(config, workdir: str, devices=None
                         ) -> dict[str, evaluators.EvalOutput]:
   """`--mode=eval`: every evaluation of the best (else latest) checkpoint."""
   checkpoints.check_bucket_client(workdir)  # Before any work.
-  if config.get("range_model"):
-    train_range.train_for_classifier(config, workdir)
+  config = with_own_range_model(config, workdir)
   run = setup(config, devices)
   ckpt = run_checkpoints(workdir, config)
   restored = (ckpt.restore_best(run.abstract_state, run.state_sharding) or
@@ -760,8 +556,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `config.range_model` set, the run first trains its own geographic prior.
   """
   checkpoints.check_bucket_client(workdir)  # Before any work.
-  if config.get("range_model"):
-    train_range.train_for_classifier(config, workdir)
+  config = with_own_range_model(config, workdir)
   run = setup(config, devices)
   storage.resolve(workdir).mkdir(parents=True, exist_ok=True)
   ckpt = run_checkpoints(workdir, config)

@@ -19,6 +19,8 @@ from inatsounds_jax import checkpoints
 from inatsounds_jax import config_defaults
 from inatsounds_jax import losses
 from inatsounds_jax import train
+from inatsounds_jax import trained as trained_lib
+from inatsounds_jax import workdir as workdir_lib
 
 
 def _package_file(package: str, *parts: str) -> str:
@@ -53,10 +55,10 @@ def make_workdir(workdir: str, model: str = "placeholder",
   c.update(overrides)
   os.makedirs(workdir, exist_ok=True)
   checkpoints.check_config_for_resume(workdir, c, resuming=False)
-  with open(os.path.join(workdir, train.LABELS_FILE), "w") as f:
+  with open(os.path.join(workdir, workdir_lib.LABELS_FILE), "w") as f:
     json.dump(labels(num_classes), f)
   loss = losses.LOSSES.get(c.loss)
-  model_def = train.make_model(c, num_classes, loss.multilabel)
+  model_def = trained_lib.build_model(c, num_classes, loss.multilabel)
   tx = train.make_optimizer(c, train.learning_rate_schedule(c, 1))
   state = jax.jit(lambda: train.init_state(
       model_def, tx, loss, jax.random.PRNGKey(seed),

@@ -14,6 +14,7 @@ import pytest
 from inatsounds_jax import checkpoints
 from inatsounds_jax import config_defaults
 from inatsounds_jax import registry
+from inatsounds_jax import workdir as workdir_lib
 
 
 def state(value: float) -> dict:
@@ -148,7 +149,7 @@ def test_resume_accepts_fields_a_newer_version_added_at_their_defaults(
     tmp_path):
   c = config_defaults.classifier()
   checkpoints.check_config_for_resume(str(tmp_path), c, resuming=False)
-  path = tmp_path / checkpoints.CONFIG_FILE
+  path = tmp_path / workdir_lib.CONFIG_FILE
   written_by_older_version = json.loads(path.read_text())
   del written_by_older_version["label_mode"]
   path.write_text(json.dumps(written_by_older_version))
@@ -172,4 +173,4 @@ def test_resume_allows_logging_evaluation_and_path_changes(tmp_path):
   c.data_dir = "/elsewhere"
   c.geo_prior = "/runs/sinr"
   checkpoints.check_config_for_resume(str(tmp_path), c, resuming=True)
-  assert os.path.exists(tmp_path / checkpoints.CONFIG_FILE)
+  assert os.path.exists(tmp_path / workdir_lib.CONFIG_FILE)

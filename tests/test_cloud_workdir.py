@@ -22,6 +22,8 @@ from inatsounds_jax import predict
 from inatsounds_jax import registry
 from inatsounds_jax import storage
 from inatsounds_jax import train
+from inatsounds_jax import workdir as workdir_lib
+from inatsounds_jax import trained as trained_lib
 from inatsounds_jax.geo import range_model as range_lib
 from inatsounds_jax.geo import sinr
 import fake_bucket
@@ -53,7 +55,7 @@ def test_resolve_keeps_uris_and_makes_local_paths_absolute(tmp_path,
 def test_recorded_config_goes_to_the_bucket_and_guards_the_resume(bucket):
   c = config_defaults.tiny(config_defaults.classifier())
   checkpoints.check_config_for_resume(WORKDIR, c, resuming=False)
-  assert (bucket / "bucket" / "run" / checkpoints.CONFIG_FILE).exists()
+  assert (bucket / "bucket" / "run" / workdir_lib.CONFIG_FILE).exists()
   checkpoints.check_config_for_resume(WORKDIR, c, resuming=True)
   c.learning_rate = 123.0
   with pytest.raises(registry.ConfigError, match="learning_rate"):
@@ -112,7 +114,8 @@ def test_bundle_exported_from_a_bucket_workdir_into_the_bucket_predicts(
   shutil.copytree(model_workdir.make_workdir(str(tmp_path / "local")),
                   bucket / "bucket" / "model")
   export.export_bundle("gs://bucket/model", "gs://bucket/bundle")
-  assert (bucket / "bucket" / "bundle" / export.CONFIG_FILE).exists()
+  assert (bucket / "bucket" / "bundle" /
+          trained_lib.BUNDLE_CONFIG_FILE).exists()
   assert not (bucket / "bucket" / "bundle.partial").exists()
   from_bundle = predict.load_model("gs://bucket/bundle")
   from_workdir = predict.load_model("gs://bucket/model")
@@ -152,7 +155,7 @@ def test_tiny_run_on_a_bucket_workdir_writes_there_and_resumes(
   assert f"Resumed from step {last}" in caplog.text
   assert ({k: o.summary for k, o in again.items()} ==
           {k: o.summary for k, o in first.items()})
-  assert train.load_model_from_workdir(WORKDIR).step == last
+  assert trained_lib.load_workdir(WORKDIR).step == last
 
 
 def test_bucket_workdir_without_the_storage_client_is_refused_first(

@@ -16,7 +16,7 @@ from inatsounds_jax import curate
 from inatsounds_jax import data_sources
 from inatsounds_jax import input_pipeline as ip
 from inatsounds_jax import registry
-from inatsounds_jax import train
+from inatsounds_jax import trained as trained_lib
 import model_workdir  # pylint: disable=g-bad-import-order
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ def classifier(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("classifier"))
   model_workdir.make_workdir(workdir, num_classes=8, window_frames=64,
                              eval_stride_frames=48)
-  return train.load_model_from_workdir(workdir)
+  return trained_lib.load_workdir(workdir)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def recordings(builder, split="train"):
 def test_confidence_is_the_probability_of_the_labelled_species(
     classifier, scores, small_dataset):
   examples = recordings(small_dataset)
-  windows = train.window_config(classifier.model, 48)
+  windows = classifier.windows(48)
   c = scores.columns
   assert set(c["example_index"].tolist()) == set(examples)
   # Split positions count the recordings in the split's order.
@@ -99,7 +99,7 @@ def test_training_on_a_keep_list_sees_only_kept_windows(
   keep |= c["split_position"] == 1
   kept = write_keep_list(scores, keep, tmp_path / "keep.csv")
   examples = recordings(small_dataset)
-  windows = train.window_config(classifier.model, 48)
+  windows = classifier.windows(48)
   allowed = {}
   for row in np.flatnonzero(keep):
     example = examples[int(c["example_index"][row])]

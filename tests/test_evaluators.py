@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from inatsounds_jax import data
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import registry
 from inatsounds_jax.evaluators import common
 from inatsounds_jax.evaluators import file_level
+from inatsounds_jax.geo import prior as prior_lib
 from inatsounds_jax.geo import range_model as range_lib
 
 NUM_WINDOW_FEATURES = 4
@@ -31,10 +33,11 @@ def fake_predict(num_classes):
 
 
 def context(builder, batch_size=8):
+  names = tuple(builder.info.features["label"].names)
   return common.EvalContext(
       builder=builder, windows=input_pipeline.WindowConfig(),
-      batch_size=batch_size,
-      label_names=tuple(builder.info.features["label"].names))
+      batch_size=batch_size, label_names=names,
+      priors=prior_lib.Priors(names, data.true_ranges_path(builder)))
 
 
 def softmax(x):

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from inatsounds_jax import sphere
 from inatsounds_jax import synthetic
 from inatsounds_jax.geo import prior as prior_lib
 from inatsounds_jax.geo import range_model as range_lib
-from inatsounds_jax.geo import ranges as ranges_lib
 from inatsounds_jax.geo import sinr
 
 
@@ -60,7 +60,7 @@ def _observations(num_species=6, per_species=300, seed=0):
   lat, lon, label = [], [], []
   for i, s in enumerate(species):
     for _ in range(per_species):
-      a, b = ranges_lib.random_point_in_range(s["ranges"], rng)
+      a, b = sphere.random_point_in_range(s["ranges"], rng)
       lat.append(a)
       lon.append(b)
       label.append(i)
@@ -87,7 +87,7 @@ def briefly_trained():
 def test_training_recovers_the_ranges(trained):
   model, species = trained
   lat, lon = range_lib.sphere_points(5000)
-  truth = np.stack([ranges_lib.in_range(s["ranges"], lat, lon)
+  truth = np.stack([sphere.in_range(s["ranges"], lat, lon)
                     for s in species], axis=1)
   q = range_lib.quality(model.presence(lat, lon), truth)
   chance = truth.mean()
@@ -148,7 +148,7 @@ def test_missing_coordinates_mask_nothing():
 def test_renamed_label_list_is_matched_by_name_not_index(briefly_trained):
   model, _ = briefly_trained
   labels = list(reversed(model.species_names)) + ["Unknown species"]
-  prior = model.prior(labels)
+  prior = prior_lib.from_range_model(model, labels)
   lat, lon = range_lib.sphere_points(50)
   direct = model.presence(lat, lon)
   via_prior = prior.probabilities(lat, lon)

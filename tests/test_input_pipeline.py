@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 from inatsounds_jax import data_sources
 from inatsounds_jax import input_pipeline as ip
 from inatsounds_jax import label_modes
+from inatsounds_jax.geo import prior as prior_lib
 
 CONFIG = ip.WindowConfig()
 W = CONFIG.window_samples  # 65,920 samples = 512 frames.
@@ -165,7 +166,8 @@ def test_a_training_batch_gives_the_full_mode_its_window_truth(
   # The field the pipeline writes is the one the label mode reads.
   c = ml_collections.ConfigDict({"label_mode": "full", "geo_prior": ""})
   names = small_dataset.info.features["label"].names
-  observe = label_modes.from_config(c, small_dataset, names)
+  observe = label_modes.from_config(c, small_dataset, names,
+                                    prior_lib.Priors(names))
   batch = next(iter(tfds.as_numpy(train_dataset(small_dataset, 8, seed=1))))
   out = observe(batch)
   np.testing.assert_array_equal(out["targets"], batch["audible_in_window"])

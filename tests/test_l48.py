@@ -19,6 +19,8 @@ from inatsounds_jax import l48
 from inatsounds_jax import label_modes
 from inatsounds_jax import registry
 from inatsounds_jax import train
+from inatsounds_jax.objectives import classification
+from inatsounds_jax.geo import prior as prior_lib
 from inatsounds_jax.models import classifier
 from tests import l48_fake
 from tests.test_train import load_config
@@ -294,7 +296,8 @@ def test_label_modes_read_each_clips_mask_from_the_data(built):
                         ("checklist", "mask_checklist"),
                         ("full", "mask_full")):
     observer = label_modes.from_config(
-        ml_collections.ConfigDict({"label_mode": mode}), built, names)
+        ml_collections.ConfigDict({"label_mode": mode}), built, names,
+        prior_lib.Priors(names))
     out = observer(batch)
     np.testing.assert_array_equal(out["label_mask"], batch[feature])
     # Known entries carry the clip's labels; unknown ones are 0 (what the
@@ -328,24 +331,24 @@ def test_image_classifier_normalises_grey_clips_like_the_benchmark():
 def test_config_must_read_clips_with_the_image_frontend_no_augment_no_prior(
     built):
   c = load_config("l48", "tiny")
-  train.check_input(c, built)
+  classification.check_input(c, built)
   with pytest.raises(registry.ConfigError, match=r"frontend_preset "
                      r"'inatsounds' takes waveforms, and dataset 'l48' "
                      r"holds images; use frontend_preset='image'"):
-    train.check_input(ml_collections.ConfigDict(
+    classification.check_input(ml_collections.ConfigDict(
         {**c.to_dict(), "frontend_preset": "inatsounds"}), built)
   c.augment.mixup = True
   with pytest.raises(registry.ConfigError, match="augment.mixup=False"):
-    train.check_input(c, built)
+    classification.check_input(c, built)
   c.augment.mixup = False
   c.geo_prior = "/runs/sinr"
   with pytest.raises(registry.ConfigError, match=r"geo_prior='/runs/sinr': "
                      r"dataset 'l48' holds spectrogram images without "
                      r"recording locations"):
-    train.check_input(c, built)
+    classification.check_input(c, built)
   c.geo_prior = ""
   c.location_input = "encoding"
   with pytest.raises(registry.ConfigError, match=r"location_input='encoding'"
                      r": dataset 'l48' holds spectrogram images without "
                      r"recording locations"):
-    train.check_input(c, built)
+    classification.check_input(c, built)

@@ -96,19 +96,21 @@ def test_a_mode_names_what_the_data_lacks_and_where_to_get_it(
     tmp_path, mode, needs):
   builder = fake_builder(tmp_path, strong_labels=False, checklists=False)
   with pytest.raises(registry.ConfigError, match=needs):
-    label_modes.from_config(config(label_mode=mode), builder, NAMES)
+    label_modes.from_config(config(label_mode=mode), builder, NAMES,
+                            prior_lib.Priors(NAMES))
 
 
 def test_an_unknown_mode_lists_the_choices(tmp_path):
   with pytest.raises(registry.ConfigError,
                      match=r"'targets_only'.*checklist.*full.*geo"):
     label_modes.from_config(config(label_mode="targets_only"),
-                            fake_builder(tmp_path), NAMES)
+                            fake_builder(tmp_path), NAMES,
+                            prior_lib.Priors(NAMES))
 
 
 def test_modes_with_their_data_are_built(tmp_path):
   builder = fake_builder(tmp_path, strong_labels=True, checklists=True)
   for mode in ("target_only", "checklist", "full"):
-    assert label_modes.from_config(config(label_mode=mode), builder,
-                                   NAMES).mode is label_modes.LABEL_MODES.get(
-                                       mode)
+    observer = label_modes.from_config(config(label_mode=mode), builder,
+                                       NAMES, prior_lib.Priors(NAMES))
+    assert observer.mode is label_modes.LABEL_MODES.get(mode)

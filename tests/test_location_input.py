@@ -16,6 +16,7 @@ from inatsounds_jax import predict
 from inatsounds_jax import registry
 from inatsounds_jax import tables
 from inatsounds_jax import train
+from inatsounds_jax import trained as trained_lib
 from inatsounds_jax.geo import location_input
 from inatsounds_jax.geo import prior as prior_lib
 from inatsounds_jax.geo import range_model as range_lib
@@ -275,8 +276,8 @@ def test_prediction_adds_the_training_range_models_log_prior(tmp_path):
   wav = model_workdir.bird_wav()
   unknown = predictor.predict_file(wav)
   located = predictor.predict_file(wav, latitude=42.4, longitude=-76.5)
-  p = range_lib.load(str(tmp_path / "range_model")).prior(
-      names).probabilities([42.4], [-76.5])[0]
+  p = prior_lib.load(str(tmp_path / "range_model"),
+                     names).probabilities([42.4], [-76.5])[0]
   expected = np.log(np.maximum(np.nan_to_num(p, nan=1.0), 1e-3))
   assert (expected[4:] == 0).all() and (expected[:4] < 0).all()
   np.testing.assert_allclose(located.logits - unknown.logits,
@@ -295,13 +296,14 @@ def test_prediction_refuses_a_prior_logits_model_whose_prior_it_cannot_rebuild(
 
 def test_export_refuses_a_model_with_a_location_input(encoding_workdir,
                                                       tmp_path):
-  with pytest.raises(export.BundleError, match="location_input 'encoding'"):
+  with pytest.raises(trained_lib.BundleError,
+                     match="location_input 'encoding'"):
     export.export_bundle(encoding_workdir, str(tmp_path / "bundle"))
   assert not (tmp_path / "bundle").exists()
 
 
 def test_curation_refuses_a_model_with_a_location_input(encoding_workdir):
-  trained = train.load_model_from_workdir(encoding_workdir)
+  trained = trained_lib.load_workdir(encoding_workdir)
   with pytest.raises(registry.ConfigError,
                      match="location_input 'encoding'.*does not pass"):
     curate.window_scorer(trained, "confidence")

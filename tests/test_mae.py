@@ -10,6 +10,7 @@ import pytest
 
 from inatsounds_jax import augment
 from inatsounds_jax import registry
+from inatsounds_jax import objectives
 from inatsounds_jax.models import mae
 from inatsounds_jax.models import vit
 
@@ -164,7 +165,7 @@ def test_a_pretraining_step_trains_encoder_and_decoder_and_ignores_labels():
   from inatsounds_jax import losses
   from inatsounds_jax import train
   model = tiny_mae()
-  objective = train.OBJECTIVES.get("masked_reconstruction")
+  objective = objectives.get("masked_reconstruction")
   loss = losses.LOSSES.get("softmax_ce")
   tx = optax.adamw(1e-2)
   state = train.init_state(model, tx, loss, jax.random.PRNGKey(0), ema=False)

@@ -13,6 +13,7 @@ import pytest
 from inatsounds_jax import curate
 from inatsounds_jax import registry
 from inatsounds_jax import train
+from inatsounds_jax import trained as trained_lib
 from test_train import load_config  # pylint: disable=g-bad-import-order
 import model_workdir  # pylint: disable=g-bad-import-order
 
@@ -81,7 +82,7 @@ def test_pretraining_reports_reconstruction_loss_draws_figures_and_resumes(
 
 
 def mae_encoder(mae_workdir):
-  return train.load_model_from_workdir(mae_workdir).variables["params"]
+  return trained_lib.load_workdir(mae_workdir).variables["params"]
 
 
 @ONE_PROCESS

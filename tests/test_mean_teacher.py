@@ -8,6 +8,7 @@ import pytest
 
 from inatsounds_jax import mean_teacher
 from inatsounds_jax import registry
+from inatsounds_jax.geo import prior as prior_lib
 
 STUDENT = np.array([[0.5, -1.0, 2.0], [0.0, 1.0, -0.5]], np.float32)
 TEACHER = np.array([[1.0, -2.0, 0.5], [0.3, 0.2, -1.5]], np.float32)
@@ -81,8 +82,8 @@ def config(**fields):
 
 def test_from_config_is_off_at_weight_zero_and_converts_epochs():
   assert mean_teacher.from_config(
-      config(mean_teacher={"weight": 0.0}), 10, None, ()) is None
-  t = mean_teacher.from_config(config(), 10, None, ())
+      config(mean_teacher={"weight": 0.0}), 10, prior_lib.Priors(())) is None
+  t = mean_teacher.from_config(config(), 10, prior_lib.Priors(()))
   assert t.rampup_steps == 20 and t.teacher_erasing
 
 
@@ -92,4 +93,4 @@ def test_from_config_is_off_at_weight_zero_and_converts_epochs():
     ({"mean_teacher": {"weight": 1.0, "geo_mask": True}}, "geo_prior")])
 def test_from_config_names_what_is_wrong(fields, message):
   with pytest.raises(registry.ConfigError, match=message):
-    mean_teacher.from_config(config(**fields), 10, None, ())
+    mean_teacher.from_config(config(**fields), 10, prior_lib.Priors(()))

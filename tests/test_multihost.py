@@ -26,6 +26,7 @@ from inatsounds_jax import config_defaults
 from inatsounds_jax import data
 from inatsounds_jax import data_sources
 from inatsounds_jax import train
+from inatsounds_jax import trained as trained_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -99,7 +100,7 @@ def two_shares(original):
 
 
 def final_params(workdir):
-  return train.load_model_from_workdir(workdir)
+  return trained_lib.load_workdir(workdir)
 
 
 @pytest.fixture(scope="module")

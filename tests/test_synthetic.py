@@ -13,7 +13,7 @@ import pytest
 from inatsounds_jax import audio
 from inatsounds_jax import release
 from inatsounds_jax import synthetic
-from inatsounds_jax.geo import ranges as ranges_lib
+from inatsounds_jax import sphere
 from tests.conftest import SMALL
 
 
@@ -110,7 +110,7 @@ def test_corpus_statistics_are_realistic(tmp_path):
   # Locations come from the species' ranges.
   for s in specs[:300]:
     if s["latitude"] is not None:
-      assert ranges_lib.in_range(species[s["category_id"]]["ranges"],
+      assert sphere.in_range(species[s["category_id"]]["ranges"],
                                  s["latitude"], s["longitude"])
 
 
@@ -152,7 +152,7 @@ def test_checklists_list_the_target_miss_some_callers_add_site_species():
     site_species += len(extra)
     for cid in extra:  # Only species living at the site.
       assert spec["latitude"] is not None
-      assert ranges_lib.in_range(species[cid]["ranges"], spec["latitude"],
+      assert sphere.in_range(species[cid]["ranges"], spec["latitude"],
                                  spec["longitude"])
   # About 15 % of background callers are left off; some site species added.
   assert 0.75 < listed_callers / callers < 0.95

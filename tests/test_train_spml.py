@@ -11,6 +11,7 @@ import pytest
 
 from inatsounds_jax import losses
 from inatsounds_jax import train
+from inatsounds_jax import trained as trained_lib
 from tests.test_train import assert_trees_close
 from tests.test_train import tiny_config
 
@@ -103,7 +104,7 @@ def test_one_and_eight_devices_agree_with_a_stateful_loss(data_dir, tmp_path,
   assert_trees_close(one["params"], eight["params"], rtol=2e-4, atol=2e-5)
   # A workdir's model loads without the data that sized the tables.
   monkeypatch.setattr(losses, "ROW_MULTIPLE", 64)
-  model = train.load_model_from_workdir(str(tmp_path / "eight"))
+  model = trained_lib.load_workdir(str(tmp_path / "eight"))
   assert model.multilabel
 
 

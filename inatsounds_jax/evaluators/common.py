@@ -33,6 +33,7 @@ import tensorflow_datasets as tfds
 
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import registry
+from inatsounds_jax.geo import prior as prior_lib
 from inatsounds_jax.models import conv
 
 # (int16 waveforms `[batch, window_samples]` of this process, and
@@ -51,6 +52,9 @@ class EvalContext:
   windows: input_pipeline.WindowConfig  # The model's window and frontend.
   batch_size: int  # Global batch of windows.
   label_names: tuple[str, ...]
+  # The run's geographic priors by source (`geo.prior.Priors`: each loaded
+  # once; "" gives None).
+  priors: prior_lib.Priors
 
 
 @dataclasses.dataclass(frozen=True)

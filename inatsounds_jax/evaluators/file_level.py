@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 
-from absl import logging
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
@@ -39,7 +38,6 @@ from inatsounds_jax import plots
 from inatsounds_jax import registry
 from inatsounds_jax.evaluators import common
 from inatsounds_jax.geo import prior as prior_lib
-from inatsounds_jax.geo import range_model as range_lib
 
 POOLINGS = ("mean", "max")
 HEADLINE = ("top1", "top5", "map", "mf1")
@@ -74,30 +72,6 @@ class FilePooler:
     counts = np.asarray(self._count, np.float64)[:, None]
     return {"labels": np.asarray(self.labels, np.int64),
             "mean": np.stack(self._sum) / counts, "max": np.stack(self._max)}
-
-
-def load_prior(source: str, builder: tfds.core.DatasetBuilder,
-               label_names, min_coverage: float
-               ) -> prior_lib.GeoPrior | None:
-  """The prior `source` over `label_names`, its coverage checked, or None."""
-  if not source:
-    return None
-  if source == "synthetic_truth":
-    path = data.true_ranges_path(builder)
-    if path is None:
-      raise registry.ConfigError(
-          f"geo_prior 'synthetic_truth' needs the synthetic corpus's true "
-          f"ranges next to the records in {builder.data_path}; this dataset "
-          "has none")
-    prior = prior_lib.from_range_circles(path, label_names)
-  else:
-    prior = range_lib.load(source).prior(label_names)
-  try:
-    logging.info("Geographic prior %s: %s", source,
-                 prior.check_coverage(min_coverage))
-  except ValueError as e:  # It covers no label.
-    raise registry.ConfigError(f"geo_prior {source}: {e}") from None
-  return prior
 
 
 def evaluate_split(predict: common.PredictFn,
@@ -193,8 +167,7 @@ class Evaluator:
           f"split {split!r} is not in the dataset; it has {sorted(splits)}")
     self.context, self.split, self.threshold = context, split, geo_threshold
     self.priors = {
-        view: load_prior(source, context.builder, context.label_names,
-                         min_prior_coverage)
+        view: context.priors(source, min_prior_coverage)
         for view, source in (("prior", geo_prior),
                              ("ceiling", geo_ceiling_prior)) if source}
     views = ("no_prior", *self.priors)

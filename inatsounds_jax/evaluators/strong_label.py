@@ -35,7 +35,6 @@ from inatsounds_jax import input_pipeline
 from inatsounds_jax import metrics as metrics_lib
 from inatsounds_jax import registry
 from inatsounds_jax.evaluators import common
-from inatsounds_jax.evaluators import file_level
 from inatsounds_jax.geo import prior as prior_lib
 
 SCORES = {"sigmoid": jax.nn.sigmoid,
@@ -73,9 +72,7 @@ class Evaluator:
           f"scores {scores!r}: choose from {sorted(SCORES)}")
     self.context, self.split, self.threshold = context, split, geo_threshold
     self.squash = SCORES[scores]
-    self.prior = file_level.load_prior(geo_prior, context.builder,
-                                       context.label_names,
-                                       min_prior_coverage)
+    self.prior = context.priors(geo_prior, min_prior_coverage)
     self.views = ("no_prior",) if self.prior is None else ("no_prior",
                                                            "prior")
     self.metric_names = tuple(f"{view}/{level}_map" for view in self.views

@@ -4,6 +4,12 @@ A range model covers its own species list; a classifier has another. The two
 are matched by species name, never by index. Rules the users asked for:
 missing coordinates mask nothing; species the range model does not cover are
 never masked; the prior's probability can be reported instead of applied.
+
+The one way to load a prior is here: `load(source, labels)` for one, and
+`Priors` for a run, which loads each source once (a run's label modes, mean
+teacher, location input and evaluations share it). A source is
+`SYNTHETIC_TRUTH` (the synthetic corpus's true ranges), a range-model
+workdir or saved folder, or a SINR `.pt` file (`range_model.load`).
 """
 
 from __future__ import annotations
@@ -13,8 +19,14 @@ from collections.abc import Callable, Sequence
 from absl import logging
 import numpy as np
 
+from inatsounds_jax import registry
+from inatsounds_jax import sphere
 from inatsounds_jax import storage
-from inatsounds_jax.geo import ranges as ranges_lib
+from inatsounds_jax.geo import range_model as range_lib
+
+# The synthetic corpus's true ranges (`species_ranges.json` beside its
+# records) as a prior source.
+SYNTHETIC_TRUTH = "synthetic_truth"
 
 # presence(lat [n], lon [n]) -> probability [n, num_range_species].
 PresenceFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -105,10 +117,16 @@ def from_range_circles(path: str, label_names: Sequence[str]) -> GeoPrior:
   names = [s["name"] for s in species]
 
   def presence(lat, lon):
-    return np.stack([ranges_lib.in_range(s["ranges"], lat, lon)
+    return np.stack([sphere.in_range(s["ranges"], lat, lon)
                      for s in species], axis=1).astype(np.float64)
 
   return GeoPrior(presence, names, label_names)
+
+
+def from_range_model(model: range_lib.RangeModel,
+                     label_names: Sequence[str]) -> GeoPrior:
+  """A trained range model's presence over a classifier's labels."""
+  return GeoPrior(model.presence, model.species_names, label_names)
 
 
 def lowest_logit_mask(logits: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -116,3 +134,59 @@ def lowest_logit_mask(logits: np.ndarray, keep: np.ndarray) -> np.ndarray:
   return np.where(keep, logits, logits.min(axis=-1, keepdims=True))
 
 
+
+
+def load(source: str, label_names: Sequence[str],
+         true_ranges_path: str | None = None) -> GeoPrior:
+  """The prior `source` over `label_names` (see the module docstring).
+
+  `true_ranges_path` is the synthetic corpus's `species_ranges.json`, which
+  `SYNTHETIC_TRUTH` needs (`data.true_ranges_path`; None where the dataset
+  has none).
+
+  Raises:
+    registry.ConfigError: `SYNTHETIC_TRUTH` without true ranges.
+    OSError, ValueError: a range model that cannot be read.
+  """
+  if source == SYNTHETIC_TRUTH:
+    if true_ranges_path is None:
+      raise registry.ConfigError(
+          f"geo_prior {SYNTHETIC_TRUTH!r} needs the synthetic corpus's true "
+          "ranges next to its records; this dataset has none (give a range "
+          "model instead)")
+    return from_range_circles(true_ranges_path, label_names)
+  return from_range_model(range_lib.load(source), label_names)
+
+
+class Priors:
+  """A run's priors over its labels, each source loaded once.
+
+  Built once when a run is set up and passed to everything that applies a
+  prior, so two consumers of one source share one model.
+  """
+
+  def __init__(self, label_names: Sequence[str],
+               true_ranges_path: str | None = None):
+    self.label_names = tuple(label_names)
+    self.true_ranges_path = true_ranges_path
+    self._loaded: dict[str, GeoPrior] = {}
+
+  def __call__(self, source: str, min_coverage: float = 0.5
+               ) -> GeoPrior | None:
+    """The prior `source` ("" : None), its coverage checked.
+
+    Raises:
+      registry.ConfigError: `source` cannot be loaded or covers no label.
+    """
+    if not source:
+      return None
+    if source not in self._loaded:
+      self._loaded[source] = load(source, self.label_names,
+                                  self.true_ranges_path)
+    prior = self._loaded[source]
+    try:
+      logging.info("Geographic prior %s: %s", source,
+                   prior.check_coverage(min_coverage))
+    except ValueError as e:  # It covers no label.
+      raise registry.ConfigError(f"geo_prior {source}: {e}") from None
+    return prior

@@ -23,8 +23,9 @@ import orbax.checkpoint as ocp
 
 from inatsounds_jax import metrics as metrics_lib
 from inatsounds_jax import plots
+from inatsounds_jax import sphere
 from inatsounds_jax import storage
-from inatsounds_jax.geo import prior as prior_lib
+from inatsounds_jax import workdir as workdir_lib
 from inatsounds_jax.geo import sinr
 
 METADATA_FILE = "range_model.json"
@@ -142,10 +143,6 @@ class RangeModel:
     return np.concatenate(
         [np.asarray(apply(self.params, lat[i:i + chunk], lon[i:i + chunk]))
          for i in range(0, max(len(lat), 1), chunk)], axis=0)
-
-  def prior(self, label_names: Sequence[str]) -> prior_lib.GeoPrior:
-    """A `GeoPrior` over a classifier's labels (matched by name)."""
-    return prior_lib.GeoPrior(self.presence, self.species_names, label_names)
 
   def save(self, directory: str) -> None:
     directory = storage.resolve(directory)
@@ -288,11 +285,15 @@ def quality(presence: np.ndarray, truth: np.ndarray,
 def true_ranges(species_ranges_path: str, species_names: Sequence[str],
                 lat, lon) -> np.ndarray:
   """bool `[points, species]` from the synthetic `species_ranges.json`."""
-  truth = prior_lib.from_range_circles(species_ranges_path, species_names)
-  if not truth.covered.all():
-    missing = [n for n, c in zip(species_names, truth.covered) if not c]
+  ranges = {s["name"]: s["ranges"]
+            for s in storage.read_json(species_ranges_path)}
+  missing = [n for n in species_names if n not in ranges]
+  if missing:
     raise ValueError(f"{species_ranges_path} has no range for {missing[:3]}")
-  return truth.probabilities(lat, lon) == 1.0
+  lat = np.asarray(lat, np.float64).reshape(-1)
+  lon = np.asarray(lon, np.float64).reshape(-1)
+  return np.stack([sphere.in_range(ranges[n], lat, lon)
+                   for n in species_names], axis=1)
 
 
 def plot_range_maps(presence_fn: Callable, species_names: Sequence[str],
@@ -381,5 +382,5 @@ def load(path: str) -> RangeModel:
   folder = storage.resolve(path)
   if folder.is_file():
     return from_sinr_torch(path)
-  nested = folder / "range_model"
+  nested = folder / workdir_lib.SAVED_RANGE_MODEL_DIR
   return RangeModel.load(nested if nested.is_dir() else folder)

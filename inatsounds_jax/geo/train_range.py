@@ -18,6 +18,7 @@ import numpy as np
 
 from inatsounds_jax import data
 from inatsounds_jax import storage
+from inatsounds_jax import workdir as workdir_lib
 from inatsounds_jax.geo import range_model as range_lib
 
 QUALITY_POINTS = 20_000  # Evenly over the sphere, ~160 km apart.
@@ -54,8 +55,9 @@ def evaluate(config, workdir: str, model: range_lib.RangeModel,
                for i in np.argsort(-counts, kind="stable")[:6]]
   results["maps"] = range_lib.plot_range_maps(
       model.presence, model.species_names, species,
-      os.fspath(storage.resolve(workdir) / "range_maps.png"))
-  storage.write_json(storage.resolve(workdir) / RESULTS_FILE, results)
+      os.fspath(workdir_lib.path(workdir, workdir_lib.RANGE_MAPS_FILE)))
+  storage.write_json(workdir_lib.path(workdir, workdir_lib.RANGE_RESULTS_FILE),
+                     results)
   return results
 
 
@@ -73,31 +75,29 @@ def train_and_evaluate(config, workdir: str) -> dict:
       lr_decay_per_epoch=config.lr_decay_per_epoch, width=config.width,
       depth=config.depth, dropout=config.dropout,
       pos_weight=config.pos_weight, seed=config.seed, log=log)
-  model.save(storage.resolve(workdir) / "range_model")
+  model.save(workdir_lib.path(workdir, workdir_lib.SAVED_RANGE_MODEL_DIR))
   writer.flush()
   return evaluate(config, workdir, model, observations, builder)
 
 
-RESULTS_FILE = "range_results.json"
-# Where a classifier run keeps the range model it trains for itself.
-CLASSIFIER_SUBDIR = "range_model"
-
-
-def train_for_classifier(config, workdir: str) -> None:
-  """Makes `config.range_model` (a range-model job config) `config`'s prior.
+def train_for_classifier(config, workdir: str) -> str:
+  """Trains `config.range_model` (a range-model job config) for a classifier.
 
   The range model learns from the classifier's own dataset (its train
   split) in `WORKDIR/range_model`, once: a resumed run or `--mode=eval`
-  finds it there. Sets `config.geo_prior` (every evaluation follows it) to
-  that folder. With several processes, process 0 trains it; the others
+  finds it there. With several processes, process 0 trains it; the others
   wait.
 
   Args:
     config: a classifier config with `range_model` set.
     workdir: the classifier run's workdir.
+
+  Returns:
+    The folder (the classifier's prior: the caller makes it `geo_prior`).
   """
-  folder = storage.resolve(workdir) / CLASSIFIER_SUBDIR
-  if jax.process_index() == 0 and not (folder / RESULTS_FILE).exists():
+  folder = workdir_lib.path(workdir, workdir_lib.RANGE_MODEL_DIR)
+  if jax.process_index() == 0 and not (
+      folder / workdir_lib.RANGE_RESULTS_FILE).exists():
     job = config.range_model.copy_and_resolve_references()
     job.update({field: config[field] for field in (
         "dataset", "data_dir", "manual_dir", "dataset_options")})
@@ -106,7 +106,7 @@ def train_for_classifier(config, workdir: str) -> None:
     logging.info("%s", format_results(train_and_evaluate(job, folder)))
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("range model trained")
-  config.geo_prior = os.fspath(folder)
+  return os.fspath(folder)
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict:

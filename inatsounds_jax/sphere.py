@@ -1,11 +1,12 @@
-"""Species ranges as unions of circles on the sphere.
+"""Plain sphere geometry: species ranges as unions of circles.
 
 A range is a list of circles `{"lat": deg, "lon": deg, "radius_km": km}`; a
 point is inside when it lies within any circle (great-circle distance on a
 sphere of radius `EARTH_RADIUS_KM`). The synthetic corpus draws its species'
 ranges and recording locations this way and writes them to its
-`species_ranges.json`; `prior.from_range_circles` turns that file into a
-`GeoPrior`.
+`species_ranges.json`; `geo.prior.from_range_circles` turns that file into a
+`GeoPrior`. Numpy only, so the corpus generator uses it without the
+geographic-prior package (which trains and loads range models).
 """
 
 from __future__ import annotations

@@ -4,17 +4,23 @@
 `models.mae.MaskedAutoencoder` through `train.py`'s loop: the encoder is the
 ViT named by `config.model` (`vit_b16`, ...), the masking and decoder options
 are `config.mae`, and labels are read but unused. The masking is the only
-augmentation (AudioMAE pretrains without SpecAugment or mixup).
+augmentation (AudioMAE pretrains without SpecAugment or mixup, Huang et al.
+2022, s. 3.4). A window's curation score is its masked-patch loss on the
+model's fixed evaluation masks (the MAE study on iNatSounds keeps the hard,
+high-loss segments: Liu et al. 2026, s. 4.7).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import tensorflow_datasets as tfds
 
 from inatsounds_jax import augment
 from inatsounds_jax import frontend as frontend_lib
+from inatsounds_jax import input_pipeline
 from inatsounds_jax import models
+from inatsounds_jax import objectives
 from inatsounds_jax import registry
 from inatsounds_jax.models import mae as mae_lib
 from inatsounds_jax.models import vit
@@ -57,9 +63,8 @@ def make_model(config, num_classes: int, multilabel: bool
     raise registry.ConfigError(f"config.mae: {e}") from None
 
 
-def reconstruction_loss(params, state, batch: dict, rng: jax.Array, *,
-                        model: mae_lib.MaskedAutoencoder, loss,
-                        augment_config):
+def loss(params, state, batch: dict, rng: jax.Array, *,
+         model: mae_lib.MaskedAutoencoder, loss, augment_config):
   """Mean masked-patch MSE of the batch: (value, ({}, {}, loss state))."""
   del loss, augment_config  # The masking is the objective's augmentation.
   mask_rng, dropout_rng = jax.random.split(rng)
@@ -69,3 +74,32 @@ def reconstruction_loss(params, state, batch: dict, rng: jax.Array, *,
                     method=mae_lib.MaskedAutoencoder.reconstruct,
                     rngs={"mask": mask_rng, "dropout": dropout_rng})
   return out["loss"].mean(), ({}, {}, state.loss_state)
+
+
+def check_input(config, builder: tfds.core.DatasetBuilder) -> None:
+  """The autoencoder reconstructs the library's own spectrograms, so it
+  needs audio records and an audio frontend.
+
+  Raises:
+    registry.ConfigError.
+  """
+  if input_pipeline.is_image_dataset(builder) or isinstance(
+      frontend_lib.get_config(config.frontend_preset),
+      frontend_lib.ImageInputConfig):
+    raise registry.ConfigError(
+        f"objective 'masked_reconstruction' reconstructs spectrograms of "
+        f"audio; dataset {config.dataset!r} with frontend_preset "
+        f"{config.frontend_preset!r} does not give it waveforms")
+
+
+def reconstruction_scorer(trained):
+  """`(variables, waveform, label) -> masked-patch loss` of each window."""
+  model = trained.model
+  return lambda variables, waveform, label: model.apply(
+      variables, waveform)["loss"]
+
+
+OBJECTIVE = objectives.Objective(
+    make_model=make_model, loss=loss, check_input=check_input,
+    window_score="reconstruction", scorer=reconstruction_scorer,
+    uses_labels=False)
