@@ -10,7 +10,7 @@ looped to `--minutes` and written as one 32 kHz mono 16-bit WAV, which every
 contender reads from disk. Speed is audio seconds per second of processing
 ("x real time", higher is faster; the real-time factor is its inverse).
 
-- ours (JAX): `predict.Predictor.predict_file`, MobileNet-V3-Large at the
+- ours (JAX): `inference.Predictor.predict_file`, MobileNet-V3-Large at the
   paper's 3 x 224 x 224 image, 5,569 classes, 1.5 s hop (258 frames),
   random weights (speed does not depend on them); decode + windows + XLA.
 - ours (TFLite): the same model through `export.to_tflite`, XNNPACK with
@@ -92,9 +92,9 @@ def _model(backbone: str):
 
 def bench_jax(path: str, warmup: str, batch_size: int) -> dict:
   from inatsounds_jax import audio  # pylint: disable=import-outside-toplevel
-  from inatsounds_jax import predict  # pylint: disable=import-outside-toplevel
-  predictor = predict.Predictor(_model("mobilenet_v3_large"),
-                                batch_size=batch_size)
+  from inatsounds_jax import inference as inference_lib  # pylint: disable=import-outside-toplevel
+  predictor = inference_lib.Predictor(_model("mobilenet_v3_large"),
+                                      batch_size=batch_size)
   predictor.predict_file(warmup)  # Compiles.
   start = time.perf_counter()
   table = predictor.predict_file(path)
@@ -110,7 +110,7 @@ def bench_tflite(path: str, warmup: str, batch_size: int,
                  threads: int) -> dict:
   from inatsounds_jax import audio  # pylint: disable=import-outside-toplevel
   from inatsounds_jax import export  # pylint: disable=import-outside-toplevel
-  from inatsounds_jax import predict  # pylint: disable=import-outside-toplevel
+  from inatsounds_jax import input_pipeline  # pylint: disable=import-outside-toplevel
   from inatsounds_jax import train  # pylint: disable=import-outside-toplevel
   trained = _model("mobilenet_v3_large")
   start = time.perf_counter()
@@ -122,8 +122,9 @@ def bench_tflite(path: str, warmup: str, batch_size: int,
   def run(file: str) -> tuple[int, float]:
     n, model_seconds = 0, 0.0
     with audio.open_audio_file(file) as decoder:
-      layout = predict.Layout.of(decoder.num_samples, windows_config)
-      for windows in predict.chunked_windows(decoder, layout, 60 * 22_050):
+      layout = input_pipeline.Layout.of(decoder.num_samples, windows_config)
+      for windows in input_pipeline.chunked_windows(decoder, layout,
+                                                    60 * 22_050):
         for i in range(0, len(windows), batch_size):
           batch = windows[i:i + batch_size].astype(np.float32) / (
               audio.INT16_SCALE)
@@ -182,8 +183,10 @@ import os, resource, sys, time
 sys.path.insert(0, {benchmarks!r})
 import numpy as np
 import inference
+from inatsounds_jax import inference as inference_lib
 from inatsounds_jax import predict
-predictor = predict.Predictor(inference._model("placeholder"), batch_size=32)
+predictor = inference_lib.Predictor(inference._model("placeholder"),
+                                    batch_size=32)
 path, warmup, how, out = sys.argv[1:5]
 options = predict.RunOptions(formats=("raven", "csv"), embeddings="npz")
 

@@ -147,16 +147,16 @@ def find_audio_files(name: str, path: str) -> list[str]:
     registry.ConfigError: not a folder, or no audio in it.
   """
   # Imported here: prediction imports the training loop, which imports us.
-  from inatsounds_jax import predict  # pylint: disable=import-outside-toplevel
+  from inatsounds_jax import inference  # pylint: disable=import-outside-toplevel
   if not path or not tf.io.gfile.isdir(path):
     raise registry.ConfigError(
         f"pretrain_sources.{name}.path={path!r}: no such folder")
   try:
-    return [full for full, _ in predict.find_audio(path)]
-  except predict.InputError:
+    return [full for full, _ in inference.find_audio(path)]
+  except inference.InputError:
     raise registry.ConfigError(
         f"pretrain_sources.{name}.path={path}: no audio files "
-        f"({', '.join(predict.AUDIO_EXTENSIONS)}) in this folder") from None
+        f"({', '.join(inference.AUDIO_EXTENSIONS)}) in this folder") from None
 
 
 class _FolderDecoder:

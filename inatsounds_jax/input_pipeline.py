@@ -13,8 +13,11 @@ frontend applied to a window gives exactly those frames of the whole file.
 - Eval: dense windows every `eval_stride_frames`, centred zero padding so the
   last window fits (the iNatSounds paper's evaluation protocol). Each window
   carries its recording id and a validity mask; the last partial batch is
-  padded with masked
-  windows, so every window of every file is seen exactly once.
+  padded with masked windows, so every window of every file is seen exactly
+  once.
+- Prediction: the eval layout at the prediction's hop (`Layout`), cut chunk
+  by chunk as a recording is decoded (`chunked_windows`), equal to cutting
+  the whole file.
 
 Datasets of spectrogram images (the Merlin L48 clips, `tfds_builders/l48`)
 are already cut: each clip is one window, its recording the asset it comes
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+from collections.abc import Iterable, Iterator
 
 import jax
 import numpy as np
@@ -121,6 +125,101 @@ def train_layout(num_samples, seed: tf.Tensor, config: WindowConfig):
   start = tf.where(slack >= 0, start, 0)
   left = tf.where(slack >= 0, 0, -slack // 2)
   return start[None], left
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Where a recording's dense evaluation windows lie (`eval_layout` at
+  `windows.eval_stride_frames`): the first sample of each, negative where a
+  window starts in the left padding."""
+  first_sample: np.ndarray  # [n] int64
+  num_samples: int
+  windows: WindowConfig
+
+  @classmethod
+  def of(cls, num_samples: int, windows: WindowConfig) -> Layout:
+    starts, left = eval_layout(num_samples, windows)
+    first = (np.asarray(starts, np.int64) - int(left)) * (
+        windows.frontend.hop_length)
+    return cls(first, num_samples, windows)
+
+  def times(self, first: int = 0, stop: int | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) seconds of windows `first` .. `stop` - 1 (all by
+    default), clipped to the recording."""
+    rate = self.windows.frontend.sample_rate
+    first_sample = self.first_sample[first:stop]
+    start = np.maximum(first_sample, 0)
+    end = np.minimum(first_sample + self.windows.window_samples,
+                     self.num_samples)
+    return start / rate, end / rate
+
+
+class LengthChanged(Exception):
+  """A stream's length differs from its layout's (a header that was wrong);
+  cut it again with `actual`."""
+
+  def __init__(self, actual: int):
+    super().__init__(actual)
+    self.actual = actual
+
+
+def chunked_windows(blocks: Iterable[np.ndarray], layout: Layout,
+                    chunk_samples: int) -> Iterator[np.ndarray]:
+  """int16 windows `[k, window_samples]` of a block stream, in order.
+
+  Windows are cut whenever `chunk_samples` samples have arrived, each with
+  `cut_windows` on the buffered samples, so the result equals cutting the
+  whole file at once; only the samples of windows not yet cut are kept.
+
+  Raises:
+    LengthChanged: the stream's length differs from `layout.num_samples`.
+  """
+  hop = layout.windows.frontend.hop_length
+  size = layout.windows.window_samples
+  first = layout.first_sample
+  pending: list[np.ndarray] = []
+  buffer_start = 0  # Sample index of the buffer's first sample.
+  received = 0
+  next_window = 0
+
+  def cut(upto: int, final: bool):
+    nonlocal pending, buffer_start, next_window
+    ready = len(first) if final else int(np.searchsorted(
+        first + size, upto, side="right"))
+    if ready <= next_window:
+      return None
+    buffer = np.concatenate(pending) if pending else np.zeros(0, np.int16)
+    # Frames relative to the buffer; windows before its start are padding.
+    relative = (first[next_window:ready] - buffer_start) // hop
+    left = int(max(0, -relative.min()))
+    out = cut_windows(buffer, (relative + left).astype(np.int32), left,
+                      layout.windows).numpy()
+    next_window = ready
+    end = buffer_start + len(buffer)
+    # The next window's first sample (or the end: samples not yet received
+    # are never dropped, whatever the hop).
+    keep_from = min(max(0, int(first[ready])) if ready < len(first) else end,
+                    end)
+    pending = [buffer[keep_from - buffer_start:]]
+    buffer_start = keep_from
+    return out
+
+  buffered = 0
+  for block in blocks:
+    pending.append(block)
+    received += len(block)
+    buffered += len(block)
+    if buffered >= chunk_samples:
+      buffered = 0
+      windows = cut(received, final=False)
+      if windows is not None:
+        yield windows
+  if received != layout.num_samples:
+    raise LengthChanged(received)
+  windows = cut(received, final=True)
+  if windows is not None:
+    yield windows
 
 
 # ---------------------------------------------------------------------------

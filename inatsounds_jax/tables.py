@@ -319,3 +319,57 @@ EMBEDDING_FORMATS: registry.Registry[EmbeddingFormat] = registry.Registry(
 EMBEDDING_FORMATS.add("npz", EmbeddingFormat(".embeddings.npz", NpzWriter))
 EMBEDDING_FORMATS.add("parquet", EmbeddingFormat(".embeddings.parquet",
                                                  ParquetWriter))
+
+
+# ---------------------------------------------------------------------------
+# A recording's files.
+# ---------------------------------------------------------------------------
+
+def output_paths(stem: str, formats: Sequence[str], embeddings: str
+                 ) -> dict[str, str]:
+  """{format name: path} of a recording's files: `stem` (a path without
+  suffix) with the suffix of each table format and of the embeddings
+  format ("": none)."""
+  paths = {name: stem + FORMATS.get(name).suffix for name in formats}
+  if embeddings:
+    paths[embeddings] = stem + EMBEDDING_FORMATS.get(embeddings).suffix
+  return paths
+
+
+class RecordingFiles:
+  """One recording's files (`output_paths`), filled chunk by chunk: rows
+  and per-window arrays are appended as windows are classified, and the
+  files get their names (`commit`) only when the recording is done.
+
+  Attributes:
+    detections: the rows added so far.
+  """
+
+  def __init__(self, paths: dict[str, str], band: Band, with_prior: bool):
+    self.tables = [FORMATS.get(name).open(path, band, with_prior)
+                   for name, path in paths.items() if name in FORMATS]
+    self.embeddings = next((EMBEDDING_FORMATS.get(name).open(path)
+                            for name, path in paths.items()
+                            if name in EMBEDDING_FORMATS), None)
+    self.detections = 0
+
+  def _files(self) -> list[PartialFile]:
+    return self.tables + ([self.embeddings] if self.embeddings else [])
+
+  def add(self, rows: Sequence[Detection], arrays: dict[str, np.ndarray]
+          ) -> None:
+    """Appends detection rows to the tables, `arrays` (window times,
+    embeddings, logits) to the embeddings file."""
+    for writer in self.tables:
+      writer.add(rows)
+    self.detections += len(rows)
+    if self.embeddings:
+      self.embeddings.add(arrays)
+
+  def commit(self) -> None:
+    for f in self._files():
+      f.commit()
+
+  def discard(self) -> None:
+    for f in self._files():
+      f.discard()

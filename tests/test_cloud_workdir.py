@@ -18,7 +18,6 @@ from inatsounds_jax import checkpoints
 from inatsounds_jax import config_defaults
 from inatsounds_jax import export
 from inatsounds_jax import plots
-from inatsounds_jax import predict
 from inatsounds_jax import registry
 from inatsounds_jax import storage
 from inatsounds_jax import train
@@ -117,8 +116,8 @@ def test_bundle_exported_from_a_bucket_workdir_into_the_bucket_predicts(
   assert (bucket / "bucket" / "bundle" /
           trained_lib.BUNDLE_CONFIG_FILE).exists()
   assert not (bucket / "bucket" / "bundle.partial").exists()
-  from_bundle = predict.load_model("gs://bucket/bundle")
-  from_workdir = predict.load_model("gs://bucket/model")
+  from_bundle = trained_lib.load("gs://bucket/bundle")
+  from_workdir = trained_lib.load("gs://bucket/model")
   x = np.zeros((2, from_bundle.model.window_samples), np.float32)
   np.testing.assert_array_equal(
       from_bundle.model.apply(from_bundle.variables, x),

@@ -12,8 +12,9 @@ import pytest
 
 from inatsounds_jax import audio
 from inatsounds_jax import export
+from inatsounds_jax import inference
 from inatsounds_jax import input_pipeline
-from inatsounds_jax import predict
+from inatsounds_jax import trained as trained_lib
 from inatsounds_jax.models import classifier as classifier_lib
 
 import model_workdir
@@ -112,7 +113,7 @@ def test_tflite_agrees_with_the_jax_export(bundle, real_windows, batch):
 def test_load_gives_the_flax_module_and_variables(bundle, workdir):
   model, variables = export.load(bundle)
   assert isinstance(model, classifier_lib.Classifier)
-  from_workdir = predict.load_model(workdir)
+  from_workdir = trained_lib.load(workdir)
   x = np.zeros((2, model.window_samples), np.float32)
   np.testing.assert_array_equal(
       model.apply(variables, x),
@@ -123,8 +124,8 @@ def test_predict_from_the_bundle_alone(bundle, workdir, tmp_path):
   copy = tmp_path / "bundle"
   subprocess.run(["cp", "-r", bundle, str(copy)], check=True)
   path = model_workdir.yellowthroat_mp3()
-  from_bundle = predict.Predictor(str(copy)).predict_file(path)
-  from_workdir = predict.Predictor(workdir).predict_file(path)
+  from_bundle = inference.Predictor(str(copy)).predict_file(path)
+  from_workdir = inference.Predictor(workdir).predict_file(path)
   np.testing.assert_array_equal(from_bundle.logits, from_workdir.logits)
 
 
@@ -137,4 +138,4 @@ def test_a_bundle_of_another_format_is_refused(bundle, tmp_path):
   config_path.write_text(json.dumps(config))
   with pytest.raises(export.BundleError, match=r"bundle format 0 \(written "
                      r"by inatsounds_jax 0.0.1\).*export it again"):
-    predict.Predictor(str(copy))
+    inference.Predictor(str(copy))

@@ -64,6 +64,51 @@ def _all(ds):
   return list(tfds.as_numpy(ds))
 
 
+# Prediction's windows: the eval layout at a 1.5-s hop, cut chunk by chunk.
+PREDICT = ip.WindowConfig(window_frames=512, eval_stride_frames=258)
+HOP = PREDICT.frontend.hop_length
+PW = PREDICT.window_samples
+
+
+@pytest.mark.parametrize("num_samples, expected", [
+    (1, 1), (511, 1), (PW, 1),
+    (PW + HOP, 2),  # One frame more: a second window.
+    (PW + 258 * HOP, 2),
+    (PW + 258 * HOP + HOP, 3),
+    (22_050 * 60, 40),  # 10,332 frames: ceil((10,332 - 512) / 258) + 1.
+])
+def test_window_counts_and_times_at_edge_lengths(num_samples, expected):
+  layout = ip.Layout.of(num_samples, PREDICT)
+  assert len(layout.first_sample) == expected
+  start, end = layout.times()
+  duration = num_samples / 22_050
+  assert start[0] == 0 and np.all(end <= duration + 1e-12)
+  assert np.all(end > start)
+  assert np.all(np.diff(start[1:]) == pytest.approx(258 * HOP / 22_050))
+  if num_samples >= PW:
+    assert np.all(end - start <= PW / 22_050 + 1e-12)
+
+
+@pytest.mark.parametrize("num_samples", [300, 65_408, 65_409, 200_001])
+@pytest.mark.parametrize("chunk", [1, 5_000, 10**9])
+def test_chunked_windows_equal_cutting_the_whole_file(num_samples, chunk):
+  rng = np.random.default_rng(num_samples)
+  waveform = rng.integers(-3000, 3000, num_samples).astype(np.int16)
+  starts, left = ip.eval_layout(num_samples, PREDICT)
+  whole = ip.cut_windows(waveform, starts, left, PREDICT).numpy()
+  cuts = np.cumsum(rng.integers(1, 7000, num_samples // 1000 + 2))
+  blocks = np.split(waveform, cuts[cuts < num_samples])
+  chunked = np.concatenate(list(ip.chunked_windows(
+      blocks, ip.Layout.of(num_samples, PREDICT), chunk)))
+  np.testing.assert_array_equal(chunked, whole)
+
+
+def test_a_header_length_that_is_wrong_is_caught():
+  layout = ip.Layout.of(10_000, PREDICT)
+  with pytest.raises(ip.LengthChanged):
+    list(ip.chunked_windows([np.zeros(9_000, np.int16)], layout, 10**9))
+
+
 def test_eval_covers_every_window_exactly_once(small_dataset):
   batches = _all(ip.eval_dataset(small_dataset, "validation", 8, CONFIG,
                                  process_index=0, process_count=1))

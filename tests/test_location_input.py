@@ -12,6 +12,7 @@ from inatsounds_jax import adaptation
 from inatsounds_jax import augment
 from inatsounds_jax import curate
 from inatsounds_jax import export
+from inatsounds_jax import inference
 from inatsounds_jax import predict
 from inatsounds_jax import registry
 from inatsounds_jax import tables
@@ -213,7 +214,7 @@ def encoding_workdir(tmp_path_factory):
 
 def test_prediction_passes_the_recordings_location_to_an_encoding_model(
     encoding_workdir):
-  predictor = predict.Predictor(encoding_workdir, batch_size=4)
+  predictor = inference.Predictor(encoding_workdir, batch_size=4)
   wav = model_workdir.bird_wav()
   unknown = predictor.predict_file(wav)
   located = predictor.predict_file(wav, latitude=42.4, longitude=-76.5)
@@ -241,8 +242,8 @@ def test_prediction_command_passes_the_location_and_warns_without_one(
   folder = tmp_path / "recordings"
   folder.mkdir()
   shutil.copy(model_workdir.bird_wav(), folder / "birds.wav")
-  predictor = predict.Predictor(encoding_workdir, batch_size=4)
-  every_row = predict.Selection(0.0, top_k=len(predictor.species))
+  predictor = inference.Predictor(encoding_workdir, batch_size=4)
+  every_row = inference.Selection(0.0, top_k=len(predictor.species))
   for name, where in (("located", {"latitude": 42.4, "longitude": -76.5}),
                       ("unlocated", {})):
     predict.run(predictor, str(folder), str(tmp_path / name),
@@ -272,7 +273,7 @@ def test_prediction_adds_the_training_range_models_log_prior(tmp_path):
   workdir = model_workdir.make_workdir(
       str(tmp_path / "model"), location_input="prior_logits",
       geo_prior=str(tmp_path / "range_model"))
-  predictor = predict.Predictor(workdir, batch_size=4)
+  predictor = inference.Predictor(workdir, batch_size=4)
   wav = model_workdir.bird_wav()
   unknown = predictor.predict_file(wav)
   located = predictor.predict_file(wav, latitude=42.4, longitude=-76.5)
@@ -290,8 +291,8 @@ def test_prediction_refuses_a_prior_logits_model_whose_prior_it_cannot_rebuild(
   workdir = model_workdir.make_workdir(
       str(tmp_path / "model"), location_input="prior_logits",
       geo_prior="synthetic_truth")
-  with pytest.raises(predict.InputError, match="synthetic_truth"):
-    predict.Predictor(workdir)
+  with pytest.raises(inference.InputError, match="synthetic_truth"):
+    inference.Predictor(workdir)
 
 
 def test_export_refuses_a_model_with_a_location_input(encoding_workdir,

@@ -19,6 +19,7 @@ import soundfile
 
 from inatsounds_jax import audio
 from inatsounds_jax import frontend as frontend_lib
+from inatsounds_jax import inference
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import predict
 from inatsounds_jax import registry
@@ -29,7 +30,6 @@ import model_workdir
 
 WINDOWS = input_pipeline.WindowConfig(window_frames=512,
                                       eval_stride_frames=258)
-HOP = frontend_lib.INATSOUNDS.hop_length
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(workdir):
-  return predict.Predictor(workdir, batch_size=8)
+  return inference.Predictor(workdir, batch_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -57,48 +57,9 @@ def recordings(tmp_path_factory):
 # -- Windows -------------------------------------------------------------------
 
 def test_hop_of_one_and_a_half_seconds_is_258_frames():
-  assert predict.stride_frames(1.5, frontend_lib.INATSOUNDS) == 258
-  with pytest.raises(predict.InputError, match="shorter than one"):
-    predict.stride_frames(0.001, frontend_lib.INATSOUNDS)
-
-
-@pytest.mark.parametrize("num_samples, expected", [
-    (1, 1), (511, 1), (WINDOWS.window_samples, 1),
-    (WINDOWS.window_samples + HOP, 2),  # One frame more: a second window.
-    (WINDOWS.window_samples + 258 * HOP, 2),
-    (WINDOWS.window_samples + 258 * HOP + HOP, 3),
-    (22_050 * 60, 40),  # 10,332 frames: ceil((10,332 - 512) / 258) + 1.
-])
-def test_window_counts_and_times_at_edge_lengths(num_samples, expected):
-  layout = predict.Layout.of(num_samples, WINDOWS)
-  assert len(layout.first_sample) == expected
-  start, end = layout.times()
-  duration = num_samples / 22_050
-  assert start[0] == 0 and np.all(end <= duration + 1e-12)
-  assert np.all(end > start)
-  assert np.all(np.diff(start[1:]) == pytest.approx(258 * HOP / 22_050))
-  if num_samples >= WINDOWS.window_samples:
-    assert np.all(end - start <= WINDOWS.window_samples / 22_050 + 1e-12)
-
-
-@pytest.mark.parametrize("num_samples", [300, 65_408, 65_409, 200_001])
-@pytest.mark.parametrize("chunk", [1, 5_000, 10**9])
-def test_chunked_windows_equal_cutting_the_whole_file(num_samples, chunk):
-  rng = np.random.default_rng(num_samples)
-  waveform = rng.integers(-3000, 3000, num_samples).astype(np.int16)
-  starts, left = input_pipeline.eval_layout(num_samples, WINDOWS)
-  whole = input_pipeline.cut_windows(waveform, starts, left, WINDOWS).numpy()
-  cuts = np.cumsum(rng.integers(1, 7000, num_samples // 1000 + 2))
-  blocks = np.split(waveform, cuts[cuts < num_samples])
-  chunked = np.concatenate(list(predict.chunked_windows(
-      blocks, predict.Layout.of(num_samples, WINDOWS), chunk)))
-  np.testing.assert_array_equal(chunked, whole)
-
-
-def test_a_header_length_that_is_wrong_is_caught():
-  layout = predict.Layout.of(10_000, WINDOWS)
-  with pytest.raises(predict._LengthChanged):  # pylint: disable=protected-access
-    list(predict.chunked_windows([np.zeros(9_000, np.int16)], layout, 10**9))
+  assert inference.stride_frames(1.5, frontend_lib.INATSOUNDS) == 258
+  with pytest.raises(inference.InputError, match="shorter than one"):
+    inference.stride_frames(0.001, frontend_lib.INATSOUNDS)
 
 
 def test_a_wrong_header_length_recuts_the_file(workdir, predictor,
@@ -106,7 +67,7 @@ def test_a_wrong_header_length_recuts_the_file(workdir, predictor,
   path = model_workdir.bird_wav()
   want = predictor.predict_file(path)
   # 1-s chunks: windows of the wrong first layout reach batches; dropped.
-  predictor = predict.Predictor(workdir, batch_size=8, chunk_seconds=1.0)
+  predictor = inference.Predictor(workdir, batch_size=8, chunk_seconds=1.0)
   opened = audio.open_audio_file
   calls = []
 
@@ -133,11 +94,11 @@ def test_a_wrong_header_length_recuts_the_file(workdir, predictor,
   np.testing.assert_array_equal(got.logits, want.logits)
   calls.clear()
   kinds = [e.kind for e in predictor.stream([(path, math.nan, math.nan)])]
-  assert kinds.count(predict.BEGIN) == 2 and kinds[-1] == predict.END
+  assert kinds.count(inference.BEGIN) == 2 and kinds[-1] == inference.END
   # The command drops what it wrote of the first pass.
   calls.clear()
   _run(predictor, path, tmp_path / "out", embeddings="npz",
-       selection=predict.Selection(0.0, top_k=1))
+       selection=inference.Selection(0.0, top_k=1))
   rows = tables.read_table(str(tmp_path / "out" /
                                "birds_10s.BirdNET.results.csv"))
   assert [r["Start (s)"] for r in rows] == [f"{t:.4f}" for t in want.start_s]
@@ -153,7 +114,7 @@ def test_predict_file_on_real_recordings(predictor):
                         (model_workdir.yellowthroat_mp3(), 5.904)):
     table = predictor.predict_file(path)
     assert table.duration_s == pytest.approx(seconds, abs=1e-3)
-    layout = predict.Layout.of(round(table.duration_s * 22_050),
+    layout = input_pipeline.Layout.of(round(table.duration_s * 22_050),
                                predictor.windows)
     assert len(table.start_s) == len(layout.first_sample)
     np.testing.assert_allclose(table.probabilities.sum(axis=1), 1, rtol=1e-5)
@@ -163,7 +124,7 @@ def test_predict_file_on_real_recordings(predictor):
 
 
 def test_chunked_decoding_gives_the_whole_file_table(workdir, predictor):
-  small_chunks = predict.Predictor(workdir, batch_size=8, chunk_seconds=0.5)
+  small_chunks = inference.Predictor(workdir, batch_size=8, chunk_seconds=0.5)
   for path in (model_workdir.bird_wav(), model_workdir.yellowthroat_mp3()):
     whole = predictor.predict_file(path)
     chunked = small_chunks.predict_file(path)
@@ -196,7 +157,7 @@ def test_batches_span_files_and_results_keep_input_order(predictor,
 
 def _table(probabilities, prior=None):
   n = len(probabilities)
-  return predict.WindowTable(
+  return inference.WindowTable(
       file="x.wav", duration_s=3.0 * n, start_s=np.arange(n) * 1.5,
       end_s=np.arange(n) * 1.5 + 3.0,
       probabilities=np.asarray(probabilities, np.float32),
@@ -207,18 +168,18 @@ def test_min_confidence_top_k_species_list_and_geo_filter():
   labels = model_workdir.labels(3)
   table = _table([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]],
                  prior=np.array([0.9, 0.05, np.nan]))
-  rows = predict.detections(table, labels, predict.Selection(0.25), "x.wav")
+  rows = inference.detections(table, labels, inference.Selection(0.25), "x.wav")
   assert [(r.species[-1], r.start_s) for r in rows] == [
       ("0", 0.0), ("1", 0.0), ("2", 1.5)]
   assert rows[0].geo_prior == pytest.approx(0.9)
-  top1 = predict.detections(table, labels, predict.Selection(0.0, top_k=1),
+  top1 = inference.detections(table, labels, inference.Selection(0.0, top_k=1),
                             "x.wav")
   assert [r.species[-1] for r in top1] == ["0", "2"]
-  only = predict.Selection(0.0, allowed=np.array([False, True, False]))
-  assert {r.species for r in predict.detections(table, labels, only, "x")} \
+  only = inference.Selection(0.0, allowed=np.array([False, True, False]))
+  assert {r.species for r in inference.detections(table, labels, only, "x")} \
       == {"Genus species1"}
-  filtered = predict.detections(
-      table, labels, predict.Selection(0.25, geo_filter=True), "x.wav")
+  filtered = inference.detections(
+      table, labels, inference.Selection(0.25, geo_filter=True), "x.wav")
   # Species 1 is below the prior's threshold; 2 is unknown there: kept.
   assert [r.species[-1] for r in filtered] == ["0", "2"]
 
@@ -226,26 +187,26 @@ def test_min_confidence_top_k_species_list_and_geo_filter():
 def test_species_list_names_unknown_species(tmp_path):
   path = tmp_path / "species.txt"
   path.write_text("Genus species1_Bird 1\nBird 2\nNotus realis\n")
-  allowed, unknown = predict.read_species_list(str(path),
+  allowed, unknown = inference.read_species_list(str(path),
                                                model_workdir.labels(3))
   assert allowed.tolist() == [False, True, True]
   assert unknown == ["Notus realis"]
   path.write_text("Notus realis\n")
-  with pytest.raises(predict.InputError, match="none of its 1 names"):
-    predict.read_species_list(str(path), model_workdir.labels(3))
+  with pytest.raises(inference.InputError, match="none of its 1 names"):
+    inference.read_species_list(str(path), model_workdir.labels(3))
 
 
 def test_locations_csv_bad_rows_name_file_and_line(tmp_path):
   path = tmp_path / "where.csv"
   path.write_text("file,latitude,longitude\na.wav,10,20\n\nb.wav,north,3\n"
                   "c.wav,95,0\n")
-  with pytest.raises(predict.InputError) as e:
-    predict.read_locations(str(path))
+  with pytest.raises(inference.InputError) as e:
+    inference.read_locations(str(path))
   assert f"{path}:4: latitude/longitude 'north'" in str(e.value)
   assert f"{path}:5: (95.0, 0.0) is outside" in str(e.value)
   path.write_text("name,lat,lon\n")
-  with pytest.raises(predict.InputError, match=r"where.csv:1: the header"):
-    predict.read_locations(str(path))
+  with pytest.raises(inference.InputError, match=r"where.csv:1: the header"):
+    inference.read_locations(str(path))
 
 
 # -- The command's outputs -----------------------------------------------------
@@ -259,7 +220,7 @@ def test_outputs_parse_back_with_their_column_names(predictor, recordings,
                                                     tmp_path):
   out = tmp_path / "out"
   counts = _run(predictor, recordings, out, embeddings="npz",
-                selection=predict.Selection(min_confidence=0.05))
+                selection=inference.Selection(min_confidence=0.05))
   assert counts == {"done": 2, "skipped": 0, "failed": 2,
                     "detections": counts["detections"]}
   raven = tables.read_table(str(out / "birds.BirdNET.selection.table.txt"))
@@ -301,8 +262,8 @@ def test_a_resumed_run_skips_files_whose_outputs_are_complete(
   counts = _run(predictor, recordings, out)
   assert (counts["done"], counts["skipped"], counts["failed"]) == (1, 1, 2)
   assert csv_path.read_text() == first
-  with pytest.raises(predict.InputError, match="min_confidence: 0.25 -> 0.5"):
-    _run(predictor, recordings, out, selection=predict.Selection(0.5))
+  with pytest.raises(inference.InputError, match="min_confidence: 0.25 -> 0.5"):
+    _run(predictor, recordings, out, selection=inference.Selection(0.5))
 
 
 def test_prior_column_in_every_row(predictor, recordings, tmp_path):
@@ -311,11 +272,11 @@ def test_prior_column_in_every_row(predictor, recordings, tmp_path):
   def presence(lat, lon):
     return np.tile(np.linspace(0, 1, len(species)), (len(lat), 1))
 
-  with_prior = predict.Predictor(predictor.model_path, batch_size=8)
+  with_prior = inference.Predictor(predictor.model_path, batch_size=8)
   with_prior.prior = prior_lib.GeoPrior(presence, species, species)
   out = tmp_path / "out"
   _run(with_prior, recordings, out, latitude=40.0, longitude=-3.0,
-       selection=predict.Selection(0.0, top_k=len(species)))
+       selection=inference.Selection(0.0, top_k=len(species)))
   rows = tables.read_table(str(out / "birds.BirdNET.results.csv"))
   prior = {r["Scientific name"]: float(r["Geo prior"]) for r in rows}
   assert prior["Genus species0"] == 0.0 and prior["Genus species5"] == 1.0
@@ -368,13 +329,13 @@ CHUNK = int(CHUNK_SECONDS * audio.SAMPLE_RATE)
 def streaming(workdir):
   """A predictor delivering 4-s chunks (1 or 2 windows: batches span them);
   the batch size is `predictor`'s, so the numbers are the same."""
-  return predict.Predictor(workdir, batch_size=8, chunk_seconds=CHUNK_SECONDS)
+  return inference.Predictor(workdir, batch_size=8, chunk_seconds=CHUNK_SECONDS)
 
 
 def _expected_rows(table_format, predictor, path, selection, band):
   """The rows of `path`'s whole-file table (`predict_file`), as written."""
   table = predictor.predict_file(path)
-  rows = predict.detections(table, predictor.labels, selection,
+  rows = inference.detections(table, predictor.labels, selection,
                             os.path.abspath(path))
   return table, [table_format.cells(i, d, band, False)
                  for i, d in enumerate(rows, start=1)]
@@ -389,7 +350,7 @@ def _written_rows(path):
 def test_streamed_outputs_equal_the_table_of_predict_file(
     predictor, streaming, recordings, tmp_path):
   out = tmp_path / "out"
-  selection = predict.Selection(min_confidence=0.0, top_k=3)
+  selection = inference.Selection(min_confidence=0.0, top_k=3)
   counts = _run(streaming, recordings, out, embeddings="npz",
                 selection=selection)
   assert (counts["done"], counts["failed"]) == (2, 2)
@@ -430,14 +391,14 @@ def test_chunk_boundaries_give_the_rows_of_the_whole_file(
   path = _recording_of_length(str(tmp_path), num_samples)
   events = list(streaming.stream([(path, math.nan, math.nan)]))
   kinds = [e.kind for e in events]
-  assert kinds[0] == predict.BEGIN and kinds[-1] == predict.END
-  pieces = [e.table for e in events if e.kind == predict.WINDOWS]
+  assert kinds[0] == inference.BEGIN and kinds[-1] == inference.END
+  pieces = [e.table for e in events if e.kind == inference.WINDOWS]
   assert len(pieces) >= (2 if num_samples > CHUNK else 1)
   assert sum(len(p.start_s) for p in pieces) == len(
-      predict.Layout.of(num_samples, streaming.windows).first_sample)
+      input_pipeline.Layout.of(num_samples, streaming.windows).first_sample)
   assert [p.first_window for p in pieces] == list(np.cumsum(
       [0] + [len(p.start_s) for p in pieces[:-1]]))
-  selection = predict.Selection(min_confidence=0.0, top_k=2)
+  selection = inference.Selection(min_confidence=0.0, top_k=2)
   _run(streaming, path, tmp_path / "out", selection=selection)
   table_format = tables.FORMATS.get("csv")
   fe = predictor.windows.frontend
@@ -455,7 +416,7 @@ class _Killed(BaseException):
 
 
 KILL_OPTIONS = {"embeddings": "npz",
-                "selection": predict.Selection(min_confidence=0.0, top_k=1)}
+                "selection": inference.Selection(min_confidence=0.0, top_k=1)}
 
 
 def _short_and_long(folder):
@@ -489,14 +450,14 @@ def _check_killed_then_resumed(streaming, folder, out, clean, short, long):
 def test_a_kill_mid_recording_leaves_no_file_that_looks_complete(
     workdir, streaming, tmp_path, monkeypatch):
   short, long = _short_and_long(tmp_path / "in")
-  killed = predict.Predictor(workdir, batch_size=8,
+  killed = inference.Predictor(workdir, batch_size=8,
                              chunk_seconds=CHUNK_SECONDS)
   stream = killed.stream
 
   def killed_mid_recording(files):
     for event in stream(files):
       yield event
-      if event.kind == predict.WINDOWS and event.path == long:
+      if event.kind == inference.WINDOWS and event.path == long:
         raise _Killed  # After the first chunk's rows were written.
 
   monkeypatch.setattr(killed, "stream", killed_mid_recording)
@@ -518,21 +479,22 @@ def test_a_sigkill_mid_recording_leaves_no_file_that_looks_complete(
   out = tmp_path / "out"
   code = f"""
 import os, signal
+from inatsounds_jax import inference
 from inatsounds_jax import predict
-killed = predict.Predictor({workdir!r}, batch_size=8,
+killed = inference.Predictor({workdir!r}, batch_size=8,
                            chunk_seconds={CHUNK_SECONDS})
 stream = killed.stream
 
 def killed_mid_recording(files):
   for event in stream(files):
     yield event
-    if event.kind == predict.WINDOWS and event.path == {long!r}:
+    if event.kind == inference.WINDOWS and event.path == {long!r}:
       os.kill(os.getpid(), signal.SIGKILL)
 
 killed.stream = killed_mid_recording
 predict.run(killed, {str(tmp_path / "in")!r}, {str(out)!r},
             predict.RunOptions(embeddings="npz",
-                               selection=predict.Selection(0.0, top_k=1)))
+                               selection=inference.Selection(0.0, top_k=1)))
 """
   result = subprocess.run([sys.executable, "-c", code], capture_output=True,
                           text=True, check=False, timeout=300)
@@ -596,12 +558,12 @@ def test_a_trained_model_predicts_real_recordings_and_its_bundle_agrees(
                 optimizer="adam", learning_rate=1e-2)
   workdir = str(tmp_path / "workdir")
   train.train_and_evaluate(config, workdir)
-  trained = predict.Predictor(workdir)
+  trained = inference.Predictor(workdir)
   assert trained.trained.step > 0
   assert len(trained.labels) == config_defaults.TINY_DATASET["num_species"]
   export.export_bundle(workdir, str(tmp_path / "bundle"))
-  counts = _run(predict.Predictor(str(tmp_path / "bundle")), recordings,
-                tmp_path / "out", selection=predict.Selection(0.0, top_k=1))
+  counts = _run(inference.Predictor(str(tmp_path / "bundle")), recordings,
+                tmp_path / "out", selection=inference.Selection(0.0, top_k=1))
   assert (counts["done"], counts["failed"]) == (2, 2)
   rows = tables.read_table(str(tmp_path / "out" / tables.COMBINED_CSV))
   table = trained.predict_file(os.path.join(recordings, "birds.wav"))

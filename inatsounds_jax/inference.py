@@ -1,0 +1,554 @@
+"""The prediction runtime: recordings in, window tables out, chunk by chunk.
+
+    predictor = inference.Predictor("WORKDIR_OR_BUNDLE")
+    table = predictor.predict_file("recording.wav")   # a WindowTable
+
+A `Predictor` holds a trained model (`trained.load`: a training workdir or an
+exported bundle; models that take spectrogram images are refused) and
+classifies recordings window by window. The command
+(`python -m inatsounds_jax.predict`) and the notebooks are its callers.
+
+Windows. A recording is decoded as training saw it (mono int16 at 22,050 Hz,
+`audio.BlockDecoder`) and cut into the model's window every hop on the dense
+evaluation layout (`input_pipeline.eval_layout`: centred zero padding so the
+last window fits). The hop in seconds becomes a stride of
+round(hop x rate / spectrogram hop) frames; the default is the iNatSounds
+paper's evaluation stride of 1.5 s, which is 258 frames = 1.4977 s. Window
+times are clipped to the recording: a file shorter than a window has one
+window, 0 .. duration.
+
+Streaming. `Predictor.stream` is the one path that classifies: for each
+recording, in input order, it delivers BEGIN, then WINDOWS events whose
+`WindowTable`s hold consecutive windows (one per decoded chunk, as soon as
+the batches holding its windows returned), then END, or ERROR with the
+`audio.AudioError` that stopped the recording. A second BEGIN voids what came
+before it (the file's decoded length differed from its header's and it is
+cut again). Windows of consecutive recordings share batches. Memory holds a
+chunk of audio, its windows and a batch, whatever the recordings' lengths:
+no `windows x classes` array of a whole recording exists unless the caller
+builds one (`predict_file` does).
+
+Outputs. Each window gets its logits, its embedding (the input of the
+backbone's last dense layer) and probabilities: softmax of the logits for a
+model trained with a multiclass loss, sigmoid for a multilabel one
+(`Predictor.activation`). With a geographic prior (a range model), each table
+carries the prior's presence of every label at the recording's location
+(`WindowTable.geo_prior`; NaN where the location is unknown or the range
+model does not know the species); `detections` reports it with each row and
+can filter by it. A model trained with a location input
+(`geo/location_input.py`) is given each recording's location, as in
+training (an unknown location where none is given).
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import hashlib
+import math
+import os
+import sys
+from collections.abc import Iterator, Sequence
+
+import jax
+import numpy as np
+
+from inatsounds_jax import audio
+from inatsounds_jax import input_pipeline
+from inatsounds_jax import registry
+from inatsounds_jax import tables
+from inatsounds_jax import trained as trained_lib
+from inatsounds_jax.geo import location_input
+from inatsounds_jax.geo import prior as prior_lib
+from inatsounds_jax.models import classifier as classifier_lib
+from inatsounds_jax.models import conv
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+DEFAULT_HOP_SECONDS = 1.5  # The iNatSounds paper's evaluation stride.
+
+
+class InputError(registry.ConfigError):
+  """Inputs or options that prevent any prediction (reported in one line)."""
+
+
+def stride_frames(hop_seconds: float, windows_frontend) -> int:
+  """The hop in spectrogram frames: hop x rate / frame hop, rounded.
+
+  Raises:
+    InputError: the hop is shorter than one frame.
+  """
+  frames = round(hop_seconds * windows_frontend.sample_rate
+                 / windows_frontend.hop_length)
+  if frames < 1:
+    raise InputError(f"--hop_seconds={hop_seconds} is shorter than one "
+                     "spectrogram frame")
+  return frames
+
+
+# ---------------------------------------------------------------------------
+# The predictor.
+# ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class WindowTable:
+  """Consecutive windows of a recording: times, outputs and embeddings.
+
+  `Predictor.predict_file` returns one for all of a recording's windows;
+  `Predictor.stream` one per decoded chunk (`first_window` says where it
+  starts).
+
+  Attributes:
+    file: the recording's path.
+    duration_s: its length after decoding.
+    start_s, end_s: `[n]` window times, clipped to the recording.
+    probabilities: `[n, classes]` softmax or sigmoid of `logits`.
+    logits: `[n, classes]`.
+    embeddings: `[n, dim]` pooled features before the head.
+    geo_prior: `[classes]` presence at the recording's location (NaN where
+      unknown), or None without a prior.
+    first_window: the index of the first row among the recording's windows.
+  """
+  file: str
+  duration_s: float
+  start_s: np.ndarray
+  end_s: np.ndarray
+  probabilities: np.ndarray
+  logits: np.ndarray
+  embeddings: np.ndarray
+  geo_prior: np.ndarray | None = None
+  first_window: int = 0
+
+  @classmethod
+  def concatenate(cls, pieces: Sequence[WindowTable]) -> WindowTable:
+    """Consecutive pieces of one recording as one table."""
+    return dataclasses.replace(pieces[0], **{
+        name: np.concatenate([getattr(p, name) for p in pieces])
+        for name in ("start_s", "end_s", "probabilities", "logits",
+                     "embeddings")})
+
+
+BEGIN, WINDOWS, END, ERROR = "begin", "windows", "end", "error"
+
+
+@dataclasses.dataclass(frozen=True)
+class FileEvent:
+  """One step of a recording's prediction (`Predictor.stream`).
+
+  Attributes:
+    index: the recording's position in the input.
+    path: the recording.
+    kind: BEGIN (its windows start; a second BEGIN means the file is being
+      re-cut, because its decoded length differed from its header's, and
+      what came before is void), WINDOWS (`table` holds the next consecutive
+      windows), END (every window was delivered) or ERROR (`error`, the
+      `audio.AudioError` that stopped it; what came before is void).
+  """
+  index: int
+  path: str
+  kind: str
+  table: WindowTable | None = None
+  error: Exception | None = None
+
+
+class Predictor:
+  """A model ready to classify recordings window by window.
+
+  Args:
+    model_path: a training workdir or an exported bundle (`trained.load`),
+      or a model already loaded (`trained.TrainedModel`, e.g. for
+      benchmarks).
+    hop_seconds: window hop (rounded to whole spectrogram frames).
+    batch_size: windows per model call (batches span files).
+    chunk_seconds: audio decoded before windows are cut and delivered (the
+      memory bound of `stream`).
+    geo_prior: a range model (`geo.prior.load`), or None.
+
+  Raises:
+    FileNotFoundError: no such folder, or not a workdir with a checkpoint.
+    trained.BundleError: a bundle this version cannot read.
+    trained.InputKindError: a model that takes spectrogram images.
+    registry.ConfigError: a prior that cannot be loaded.
+    InputError: a hop shorter than one frame; a `prior_logits` model whose
+      training prior cannot be rebuilt.
+  """
+
+  def __init__(self, model_path: str | trained_lib.TrainedModel, *,
+               hop_seconds: float = DEFAULT_HOP_SECONDS, batch_size: int = 32,
+               chunk_seconds: float = 60.0, geo_prior: str | None = None):
+    if isinstance(model_path, trained_lib.TrainedModel):
+      self.model_path, self.trained = "(in memory)", model_path
+    else:
+      self.model_path, self.trained = model_path, trained_lib.load(model_path)
+    trained_lib.require_waveform_input(self.trained, self.model_path,
+                                       "prediction")
+    model = self.trained.model
+    self.labels = self.trained.labels
+    self.species = [row["species"] for row in self.labels]
+    self.windows = self.trained.windows(
+        stride_frames(hop_seconds, model.frontend))
+    self.batch_size = batch_size
+    self.chunk_samples = max(1, int(chunk_seconds * audio.SAMPLE_RATE))
+    self.prior: prior_lib.GeoPrior | None = None
+    if geo_prior:
+      self.prior = prior_lib.load(geo_prior, self.species)
+      print(self.prior.check_coverage(), file=sys.stderr)
+    self.location = location_input.from_config(
+        self.trained.config, self._training_prior)
+    variables = self.trained.variables
+    self._apply = conv.jit(lambda w, location=None: model.apply(
+        variables, w, location=location,
+        method=classifier_lib.Classifier.embed_and_classify))
+
+  def _training_prior(self, source: str) -> prior_lib.GeoPrior:
+    """The prior a `prior_logits` model was trained with, from its config."""
+    if source == prior_lib.SYNTHETIC_TRUTH:
+      raise InputError(
+          f"{self.model_path} was trained with location_input "
+          "'prior_logits' over the synthetic corpus's true ranges "
+          "(geo_prior 'synthetic_truth'), which prediction cannot rebuild "
+          "without that dataset; train it with a range model as geo_prior")
+    return prior_lib.load(source, self.species)
+
+  @property
+  def hop_seconds(self) -> float:
+    fe = self.windows.frontend
+    return self.windows.eval_stride_frames * fe.hop_length / fe.sample_rate
+
+  @property
+  def activation(self) -> str:
+    return "sigmoid" if self.trained.multilabel else "softmax"
+
+  def probabilities(self, logits: np.ndarray) -> np.ndarray:
+    """Sigmoid or softmax of `[n, classes]` logits, row by row (one new
+    array)."""
+    if self.trained.multilabel:
+      out = np.negative(logits)
+      np.exp(out, out=out)
+      out += 1.0
+      return np.reciprocal(out, out=out)
+    out = logits - logits.max(axis=-1, keepdims=True)
+    np.exp(out, out=out)
+    out /= out.sum(axis=-1, keepdims=True)
+    return out
+
+  def predict_file(self, path: str, latitude: float = math.nan,
+                   longitude: float = math.nan) -> WindowTable:
+    """The window table of one recording (all its windows).
+
+    Raises:
+      audio.AudioError: the file cannot be decoded (the message names it).
+    """
+    (_, result), = self.predict_files([(path, latitude, longitude)])
+    if isinstance(result, Exception):
+      raise result
+    return result
+
+  def predict_files(self, files: Sequence[tuple[str, float, float]]
+                    ) -> Iterator[tuple[str, WindowTable | Exception]]:
+    """(path, whole table or the `AudioError` that stopped it), in input
+    order: `stream`'s pieces put together."""
+    pieces: list[WindowTable] = []
+    for event in self.stream(files):
+      if event.kind == WINDOWS:
+        pieces.append(event.table)
+        continue
+      if event.kind == END:
+        yield event.path, WindowTable.concatenate(pieces)
+      elif event.kind == ERROR:
+        yield event.path, event.error
+      pieces = []
+
+  def stream(self, files: Sequence[tuple[str, float, float]]
+             ) -> Iterator[FileEvent]:
+    """Each recording's `FileEvent`s, in input order, chunk by chunk.
+
+    `files` are (path, latitude, longitude) (NaN: unknown). Windows of
+    consecutive files share batches; a chunk's table is delivered as soon as
+    the batches holding its windows returned, so memory holds a chunk of
+    audio, its windows and a batch, whatever the recordings' lengths.
+    """
+    queue: collections.deque[_Chunk | FileEvent] = collections.deque()
+    batch: list[tuple[_Chunk, int, np.ndarray]] = []
+
+    def run_batch():
+      waves = np.zeros((self.batch_size, self.windows.window_samples),
+                       np.int16)
+      locations = None if self.location is None else self.location(
+          None, None, self.batch_size)
+      for i, (chunk, _, wave) in enumerate(batch):
+        waves[i] = wave
+        if locations is not None:
+          locations[i] = chunk.location
+      embeddings, logits = jax.device_get(self._apply(waves, locations))
+      for i, (chunk, row, _) in enumerate(batch):
+        chunk.put(row, embeddings[i], logits[i])
+      batch.clear()
+
+    def delivered():
+      while queue and (isinstance(queue[0], FileEvent)
+                       or queue[0].missing == 0):
+        item = queue.popleft()
+        yield item if isinstance(item, FileEvent) else item.event(self)
+
+    for index, (path, lat, lon) in enumerate(files):
+      prior = location = None
+      if self.prior is not None:
+        prior = self.prior.probabilities([lat], [lon])[0]
+      if self.location is not None:
+        location = self.location([lat], [lon])[0]
+      layout, next_window = None, 0
+      try:
+        for chunk_layout, windows in self._file_windows(path):
+          if chunk_layout is not layout:
+            layout, next_window = chunk_layout, 0
+            queue.append(FileEvent(index, path, BEGIN))
+          chunk = _Chunk(index, path, layout, next_window, len(windows),
+                         prior, location)
+          next_window += len(windows)
+          queue.append(chunk)
+          for row, wave in enumerate(windows):
+            batch.append((chunk, row, wave))
+            if len(batch) == self.batch_size:
+              run_batch()
+              yield from delivered()
+      except audio.AudioError as e:
+        queue.append(FileEvent(index, path, ERROR, error=e))
+      else:
+        queue.append(FileEvent(index, path, END))
+      yield from delivered()
+    if batch:
+      run_batch()
+    yield from delivered()
+
+  def _file_windows(self, path: str
+                    ) -> Iterator[tuple[input_pipeline.Layout, np.ndarray]]:
+    """(layout, windows) of `path`, chunk by chunk; re-cut from the start
+    with a new layout if the header's length was wrong (a few compressed
+    files)."""
+    def cut(decoder, num_samples):
+      layout = input_pipeline.Layout.of(num_samples, self.windows)
+      for windows in input_pipeline.chunked_windows(decoder, layout,
+                                                    self.chunk_samples):
+        yield layout, windows
+
+    with audio.open_audio_file(path) as decoder:
+      try:
+        yield from cut(decoder, decoder.num_samples)
+        return
+      except input_pipeline.LengthChanged as e:
+        actual = e.actual
+    if actual == 0:
+      raise audio.AudioError("no samples", f"{path}: audio has no samples")
+    with audio.open_audio_file(path) as decoder:
+      yield from cut(decoder, actual)
+
+
+class _Chunk:
+  """A chunk's windows waiting for the batches that classify them."""
+
+  def __init__(self, index: int, path: str, layout: input_pipeline.Layout,
+               first: int, count: int, prior: np.ndarray | None,
+               location: np.ndarray | None):
+    self.index, self.path, self.layout = index, path, layout
+    self.first, self.count, self.prior = first, count, prior
+    self.location = location  # The model's location features, if it has
+    # a location input.
+    self.missing = count
+    self._embeddings = self._logits = None
+
+  def put(self, row: int, embedding: np.ndarray, logits: np.ndarray) -> None:
+    if self._logits is None:
+      self._embeddings = np.zeros((self.count, len(embedding)), np.float32)
+      self._logits = np.zeros((self.count, len(logits)), np.float32)
+    self._embeddings[row], self._logits[row] = embedding, logits
+    self.missing -= 1
+
+  def event(self, predictor: Predictor) -> FileEvent:
+    start, end = self.layout.times(self.first, self.first + self.count)
+    return FileEvent(self.index, self.path, WINDOWS, table=WindowTable(
+        file=self.path,
+        duration_s=self.layout.num_samples / audio.SAMPLE_RATE,
+        start_s=start, end_s=end,
+        probabilities=predictor.probabilities(self._logits),
+        logits=self._logits, embeddings=self._embeddings,
+        geo_prior=self.prior, first_window=self.first))
+
+
+# ---------------------------------------------------------------------------
+# Selecting detections.
+# ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """Which (window, species) pairs become detection rows, as in BirdNET.
+
+  Attributes:
+    min_confidence: rows below it are dropped.
+    top_k: at most this many species per window (0: no limit).
+    allowed: `[classes]` bool, the species list (None: all).
+    geo_filter: drop species whose prior is below `geo_threshold` (species
+      the prior does not know, or files without a location, stay).
+  """
+  min_confidence: float = 0.25
+  top_k: int = 0
+  allowed: np.ndarray | None = None
+  geo_filter: bool = False
+  geo_threshold: float = 0.1
+
+
+def detections(table: WindowTable, labels: Sequence[dict],
+               selection: Selection, file_name: str
+               ) -> list[tables.Detection]:
+  """Detection rows of a window table, by window then confidence."""
+  keep = np.ones(table.probabilities.shape[1], bool)
+  if selection.allowed is not None:
+    keep &= selection.allowed
+  if selection.geo_filter and table.geo_prior is not None:
+    keep &= ~(table.geo_prior < selection.geo_threshold)
+  rows = []
+  for w in range(len(table.start_s)):
+    p = np.where(keep, table.probabilities[w], -1.0)
+    order = np.argsort(-p, kind="stable")
+    if selection.top_k:
+      order = order[:selection.top_k]
+    for c in order:
+      if p[c] < selection.min_confidence or p[c] < 0:
+        break
+      rows.append(tables.Detection(
+          start_s=float(table.start_s[w]), end_s=float(table.end_s[w]),
+          species=labels[c]["species"],
+          common_name=labels[c].get("common_name", ""),
+          confidence=float(p[c]), file=file_name,
+          geo_prior=(None if table.geo_prior is None
+                     else float(table.geo_prior[c]))))
+  return rows
+
+
+# ---------------------------------------------------------------------------
+# Inputs: files, locations, species lists, the label list's version.
+# ---------------------------------------------------------------------------
+
+def find_audio(path: str) -> list[tuple[str, str]]:
+  """(path, path relative to the input) of every recording under `path`.
+
+  `path` is a recording, a folder (searched recursively, sorted), or a
+  text file listing recordings one a line (relative to the list's folder).
+
+  Raises:
+    InputError: nothing to read, or listed files that do not exist.
+  """
+  if os.path.isdir(path):
+    found = []
+    for root, dirs, names in os.walk(path):
+      dirs.sort()
+      for name in sorted(names):
+        if name.lower().endswith(AUDIO_EXTENSIONS):
+          full = os.path.join(root, name)
+          found.append((full, os.path.relpath(full, path)))
+    if not found:
+      raise InputError(f"--input={path}: no audio files "
+                       f"({', '.join(AUDIO_EXTENSIONS)}) in this folder")
+    return found
+  if not os.path.exists(path):
+    raise InputError(f"--input={path}: no such file or folder")
+  if path.lower().endswith(AUDIO_EXTENSIONS):
+    return [(path, os.path.basename(path))]
+  base = os.path.dirname(os.path.abspath(path))
+  with open(path, encoding="utf-8") as f:
+    listed = [line.strip() for line in f]
+  files = [(os.path.join(base, name), name) for name in listed if name]
+  missing = [f"{path}:{i + 1}: {name}" for i, name in enumerate(listed)
+             if name and not os.path.exists(os.path.join(base, name))]
+  if missing:
+    raise InputError("listed recordings not found:\n  "
+                     + "\n  ".join(missing[:20]))
+  if not files:
+    raise InputError(f"--input={path}: the list names no recordings")
+  return files
+
+
+def location_problem(latitude: float, longitude: float) -> str | None:
+  """Why (latitude, longitude) is not a place on Earth (out of range, NaN),
+  or None: the one check of every location prediction is given."""
+  if -90 <= latitude <= 90 and -180 <= longitude <= 180:
+    return None
+  return (f"({latitude}, {longitude}) is outside latitude -90..90, "
+          "longitude -180..180")
+
+
+def read_locations(path: str) -> dict[str, tuple[float, float]]:
+  """`file,latitude,longitude` rows -> {file: (lat, lon)}.
+
+  Files are matched by the name as written, relative to the input, or by
+  base name. Raises `InputError` naming the file and line of a bad row.
+  """
+  try:
+    f = open(path, newline="", encoding="utf-8-sig")
+  except OSError as e:
+    raise InputError(f"--locations={path}: {e.strerror}") from None
+  with f:
+    reader = csv.DictReader(f)
+    needed = {"file", "latitude", "longitude"}
+    if not reader.fieldnames or not needed <= set(reader.fieldnames):
+      raise InputError(f"{path}:1: the header must name the columns file, "
+                       f"latitude, longitude (found {reader.fieldnames})")
+    out, problems = {}, []
+    for row in reader:
+      line = reader.line_num
+      try:
+        lat, lon = float(row["latitude"]), float(row["longitude"])
+      except (TypeError, ValueError):
+        problems.append(f"{path}:{line}: latitude/longitude "
+                        f"{row['latitude']!r}, {row['longitude']!r} are "
+                        "not numbers")
+        continue
+      problem = location_problem(lat, lon)
+      if problem:
+        problems.append(f"{path}:{line}: {problem}")
+      elif not row["file"]:
+        problems.append(f"{path}:{line}: no file name")
+      else:
+        out[row["file"]] = (lat, lon)
+  if problems:
+    raise InputError("bad rows in the locations file:\n  "
+                     + "\n  ".join(problems[:20]))
+  return out
+
+
+def read_species_list(path: str, labels: Sequence[dict]
+                      ) -> tuple[np.ndarray, list[str]]:
+  """(allowed `[classes]`, names not among the labels) of a species list.
+
+  One name a line: a scientific name, a common name, or BirdNET's
+  `Scientific name_Common name`.
+  """
+  try:
+    with open(path, encoding="utf-8-sig") as f:
+      names = [line.strip() for line in f if line.strip()]
+  except OSError as e:
+    raise InputError(f"--species_list={path}: {e.strerror}") from None
+  index = {}
+  for i, row in enumerate(labels):
+    for key in ("species", "common_name"):
+      if row.get(key):
+        index.setdefault(row[key].lower(), i)
+  allowed = np.zeros(len(labels), bool)
+  unknown = []
+  for name in names:
+    found = [index[n.lower()] for n in (name, name.split("_")[0])
+             if n.lower() in index]
+    if found:
+      allowed[found[0]] = True
+    else:
+      unknown.append(name)
+  if not allowed.any():
+    raise InputError(f"--species_list={path}: none of its {len(names)} "
+                     f"names is a label of the model (e.g. {names[:3]})")
+  return allowed, unknown
+
+
+def label_digest(labels: Sequence[dict]) -> str:
+  """The label list's version: sha256 of its species names, in order."""
+  text = "\n".join(row["species"] for row in labels)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
