@@ -97,9 +97,8 @@ def state_handler() -> ocp.PyTreeCheckpointHandler:
 
   Replica-parallel saving has each replica of a replicated array write a
   slice of it: a gain across TPU/GPU hosts, but each slice shape is a
-  compiled program, and on CPU (one host's memory) that is all it adds: 20 s
-  of compiling for a MobileNet's state on 8 devices. The files are the same
-  either way.
+  compiled program, and on CPU (one host's memory) all it adds is compile
+  time (BENCHMARKS.md, "Checkpoints"). The files are the same either way.
   """
   scalar = ocp.type_handlers.ScalarHandler()
   handlers = ocp.type_handlers.create_type_handler_registry(

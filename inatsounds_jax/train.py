@@ -484,6 +484,23 @@ def run_checkpoints(workdir: str, config) -> checkpoints.RunCheckpoints:
                                     config.get("best_mode", "max"))
 
 
+def fresh_state(run: RunContext, config) -> tuple[TrainState, str]:
+  """(the first state, where it came from): a random initialisation, with
+  `config.init_checkpoint`'s weights in place when set.
+
+  Raises:
+    registry.ConfigError: init_checkpoint cannot be read or does not fit.
+  """
+  state = run.init()
+  if not config.get("init_checkpoint"):
+    return state, "started from a random initialisation"
+  state = load_pretrained(
+      state, config.init_checkpoint, run.model, run.tx, run.state_sharding,
+      source_grid=tuple(config.get("init_checkpoint_grid", ())) or None,
+      time_major=config.get("init_checkpoint_time_major", False))
+  return state, f"started from init_checkpoint {config.init_checkpoint}"
+
+
 def with_own_range_model(config: ml_collections.ConfigDict, workdir: str
                           ) -> ml_collections.ConfigDict:
   """`config`, or for a config with `range_model` a copy whose `geo_prior`
@@ -558,6 +575,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   checkpoints.check_bucket_client(workdir)  # Before any work.
   config = with_own_range_model(config, workdir)
   run = setup(config, devices)
+  # A new run builds its first state (reading init_checkpoint) before it
+  # writes anything, so a refusal at start-up leaves the workdir as it was.
+  fresh = None
+  if not workdir_lib.path(workdir, workdir_lib.CHECKPOINTS_DIR).exists():
+    fresh = fresh_state(run, config)
   storage.resolve(workdir).mkdir(parents=True, exist_ok=True)
   ckpt = run_checkpoints(workdir, config)
   has_checkpoint = bool(ckpt.latest.all_steps())
@@ -570,15 +592,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     origin = f"resumed from checkpoint step {start_step} in {workdir}"
     logging.info("Resumed from step %d", start_step)
   else:
-    state, start_step = run.init(), 0
-    origin = "started from a random initialisation"
-    if config.get("init_checkpoint"):
-      state = load_pretrained(
-          state, config.init_checkpoint, run.model, run.tx,
-          run.state_sharding,
-          source_grid=tuple(config.get("init_checkpoint_grid", ())) or None,
-          time_major=config.get("init_checkpoint_time_major", False))
-      origin = f"started from init_checkpoint {config.init_checkpoint}"
+    (state, origin), start_step = fresh or fresh_state(run, config), 0
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
   step_fn = conv.jit(

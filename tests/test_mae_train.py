@@ -120,7 +120,7 @@ def test_linear_probe_changes_only_the_head(mae_workdir, data_dir, tmp_path):
 
 
 @ONE_PROCESS
-def test_fine_tune_from_a_classifier_workdir_says_what_it_found(
+def test_refused_fine_tune_from_a_classifier_says_why_and_writes_nothing(
     mae_workdir, data_dir, tmp_path):
   classifier = str(tmp_path / "classifier")
   train.train_and_evaluate(
@@ -131,6 +131,7 @@ def test_fine_tune_from_a_classifier_workdir_says_what_it_found(
   assert (f"init_checkpoint {classifier}: a workdir of a 'classification' "
           "run (model 'vit_mu16'); expected a masked-autoencoder pretraining "
           "workdir") in str(e.value)
+  assert not (tmp_path / "ft").exists()  # A refusal at start-up.
 
 
 @ONE_PROCESS
