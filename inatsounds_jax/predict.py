@@ -23,12 +23,22 @@ an unknown location, as in training). `prior_logits` models rebuild their
 training prior from the range-model workdir their config names; one trained
 on the synthetic corpus's true ranges is refused.
 
-The output folder mirrors the input's relative paths and holds
-`settings.json` (model, label list digest, every option, library version),
-`errors.tsv` (file, kind, reason) and, with `csv`, the combined CSV. A run
-started again skips recordings whose outputs all exist (each file is filled
-under a `.partial` name and renamed when its recording is done, so a killed
-run leaves nothing that looks complete) and refuses other settings.
+The output folder mirrors the input's relative paths. A recording's files
+are named after its path relative to --input without its extension
+(`sub/good.wav` -> `sub/good.BirdNET.results.csv`), or with it where two
+recordings would otherwise share a name (`good.wav` and `good.mp3` in one
+folder -> `good.wav.BirdNET.results.csv` and `good.mp3.BirdNET.results.csv`;
+names are compared ignoring case, as some file systems do). The folder also
+holds `settings.json` (the input, the model, the label list digest, every
+option, the library version), `errors.tsv` (file, kind, reason) and, with
+`csv`, the combined CSV. A run started again skips recordings whose outputs
+all exist (each file is filled under a `.partial` name and renamed when its
+recording is done, so a killed run leaves nothing that looks complete) and
+refuses another input or other settings (a settings.json written before the
+input was recorded resumes).
+
+Every problem that stops the command (a bad flag, model, bundle or input)
+ends it in one `error:` line; --verbosity=1 also prints the traceback.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ import math
 import os
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 
 from absl import app
@@ -50,12 +61,13 @@ import tqdm
 import inatsounds_jax
 from inatsounds_jax import inference
 from inatsounds_jax import input_pipeline
-from inatsounds_jax import registry
 from inatsounds_jax import storage
 from inatsounds_jax import tables
 
 SETTINGS_FILE = "settings.json"
 ERRORS_FILE = "errors.tsv"
+# Settings recorded since a release: a settings.json without them resumes.
+_ADDED_SETTINGS = ("input",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,14 +94,16 @@ def _check_writable(output: str) -> None:
     os.remove(probe)
   except OSError as e:
     raise inference.InputError(f"--output={output}: cannot write there "
-                     f"({e.strerror})") from None
+                               f"({e.strerror})") from None
 
 
-def _settings(predictor: inference.Predictor, options: RunOptions,
-              extra: dict | None) -> dict:
-  """What settings.json records: the model, the windows, every option."""
+def _settings(predictor: inference.Predictor, input_path: str,
+              options: RunOptions, extra: dict | None) -> dict:
+  """What settings.json records: the input, the model, the windows, every
+  option."""
   fe = predictor.windows.frontend
   return {
+      "input": os.path.abspath(input_path),
       "model": os.fspath(storage.resolve(predictor.model_path)),
       "model_name": predictor.trained.model.backbone,
       "checkpoint_step": predictor.trained.step,
@@ -125,6 +139,7 @@ def _record_settings(output: str, settings: dict) -> None:
       old = json.load(f)
     changed = sorted(k for k in set(old) | set(settings)
                      if k not in ("started", "library_version")
+                     and (k in old or k not in _ADDED_SETTINGS)
                      and old.get(k) != settings.get(k))
     if changed:
       raise inference.InputError(
@@ -149,25 +164,34 @@ class _Todo:
   outputs: dict[str, str]
 
 
+@dataclasses.dataclass
+class _Plan:
+  """The recordings to predict; those done before and their detections."""
+  todo: list[_Todo]
+  skipped: int
+  detections_before: int
+  outputs: list[dict[str, str]]  # Every recording's, in input order.
+
+
 def _plan(files: Sequence[tuple[str, str]], output: str, options: RunOptions,
-          locations: dict[str, tuple[float, float]]
-          ) -> tuple[list[_Todo], int, list[dict[str, str]]]:
-  """(recordings to predict, how many are done already, every recording's
-  output paths): a recording is done when all its outputs exist."""
-  todo, skipped, outputs = [], 0, []
-  for path, relative in files:
-    paths = tables.output_paths(
-        os.path.join(output, os.path.splitext(relative)[0]), options.formats,
-        options.embeddings)
-    outputs.append(paths)
+          locations: dict[str, tuple[float, float]]) -> _Plan:
+  """A recording is done when all its outputs exist."""
+  plan = _Plan([], 0, 0, [])
+  names = tables.output_names([relative for _, relative in files])
+  for (path, relative), name in zip(files, names):
+    paths = tables.output_paths(os.path.join(output, name), options.formats,
+                                options.embeddings)
+    plan.outputs.append(paths)
     if all(os.path.exists(p) for p in paths.values()):
-      skipped += 1
+      plan.skipped += 1
+      plan.detections_before += next(
+          (tables.count_rows(paths[f]) for f in options.formats), 0)
       continue
     lat, lon = locations.get(relative) or locations.get(path) or (
         locations.get(os.path.basename(path))
         or (options.latitude, options.longitude))
-    todo.append(_Todo(path, lat, lon, paths))
-  return todo, skipped, outputs
+    plan.todo.append(_Todo(path, lat, lon, paths))
+  return plan
 
 
 def _warn_unlocated(predictor: inference.Predictor, todo: list[_Todo]
@@ -224,12 +248,11 @@ def _predict_and_write(predictor: inference.Predictor, todo: list[_Todo],
                                    for t in todo]):
       item = todo[event.index]
       if event.kind == inference.BEGIN:
-        counted = 0.0
         if writing is not None:  # A re-cut: the first pass is void.
           writing.discard()
-          counted = writing.seconds
+        else:
+          covered = 0.0  # Seconds of the recording on the progress bar.
         writing = tables.RecordingFiles(item.outputs, band, with_prior)
-        writing.seconds = counted
       elif event.kind == inference.WINDOWS:
         table = event.table
         writing.add(inference.detections(table, predictor.labels,
@@ -237,11 +260,10 @@ def _predict_and_write(predictor: inference.Predictor, todo: list[_Todo],
                                          os.path.abspath(item.path)),
                     {"start_s": table.start_s, "end_s": table.end_s,
                      "embeddings": table.embeddings, "logits": table.logits})
-        seconds = table.end_s[-1]
+        end = table.end_s[-1]
         # Headers may round a resampled length down: never past the total.
-        bar.update(min(max(0.0, seconds - writing.seconds) / 3600,
-                       bar.total - bar.n))
-        writing.seconds = max(writing.seconds, seconds)
+        bar.update(min(max(0.0, end - covered) / 3600, bar.total - bar.n))
+        covered = max(covered, end)
       elif event.kind == inference.END:
         writing.commit()
         counts["done"] += 1
@@ -274,7 +296,8 @@ def run(predictor: inference.Predictor, input_path: str, output: str,
   """Predicts every recording under `input_path` into `output`.
 
   Returns:
-    Counts: {"done", "skipped", "failed", "detections"}.
+    Counts: {"done", "skipped", "failed", "detections" (of the recordings
+    done now), "detections_before" (of those skipped)}.
   """
   for name in options.formats:
     tables.FORMATS.get(name)
@@ -284,20 +307,22 @@ def run(predictor: inference.Predictor, input_path: str, output: str,
   locations = (inference.read_locations(options.locations)
                if options.locations else {})
   _check_writable(output)
-  _record_settings(output, _settings(predictor, options, settings_extra))
-  todo, skipped, outputs = _plan(files, output, options, locations)
-  _warn_unlocated(predictor, todo)
+  _record_settings(output, _settings(predictor, input_path, options,
+                                     settings_extra))
+  plan = _plan(files, output, options, locations)
+  _warn_unlocated(predictor, plan.todo)
   started = time.time()
-  counts, errors = _predict_and_write(predictor, todo, options)
+  counts, errors = _predict_and_write(predictor, plan.todo, options)
   _write_errors(output, errors)
   if "csv" in options.formats:
-    tables.combine_csv([p["csv"] for p in outputs if os.path.exists(p["csv"])],
+    tables.combine_csv([p["csv"] for p in plan.outputs
+                        if os.path.exists(p["csv"])],
                        os.path.join(output, tables.COMBINED_CSV))
   logging.info("%d files predicted, %d skipped (done before), %d failed, "
-               "%.1f s", counts["done"], skipped, counts["failed"],
+               "%.1f s", counts["done"], plan.skipped, counts["failed"],
                time.time() - started)
-  return {"done": counts["done"], "skipped": skipped,
-          "failed": counts["failed"], "detections": counts["detections"]}
+  return dict(counts, skipped=plan.skipped,
+              detections_before=plan.detections_before)
 
 
 # ---------------------------------------------------------------------------
@@ -335,18 +360,46 @@ def _define_flags() -> None:
                     "(else the prior is only reported).")
   flags.DEFINE_float("geo_threshold", 0.1, "Threshold of --geo_filter.")
   flags.DEFINE_integer("batch_size", 32, "Windows per call.")
+  _validate_flags()
+
+
+def _validate_flags() -> None:
+  """Bad values end the command at parsing, before any work, in one line
+  naming the flag."""
+  for name, check, message in (
+      ("hop_seconds", lambda x: x > 0, "give a hop longer than 0 s"),
+      ("min_confidence", lambda x: 0 <= x <= 1,
+       "give a probability between 0 and 1"),
+      ("top_k", lambda x: x >= 0, "give 0 (every species) or more"),
+      ("batch_size", lambda x: x >= 1, "give 1 or more windows per call")):
+    flags.register_validator(name, check, message)
+  flags.register_multi_flags_validator(
+      ["latitude", "longitude", "locations"], _check_location_flags)
+  flags.register_multi_flags_validator(
+      ["geo_filter", "geo_prior"],
+      lambda v: not v["geo_filter"] or v["geo_prior"],
+      "--geo_filter needs --geo_prior")
+
+
+def _check_location_flags(values: dict) -> bool:
+  """As `inference.read_locations` checks each row of --locations."""
+  lat, lon = values["latitude"], values["longitude"]
+  if lat is None and lon is None:
+    return True
+  if lat is None or lon is None:
+    raise flags.ValidationError(
+        "give both --latitude and --longitude, or neither")
+  if values["locations"]:
+    raise flags.ValidationError(
+        "give --latitude/--longitude or --locations, not both")
+  problem = inference.location_problem(lat, lon)
+  if problem:
+    raise flags.ValidationError(problem)
+  return True
 
 
 def _main_options() -> tuple[inference.Predictor, RunOptions, dict]:
   f = flags.FLAGS
-  if (f.latitude is None) != (f.longitude is None):
-    raise inference.InputError(
-        "give both --latitude and --longitude, or neither")
-  if f.latitude is not None and f.locations:
-    raise inference.InputError(
-        "give --latitude/--longitude or --locations, not both")
-  if f.geo_filter and not f.geo_prior:
-    raise inference.InputError("--geo_filter needs --geo_prior")
   predictor = inference.Predictor(f.model, hop_seconds=f.hop_seconds,
                                   batch_size=f.batch_size,
                                   geo_prior=f.geo_prior or None)
@@ -373,6 +426,27 @@ def _main_options() -> tuple[inference.Predictor, RunOptions, dict]:
   return predictor, options, extra
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, its errors in one `error:` line (not the usage)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"error: {e}")
+
+
+def _fail(e: Exception) -> None:
+  """Ends the command in one `error:` line (after the traceback with
+  --verbosity=1): the message of a known problem, the type and message of
+  anything else."""
+  if flags.FLAGS.verbosity >= 1:
+    traceback.print_exc()
+  if isinstance(e, (ValueError, OSError)):  # ConfigError, AudioError, ...
+    sys.exit(f"error: {e}")
+  sys.exit(f"error: {type(e).__name__}: {e}"
+           + ("" if flags.FLAGS.verbosity >= 1
+              else " (--verbosity=1 prints where)"))
+
+
 def main(argv):
   del argv
   input_pipeline.hide_gpus_from_tensorflow()
@@ -382,12 +456,12 @@ def main(argv):
     predictor, options, extra = _main_options()
     counts = run(predictor, flags.FLAGS.input, flags.FLAGS.output, options,
                  extra)
-  except (registry.ConfigError, FileNotFoundError, ValueError) as e:
-    sys.exit(f"error: {e}")
-  print(f"{counts['done']} recordings predicted, {counts['skipped']} already "
-        f"done, {counts['failed']} failed (see "
-        f"{os.path.join(flags.FLAGS.output, ERRORS_FILE)}); "
-        f"{counts['detections']} detections")
+  except Exception as e:  # pylint: disable=broad-except
+    _fail(e)
+  print(f"{counts['done']} recordings predicted ({counts['detections']} "
+        f"detections), {counts['skipped']} already done "
+        f"({counts['detections_before']} detections), {counts['failed']} "
+        f"failed (see {os.path.join(flags.FLAGS.output, ERRORS_FILE)})")
   if counts["failed"] and not counts["done"] and not counts["skipped"]:
     sys.exit(1)
 
@@ -395,4 +469,4 @@ def main(argv):
 if __name__ == "__main__":
   _define_flags()
   flags.mark_flags_as_required(["model", "input", "output"])
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

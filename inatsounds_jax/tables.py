@@ -21,6 +21,7 @@ so nothing of a recording's size is held in memory.
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import math
@@ -198,11 +199,21 @@ def combine_csv(per_file_paths: Sequence[str], out_path: str) -> int:
   return rows
 
 
+def _delimiter(path: str) -> str:
+  return "\t" if path.endswith(".txt") else ","
+
+
 def read_table(path: str) -> list[dict]:
   """Rows of a written Raven table (tab) or CSV (comma) as dicts."""
   with open(path, newline="", encoding="utf-8") as f:
-    delimiter = "\t" if path.endswith(".txt") else ","
-    return list(csv.DictReader(f, delimiter=delimiter))
+    return list(csv.DictReader(f, delimiter=_delimiter(path)))
+
+
+def count_rows(path: str) -> int:
+  """Detections in a written Raven table or CSV (rows after the header)."""
+  with open(path, newline="", encoding="utf-8") as f:
+    return max(0, sum(1 for _ in csv.reader(f, delimiter=_delimiter(path)))
+               - 1)
 
 
 FORMATS: registry.Registry[Format] = registry.Registry("output format")
@@ -324,6 +335,17 @@ EMBEDDING_FORMATS.add("parquet", EmbeddingFormat(".embeddings.parquet",
 # ---------------------------------------------------------------------------
 # A recording's files.
 # ---------------------------------------------------------------------------
+
+def output_names(relatives: Sequence[str]) -> list[str]:
+  """Each recording's output name, from its path relative to the input: the
+  path without its extension, or with it where that name is not unique
+  (compared ignoring case, as some file systems do), so no two recordings
+  share a file."""
+  stems = [os.path.splitext(r)[0] for r in relatives]
+  taken = collections.Counter(n.lower() for n in stems + list(relatives))
+  return [stem if taken[stem.lower()] == 1 else relative
+          for stem, relative in zip(stems, relatives)]
+
 
 def output_paths(stem: str, formats: Sequence[str], embeddings: str
                  ) -> dict[str, str]:

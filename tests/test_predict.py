@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -222,7 +223,8 @@ def test_outputs_parse_back_with_their_column_names(predictor, recordings,
   counts = _run(predictor, recordings, out, embeddings="npz",
                 selection=inference.Selection(min_confidence=0.05))
   assert counts == {"done": 2, "skipped": 0, "failed": 2,
-                    "detections": counts["detections"]}
+                    "detections": counts["detections"],
+                    "detections_before": 0}
   raven = tables.read_table(str(out / "birds.BirdNET.selection.table.txt"))
   assert list(raven[0])[:7] == ["Selection", "View", "Channel",
                                 "Begin Time (s)", "End Time (s)",
@@ -262,6 +264,7 @@ def test_a_resumed_run_skips_files_whose_outputs_are_complete(
   counts = _run(predictor, recordings, out)
   assert (counts["done"], counts["skipped"], counts["failed"]) == (1, 1, 2)
   assert csv_path.read_text() == first
+  assert counts["detections_before"] == len(tables.read_table(str(csv_path)))
   with pytest.raises(inference.InputError, match="min_confidence: 0.25 -> 0.5"):
     _run(predictor, recordings, out, selection=inference.Selection(0.5))
 
@@ -534,7 +537,8 @@ def test_command_line(workdir, recordings, tmp_path):
        "--format=raven", "--embeddings=parquet", "--min_confidence=0.2"],
       capture_output=True, text=True, check=False, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
-  assert "2 recordings predicted, 0 already done, 2 failed" in result.stdout
+  assert re.search(r"2 recordings predicted \(\d+ detections\), 0 already "
+                   r"done \(0 detections\), 2 failed", result.stdout)
   assert "empty.flac: empty file" in result.stderr
   assert (tmp_path / "out" / "sub" / "cy.embeddings.parquet").exists()
   assert not (tmp_path / "out" / "birds.BirdNET.results.csv").exists()
