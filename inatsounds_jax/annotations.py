@@ -805,7 +805,7 @@ def map_species(annotations: Annotations, labels: Sequence[dict],
     index, how = match(written)
     matches[written] = SpeciesMatch(
         written, events, index,
-        "" if index is None else labels[index]["species"], how)
+        "" if index is None else labels[index].get("species", ""), how)
   class_of_event = np.asarray(
       [-1 if matches[e.species].class_index is None
        else matches[e.species].class_index for e in annotations.events],

@@ -118,6 +118,8 @@ def _check_matrix(scores, positives) -> tuple[np.ndarray, np.ndarray]:
   if scores.ndim != 2 or positives.shape != scores.shape:
     raise ValueError(f"scores and positives must both be [rows, classes]; "
                      f"got {scores.shape} and {positives.shape}")
+  if not np.issubdtype(scores.dtype, np.floating):
+    scores = scores.astype(np.float64)  # Negating unsigned ints wraps.
   if np.isnan(scores).any():
     raise ValueError("scores hold NaN: a ranking needs ordered scores")
   return scores, positives

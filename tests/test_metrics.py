@@ -265,6 +265,14 @@ def test_metrics_that_rank_columns_in_blocks_give_the_same_answer(
                                 whole)
 
 
+def test_integer_scores_rank_as_their_values():
+  scores, positives = _multilabel(11, quantize=10)
+  as_bytes = np.round(scores * 10).astype(np.uint8)
+  np.testing.assert_array_equal(
+      metrics.per_class_auroc(as_bytes, positives),
+      metrics.per_class_auroc(as_bytes.astype(np.float64), positives))
+
+
 def test_metrics_refuse_mismatched_or_nan_scores():
   with pytest.raises(ValueError, match=r"\[rows, classes\]"):
     metrics.per_class_auroc(np.zeros((3, 2)), np.zeros((3, 3), bool))
