@@ -210,6 +210,25 @@ class Predictor:
           "without that dataset; train it with a range model as geo_prior")
     return prior_lib.load(source, self.species)
 
+  def unlocated_warnings(self, unlocated: Sequence[str], total: int
+                         ) -> list[str]:
+    """What happens to the `unlocated` of `total` recordings (paths given no
+    location), one warning line each for the prior and the model's location
+    input; none when neither uses a location."""
+    if not unlocated:
+      return []
+    some = (f"{len(unlocated)} of {total} recordings have no location "
+            f"(e.g. {unlocated[0]})")
+    out = []
+    if self.prior is not None:
+      out.append(f"warning: {some}: their geo prior column is empty and "
+                 "nothing is filtered")
+    if self.location is not None:
+      out.append(f"warning: {some}: the model, trained with location_input "
+                 f"{self.trained.config.location_input!r}, classifies them "
+                 "as at an unknown location")
+    return out
+
   @property
   def hop_seconds(self) -> float:
     fe = self.windows.frontend

@@ -194,35 +194,15 @@ def _plan(files: Sequence[tuple[str, str]], output: str, options: RunOptions,
   return plan
 
 
-def _warn_unlocated(predictor: inference.Predictor, todo: list[_Todo]
-                    ) -> None:
-  """Says which recordings lack the location the prior or the model uses."""
-  unlocated = [t.path for t in todo
-               if math.isnan(t.latitude) or math.isnan(t.longitude)]
-  if not unlocated:
-    return
-  some = (f"{len(unlocated)} of {len(todo)} recordings have no location "
-          f"(e.g. {unlocated[0]})")
-  if predictor.prior is not None:
-    print(f"warning: {some}: their geo prior column is empty and nothing "
-          "is filtered", file=sys.stderr)
-  if predictor.location is not None:
-    print(f"warning: {some}: the model, trained with location_input "
-          f"{predictor.trained.config.location_input!r}, classifies them as "
-          "at an unknown location", file=sys.stderr)
-
-
-def _audio_seconds(path: str) -> float:
-  """Duration from the header (0 if unreadable: decoding will report it)."""
-  try:
-    info = soundfile.info(path)
-    return info.frames / info.samplerate
-  except Exception:  # pylint: disable=broad-except
-    return 0.0
-
-
 def _progress_bar(todo: list[_Todo]) -> tqdm.tqdm:
-  total_s = sum(_audio_seconds(t.path) for t in todo)
+  """A bar over the hours of audio the headers declare (an unreadable
+  header counts 0: decoding will report the file)."""
+  total_s = 0.0
+  for t in todo:
+    try:
+      total_s += soundfile.info(t.path).duration
+    except Exception:  # pylint: disable=broad-except
+      pass
   return tqdm.tqdm(total=total_s / 3600, unit="h audio", desc="predict",
                    disable=not todo,
                    bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h audio "
@@ -310,7 +290,10 @@ def run(predictor: inference.Predictor, input_path: str, output: str,
   _record_settings(output, _settings(predictor, input_path, options,
                                      settings_extra))
   plan = _plan(files, output, options, locations)
-  _warn_unlocated(predictor, plan.todo)
+  for line in predictor.unlocated_warnings(
+      [t.path for t in plan.todo
+       if math.isnan(t.latitude) or math.isnan(t.longitude)], len(plan.todo)):
+    print(line, file=sys.stderr)
   started = time.time()
   counts, errors = _predict_and_write(predictor, plan.todo, options)
   _write_errors(output, errors)
