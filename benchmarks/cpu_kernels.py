@@ -9,8 +9,8 @@ float32, for
 
 - `jax.jit`: XLA's default library choice (YNNPACK for convolutions and
   matrix products on this JAX),
-- `conv.jit`: the options the library compiles with
-  (`models.conv.CPU_COMPILER_OPTIONS`: XLA's own kernels),
+- `compilation.jit`: the options the library compiles with
+  (`compilation.CPU_COMPILER_OPTIONS`: XLA's own kernels),
 - PyTorch eager (oneDNN; channels-last for convolutions), same threads,
 
 and each op's forward, input gradient and kernel gradient (convolutions),
@@ -37,8 +37,8 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from inatsounds_jax import compilation
 from inatsounds_jax.models import attention
-from inatsounds_jax.models import conv
 
 BATCH = 16
 # (map size, in channels, out channels, kernel, stride) of ResNet's convs.
@@ -99,7 +99,7 @@ def conv_rows():
       op = functools.partial(fn, stride=stride, pad=pad)
       on_device = jax.device_put(args)
       rates = [gflops(gflop, jit(op), *on_device)
-               for jit in (jax.jit, conv.jit)]
+               for jit in (jax.jit, compilation.jit)]
       with torch.no_grad():
         rates.append(gflops(gflop, torch_fn, *torch_args))
       yield (f"conv {size}x{size}x{cin}->{cout} {k}x{k}/{stride} {part}",
@@ -114,7 +114,7 @@ def product_rows():
     gflop = 2 * int(np.prod(batch, dtype=int)) * m * k * n / 1e9
     on_device = jax.device_put((a, b))
     rates = [gflops(gflop, jit(jnp.matmul), *on_device)
-             for jit in (jax.jit, conv.jit)]
+             for jit in (jax.jit, compilation.jit)]
     rates.append(gflops(gflop, torch.matmul, torch.from_numpy(a),
                         torch.from_numpy(b)))
     name = f"product {m}x{k}x{n}" + (f", {batch[0]} of them" if batch
@@ -151,7 +151,8 @@ def attention_rows():
   for part, products, fn, args, torch_fn in parts:
     gflop = products * product_gflop
     on_device = jax.device_put(args)
-    rates = [gflops(gflop, jit(fn), *on_device) for jit in (jax.jit, conv.jit)]
+    rates = [gflops(gflop, jit(fn), *on_device)
+             for jit in (jax.jit, compilation.jit)]
     rates.append(gflops(gflop, torch_fn))
     yield (f"attention {BATCH}x{heads} heads x {tokens} tokens {part}",
            *rates)
@@ -164,7 +165,8 @@ def main():
         f"{torch.__version__} ({torch.get_num_threads()} threads), "
         f"{cores} cores; GFLOP/s, float32, median of 8 calls; "
         f"load average {os.getloadavg()[0]:.2f}\n")
-  print("| op | jax.jit | conv.jit | PyTorch | conv.jit / PyTorch |")
+  print("| op | jax.jit | compilation.jit | PyTorch "
+        "| compilation.jit / PyTorch |")
   print("|---|---:|---:|---:|---:|")
   for name, default, ours, theirs in (*conv_rows(), *product_rows(),
                                          *attention_rows()):

@@ -6,14 +6,14 @@
 
 Per model, on the same batch and machine: inference (eval mode) and one SGD
 training step (forward, softmax cross-entropy, backward, update) in examples
-per second, for the Flax model under `conv.jit` (`jax.jit` with the CPU
-compiler options the library's training and prediction use) and the same
-torchvision/timm model in PyTorch eager (`torch.compile` is not used: eager
-is what most users run). After a warm-up (compilation), JAX and PyTorch are
-timed in alternating rounds of `steps` calls each (after one untimed call
-per round), so that load from other processes hits both alike; the table
-gives each side's median rate and the median of the per-round ratios (JAX /
-PyTorch).
+per second, for the Flax model under `compilation.jit` (`jax.jit` with the
+CPU compiler options the library's training and prediction use) and the
+same torchvision/timm model in PyTorch eager (`torch.compile` is not used:
+eager is what most users run). After a warm-up (compilation), JAX and
+PyTorch are timed in alternating rounds of `steps` calls each (after one
+untimed call per round), so that load from other processes hits both
+alike; the table gives each side's median rate and the median of the
+per-round ratios (JAX / PyTorch).
 
 Memory: by default the script restarts itself with glibc's malloc told
 never to return freed memory to the system (`KEEP_FREED_MEMORY`), for both
@@ -31,10 +31,10 @@ apart) and by JAX primitive; the layer of an op is the Flax module path in
 its name (ops outside modules are "(model)"). A fused op counts for the
 layer of its root: XLA may fuse several layers into one op (the last
 stage of a ResNet into its `fc` at inference, for example). XLA's own
-(Eigen) convolutions and matrix products, which `conv.jit` chooses on CPU,
-run on its thread pool outside the traced ops: the trace shows only their
-dispatch, and their time is in the gap between the ops' sum and the wall
-time per call (to see them as ops, profile with plain `jax.jit`, whose
+(Eigen) convolutions and matrix products, which `compilation.jit` chooses
+on CPU, run on its thread pool outside the traced ops: the trace shows only
+their dispatch, and their time is in the gap between the ops' sum and the
+wall time per call (to see them as ops, profile with plain `jax.jit`, whose
 YNNPACK kernels are traced).
 
 Other processes' load is measured, not guessed: the CPU time the whole
@@ -81,8 +81,8 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import optax  # pylint: disable=g-import-not-at-top
 
+from inatsounds_jax import compilation  # pylint: disable=g-import-not-at-top
 from inatsounds_jax import models  # pylint: disable=g-import-not-at-top
-from inatsounds_jax.models import conv  # pylint: disable=g-import-not-at-top
 
 TORCH_FACTORIES = {
     "resnet18": lambda c: torchvision.models.resnet18(num_classes=c),
@@ -140,9 +140,9 @@ def jax_steps(name, batch, num_classes=1000):
                                         if k != "params"}
   opt_state = tx.init(params)
 
-  infer = conv.jit(lambda v, x: model.apply(v, x))
+  infer = compilation.jit(lambda v, x: model.apply(v, x))
 
-  @conv.jit
+  @compilation.jit
   def train_step(params, extra, opt_state, x, y):
     def loss_fn(p):
       logits, updates = model.apply(

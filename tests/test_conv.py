@@ -1,7 +1,5 @@
 """CPU paths of models/conv.py against the native XLA ops, and dispatch."""
 
-import re
-
 import flax.linen as nn
 import jax
 from jax.sharding import Mesh
@@ -12,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from inatsounds_jax import compilation
 from inatsounds_jax import models
 from inatsounds_jax.models import conv
 
@@ -30,8 +29,8 @@ def _assert_same_values_and_grads(fn, reference, *args, rtol=1e-5):
   want = reference(*args)
   cotangent = jax.random.normal(jax.random.PRNGKey(9), want.shape)
   # Compiled as the library compiles its programs.
-  got, grads = conv.jit(lambda *a: (fn(*a), jax.vjp(fn, *a)[1](cotangent)))(
-      *args)
+  got, grads = compilation.jit(
+      lambda *a: (fn(*a), jax.vjp(fn, *a)[1](cotangent)))(*args)
   want_grads = jax.vjp(reference, *args)[1](cotangent)
   for a, b in zip((got, *grads), (want, *want_grads)):
     assert a.shape == b.shape and a.dtype == b.dtype
@@ -98,55 +97,6 @@ def test_dense_matches_native_conv(batch, size, channels, k, stride,
           dimension_numbers=NHWC),
       lambda x, w: _native(x, w, strides, pad, dilations), x, kernel,
       rtol=2e-5)
-
-
-def _compiled_ops(fn, *shapes, jit=conv.jit):
-  """Compiled HLO text of `fn` on float32 arrays of `shapes`."""
-  args = [jnp.ones(s, jnp.float32) for s in shapes]
-  return jit(fn).lower(*args).compile().as_text()
-
-
-def _library_fused(text, opcode):
-  """Whether an `opcode` op is inside one of XLA's YNNPACK fusions."""
-  bodies = re.findall(r"\n(%\S+) [^\n]*\{\n(.*?)\n\}", text, re.S)
-  library = set(re.findall(
-      r"%ynn_fusion[\w.-]* = [^\n]*kind=kCustom, calls=(%[\w.-]+)", text))
-  return any(name in library and f" {opcode}(" in body
-             for name, body in bodies)
-
-
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU only")
-def test_cpu_jit_leaves_products_to_xla_and_reductions_to_the_library():
-  """`conv.jit` hands convolutions and dots to XLA's own (multithreaded)
-  kernels, which plain `jax.jit` gives to YNNPACK, and keeps YNNPACK's
-  reductions; if a JAX upgrade changes what XLA does by default, this
-  says so (and the options need a new look)."""
-  def convolve(x, kernel):
-    return _native(x, kernel, (1, 1), "SAME", (1, 1))
-
-  shapes = ((4, 32, 32, 32), (3, 3, 32, 32))
-  assert _library_fused(_compiled_ops(convolve, *shapes, jit=jax.jit),
-                        "convolution")
-  assert not _library_fused(_compiled_ops(convolve, *shapes), "convolution")
-  square = ((256, 256), (256, 256))
-  assert _library_fused(_compiled_ops(jnp.dot, *square, jit=jax.jit), "dot")
-  assert not _library_fused(_compiled_ops(jnp.dot, *square), "dot")
-  assert _library_fused(
-      _compiled_ops(lambda x: x.sum((0, 1, 2)), (16, 32, 32, 64)), "reduce")
-
-
-def test_cpu_jit_adds_options_only_on_cpu(monkeypatch):
-  seen = {}
-  monkeypatch.setattr(jax, "jit", lambda fun, **kw: seen.update(kw))
-  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  conv.jit(jnp.sin, donate_argnums=0)
-  assert seen == {"donate_argnums": 0}
-  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
-  conv.jit(jnp.sin, compiler_options={"xla_cpu_enable_fast_math": False})
-  assert seen["compiler_options"] == {**conv.CPU_COMPILER_OPTIONS,
-                                      "xla_cpu_enable_fast_math": False}
-  conv.jit(jnp.sin, compiler_options=None)  # jax.jit's own default.
-  assert seen["compiler_options"] == conv.CPU_COMPILER_OPTIONS
 
 
 def test_other_convolutions_stay_native():

@@ -31,10 +31,10 @@ from jax.experimental import multihost_utils
 import numpy as np
 import tensorflow_datasets as tfds
 
+from inatsounds_jax import compilation
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import registry
 from inatsounds_jax.geo import prior as prior_lib
-from inatsounds_jax.models import conv
 
 # (int16 waveforms `[batch, window_samples]` of this process, and
 # optionally their recordings' `latitude`, `longitude` `[batch]`, NaN where
@@ -140,7 +140,7 @@ def make_predict_fn(apply_logits: Callable, variables,
   `location_input.LocationFeatures`: `(latitude, longitude, n) -> [n,
   width]` on the host) `apply_logits(variables, waveform, location)`.
   """
-  jitted = conv.jit(apply_logits, out_shardings=sharding)
+  jitted = compilation.jit(apply_logits, out_shardings=sharding)
 
   def predict(waveform: np.ndarray, latitude=None, longitude=None
               ) -> np.ndarray:

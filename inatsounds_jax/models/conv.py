@@ -6,23 +6,24 @@ this module computes them differently (same values up to float rounding,
 same gradients), and leaves GPU and TPU on the native ops, which their
 compilers and cuDNN already run well:
 
-- Depthwise convolution (`feature_group_count` = channels): no fast CPU
-  kernel, 10-40x slower than PyTorch forward and 50-100x backward. Here it
-  is a sum of shifted, per-channel-scaled slices of the input, which XLA
-  fuses into one vectorised loop, with hand-written gradients of the same
-  form (autodiff of the sum would scatter into padded copies, 20x slower).
+- Depthwise convolution (`feature_group_count` = channels): XLA:CPU has no
+  fast kernel for it, forward or backward. Here it is a sum of shifted,
+  per-channel-scaled slices of the input, which XLA fuses into one
+  vectorised loop, with hand-written gradients of the same form (autodiff
+  of the sum would scatter into padded copies).
 - Dense convolutions whose windows do not overlap (1x1, patch
   embeddings): plain matrix products, all three ways (XLA's convolution
-  is 3-10x slower there), and their kernel gradient's operands are
+  is slower there), and their kernel gradient's operands are
   materialised before the product (`_rows_product`): fused into the
   transpose XLA made for it, a batch norm's gradient was read with a
-  row's stride, 4x the product's own time. Other dense convolutions stay
-  XLA's own, forward and both gradients, compiled with
-  `CPU_COMPILER_OPTIONS` (below).
+  row's stride, costing more than the product itself. Other dense
+  convolutions stay XLA's own, forward and both gradients, compiled with
+  `compilation.CPU_COMPILER_OPTIONS`.
 - Max pooling's gradient: JAX's generic rule tracks argmax positions with
-  four index arrays through a variadic reduce-window, 10x the cost of the
-  pooling. Here the forward also records which window tap won (the first
-  maximum, as PyTorch picks) and the gradient is routed by that index.
+  four index arrays through a variadic reduce-window, costing far more
+  than the pooling. Here the forward also records which window tap won
+  (the first maximum, as PyTorch picks) and the gradient is routed by
+  that index.
 - Dense layers' products `[..., k] @ [k, o]`: the kernel gradient's
   operands are materialised first, as for the convolutions above.
 
@@ -37,16 +38,8 @@ the model for another runtime whose own kernels are better (TFLite's
 DEPTHWISE_CONV_2D over XNNPACK, where jax2tf would turn the CPU path into
 hundreds of slices and multiplies) traces inside `native_ops()`.
 
-XLA:CPU hands float32 convolutions and matrix products to the YNNPACK
-library by default, which runs convolutions on large maps on one thread.
-XLA's own (Eigen) convolutions use every core: up to 2.4x faster
-forward and 1.3-4.5x faster kernel gradients; its own matrix products make
-whole ViTs 7-10% faster (2026-12-04, 2 Xeon cores; `BENCHMARKS.md`).
-`CPU_COMPILER_OPTIONS` keeps YNNPACK for reductions only (batch norm
-statistics: without it XLA splits them into slow windowed reductions).
-`jit` applies them; the library's training step, evaluators, `predict`
-and `curate` are jitted with it (pass them as `jax.jit(...,
-compiler_options=...)` to get the same from your own code).
+How these programs are compiled on CPU (XLA's own convolutions and
+products rather than YNNPACK's) is `inatsounds_jax.compilation`'s.
 """
 
 from __future__ import annotations
@@ -59,6 +52,8 @@ from typing import Iterator, Sequence
 import jax
 from jax import lax
 import jax.numpy as jnp
+
+from inatsounds_jax import compilation
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 # Examples whose products are summed inside the depthwise kernel-gradient
@@ -81,20 +76,9 @@ def native_ops() -> Iterator[None]:
     _NATIVE_ONLY.reset(token)
 
 
-# YNNPACK for reductions only: see the module docstring. The value is a
-# comma-separated list of `DebugOptions.LibraryFusionType` names.
-CPU_COMPILER_OPTIONS = {
-    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE",
-}
-
-
-def jit(fun, **kwargs):
-  """`jax.jit(fun, **kwargs)`, with `CPU_COMPILER_OPTIONS` when JAX's
-  default backend is the CPU (other backends do not know them)."""
-  if jax.default_backend() == "cpu":
-    kwargs["compiler_options"] = {**CPU_COMPILER_OPTIONS,
-                                  **(kwargs.get("compiler_options") or {})}
-  return jax.jit(fun, **kwargs)
+# Re-exported until train, curate and inference import compilation.
+CPU_COMPILER_OPTIONS = compilation.CPU_COMPILER_OPTIONS
+jit = compilation.jit
 
 
 def by_platform(*args, cpu, default):
