@@ -1,21 +1,25 @@
-"""On-device augmentation and the model image (the iNatSounds paper's recipe).
+"""On-device augmentation (the iNatSounds paper's recipe).
 
 Pure functions of (rng, arrays) on spectrogram images `[batch, mel, frames]`
 with values 0..255 as made by `frontend.mel_image`, jit- and shard-friendly:
-SpecAugment, mixup in the exponential domain with soft labels, and the resize
-plus normalisation that turns a window into an ImageNet-backbone input.
+SpecAugment and mixup in the exponential domain with soft labels. The resize
+plus normalisation that turns a window into a backbone's input is the
+model's (`models/image.py`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from inatsounds_jax import frontend as frontend_lib
+from inatsounds_jax.models import image as image_lib
+
+# Re-exported until objectives/classification.py and
+# objectives/masked_reconstruction.py import models.image.
+ImageConfig = image_lib.ImageConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,20 +31,6 @@ class AugmentConfig:
   num_time_masks: int = 1
   mixup: bool = False
   mixup_alpha: float = 1.0  # lambda ~ Beta(alpha, alpha).
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageConfig:
-  """How a spectrogram window becomes the backbone's input.
-
-  `size=None` keeps the native [mel, frames] size (e.g. 128 x 512).
-  """
-  size: tuple[int, int] | None = (224, 224)
-  channels: int = 3  # The paper repeats the image into 3 channels.
-  # Of the 0..1 image: one value, or one per channel (ImageNet's for L48).
-  mean: float | tuple[float, ...] = 0.6569
-  std: float | tuple[float, ...] = 0.1786
-  antialias: bool = True
 
 
 def _band_masks(rng, batch: int, length: int, max_width: int, num: int):
@@ -111,39 +101,3 @@ def augment(rng: jax.Array, images: jax.Array, targets: jax.Array,
   if config.mixup:
     images, targets, _ = mixup(mix_rng, images, targets, config, frontend)
   return images, targets
-
-
-@functools.lru_cache(maxsize=None)
-def resize_matrix(size_in: int, size_out: int, antialias: bool) -> np.ndarray:
-  """`[size_out, size_in]` weights of `jax.image.resize`'s bilinear resize
-  along one axis (the resize is separable and linear: the images of the
-  unit vectors)."""
-  with jax.ensure_compile_time_eval():
-    return np.asarray(jax.image.resize(
-        jnp.eye(size_in, dtype=jnp.float32), (size_out, size_in), "bilinear",
-        antialias=antialias))
-
-
-def _resize(x: jax.Array, size: tuple[int, int], antialias: bool
-            ) -> jax.Array:
-  """`jax.image.resize(x, (batch,) + size, "bilinear")` as two 2-D matrix
-  products, which TFLite's converter maps to its fully-connected op (the
-  resize's own contraction over a middle axis it cannot convert)."""
-  batch, height, width = x.shape
-  rows = resize_matrix(height, size[0], antialias)
-  cols = resize_matrix(width, size[1], antialias)
-  hi = jax.lax.Precision.HIGHEST
-  x = jnp.matmul(x.reshape(batch * height, width), cols.T, precision=hi)
-  x = jnp.swapaxes(x.reshape(batch, height, size[1]), 1, 2)
-  x = jnp.matmul(x.reshape(batch * size[1], height), rows.T, precision=hi)
-  return jnp.swapaxes(x.reshape(batch, size[1], size[0]), 1, 2)
-
-
-def to_model_image(images: jax.Array, config: ImageConfig) -> jax.Array:
-  """`[batch, mel, frames]` 0..255 -> normalised NHWC `[batch, H, W, C]`."""
-  x = images.astype(jnp.float32) / 255.0
-  if config.size is not None and tuple(config.size) != x.shape[1:]:
-    x = _resize(x, tuple(config.size), config.antialias)
-  x = jnp.repeat(x[..., None], config.channels, axis=-1)
-  return ((x - np.asarray(config.mean, np.float32)) /
-          np.asarray(config.std, np.float32))

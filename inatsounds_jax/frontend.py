@@ -96,7 +96,7 @@ class ImageInputConfig:
   channels]` per example, every clip brought to this size by the input
   pipeline (the release's are 750 x 236). The module (`ImageFrontend`)
   makes them the one-channel 0..255 image the classifier resizes and
-  normalises (`augment.to_model_image`): L48's spectrograms are grey,
+  normalises (`models.image.to_model_image`): L48's spectrograms are grey,
   stored as RGB, so the channel mean keeps all they hold.
   """
   height: int = 236

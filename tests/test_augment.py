@@ -76,12 +76,3 @@ def test_augment_deterministic_and_mixup_switch():
   np.testing.assert_array_equal(a[0], b[0])
   assert not np.array_equal(a[1], targets)
 
-
-def test_model_image_resize_and_normalise():
-  images = jnp.full((2, 128, 512), 255 * 0.6569, jnp.float32)
-  out = augment.to_model_image(images, augment.ImageConfig())
-  assert out.shape == (2, 224, 224, 3)
-  np.testing.assert_allclose(out, 0.0, atol=1e-4)
-  native = augment.to_model_image(
-      images, augment.ImageConfig(size=None, channels=1))
-  assert native.shape == (2, 128, 512, 1)

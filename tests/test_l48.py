@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from inatsounds_jax import augment
 from inatsounds_jax import data
 from inatsounds_jax import frontend
 from inatsounds_jax import input_pipeline
@@ -22,6 +21,7 @@ from inatsounds_jax import train
 from inatsounds_jax.objectives import classification
 from inatsounds_jax.geo import prior as prior_lib
 from inatsounds_jax.models import classifier
+from inatsounds_jax.models import image as image_lib
 from tests import l48_fake
 from tests.test_train import load_config
 
@@ -311,7 +311,7 @@ def test_image_classifier_normalises_grey_clips_like_the_benchmark():
   model = classifier.Classifier(
       backbone="placeholder", num_classes=4,
       frontend=frontend.ImageInputConfig(height=6, width=10),
-      image=augment.ImageConfig(size=None, channels=3, mean=mean, std=std))
+      image=image_lib.ImageConfig(size=None, channels=3, mean=mean, std=std))
   grey = np.random.default_rng(0).integers(0, 256, (2, 6, 10), np.uint8)
   images = np.repeat(grey[..., None], 3, axis=-1)
   one_channel = model.apply({}, jnp.asarray(images),
@@ -320,7 +320,7 @@ def test_image_classifier_normalises_grey_clips_like_the_benchmark():
   # torchvision's ToTensor + Normalize on the RGB clip.
   expected = (images / 255.0 - np.array(mean)) / np.array(std)
   np.testing.assert_allclose(
-      augment.to_model_image(one_channel, model.image), expected, rtol=1e-5,
+      image_lib.to_model_image(one_channel, model.image), expected, rtol=1e-5,
       atol=1e-5)
   assert model.example_input.shape == (6, 10, 3)
   variables = model.init({"params": np.zeros(2, np.uint32)},

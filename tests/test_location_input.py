@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from inatsounds_jax import adaptation
-from inatsounds_jax import augment
 from inatsounds_jax import curate
 from inatsounds_jax import export
 from inatsounds_jax import inference
@@ -23,6 +22,7 @@ from inatsounds_jax.geo import prior as prior_lib
 from inatsounds_jax.geo import range_model as range_lib
 from inatsounds_jax.geo import sinr
 from inatsounds_jax.models import classifier as classifier_lib
+from inatsounds_jax.models import image as image_lib
 
 import model_workdir
 import test_train
@@ -33,7 +33,7 @@ NUM_CLASSES = 5
 def small_classifier(**fields):
   return classifier_lib.Classifier(
       backbone="placeholder", num_classes=NUM_CLASSES,
-      image=augment.ImageConfig(size=(16, 32), channels=1), window_frames=32,
+      image=image_lib.ImageConfig(size=(16, 32), channels=1), window_frames=32,
       **fields)
 
 

@@ -11,13 +11,14 @@ import pytest
 from inatsounds_jax import augment
 from inatsounds_jax import registry
 from inatsounds_jax import objectives
+from inatsounds_jax.models import image as image_lib
 from inatsounds_jax.models import mae
 from inatsounds_jax.models import vit
 
 
 def tiny_mae(**options):
-  fields = dict(size="mu", image=augment.ImageConfig(size=(32, 128),
-                                                     channels=1),
+  fields = dict(size="mu", image=image_lib.ImageConfig(size=(32, 128),
+                                                       channels=1),
                 window_frames=64, decoder="global", decoder_width=64,
                 decoder_depth=1, decoder_heads=4, local_window=(2, 4),
                 mask_ratio=0.75)
@@ -39,7 +40,7 @@ def reconstruction(decoder="global", norm_pix_loss=True):
     return model.apply(variables, images, rngs={"mask": jax.random.PRNGKey(2)},
                        method=mae.MaskedAutoencoder.reconstruct)
 
-  model_image = np.asarray(augment.to_model_image(images, model.image))
+  model_image = np.asarray(image_lib.to_model_image(images, model.image))
   return model, jax.device_get(run(images)), model_image
 
 
@@ -143,9 +144,9 @@ def test_sincos_position_embeddings_encode_time_then_frequency():
     ({"mask_ratio": 0.0}, "mask_ratio=0.0 must be in (0, 1)"),
     ({"mask_ratio": 1.0}, "mask_ratio=1.0 must be in (0, 1)"),
     ({"mask_ratio": -0.5}, "must be in (0, 1)"),
-    ({"image": augment.ImageConfig(size=(40, 128), channels=1)},
+    ({"image": image_lib.ImageConfig(size=(40, 128), channels=1)},
      "the patch size 16 does not divide the MAE input 40 x 128"),
-    ({"image": augment.ImageConfig(size=None, channels=1),
+    ({"image": image_lib.ImageConfig(size=None, channels=1),
       "window_frames": 100},
      "does not divide the MAE input 128 x 100"),
     ({"decoder": "local", "local_window": (4, 4)},

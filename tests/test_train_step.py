@@ -16,6 +16,7 @@ from inatsounds_jax import models
 from inatsounds_jax import registry
 from inatsounds_jax import train
 from inatsounds_jax.models import classifier as classifier_lib
+from inatsounds_jax.models import image as image_lib
 
 NUM_CLASSES = 5
 
@@ -24,7 +25,7 @@ NUM_CLASSES = 5
 def tiny_model():
   return classifier_lib.Classifier(
       backbone="placeholder", num_classes=NUM_CLASSES,
-      image=augment.ImageConfig(size=(32, 32), channels=1), window_frames=32)
+      image=image_lib.ImageConfig(size=(32, 32), channels=1), window_frames=32)
 
 
 def run_step(loss: losses.Loss):

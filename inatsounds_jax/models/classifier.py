@@ -22,10 +22,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from inatsounds_jax import augment
 from inatsounds_jax import frontend as frontend_lib
 from inatsounds_jax import models as models_lib
 from inatsounds_jax.geo import location_input as location_lib
+from inatsounds_jax.models import image as image_lib
 
 
 class WindowedModel:
@@ -64,7 +64,7 @@ class Classifier(WindowedModel, nn.Module):
   num_classes: int
   frontend: frontend_lib.FrontendConfig | frontend_lib.ImageInputConfig = (
       frontend_lib.INATSOUNDS)
-  image: augment.ImageConfig = augment.ImageConfig()
+  image: image_lib.ImageConfig = image_lib.ImageConfig()
   window_frames: int = 512  # The window the model classifies (~2.97 s).
   backbone_options: tuple[tuple[str, Any], ...] = ()
   # "" or a name in `location_input.LOCATION_INPUTS`, and its options.
@@ -89,7 +89,7 @@ class Classifier(WindowedModel, nn.Module):
     """Logits of spectrogram images (after any augmentation), plus the
     location head's offsets (`location`: features `[batch, width]`; None:
     unknown) when the model has a `location_input`."""
-    logits = self.net(augment.to_model_image(images, self.image), train=train)
+    logits = self.net(image_lib.to_model_image(images, self.image), train=train)
     if self.location_head is None:
       return logits
     if location is None:

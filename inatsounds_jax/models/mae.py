@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from inatsounds_jax import augment
 from inatsounds_jax import frontend as frontend_lib
 from inatsounds_jax import registry
 from inatsounds_jax.models import classifier as classifier_lib
+from inatsounds_jax.models import image as image_lib
 from inatsounds_jax.models import layers as layers_lib
 from inatsounds_jax.models import vit
 
@@ -163,7 +163,7 @@ class MaskedAutoencoder(classifier_lib.WindowedModel, nn.Module):
   """
   size: str = "b"
   frontend: frontend_lib.FrontendConfig = frontend_lib.INATSOUNDS
-  image: augment.ImageConfig = augment.ImageConfig(size=None, channels=1)
+  image: image_lib.ImageConfig = image_lib.ImageConfig(size=None, channels=1)
   window_frames: int = 512
   mask_ratio: float = 0.8
   masking: str = "random"
@@ -293,7 +293,7 @@ class MaskedAutoencoder(classifier_lib.WindowedModel, nn.Module):
     normalised-patch space when `norm_pix_loss`), `patch_mean`,
     `patch_std` `[b, n, 1]` (to map predictions back to the image) and
     `image` (the model image `[b, H, W, C]`)."""
-    x = augment.to_model_image(images, self.image).astype(self.dtype)
+    x = image_lib.to_model_image(images, self.image).astype(self.dtype)
     rng = (self.make_rng("mask") if self.has_rng("mask")
            else jax.random.PRNGKey(0))
     ids_keep, mask = random_mask(rng, x.shape[0], self.grid, self.mask_ratio,
