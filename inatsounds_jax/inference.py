@@ -198,7 +198,7 @@ class Predictor:
     variables = self.trained.variables
     self._apply = conv.jit(lambda w, location=None: model.apply(
         variables, w, location=location,
-        method=classifier_lib.Classifier.embed_and_classify))
+        method=classifier_lib.Classifier.infer))
 
   def _training_prior(self, source: str) -> prior_lib.GeoPrior:
     """The prior a `prior_logits` model was trained with, from its config."""
@@ -299,7 +299,8 @@ class Predictor:
         waves[i] = wave
         if locations is not None:
           locations[i] = chunk.location
-      embeddings, logits = jax.device_get(self._apply(waves, locations))
+      out = jax.device_get(self._apply(waves, locations))
+      embeddings, logits = out.embedding, out.logits
       for i, (chunk, row, _) in enumerate(batch):
         chunk.put(row, embeddings[i], logits[i])
       batch.clear()

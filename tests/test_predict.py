@@ -137,7 +137,7 @@ def test_chunked_decoding_gives_the_whole_file_table(workdir, predictor):
                                               predictor.windows)
     windows = input_pipeline.cut_windows(waveform, starts, left,
                                          predictor.windows).numpy()
-    direct = np.asarray(predictor._apply(windows)[1])  # pylint: disable=protected-access
+    direct = np.asarray(predictor._apply(windows).logits)  # pylint: disable=protected-access
     np.testing.assert_allclose(whole.logits, direct, atol=1e-5)
 
 
