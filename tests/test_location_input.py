@@ -146,7 +146,7 @@ def test_a_linear_probe_trains_the_location_head_with_the_head():
   assert adaptation.TRAINED in jax.tree.leaves(groups["net"])  # Its head.
 
 
-def test_embedding_is_the_backbones_pooled_features_with_a_location_head():
+def test_location_head_offsets_the_logits_not_the_embedding():
   plain = small_classifier()
   located = small_classifier(location_input="encoding")
   w = waveforms(plain)
@@ -155,13 +155,15 @@ def test_embedding_is_the_backbones_pooled_features_with_a_location_head():
   v_located = {**v_located, "params": {**v_located["params"],
                                        "net": v_plain["params"]["net"]},
                "batch_stats": v_plain["batch_stats"]}
-  embedding, _ = plain.apply(
-      v_plain, w, method=classifier_lib.Classifier.embed_and_classify)
-  located_embedding, logits = located.apply(
-      v_located, w, location=np.full((3, 2), 10.0, np.float32),
-      method=classifier_lib.Classifier.embed_and_classify)
-  np.testing.assert_array_equal(located_embedding, embedding)
-  assert logits.shape == (3, NUM_CLASSES)
+  location = np.full((3, 2), 10.0, np.float32)
+  want = plain.apply(v_plain, w, method=classifier_lib.Classifier.infer)
+  out = located.apply(v_located, w, location=location,
+                      method=classifier_lib.Classifier.infer)
+  np.testing.assert_array_equal(out.embedding, want.embedding)
+  # The logits carry the location head's offsets.
+  np.testing.assert_array_equal(
+      out.logits, located.apply(v_located, w, location=location))
+  assert not np.allclose(out.logits, want.logits)
 
 
 def config(**fields):

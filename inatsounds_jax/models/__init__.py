@@ -3,11 +3,13 @@
 Names: resnet18, resnet34, resnet50, resnet101, mobilenet_v3_large,
 mobilenet_v3_small, vit_ti16, vit_s16, vit_b16, vit_l16, vit_mu16 (two narrow
 blocks, for CPU smoke runs), and `placeholder` (a one-layer stand-in for fast
-tests). Inputs are NHWC
-images; outputs float32 logits. Options: `dtype` (e.g. jnp.bfloat16 compute,
-float32 parameters), `dropout`, `drop_path`, `head_bias_init` (log(1/C) for
-BCE heads), `bn_momentum` (CNNs; flax convention). `image_size` (e.g.
-(128, 512)) reaches the backbones whose parameters depend on it (ViTs: their
+tests). Inputs are NHWC images; outputs float32 logits, or with the call
+argument `with_embedding=True` the pair (embedding, logits), the embedding
+being the pooled features the head reads (`layers.backbone_output`).
+Options: `dtype` (e.g. jnp.bfloat16 compute, float32 parameters),
+`dropout`, `drop_path`, `head_bias_init` (log(1/C) for BCE heads),
+`bn_momentum` (CNNs; flax convention). `image_size` (e.g. (128, 512))
+reaches the backbones whose parameters depend on it (ViTs: their
 position embeddings); convolutional ones take any size and ignore it.
 """
 

@@ -9,6 +9,11 @@ runs the parts separately to augment in between:
     images, targets = augment.augment(rng, images, targets, aug_config)
     logits = model.apply(v, images, train=True, method=Classifier.classify)
 
+Inference reads both of its outputs, the embedding and the logits, at once:
+
+    out = model.apply(v, waveform, method=Classifier.infer)
+    out.embedding, out.logits
+
 A classifier with a `location_input` (`geo/location_input.py`) also takes
 the recordings' location features `[batch, width]` (`location=`); without
 them every location counts as unknown.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -27,11 +33,40 @@ from inatsounds_jax import models as models_lib
 from inatsounds_jax.geo import location_input as location_lib
 from inatsounds_jax.models import image as image_lib
 
+# What a model takes (`WindowedModel.input_kind`): int16 or float waveform
+# windows, or spectrogram images (an image frontend).
+WAVEFORM = "waveform"
+IMAGE = "image"
+
+
+@flax.struct.dataclass
+class ClassifierOutput:
+  """What a classifier infers from a batch of windows.
+
+  Attributes:
+    embedding: `[batch, dim]` float32, the backbone's pooled features before
+      its head (`layers.backbone_output`); a location head does not change
+      it, so it describes the sound alone.
+    logits: `[batch, num_classes]` float32, the head's, plus the location
+      head's offsets when the model has one.
+  """
+  embedding: jax.Array
+  logits: jax.Array
+
 
 class WindowedModel:
   """What a model on waveform windows derives from its `frontend`,
   `window_frames` and `image` fields (shared by the classifier and the
   masked autoencoder)."""
+
+  @property
+  def input_kind(self) -> str:
+    """`IMAGE` for an image frontend (`frontend.ImageInputConfig`: inputs
+    are spectrogram images), else `WAVEFORM`. Callers that feed audio ask
+    this instead of inspecting the frontend."""
+    if isinstance(self.frontend, frontend_lib.ImageInputConfig):
+      return IMAGE
+    return WAVEFORM
 
   @property
   def window_samples(self) -> int:
@@ -44,7 +79,7 @@ class WindowedModel:
     native spectrogram size (mel bands x frames), or the input image's."""
     if self.image.size:
       return tuple(self.image.size)
-    if isinstance(self.frontend, frontend_lib.ImageInputConfig):
+    if self.input_kind == IMAGE:
       return (self.frontend.height, self.frontend.width)
     return (self.frontend.num_mel_bins, self.window_frames)
 
@@ -52,7 +87,7 @@ class WindowedModel:
   def example_input(self) -> jax.ShapeDtypeStruct:
     """One example of the model's input: an int16 waveform window, or a
     uint8 image for an image frontend (`frontend.ImageInputConfig`)."""
-    if isinstance(self.frontend, frontend_lib.ImageInputConfig):
+    if self.input_kind == IMAGE:
       return jax.ShapeDtypeStruct(self.frontend.example_shape, jnp.uint8)
     return jax.ShapeDtypeStruct((self.window_samples,), jnp.int16)
 
@@ -89,51 +124,36 @@ class Classifier(WindowedModel, nn.Module):
     """Logits of spectrogram images (after any augmentation), plus the
     location head's offsets (`location`: features `[batch, width]`; None:
     unknown) when the model has a `location_input`."""
-    logits = self.net(image_lib.to_model_image(images, self.image), train=train)
-    if self.location_head is None:
-      return logits
-    if location is None:
-      location = self.location_head.missing(images.shape[0])
-    return logits + self.location_head(location)
+    return self._outputs(images, train, location).logits
 
   def __call__(self, waveform: jax.Array, train: bool = False,
                location: jax.Array | None = None) -> jax.Array:
     return self.classify(self.spectrogram(waveform), train=train,
                          location=location)
 
+  def infer(self, inputs: jax.Array, location: jax.Array | None = None
+            ) -> ClassifierOutput:
+    """Embedding and logits of waveforms (images with an image frontend),
+    in inference mode; `location` as for `classify`."""
+    return self._outputs(self.spectrogram(inputs), False, location)
+
+  # Removed once export.py calls infer().
   def embed_and_classify(self, waveform: jax.Array,
                          location: jax.Array | None = None
                          ) -> tuple[jax.Array, jax.Array]:
-    """(embedding `[batch, dim]`, logits `[batch, num_classes]`), inference.
+    """(embedding, logits) of `infer`."""
+    out = self.infer(waveform, location)
+    return out.embedding, out.logits
 
-    The embedding is the input of the backbone's last dense layer, its head:
-    the pooled features (ResNet: the global average pool; MobileNet-V3: the
-    1280-wide layer after its hard-swish; ViT: the normed class token;
-    placeholder: the time-averaged image). It is read by intercepting that
-    call (inside the backbone, not the location head), so the backbones need
-    no second output.
-    """
-    head_inputs = []
-
-    def record_dense_input(next_fn, args, kwargs, context):
-      if isinstance(context.module, nn.Dense) and (
-          context.method_name == "__call__") and _inside(context.module,
-                                                         "net"):
-        head_inputs.append(args[0])
-      return next_fn(*args, **kwargs)
-
-    with nn.intercept_methods(record_dense_input):
-      logits = self(waveform, location=location)
-    return head_inputs[-1].astype(jnp.float32), logits
-
-
-def _inside(module: nn.Module, name: str) -> bool:
-  """`module` is the submodule `name` of its classifier, or inside it."""
-  while module is not None:
-    if module.name == name:
-      return True
-    module = module.parent
-  return False
+  def _outputs(self, images: jax.Array, train: bool,
+               location: jax.Array | None) -> ClassifierOutput:
+    embedding, logits = self.net(image_lib.to_model_image(images, self.image),
+                                 train=train, with_embedding=True)
+    if self.location_head is not None:
+      if location is None:
+        location = self.location_head.missing(images.shape[0])
+      logits = logits + self.location_head(location)
+    return ClassifierOutput(embedding=embedding, logits=logits)
 
 
 def from_backbone_variables(backbone_variables: dict) -> dict:

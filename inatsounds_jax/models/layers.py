@@ -166,3 +166,19 @@ def gelu_exact(x):
 
 
 global_avg_pool = functools.partial(jnp.mean, axis=(1, 2))
+
+
+def backbone_output(embedding: jax.Array, logits: jax.Array,
+                    with_embedding: bool):
+  """What every backbone returns: float32 logits `[batch, num_classes]`,
+  or with `with_embedding` the pair (embedding, logits).
+
+  The embedding `[batch, dim]`, float32, is what the backbone's head reads:
+  its pooled features (before the head's dropout, which inference skips).
+  It is a second output rather than read from the head's call, so that what
+  counts as the embedding is each backbone's own, stated decision.
+  """
+  logits = logits.astype(jnp.float32)
+  if with_embedding:
+    return embedding.astype(jnp.float32), logits
+  return logits

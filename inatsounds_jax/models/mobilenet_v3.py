@@ -44,7 +44,9 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 
 class MobileNetV3(nn.Module):
-  """NHWC images -> logits `[batch, num_classes]`."""
+  """NHWC images -> logits `[batch, num_classes]`; with `with_embedding`,
+  (the last hidden layer after its hard-swish, `LAST_CHANNELS` wide,
+  logits)."""
   variant: str  # "large" or "small".
   num_classes: int
   dtype: Any = jnp.float32
@@ -56,7 +58,8 @@ class MobileNetV3(nn.Module):
   bn_momentum: float = 0.99
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False,
+               with_embedding: bool = False):
     L = layers_lib.Layers(self.dtype, train, self.bn_momentum, 1e-3)  # pylint: disable=invalid-name
     x = jax.nn.hard_swish(L.bn("features_0_1")(
         L.conv("features_0_0", 16, 3, 2)(x)))
@@ -90,8 +93,9 @@ class MobileNetV3(nn.Module):
     x = jax.nn.hard_swish(L.bn(f"features_{last}_1")(
         L.conv(f"features_{last}_0", 6 * x.shape[-1], 1)(x)))
     x = layers_lib.global_avg_pool(x)
-    x = jax.nn.hard_swish(L.dense("classifier_0",
-                                  LAST_CHANNELS[self.variant])(x))
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return L.dense("classifier_3", self.num_classes,
-                   self.head_bias_init)(x).astype(jnp.float32)
+    embedding = jax.nn.hard_swish(L.dense("classifier_0",
+                                          LAST_CHANNELS[self.variant])(x))
+    x = nn.Dropout(self.dropout, deterministic=not train)(embedding)
+    logits = L.dense("classifier_3", self.num_classes,
+                     self.head_bias_init)(x)
+    return layers_lib.backbone_output(embedding, logits, with_embedding)

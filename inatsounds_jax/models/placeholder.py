@@ -21,18 +21,21 @@ from inatsounds_jax.models import layers
 
 
 class Placeholder(nn.Module):
-  """NHWC images -> logits `[batch, num_classes]`."""
+  """NHWC images -> logits `[batch, num_classes]`; with `with_embedding`,
+  (the normed time-averaged image `[batch, H * C]`, logits)."""
   num_classes: int
   dtype: Any = jnp.float32
   head_bias_init: float = 0.0
   bn_momentum: float = 0.9
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False,
+               with_embedding: bool = False):
     features = x.astype(self.dtype).mean(axis=2).reshape(x.shape[0], -1)
     features = layers.BatchNorm(use_running_average=not train,
                                 momentum=self.bn_momentum, dtype=self.dtype,
                                 name="norm")(features)
-    return nn.Dense(self.num_classes, dtype=self.dtype,
-                    bias_init=nn.initializers.constant(self.head_bias_init),
-                    name="head")(features).astype(jnp.float32)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype,
+                      bias_init=nn.initializers.constant(self.head_bias_init),
+                      name="head")(features)
+    return layers.backbone_output(features, logits, with_embedding)

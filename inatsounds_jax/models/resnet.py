@@ -25,7 +25,8 @@ STAGES = {
 
 
 class ResNet(nn.Module):
-  """NHWC images -> logits `[batch, num_classes]`."""
+  """NHWC images -> logits `[batch, num_classes]`; with `with_embedding`,
+  (the global average pool `[batch, 512 | 2048]`, logits)."""
   variant: str
   num_classes: int
   dtype: Any = jnp.float32
@@ -37,7 +38,8 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False,
+               with_embedding: bool = False):
     block, depths = STAGES[self.variant]
     L = layers_lib.Layers(self.dtype, train, self.bn_momentum, 1e-5)  # pylint: disable=invalid-name
     x = nn.relu(L.bn("bn1")(L.conv("conv1", 64, 7, 2)(x)))
@@ -64,7 +66,7 @@ class ResNet(nn.Module):
         y = layers_lib.DropPath(rate, name=p + "drop_path")(y, train)
         x = nn.relu(residual + y)
         index += 1
-    x = layers_lib.global_avg_pool(x)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return L.dense("fc", self.num_classes, self.head_bias_init)(x).astype(
-        jnp.float32)
+    embedding = layers_lib.global_avg_pool(x)
+    x = nn.Dropout(self.dropout, deterministic=not train)(embedding)
+    logits = L.dense("fc", self.num_classes, self.head_bias_init)(x)
+    return layers_lib.backbone_output(embedding, logits, with_embedding)

@@ -38,7 +38,10 @@ PATCH = 16
 
 
 class ViT(nn.Module):
-  """NHWC images -> logits `[batch, num_classes]`."""
+  """NHWC images -> logits `[batch, num_classes]`; with `with_embedding`,
+  (the head's input `[batch, width]`: the normed class token, or the normed
+  patch mean with `global_pool="avg"`, after `head_batchnorm` if set;
+  logits)."""
   size: str
   num_classes: int
   image_size: tuple[int, int] = (224, 224)
@@ -51,7 +54,8 @@ class ViT(nn.Module):
   class_token: bool = True  # False: patch tokens only (needs "avg" pooling).
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False,
+               with_embedding: bool = False):
     width, depth, heads, mlp = SIZES[self.size]
     if tuple(x.shape[1:3]) != tuple(self.image_size):
       raise ValueError(f"ViT built for {self.image_size} images got "
@@ -93,8 +97,8 @@ class ViT(nn.Module):
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                        epsilon=1e-6, use_bias=False, use_scale=False,
                        dtype=self.dtype, name="head_norm")(x)
-    return L.dense("head", self.num_classes, self.head_bias_init)(x).astype(
-        jnp.float32)
+    logits = L.dense("head", self.num_classes, self.head_bias_init)(x)
+    return layers_lib.backbone_output(x, logits, with_embedding)
 
 
 def encoder_block(x: jax.Array, *, prefix: str, heads: int, mlp: int,
