@@ -3,8 +3,8 @@
 `self_attention(qkv)` equals `jax.nn.dot_product_attention(q, k, v)` on
 the three slices of `qkv` (softmax of q k^T / sqrt(head_dim) in float32,
 times v) up to float rounding (q is scaled before its product here). On
-GPU and TPU it is that call. On CPU, where a ViT-Ti training step spent
-about 40% of its time around attention's products (the softmax, its
+GPU and TPU it is that call. On CPU, where that call's training step
+spends much of a ViT's time around attention's products (the softmax, its
 gradient, the slices of qkv and their gradients as padded copies added
 together, layout copies), it is computed heads-major with a hand-written
 gradient:
