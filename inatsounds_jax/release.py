@@ -14,6 +14,7 @@ file and the reason, and the caller decides whether to skip it or stop.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -22,8 +23,11 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterator
 from typing import Any, BinaryIO
+
+from inatsounds_jax import registry
 
 # Split name in the TFDS dataset -> names used by the release. Readers accept
 # each name for the annotation file (`<name>.json[.tar.gz]`), the extracted
@@ -47,8 +51,12 @@ TAXONOMY_KEYS = ("kingdom", "phylum", "class", "order", "family", "genus",
                  "specific_epithet")
 
 
-class ReleaseError(ValueError):
-  """A problem that makes a whole split unreadable (not one bad item)."""
+class ReleaseError(registry.ConfigError):
+  """A problem that makes a whole split unreadable (not one bad item).
+
+  A `ConfigError`: the files given are at fault, so the command line says
+  so in one line (the message names the file) instead of a traceback.
+  """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +117,14 @@ class SplitAnnotations:
 
 
 def load_json(path: str) -> dict[str, Any]:
-  """Loads an annotation JSON, plain or inside a `.tar.gz`."""
+  """Loads an annotation JSON, plain or inside a `.tar.gz`.
+
+  Raises:
+    ReleaseError: the file cannot be read, the archive is damaged, or the
+      text is not JSON; one line naming the file, where it goes wrong and
+      what to do (a download cut short is the usual cause).
+  """
+  where = path
   try:
     if path.endswith((".tar.gz", ".tgz")):
       with tarfile.open(path, "r:gz") as tar:
@@ -119,12 +134,34 @@ def load_json(path: str) -> dict[str, Any]:
           raise ReleaseError(
               f"{path}: expected one .json file inside, found "
               f"{[m.name for m in members]}")
+        where = f"{path} ({members[0].name})"
         return json.load(tar.extractfile(members[0]))
     with open(path, "rb") as f:
       return json.load(f)
-  except (OSError, tarfile.TarError, json.JSONDecodeError,
-          UnicodeDecodeError) as e:
-    raise ReleaseError(f"{path}: cannot read annotation JSON: {e}") from e
+  except json.JSONDecodeError as e:
+    raise ReleaseError(invalid_json_message(where, e)) from None
+  except UnicodeDecodeError as e:
+    raise ReleaseError(f"{where}: not UTF-8 text ({e.reason} at byte "
+                       f"{e.start}); download it again") from None
+  except (tarfile.TarError, EOFError, zlib.error) as e:
+    raise ReleaseError(f"{path}: damaged archive ({e}); download it "
+                       "again") from None
+  except OSError as e:
+    raise ReleaseError(
+        f"{e.filename or path}: cannot read it ({e.strerror or e})") from None
+
+
+def invalid_json_message(where: str, e: json.JSONDecodeError) -> str:
+  """One line: the file, where its JSON goes wrong, and what to do.
+
+  A text that stops before its closing bracket was most likely cut short
+  (an interrupted download or extraction), so it says so.
+  """
+  cut = not e.doc.rstrip().endswith(("}", "]"))
+  return (f"{where}: not valid JSON{' (truncated?)' if cut else ''}: "
+          f"{e.msg.removesuffix(' at')} at line {e.lineno} column {e.colno}; "
+          + ("download or extract it again" if cut
+             else "fix it or download it again"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +195,9 @@ def load_strong_labels(folder: str) -> dict[int, StrongLabels] | None:
                           float(e["end"])) for e in entry["events"]),
             checklist=(None if checklist is None
                        else tuple(int(c) for c in checklist)))
-  except (OSError, json.JSONDecodeError, KeyError, TypeError,
-          ValueError) as e:
+  except json.JSONDecodeError as e:
+    raise ReleaseError(invalid_json_message(path, e)) from None
+  except (OSError, KeyError, TypeError, ValueError) as e:
     raise ReleaseError(f"{path}: cannot read strong labels: {e!r}") from e
   return out
 
@@ -194,11 +232,10 @@ def _first_key(entry: dict, *keys: str):
   return None
 
 
-def _duplicates(ids) -> set:
-  seen, dup = set(), set()
-  for i in ids:
-    (dup if i in seen else seen).add(i)
-  return dup
+def _duplicates(ids) -> dict:
+  """Id -> how many entries hold it, for the ids more than one holds."""
+  counts = collections.Counter(ids)
+  return {i: n for i, n in counts.items() if n > 1}
 
 
 def parse_annotations(data: Any, split: str, source: str) -> SplitAnnotations:
@@ -215,10 +252,15 @@ def parse_annotations(data: Any, split: str, source: str) -> SplitAnnotations:
              if not isinstance(data.get(k), list)]
   if missing:
     raise ReleaseError(f"{source}: no list under key(s) {missing}")
-  problems = []
+  problems, reported = [], set()
 
   def bad(file: str, kind: str, reason: str) -> None:
-    problems.append(Problem(split, file, kind, reason))
+    # Entries repeated whole (an id listed twice with the same file) give
+    # the same problem for each copy: the report lists it once.
+    problem = Problem(split, file, kind, reason)
+    if problem not in reported:
+      reported.add(problem)
+      problems.append(problem)
 
   categories: dict[int, Category] = {}
   category_ids = [_as_int(c.get("id")) if isinstance(c, dict) else None
@@ -230,7 +272,8 @@ def parse_annotations(data: Any, split: str, source: str) -> SplitAnnotations:
     if cid is None or not isinstance(entry.get("name"), str):
       bad(where, "bad category", "category without integer id or name")
     elif cid in duplicate_categories:
-      bad(where, "duplicate id", f"duplicate category id {cid}")
+      bad(where, "duplicate id", f"duplicate category id {cid} "
+          f"({duplicate_categories[cid]} entries, all left out)")
     else:
       categories[cid] = Category(
           id=cid, name=entry["name"],
@@ -252,7 +295,8 @@ def parse_annotations(data: Any, split: str, source: str) -> SplitAnnotations:
           "recording without integer id or file_name")
       continue
     if aid in duplicate_audio:
-      bad(where, "duplicate id", f"duplicate recording id {aid}")
+      bad(where, "duplicate id", f"duplicate recording id {aid} "
+          f"({duplicate_audio[aid]} entries, all left out)")
       continue
     lat = _as_float(entry.get("latitude"))
     lon = _as_float(entry.get("longitude"))
@@ -287,7 +331,8 @@ def parse_annotations(data: Any, split: str, source: str) -> SplitAnnotations:
     if ann_id is None:
       bad(where, "bad annotation", "annotation without integer id")
     elif ann_id in duplicate_annotations:
-      bad(where, "duplicate id", f"duplicate annotation id {ann_id}")
+      bad(where, "duplicate id", f"duplicate annotation id {ann_id} "
+          f"({duplicate_annotations[ann_id]} entries, all left out)")
     elif aid is None or aid not in known_audio_ids:
       bad(where, "unknown recording",
           f"annotation {ann_id} refers to unknown recording id "

@@ -1,8 +1,11 @@
 import json
 import math
+import re
+import tarfile
 
 import pytest
 
+from inatsounds_jax import registry
 from inatsounds_jax import release
 
 
@@ -81,6 +84,20 @@ def test_duplicate_annotation_ids():
   assert sum("duplicate annotation id 100" in r for _, r in problems) == 2
 
 
+def test_an_entry_listed_twice_is_one_problem():
+  def twice(d):
+    d["audio"].append(dict(d["audio"][0]))
+    d["annotations"].append(dict(d["annotations"][1]))
+
+  parsed, problems = _problems_after(twice)
+  assert not parsed.items
+  assert len(problems) == len(set(problems))
+  assert problems.count(("train/00000_a/x.wav", "duplicate recording id 10 "
+                         "(2 entries, all left out)")) == 1
+  assert problems.count(("train/00001_b/y.wav", "duplicate annotation id "
+                         "101 (2 entries, all left out)")) == 1
+
+
 @pytest.mark.parametrize("lat, lon", [(123.0, 0.0), (0.0, -181.0),
                                       ("north", 3.0), (5.0, None)])
 def test_impossible_coordinates(lat, lon):
@@ -100,11 +117,40 @@ def test_recording_without_annotation_is_reported():
 
 def test_unusable_file_raises_naming_it(tmp_path):
   path = tmp_path / "train.json"
-  path.write_text("{not json")
-  with pytest.raises(release.ReleaseError, match="train.json"):
+  path.write_text("{not json}")
+  with pytest.raises(release.ReleaseError) as e:
     release.load_json(str(path))
+  assert str(e.value) == (
+      f"{path}: not valid JSON: Expecting property name enclosed in double "
+      "quotes at line 1 column 2; fix it or download it again")
   with pytest.raises(release.ReleaseError, match="no list under key"):
     release.parse_annotations({"audio": []}, "train", "train.json")
+
+
+def test_a_truncated_json_is_one_line_naming_the_file(tmp_path):
+  text = json.dumps(_annotations(), indent=1)
+  path = tmp_path / "train.json"
+  path.write_text(text[:len(text) // 2])
+  with pytest.raises(registry.ConfigError) as e:
+    release.load_json(str(path))
+  assert isinstance(e.value, release.ReleaseError)
+  assert re.fullmatch(
+      rf"{re.escape(str(path))}: not valid JSON \(truncated\?\): .* at "
+      r"line \d+ column \d+; download or extract it again", str(e.value))
+  archive = tmp_path / "train.json.tar.gz"
+  with tarfile.open(archive, "w:gz") as tar:
+    tar.add(path, arcname="train.json")
+  with pytest.raises(release.ReleaseError,
+                     match=re.escape(f"{archive} (train.json): not valid "
+                                     "JSON (truncated?)")):
+    release.load_json(str(archive))
+  path.write_text(text)  # Whole, in an archive cut short.
+  with tarfile.open(archive, "w:gz") as tar:
+    tar.add(path, arcname="train.json")
+  archive.write_bytes(archive.read_bytes()[:archive.stat().st_size // 2])
+  with pytest.raises(release.ReleaseError,
+                     match=re.escape(f"{archive}: damaged archive (")):
+    release.load_json(str(archive))
 
 
 def test_relative_key_ignores_split_folder():

@@ -2,6 +2,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,10 +13,12 @@ import tensorflow_datasets as tfds
 
 from inatsounds_jax import audio
 from inatsounds_jax import data
+from inatsounds_jax import registry
 from tests.conftest import build
 
 from tfds_builders.inat_sounds import inat_sounds_dataset_builder as builder_lib
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = {"train": "train", "validation": "val", "test": "test"}
 
 
@@ -152,12 +155,14 @@ def test_bad_items_are_skipped_and_reported(damaged_release, tmp_path,
   assert not skipped & {ex["file_name"].decode() for ex in examples.values()}
   assert not any("BytesIO" in r["reason"] for r in report)
   summary = capsys.readouterr().err
-  # 8 items left out, 12 report lines (a duplicated id is reported for both
-  # entries and its annotation, an unknown category for the annotation and
-  # its recording, ...): the summary counts items.
-  assert len(report) == 12
+  # 8 items left out, 11 report lines (a duplicated recording is reported
+  # for its entries, once as they are the same, and its annotation; an
+  # unknown category for the annotation and its recording, ...): the
+  # summary counts items. No problem is listed twice.
+  assert len(report) == 11
+  assert len({tuple(r.values()) for r in report}) == len(report)
   assert f"train: {num_valid} examples, 8 items skipped" in summary
-  assert "8 items skipped; 12 problems reported" in summary
+  assert "8 items skipped; 11 problems reported" in summary
   assert "truncated WAV" in summary
   assert builder_lib.REPORT_NAME in summary
   # The other splits were untouched.
@@ -185,6 +190,43 @@ def test_damaged_archive_keeps_what_was_read(small_corpus, tmp_path):
   assert all("damaged" in r["reason"] for r in report)
   with open(os.path.join(small_corpus, "train.json")) as f:
     assert kept + len(report) == len(json.load(f)["annotations"])
+
+
+def _truncated_release(small_corpus, tmp_path):
+  """The release with its train.json cut in half (a download cut short)."""
+  root = _copy_release(small_corpus, tmp_path / "truncated", False)
+  path = os.path.join(root, "train.json")
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+  return root
+
+
+def test_a_truncated_annotation_json_stops_the_build_in_one_line(
+    small_corpus, tmp_path):
+  root = _truncated_release(small_corpus, tmp_path)
+  with pytest.raises(registry.ConfigError) as e:
+    build(root, tmp_path / "tfds")
+  assert re.fullmatch(
+      rf"{re.escape(os.path.join(root, 'train.json'))}: not valid JSON "
+      r"\(truncated\?\): .* at line 1 column \d+; download or extract it "
+      "again", str(e.value))
+
+
+def test_tfds_command_line_says_a_truncated_json_in_one_line(small_corpus,
+                                                              tmp_path):
+  root = _truncated_release(small_corpus, tmp_path)
+  result = subprocess.run(
+      ["tfds", "build", os.path.join(REPO, "tfds_builders", "inat_sounds"),
+       "--config", "full", "--manual_dir", root,
+       "--data_dir", str(tmp_path / "tfds")],
+      capture_output=True, text=True, cwd=tmp_path,
+      env=dict(os.environ, PATH=os.path.dirname(sys.executable) + ":" +
+               os.environ["PATH"]))
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      f"error: {os.path.join(root, 'train.json')}: not valid JSON "
+      "(truncated?): ")
 
 
 def test_full_config_without_manual_dir_explains(tmp_path):
@@ -309,9 +351,8 @@ def test_cross_split_duplicate_is_kept_only_in_evaluation(
 
 @pytest.mark.slow
 def test_tfds_command_line(small_corpus, tmp_path):
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   result = subprocess.run(
-      ["tfds", "build", os.path.join(repo, "tfds_builders", "inat_sounds"),
+      ["tfds", "build", os.path.join(REPO, "tfds_builders", "inat_sounds"),
        "--config", "full", "--manual_dir", small_corpus,
        "--data_dir", str(tmp_path), "--noforce_checksums_validation"],
       capture_output=True, text=True, cwd=tmp_path,
@@ -363,7 +404,7 @@ def test_beam_build_equals_the_streamed_build_with_its_report(
       for feature in a[key]:
         np.testing.assert_array_equal(a[key][feature], b[key][feature])
   assert _report(on_beam) == _report(streamed)
-  assert len(_report(on_beam)) == 12
+  assert len(_report(on_beam)) == 11
   assert data.label_counts(on_beam) == data.label_counts(streamed)
 
   def summary(text, data_dir):
@@ -371,7 +412,7 @@ def test_beam_build_equals_the_streamed_build_with_its_report(
 
   assert summary(beam_summary, tmp_path / "beam") == summary(
       streamed_summary, tmp_path / "streamed")
-  assert "8 items skipped; 12 problems reported" in beam_summary
+  assert "8 items skipped; 11 problems reported" in beam_summary
   assert not os.path.exists(os.path.join(on_beam.data_dir,
                                          "beam_worker_records"))
 

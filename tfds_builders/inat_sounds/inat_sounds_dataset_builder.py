@@ -54,6 +54,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from inatsounds_jax import audio as audio_lib
+from inatsounds_jax import cli
 from inatsounds_jax import registry
 from inatsounds_jax import release
 from inatsounds_jax import synthetic
@@ -79,6 +80,34 @@ class BuildError(RuntimeError):
 
 class StaleRecordsError(registry.ConfigError):
   """Prepared records were built from other source files than given now."""
+
+
+def _one_line_errors_in_the_tfds_command() -> None:
+  """Under `tfds build`, ends a problem with the files in an `error:` line.
+
+  The `tfds` command prints every exception with its traceback, some 50
+  lines of TFDS's own frames before ours; a `ConfigError` (the release's
+  files, stale records) or `BuildError` (strict mode) already says in its
+  message which file is wrong and what to do. So, only in that command's
+  process (it imports this module), they are printed as one line (after
+  the traceback with --verbosity=1), and anything else as before.
+  """
+  if "tensorflow_datasets.scripts.cli.main" not in sys.modules:
+    return
+  previous = sys.excepthook
+
+  def one_line(kind, error, trace):
+    if not issubclass(kind, (registry.ConfigError, BuildError)):
+      previous(kind, error, trace)
+      return
+    if cli.traceback_wanted():
+      previous(kind, error, trace)
+    print(f"error: {error}", file=sys.stderr, flush=True)
+
+  sys.excepthook = one_line
+
+
+_one_line_errors_in_the_tfds_command()
 
 
 @dataclasses.dataclass
@@ -541,9 +570,10 @@ def build_summary(info: tfds.core.DatasetInfo, problems,
 
   Items left out are annotations that did not become examples (every valid
   annotation becomes exactly one). One bad item can give several problems (a
-  duplicated recording id is reported for both entries and the annotation
-  that points at them, an unusable recording for itself and its
-  annotation), so problems are counted separately, by kind.
+  duplicated recording id is reported for each of its entries, once for
+  entries that are the same, and for the annotation that points at them; an
+  unusable recording for itself and its annotation), so problems are
+  counted separately, by kind.
 
   Args:
     info: the built dataset's info (examples per split).

@@ -1,0 +1,56 @@
+"""What the library's command lines share: one line per problem.
+
+A problem a user can act on (a bad flag, a file that is wrong, a folder in
+use) ends a command in one `error:` line that names the flag, file or folder
+and says what to do; its traceback, which helps only whoever debugs the
+library, is printed before that line when `--verbosity` (absl's flag) is 1
+or more.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import traceback
+from typing import NoReturn
+
+
+def traceback_wanted(argv: list[str] | None = None) -> bool:
+  """Whether the command line (`argv`, default `sys.argv`) asks for
+  tracebacks: `--verbosity` / `-v` of 1 or more (absl's debug level).
+
+  Read from the arguments, not from absl's flag: flag parsing may have
+  stopped before reaching it, and the `tfds` command sets it to INFO after
+  parsing.
+  """
+  argv = sys.argv if argv is None else argv
+  verbosity = 0
+  for i, arg in enumerate(argv[1:], 1):
+    match = re.fullmatch(r"--?(?:verbosity|v)(?:=(.*))?", arg)
+    if not match:
+      continue
+    value = match.group(1)
+    if value is None:
+      value = argv[i + 1] if i + 1 < len(argv) else ""
+    try:
+      verbosity = int(value)
+    except ValueError:
+      pass  # absl refuses it itself.
+  return verbosity >= 1
+
+
+def stop(line: str, error: BaseException, status: int = 1,
+         argv: list[str] | None = None) -> NoReturn:
+  """Ends the command with `line` on stderr, after `error`'s traceback when
+  the command line asks for it (`traceback_wanted`)."""
+  if traceback_wanted(argv):
+    traceback.print_exception(error)
+  sys.stdout.flush()
+  print(line, file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def fail(message: str, error: BaseException,
+         argv: list[str] | None = None) -> NoReturn:
+  """`stop` with `error: <message>` and status 1."""
+  stop(f"error: {message}", error, argv=argv)
