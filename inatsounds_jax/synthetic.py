@@ -110,16 +110,20 @@ class CorpusConfig:
   archives: bool = True
 
   def __post_init__(self):
+    """Raises `registry.ConfigError` naming the field (`field=value`) and
+    the least it must be."""
     if self.num_species < 2:
-      raise ValueError(
-          f"num_species must be at least 2, got {self.num_species}")
+      raise registry.ConfigError(
+          f"num_species={self.num_species} is too few: give at least 2")
     if self.num_recordings < 3 * self.num_species:
-      raise ValueError(
-          f"num_recordings ({self.num_recordings}) must be at least 3 per "
-          f"species ({3 * self.num_species}) so every split has data")
+      raise registry.ConfigError(
+          f"num_recordings={self.num_recordings} is too few for "
+          f"num_species={self.num_species}: give at least "
+          f"{3 * self.num_species} (3 per species, so that every split has "
+          "data), or fewer species")
     if self.key_style not in ("audio", "image"):
-      raise ValueError(f"key_style must be 'audio' or 'image', "
-                       f"got {self.key_style!r}")
+      raise registry.ConfigError(
+          f"key_style={self.key_style!r}: give 'audio' or 'image'")
 
 
 # ---------------------------------------------------------------------------
@@ -781,10 +785,20 @@ def main(argv=None) -> None:
   parser.add_argument("--num_workers", type=int, default=None)
   args = vars(parser.parse_args(argv))
   out, workers = args.pop("out"), args.pop("num_workers")
+  # Each problem in one line naming the flag (the config's fields are the
+  # flags) or the file.
+  if workers is not None and workers < 0:
+    parser.exit(2, f"error: --num_workers={workers}: give 1 or more (0: "
+                "one per CPU core)\n")
   try:
     summary = generate(out, CorpusConfig(**args), num_workers=workers)
-  except CorpusDirError as e:
-    parser.exit(2, f"error: {e}\n")
+  except registry.ConfigError as e:  # A field's value, or a foreign --out.
+    message = f" {e}"
+    for field in dataclasses.fields(CorpusConfig):  # Named as their flags.
+      message = message.replace(f" {field.name}=", f" --{field.name}=")
+    parser.exit(2, f"error:{message}\n")
+  except OSError as e:
+    parser.exit(2, f"error: {e.filename or out}: {e.strerror or e}\n")
   print(json.dumps(summary, indent=1))
 
 

@@ -191,6 +191,24 @@ def test_command_line(tmp_path):
   assert "image_dir_name" in ann["categories"][0]
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--num_recordings", "3"],
+     "error: --num_recordings=3 is too few for --num_species=50: give at "
+     "least 150 (3 per species, so that every split has data), or fewer "
+     "species"),
+    (["--num_species", "1"], "error: --num_species=1 is too few: give at "
+     "least 2"),
+], ids=["recordings", "species"])
+def test_command_line_says_the_least_a_flag_takes_in_one_line(tmp_path,
+                                                              flags, message):
+  result = subprocess.run(
+      [sys.executable, "-m", "inatsounds_jax.synthetic", "--out",
+       str(tmp_path / "corpus"), *flags], capture_output=True, text=True)
+  assert result.returncode == 2
+  assert result.stderr == message + "\n"
+  assert not (tmp_path / "corpus").exists()
+
+
 TINY = synthetic.CorpusConfig(num_species=2, num_recordings=6, seed=1,
                               median_duration_s=1.0, max_duration_s=2.0)
 
