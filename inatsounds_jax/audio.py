@@ -2,9 +2,9 @@
 
 The canonical form is what the iNatSounds release ships: mono 16-bit PCM at
 22,050 Hz. Anything else that libsndfile can read (other rates, stereo, 24-bit,
-float, FLAC) is converted to it; anything broken raises `AudioError` with a
-reason a person can act on. Decoding streams: the output is the only
-full-length array it holds.
+float, FLAC) is converted to it, samples beyond full scale clipped with a
+warning; anything broken raises `AudioError` with a reason a person can act
+on. Decoding streams: the output is the only full-length array it holds.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import struct
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from absl import logging
 import numpy as np
 import soundfile
 from scipy import signal
@@ -72,9 +73,26 @@ def _check_wav_not_truncated(f: BinaryIO, size: int) -> None:
 
 
 def to_int16(waveform: np.ndarray) -> np.ndarray:
-  """Float audio in [-1, 1] to int16 with the dataset's 32767 scale."""
-  scaled = np.round(np.asarray(waveform, np.float64) * INT16_SCALE)
-  return np.clip(scaled, -32768, 32767).astype(np.int16)
+  """Float audio in [-1, 1] to int16 with the dataset's 32767 scale.
+
+  Samples beyond full scale are clipped to it: int16 cannot hold them, and
+  clipping keeps the rest of the recording as it is (scaling it down would
+  change every sample). What reaches int16's range is kept, down to -32768
+  (-1.00003), which int16 recordings hold.
+  """
+  return _to_int16_counting(waveform)[0]
+
+
+def _to_int16_counting(waveform: np.ndarray
+                       ) -> tuple[np.ndarray, int, float]:
+  """`to_int16`, the number of samples it clipped and the largest magnitude
+  among them (0.0 when none)."""
+  x = np.asarray(waveform, np.float64)
+  scaled = np.round(x * INT16_SCALE)
+  beyond = (scaled > 32767) | (scaled < -32768)
+  count = int(np.count_nonzero(beyond))
+  peak = float(np.abs(x[beyond]).max()) if count else 0.0
+  return np.clip(scaled, -32768, 32767).astype(np.int16), count, peak
 
 
 def _resample_filter(up: int, down: int) -> tuple[np.ndarray, int]:
@@ -156,6 +174,13 @@ class BlockDecoder:
   (`decode_audio` trims to what came); one that declares no length, or
   whose samples are unreadable, raises `AudioError` while iterating. Use as
   a context manager (it holds the open sound file).
+
+  Samples beyond full scale (a float file louder than [-1, 1], or the
+  overshoot of resampling a full-scale one) are clipped to it (`to_int16`);
+  `clipped_samples` counts them so far and `clipped_peak` is the largest
+  magnitude among them (0.0 while none), in full-scale units (1.0 = 32767).
+  Once the file is decoded (or the decoder closed), a file with clipped
+  samples is reported in one warning naming it and its peak.
   """
 
   def __init__(self, f: BinaryIO, name: str | None = None):
@@ -182,6 +207,9 @@ class BlockDecoder:
                                            sf.samplerate // g)
     self.num_samples = (self._resampler.output_length(sf.frames)
                         if self._resampler else sf.frames)
+    self.clipped_samples = 0
+    self.clipped_peak = 0.0
+    self._clipping_reported = False
 
   def _fail(self, kind: str, reason: str):
     raise AudioError(kind, f"{self._name}: {reason}" if self._name
@@ -201,6 +229,21 @@ class BlockDecoder:
 
   def __exit__(self, *exc) -> None:
     self._file.close()
+    self._report_clipping()
+
+  def _to_int16(self, mono: np.ndarray) -> np.ndarray:
+    out, count, peak = _to_int16_counting(mono)
+    self.clipped_samples += count
+    self.clipped_peak = max(self.clipped_peak, peak)
+    return out
+
+  def _report_clipping(self) -> None:
+    if self.clipped_samples and not self._clipping_reported:
+      self._clipping_reported = True
+      logging.warning(
+          "%s: %d samples beyond full scale (peak %.3g, 1.0 = full scale) "
+          "were clipped to it.", self._name or "a recording",
+          self.clipped_samples, self.clipped_peak)
 
   def __iter__(self) -> Iterator[np.ndarray]:
     written = 0
@@ -218,16 +261,17 @@ class BlockDecoder:
           if not np.all(np.isfinite(mono)):
             self._fail("non-finite samples",
                        "audio contains NaN or infinite samples")
-          out = to_int16(self._resampler.process(mono) if self._resampler
-                         else mono)
+          out = self._to_int16(self._resampler.process(mono)
+                               if self._resampler else mono)
         written += len(out)
         yield out
       if self._resampler:
-        out = to_int16(self._resampler.finish())
+        out = self._to_int16(self._resampler.finish())
         written += len(out)
         yield out
     if written == 0:
       self._fail("no samples", "audio has no samples")
+    self._report_clipping()
 
 
 def decode_audio(data: bytes | BinaryIO, name: str | None = None

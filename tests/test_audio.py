@@ -44,6 +44,34 @@ def test_float_wav_is_scaled_like_the_dataset():
   np.testing.assert_array_equal(out, [0, 16384, -32767, 32767])
 
 
+def test_float_wav_beyond_full_scale_is_clipped_and_reported_once(
+    monkeypatch):
+  warnings = []
+  monkeypatch.setattr(audio.logging, "warning",
+                      lambda *args: warnings.append(args[0] % args[1:]))
+  x = np.tile([0.0, 4.0, -4.0, 0.5, 1.0, -1.0], 50_000)  # Several blocks.
+  with audio.BlockDecoder(io.BytesIO(_wav_bytes(x, subtype="FLOAT")),
+                          name="loud.wav") as decoder:
+    out = np.concatenate(list(decoder))
+    assert (decoder.clipped_samples, decoder.clipped_peak) == (100_000, 4.0)
+  np.testing.assert_array_equal(
+      out[:6], [0, 32767, -32768, 16384, 32767, -32767])
+  assert warnings == ["loud.wav: 100000 samples beyond full scale (peak 4, "
+                      "1.0 = full scale) were clipped to it."]
+
+
+def test_full_scale_int16_is_not_reported_as_clipped(monkeypatch):
+  warnings = []
+  monkeypatch.setattr(audio.logging, "warning",
+                      lambda *args: warnings.append(args))
+  x = np.array([[-32768, -32768], [32767, 32767], [0, 0]], np.int16)
+  with audio.BlockDecoder(io.BytesIO(_wav_bytes(x))) as decoder:
+    np.testing.assert_array_equal(np.concatenate(list(decoder)),
+                                  [-32768, 32767, 0])
+    assert decoder.clipped_samples == 0 and decoder.clipped_peak == 0.0
+  assert not warnings
+
+
 @pytest.mark.parametrize("data, message", [
     (b"", "empty file"),
     (b"this is not audio at all" * 10, "unreadable audio"),
