@@ -523,3 +523,36 @@ def test_nothing_to_evaluate_still_writes_the_mapping_and_problems(
   assert "amerob\t3\t\t\tunknown" in mapping
   assert (out / soundscapes.PROBLEMS_FILE).exists()
   assert not (out / soundscapes.METRICS_FILE).exists()
+
+
+def test_a_recording_that_fails_to_decode_is_listed_and_the_rest_judged(
+    predictor, dataset, tmp_path):
+  folder = shutil.copytree(dataset["audio"], tmp_path / "audio")
+  (folder / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunkjunk")
+  raven = shutil.copytree(dataset["raven"], tmp_path / "raven")
+  shutil.copy(raven / "cy.Table.1.selections.txt",
+              raven / "broken.Table.1.selections.txt")
+  result = soundscapes.run(dataclasses_replace(
+      _inputs(dataset, tmp_path / "out"), audio=str(folder),
+      annotations=str(raven)), soundscapes.Settings(bootstrap=0),
+      predictor=predictor)
+  assert [r.recording for r in result.scores.recordings] == [
+      "cy.mp3", "soundscape.wav"]
+  (left_out,) = result.metrics["not_evaluated"]
+  assert left_out["recording"] == "broken.wav"
+  assert "cannot be decoded" in left_out["reason"]
+  assert result.metrics["counts"]["annotated"] == 3
+
+
+def test_locations_reach_the_prior_view(predictor, dataset, tmp_path):
+  located = inference.Predictor(predictor.trained)
+  located.prior = _FakePrior()
+  locations = tmp_path / "locations.csv"
+  locations.write_text("file,latitude,longitude\nsoundscape.wav,40,-75\n")
+  result = soundscapes.run(
+      _inputs(dataset, tmp_path / "out", locations=str(locations)),
+      soundscapes.Settings(bootstrap=0), predictor=located)
+  cy, here = result.scores.recordings
+  assert (here.views[PRIOR].scores[:, 0] == 0).all()  # Species 0: 0.05.
+  assert (cy.views[PRIOR].scores[:, 0] > 0).all()  # No location: kept.
+  assert (tmp_path / "out" / "precision_recall_prior.png").exists()
