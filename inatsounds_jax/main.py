@@ -149,7 +149,8 @@ def _unknown_field_message(error: LookupError | AttributeError,
     parts[parts.index(field, 1)] = meant.group(1)
     todo = f"did you mean --{no or ''}{'.'.join(parts)}?"
   else:
-    config_file = _config_arg(argv).partition("=")[2] or "the config file"
+    config_file = (_config_arg(argv).partition("=")[2].partition(":")[0]
+                   or "the config file")
     todo = (f"see {config_file} and inatsounds_jax/config_defaults.py for "
             "its fields")
   return f"--{name}: the config has no field {field!r}; {todo}"
