@@ -80,13 +80,19 @@ def test_a_config_flag_naming_no_field_is_one_line(tmp_path, override,
   assert not (tmp_path / "run").exists()
 
 
-def test_verbosity_1_prints_the_traceback_before_the_error_line(tmp_path):
-  result = run_main(QUICKSTART, f"--workdir={tmp_path}",
-                    "--config.num_epochs_typo=3", "--verbosity=1")
+@pytest.mark.parametrize("workdir, flags, error", [
+    ("run", ["--config.num_epochs_typo=3"],
+     "error: --config.num_epochs_typo: "),
+    ("notes.txt/run", [], "error: cannot create "),
+], ids=["at_flag_parsing", "in_the_run"])
+def test_verbosity_1_prints_the_traceback_before_the_error_line(
+    tmp_path, workdir, flags, error):
+  (tmp_path / "notes.txt").write_text("mine")
+  result = run_main(QUICKSTART, f"--workdir={tmp_path / workdir}", *flags,
+                    "--verbosity=1")
   assert result.returncode == 1
   assert "Traceback" in result.stderr
-  assert result.stderr.strip().splitlines()[-1].startswith(
-      "error: --config.num_epochs_typo: ")
+  assert result.stderr.strip().splitlines()[-1].startswith(error)
 
 
 def test_a_workdir_that_cannot_be_made_is_one_line_naming_it(tmp_path):
