@@ -13,6 +13,8 @@
         range_model/         the saved SINR (`geo/range_model.py`)
         range_results.json   its training summary and quality
         range_maps.png
+      .inatsounds_jax.lock there while a run holds the workdir, naming it
+                           (`workdir_lock.LOCK_FILE`)
 
 Everything that names one of these files asks this module, so a job, a
 loader or a test never spells a name of its own. Paths are `epath.Path`s
