@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
 import struct
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -21,7 +22,11 @@ import numpy as np
 import soundfile
 from scipy import signal
 
+from inatsounds_jax import registry
+
 SAMPLE_RATE = 22_050
+# What `find_audio` takes for a recording (case-insensitive).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 # The iNatSounds spectrogram is computed on float audio = int16 / 32767.
 INT16_SCALE = 32767.0
 
@@ -336,3 +341,63 @@ def write_wav(path_or_file, waveform_int16: np.ndarray,
   """Writes mono 16-bit PCM WAV, the release's format."""
   soundfile.write(path_or_file, np.asarray(waveform_int16, np.int16),
                   sample_rate, subtype="PCM_16", format="WAV")
+
+
+class NoAudioError(registry.ConfigError):
+  """An input naming no recordings to read (`find_audio`).
+
+  Attributes:
+    path: the input as given.
+    reason: what is wrong with it, for a message that names the input as
+      its caller calls it (a flag, a config field).
+  """
+
+  def __init__(self, path: str, reason: str):
+    super().__init__(f"{path}: {reason}")
+    self.path, self.reason = path, reason
+
+
+def find_audio(path: str) -> list[tuple[str, str]]:
+  """(path, path relative to the input) of every recording under `path`.
+
+  `path` is a recording, a folder (searched recursively, sorted), or a
+  text file listing recordings one a line (relative to the list's folder).
+  Recordings are files with an `AUDIO_EXTENSIONS` extension; whether they
+  decode is left to decoding.
+
+  Raises:
+    NoAudioError: nothing to read, or listed files that do not exist.
+  """
+  if os.path.isdir(path):
+    found = []
+    for root, dirs, names in os.walk(path):
+      dirs.sort()
+      for name in sorted(names):
+        if name.lower().endswith(AUDIO_EXTENSIONS):
+          full = os.path.join(root, name)
+          found.append((full, os.path.relpath(full, path)))
+    if not found:
+      raise NoAudioError(path, f"no audio files ({', '.join(AUDIO_EXTENSIONS)}"
+                         ") in this folder")
+    return found
+  if not os.path.exists(path):
+    raise NoAudioError(path, "no such file or folder")
+  if path.lower().endswith(AUDIO_EXTENSIONS):
+    return [(path, os.path.basename(path))]
+  base = os.path.dirname(os.path.abspath(path))
+  try:
+    with open(path, encoding="utf-8") as f:
+      listed = [line.strip() for line in f]
+  except (OSError, UnicodeDecodeError) as e:
+    raise NoAudioError(path, "neither a recording "
+                       f"({', '.join(AUDIO_EXTENSIONS)}) nor a readable "
+                       f"text list of recordings ({e})") from None
+  files = [(os.path.join(base, name), name) for name in listed if name]
+  missing = [f"{path}:{i + 1}: {name}" for i, name in enumerate(listed)
+             if name and not os.path.exists(os.path.join(base, name))]
+  if missing:
+    raise NoAudioError(path, "listed recordings not found:\n  "
+                       + "\n  ".join(missing[:20]))
+  if not files:
+    raise NoAudioError(path, "the list names no recordings")
+  return files

@@ -146,17 +146,14 @@ def find_audio_files(name: str, path: str) -> list[str]:
   Raises:
     registry.ConfigError: not a folder, or no audio in it.
   """
-  # Imported here: prediction imports the training loop, which imports us.
-  from inatsounds_jax import inference  # pylint: disable=import-outside-toplevel
   if not path or not tf.io.gfile.isdir(path):
     raise registry.ConfigError(
         f"pretrain_sources.{name}.path={path!r}: no such folder")
   try:
-    return [full for full, _ in inference.find_audio(path)]
-  except inference.InputError:
+    return [full for full, _ in audio.find_audio(path)]
+  except audio.NoAudioError as e:
     raise registry.ConfigError(
-        f"pretrain_sources.{name}.path={path}: no audio files "
-        f"({', '.join(inference.AUDIO_EXTENSIONS)}) in this folder") from None
+        f"pretrain_sources.{name}.path={path}: {e.reason}") from None
 
 
 class _FolderDecoder:

@@ -47,7 +47,6 @@ import csv
 import dataclasses
 import hashlib
 import math
-import os
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -64,7 +63,6 @@ from inatsounds_jax.geo import prior as prior_lib
 from inatsounds_jax.models import classifier as classifier_lib
 from inatsounds_jax.models import conv
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 DEFAULT_HOP_SECONDS = 1.5  # The iNatSounds paper's evaluation stride.
 
 
@@ -450,42 +448,15 @@ def detections(table: WindowTable, labels: Sequence[dict],
 # ---------------------------------------------------------------------------
 
 def find_audio(path: str) -> list[tuple[str, str]]:
-  """(path, path relative to the input) of every recording under `path`.
-
-  `path` is a recording, a folder (searched recursively, sorted), or a
-  text file listing recordings one a line (relative to the list's folder).
+  """`audio.find_audio` of the command's --input, its problems named so.
 
   Raises:
     InputError: nothing to read, or listed files that do not exist.
   """
-  if os.path.isdir(path):
-    found = []
-    for root, dirs, names in os.walk(path):
-      dirs.sort()
-      for name in sorted(names):
-        if name.lower().endswith(AUDIO_EXTENSIONS):
-          full = os.path.join(root, name)
-          found.append((full, os.path.relpath(full, path)))
-    if not found:
-      raise InputError(f"--input={path}: no audio files "
-                       f"({', '.join(AUDIO_EXTENSIONS)}) in this folder")
-    return found
-  if not os.path.exists(path):
-    raise InputError(f"--input={path}: no such file or folder")
-  if path.lower().endswith(AUDIO_EXTENSIONS):
-    return [(path, os.path.basename(path))]
-  base = os.path.dirname(os.path.abspath(path))
-  with open(path, encoding="utf-8") as f:
-    listed = [line.strip() for line in f]
-  files = [(os.path.join(base, name), name) for name in listed if name]
-  missing = [f"{path}:{i + 1}: {name}" for i, name in enumerate(listed)
-             if name and not os.path.exists(os.path.join(base, name))]
-  if missing:
-    raise InputError("listed recordings not found:\n  "
-                     + "\n  ".join(missing[:20]))
-  if not files:
-    raise InputError(f"--input={path}: the list names no recordings")
-  return files
+  try:
+    return audio.find_audio(path)
+  except audio.NoAudioError as e:
+    raise InputError(f"--input={e.path}: {e.reason}") from None
 
 
 def location_problem(latitude: float, longitude: float) -> str | None:

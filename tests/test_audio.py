@@ -170,3 +170,36 @@ def test_decoding_memory_is_bounded_by_input_and_output(tmp_path):
   # block by block, never whole.
   assert peak_growth < 2 * output_bytes + (16 << 20), (peak_growth,
                                                        output_bytes)
+
+
+def test_find_audio_walks_folders_sorted_with_relative_paths(tmp_path):
+  for name in ("b.WAV", "a.mp3", "sub/c.flac", "notes.txt", "sub/d.ogg"):
+    (tmp_path / name).parent.mkdir(exist_ok=True)
+    (tmp_path / name).write_bytes(b"")
+  assert audio.find_audio(str(tmp_path)) == [
+      (str(tmp_path / r), r) for r in ("a.mp3", "b.WAV", "sub/c.flac",
+                                       "sub/d.ogg")]
+  (tmp_path / "list.txt").write_text("sub/c.flac\n\na.mp3\n")
+  assert audio.find_audio(str(tmp_path / "list.txt")) == [
+      (str(tmp_path / "sub/c.flac"), "sub/c.flac"),
+      (str(tmp_path / "a.mp3"), "a.mp3")]
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda d: d / "absent", "no such file or folder"),
+    (lambda d: d, "no audio files (.wav, .flac, .ogg, .mp3) in this folder"),
+    (lambda d: d / "empty.txt", "the list names no recordings"),
+    (lambda d: d / "gone.txt", "listed recordings not found:\n  "),
+    (lambda d: d / "image.png", "neither a recording (.wav, .flac, .ogg, "
+     ".mp3) nor a readable text list of recordings"),
+])
+def test_find_audio_names_the_input_and_what_is_wrong(tmp_path, make,
+                                                      reason):
+  (tmp_path / "empty.txt").write_text("\n")
+  (tmp_path / "gone.txt").write_text("here.wav\n")
+  (tmp_path / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+  path = str(make(tmp_path))
+  with pytest.raises(audio.NoAudioError) as e:
+    audio.find_audio(path)
+  assert (e.value.path, str(e.value)) == (path, f"{path}: {e.value.reason}")
+  assert reason in e.value.reason
