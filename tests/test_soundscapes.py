@@ -556,3 +556,54 @@ def test_locations_reach_the_prior_view(predictor, dataset, tmp_path):
   assert (here.views[PRIOR].scores[:, 0] == 0).all()  # Species 0: 0.05.
   assert (cy.views[PRIOR].scores[:, 0] > 0).all()  # No location: kept.
   assert (tmp_path / "out" / "precision_recall_prior.png").exists()
+
+
+# The same detections in BirdNET-Analyzer's other layouts (--rtype csv, r,
+# kaleidoscope): (file name, header, row format).
+BIRDNET_LAYOUTS = {
+    "csv": ("soundscape.BirdNET.results.csv",
+            "Start (s),End (s),Scientific name,Common name,Confidence,File",
+            "{start},{end},{sci},{common},{confidence},/x/soundscape.wav"),
+    "r": ("soundscape.BirdNET.results.r.csv",
+          "filepath,start,end,scientific_name,common_name,confidence,lat,"
+          "lon,week,overlap,sensitivity,min_conf,species_list,model",
+          "/x/soundscape.wav,{start},{end},{sci},{common},{confidence},-1,"
+          "-1,-1,0.0,1.0,0.1,,V2.4"),
+    # No per-recording table: rows name their recording.
+    "combined csv": ("BirdNET_CombinedTable.csv",
+                     "Start (s),End (s),Scientific name,Common name,"
+                     "Confidence,File",
+                     "{start},{end},{sci},{common},{confidence},"
+                     "/x/soundscape.wav"),
+    "kaleidoscope": ("soundscape.BirdNET.results.kaleidoscope.csv",
+                     "INDIR,FOLDER,IN FILE,OFFSET,DURATION,scientific_name,"
+                     "common_name,confidence,lat,lon,week,overlap,"
+                     "sensitivity",
+                     "/x,.,soundscape.wav,{start},3.0,{sci},{common},"
+                     "{confidence},-1,-1,-1,0.0,1.0"),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(BIRDNET_LAYOUTS))
+def test_birdnet_analyzer_layouts_score_alike(dataset, tmp_path, layout):
+  name, header, row = BIRDNET_LAYOUTS[layout]
+  detections = [(0.0, 3.0, "Genus species0", "Bird 0", 0.9),
+                (3.0, 6.0, "Genus species0", "Bird 0", 0.4),
+                (12.0, 15.0, "Genus species2", "Bird 2", 0.8)]
+  folder = tmp_path / "tables"
+  folder.mkdir()
+  (folder / name).write_text("\n".join(
+      [header] + [row.format(start=s, end=e, sci=sci, common=common,
+                             confidence=c)
+                  for s, e, sci, common, c in detections]) + "\n")
+  files = inference.find_audio(dataset["audio"])
+  found = soundscapes.read_predictions(str(folder), files,
+                                       soundscapes.durations(files)[0])
+  assert [r["species"] for r in found.labels] == ["Genus species0",
+                                                   "Genus species2"]
+  scores = soundscapes.score_predictions(found, ["soundscape.wav"], [0, 1])
+  (rec,) = scores.recordings
+  np.testing.assert_allclose(rec.start_s, np.arange(10) * 3.0)
+  expected = np.zeros((10, 2))
+  expected[[0, 1, 4], [0, 0, 1]] = [0.9, 0.4, 0.8]
+  np.testing.assert_array_equal(rec.views[NO_PRIOR].scores, expected)
