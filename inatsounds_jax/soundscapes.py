@@ -45,8 +45,9 @@ The scored classes are the labels of the annotated species present in the
 annotations (`annotations.map_species`); labels absent from the
 annotations are not scored (counted), annotated species that no label
 matches are listed, kept out of every class mean and never dropped
-silently: a window holding only such a species is a negative for every
-scored class, and is left out of top-1.
+silently: a window where such a species is heard stays a negative for
+every scored class it does not hold, and is left out of top-1 (its single
+right answer is unknown).
 
 Views. Without a prior, one view, `no_prior`. With a geographic prior
 (model mode: `geo_prior` and a location per recording), a second view
