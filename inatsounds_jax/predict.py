@@ -35,7 +35,9 @@ option, the library version), `errors.tsv` (file, kind, reason) and, with
 all exist (each file is filled under a `.partial` name and renamed when its
 recording is done, so a killed run leaves nothing that looks complete) and
 refuses another input or other settings (a settings.json written before the
-input was recorded resumes).
+input was recorded resumes). One run at a time writes into a folder
+(`workdir_lock`): a second one started meanwhile is refused, naming the
+first.
 
 Every problem that stops the command (a bad flag, model, bundle or input)
 ends it in one `error:` line; --verbosity=1 also prints the traceback.
@@ -63,6 +65,7 @@ from inatsounds_jax import inference
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import storage
 from inatsounds_jax import tables
+from inatsounds_jax import workdir_lock
 
 SETTINGS_FILE = "settings.json"
 ERRORS_FILE = "errors.tsv"
@@ -84,18 +87,6 @@ class RunOptions:
 # ---------------------------------------------------------------------------
 # The output folder: settings, file names, per-recording files.
 # ---------------------------------------------------------------------------
-
-def _check_writable(output: str) -> None:
-  try:
-    os.makedirs(output, exist_ok=True)
-    probe = os.path.join(output, ".write_test")
-    with open(probe, "w"):
-      pass
-    os.remove(probe)
-  except OSError as e:
-    raise inference.InputError(f"--output={output}: cannot write there "
-                               f"({e.strerror})") from None
-
 
 def _settings(predictor: inference.Predictor, input_path: str,
               options: RunOptions, extra: dict | None) -> dict:
@@ -278,6 +269,11 @@ def run(predictor: inference.Predictor, input_path: str, output: str,
   Returns:
     Counts: {"done", "skipped", "failed", "detections" (of the recordings
     done now), "detections_before" (of those skipped)}.
+
+  Raises:
+    inference.InputError: bad inputs, or `output` holds other settings.
+    workdir_lock.FolderInUseError: another run writes into `output`.
+    workdir_lock.FolderNotWritableError: `output` cannot be written.
   """
   for name in options.formats:
     tables.FORMATS.get(name)
@@ -286,21 +282,23 @@ def run(predictor: inference.Predictor, input_path: str, output: str,
   files = inference.find_audio(input_path)
   locations = (inference.read_locations(options.locations)
                if options.locations else {})
-  _check_writable(output)
-  _record_settings(output, _settings(predictor, input_path, options,
-                                     settings_extra))
-  plan = _plan(files, output, options, locations)
-  for line in predictor.unlocated_warnings(
-      [t.path for t in plan.todo
-       if math.isnan(t.latitude) or math.isnan(t.longitude)], len(plan.todo)):
-    print(line, file=sys.stderr)
-  started = time.time()
-  counts, errors = _predict_and_write(predictor, plan.todo, options)
-  _write_errors(output, errors)
-  if "csv" in options.formats:
-    tables.combine_csv([p["csv"] for p in plan.outputs
-                        if os.path.exists(p["csv"])],
-                       os.path.join(output, tables.COMBINED_CSV))
+  # One run at a time in a folder: two would write each other's files.
+  with workdir_lock.hold(output, "prediction", "--output"):
+    _record_settings(output, _settings(predictor, input_path, options,
+                                       settings_extra))
+    plan = _plan(files, output, options, locations)
+    for line in predictor.unlocated_warnings(
+        [t.path for t in plan.todo
+         if math.isnan(t.latitude) or math.isnan(t.longitude)],
+        len(plan.todo)):
+      print(line, file=sys.stderr)
+    started = time.time()
+    counts, errors = _predict_and_write(predictor, plan.todo, options)
+    _write_errors(output, errors)
+    if "csv" in options.formats:
+      tables.combine_csv([p["csv"] for p in plan.outputs
+                          if os.path.exists(p["csv"])],
+                         os.path.join(output, tables.COMBINED_CSV))
   logging.info("%d files predicted, %d skipped (done before), %d failed, "
                "%.1f s", counts["done"], plan.skipped, counts["failed"],
                time.time() - started)

@@ -290,7 +290,7 @@ def test_prior_column_in_every_row(predictor, recordings, tmp_path):
 @pytest.mark.parametrize("problem, message", [
     ("empty_folder", "no audio files"),
     ("missing", "no such file or folder"),
-    ("unwritable", "cannot write there"),
+    ("unwritable", "cannot create"),
     ("bad_list", "listed recordings not found"),
 ])
 def test_bad_inputs_give_one_clear_message(predictor, recordings, tmp_path,

@@ -19,6 +19,7 @@ import pytest
 from inatsounds_jax import inference
 from inatsounds_jax import predict
 from inatsounds_jax import tables
+from inatsounds_jax import workdir_lock
 
 import model_workdir
 
@@ -220,3 +221,17 @@ def test_a_resumed_run_reports_the_detections_found_before(
                     f"--output={out}", *EVERY_WINDOW)
   assert (f"0 recordings predicted (0 detections), 2 already done ({found} "
           "detections), 0 failed") in result.stdout, result.stderr[-2000:]
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(finished, recordings,
+                                                      workdir, tmp_path):
+  out = _copy(finished, tmp_path)
+  before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+  with workdir_lock.hold(out, "prediction", "--output"):  # The first run.
+    result = _predict(f"--model={workdir}", f"--input={recordings}",
+                      f"--output={out}", *EVERY_WINDOW)
+  line = _error_line(result)
+  assert (f"{out} is in use by another run (prediction, pid {os.getpid()}"
+          in line and "give another --output" in line)
+  assert {name: (out / name).read_bytes() for name in os.listdir(out)
+          } == before
