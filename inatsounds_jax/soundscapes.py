@@ -1663,11 +1663,11 @@ class Inputs:
 
 
 def _find_audio(path: str) -> list[tuple[str, str]]:
+  """`audio.find_audio` of --audio, its problems named so."""
   try:
-    return inference.find_audio(path)
-  except inference.InputError as e:
-    raise inference.InputError(str(e).replace("--input=", "--audio=")
-                               ) from None
+    return audio.find_audio(path)
+  except audio.NoAudioError as e:
+    raise inference.InputError(f"--audio={e.path}: {e.reason}") from None
 
 
 def durations(files: Sequence[tuple[str, str]]

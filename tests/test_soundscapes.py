@@ -607,3 +607,13 @@ def test_birdnet_analyzer_layouts_score_alike(dataset, tmp_path, layout):
   expected = np.zeros((10, 2))
   expected[[0, 1, 4], [0, 0, 1]] = [0.9, 0.4, 0.8]
   np.testing.assert_array_equal(rec.views[NO_PRIOR].scores, expected)
+
+
+def test_an_audio_folder_without_recordings_is_named_by_its_flag(dataset,
+                                                                  tmp_path):
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(inference.InputError,
+                     match=r"^--audio=.*empty: no audio files"):
+    soundscapes.run(dataclasses_replace(
+        _inputs(dataset, tmp_path / "out"), audio=str(tmp_path / "empty"),
+        predictions=dataset["raven"]))
