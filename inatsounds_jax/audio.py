@@ -185,10 +185,13 @@ class BlockDecoder:
   `clipped_samples` counts them so far and `clipped_peak` is the largest
   magnitude among them (0.0 while none), in full-scale units (1.0 = 32767).
   Once the file is decoded (or the decoder closed), a file with clipped
-  samples is reported in one warning naming it and its peak.
+  samples is reported in one warning naming it and its peak
+  (`clipping_report`), unless `report_clipping` is False: a caller that
+  reports problems per file itself (prediction) says it once, its own way.
   """
 
-  def __init__(self, f: BinaryIO, name: str | None = None):
+  def __init__(self, f: BinaryIO, name: str | None = None,
+               report_clipping: bool = True):
     self._name = name
     f.seek(0, io.SEEK_END)
     size = f.tell()
@@ -214,7 +217,7 @@ class BlockDecoder:
                         if self._resampler else sf.frames)
     self.clipped_samples = 0
     self.clipped_peak = 0.0
-    self._clipping_reported = False
+    self._clipping_reported = not report_clipping
 
   def _fail(self, kind: str, reason: str):
     raise AudioError(kind, f"{self._name}: {reason}" if self._name
@@ -242,13 +245,19 @@ class BlockDecoder:
     self.clipped_peak = max(self.clipped_peak, peak)
     return out
 
+  def clipping_report(self) -> str:
+    """One sentence naming the file, how many samples were clipped to full
+    scale and their peak ("" while none were)."""
+    if not self.clipped_samples:
+      return ""
+    return (f"{self._name or 'a recording'}: {self.clipped_samples} samples "
+            f"beyond full scale (peak {self.clipped_peak:.3g}, 1.0 = full "
+            "scale) were clipped to it.")
+
   def _report_clipping(self) -> None:
     if self.clipped_samples and not self._clipping_reported:
       self._clipping_reported = True
-      logging.warning(
-          "%s: %d samples beyond full scale (peak %.3g, 1.0 = full scale) "
-          "were clipped to it.", self._name or "a recording",
-          self.clipped_samples, self.clipped_peak)
+      logging.warning("%s", self.clipping_report())
 
   def __iter__(self) -> Iterator[np.ndarray]:
     written = 0
@@ -310,7 +319,8 @@ def decode_audio(data: bytes | BinaryIO, name: str | None = None
 
 
 @contextlib.contextmanager
-def open_audio_file(path: str) -> Iterator[BlockDecoder]:
+def open_audio_file(path: str, report_clipping: bool = True
+                    ) -> Iterator[BlockDecoder]:
   """A `BlockDecoder` streaming `path` from disk; errors name the file.
 
   Raises:
@@ -321,7 +331,8 @@ def open_audio_file(path: str) -> Iterator[BlockDecoder]:
   except OSError as e:
     raise AudioError("unreadable file",
                      f"cannot read {path}: {e.strerror}") from e
-  with f, BlockDecoder(f, name=path) as decoder:
+  with f, BlockDecoder(f, name=path,
+                       report_clipping=report_clipping) as decoder:
     yield decoder
 
 

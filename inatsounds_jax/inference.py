@@ -141,12 +141,16 @@ class FileEvent:
       what came before is void), WINDOWS (`table` holds the next consecutive
       windows), END (every window was delivered) or ERROR (`error`, the
       `audio.AudioError` that stopped it; what came before is void).
+    clipping: at END, the decoder's report of samples beyond full scale,
+      which were clipped to it (`audio.BlockDecoder.clipping_report`; ""
+      when none were). The decoder does not log it: the caller says it.
   """
   index: int
   path: str
   kind: str
   table: WindowTable | None = None
   error: Exception | None = None
+  clipping: str = ""
 
 
 class Predictor:
@@ -316,8 +320,9 @@ class Predictor:
       if self.location is not None:
         location = self.location([lat], [lon])[0]
       layout, next_window = None, 0
+      decoded: list[audio.BlockDecoder] = []  # Once the file is decoded.
       try:
-        for chunk_layout, windows in self._file_windows(path):
+        for chunk_layout, windows in self._file_windows(path, decoded):
           if chunk_layout is not layout:
             layout, next_window = chunk_layout, 0
             queue.append(FileEvent(index, path, BEGIN))
@@ -333,24 +338,27 @@ class Predictor:
       except audio.AudioError as e:
         queue.append(FileEvent(index, path, ERROR, error=e))
       else:
-        queue.append(FileEvent(index, path, END))
+        queue.append(FileEvent(index, path, END,
+                               clipping=decoded[-1].clipping_report()))
       yield from delivered()
     if batch:
       run_batch()
     yield from delivered()
 
-  def _file_windows(self, path: str
+  def _file_windows(self, path: str, decoded: list[audio.BlockDecoder]
                     ) -> Iterator[tuple[input_pipeline.Layout, np.ndarray]]:
     """(layout, windows) of `path`, chunk by chunk; re-cut from the start
     with a new layout if the header's length was wrong (a few compressed
-    files)."""
+    files). The decoder that decoded the whole file is appended to
+    `decoded`."""
     def cut(decoder, num_samples):
       layout = input_pipeline.Layout.of(num_samples, self.windows)
       for windows in input_pipeline.chunked_windows(decoder, layout,
                                                     self.chunk_samples):
         yield layout, windows
+      decoded.append(decoder)
 
-    with audio.open_audio_file(path) as decoder:
+    with audio.open_audio_file(path, report_clipping=False) as decoder:
       try:
         yield from cut(decoder, decoder.num_samples)
         return
@@ -358,7 +366,7 @@ class Predictor:
         actual = e.actual
     if actual == 0:
       raise audio.AudioError("no samples", f"{path}: audio has no samples")
-    with audio.open_audio_file(path) as decoder:
+    with audio.open_audio_file(path, report_clipping=False) as decoder:
       yield from cut(decoder, actual)
 
 

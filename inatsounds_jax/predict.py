@@ -16,6 +16,11 @@ chunk straight to the rows it writes (`inference.detections`:
 the embeddings and logits, to the recording's output files, so its memory
 stays flat in file length.
 
+Samples beyond full scale (a float recording louder than [-1, 1], or the
+overshoot of resampling a full-scale one) are clipped to full scale, as
+the decoder does for training; such a recording is predicted all the same,
+and said once: a `warning:` line and an `errors.tsv` row of kind `clipped`.
+
 A model trained with a location input (`config.location_input`,
 `geo/location_input.py`) is given each recording's location (--latitude/
 --longitude or --locations; a recording without one is classified as with
@@ -206,7 +211,8 @@ def _predict_and_write(predictor: inference.Predictor, todo: list[_Todo],
   """Classifies `todo`, writing each recording's files as its chunks come.
 
   Returns:
-    ({"done", "failed", "detections"}, (file, kind, reason) of failures).
+    ({"done", "failed", "detections"}, (file, kind, reason) of failures
+    and of recordings predicted with samples clipped).
   """
   fe = predictor.windows.frontend
   band = tables.Band(fe.lower_edge_hz, fe.upper_edge_hz)
@@ -240,6 +246,9 @@ def _predict_and_write(predictor: inference.Predictor, todo: list[_Todo],
         counts["done"] += 1
         counts["detections"] += writing.detections
         writing = None
+        if event.clipping:  # Predicted all the same: said once, kept.
+          errors.append((item.path, "clipped", event.clipping))
+          bar.write(f"warning: {event.clipping}", file=sys.stderr)
       else:
         if writing is not None:
           writing.discard()

@@ -60,6 +60,23 @@ def test_float_wav_beyond_full_scale_is_clipped_and_reported_once(
                       "1.0 = full scale) were clipped to it."]
 
 
+def test_a_decoder_told_not_to_report_clipping_leaves_it_to_its_caller(
+    monkeypatch, tmp_path):
+  warnings = []
+  monkeypatch.setattr(audio.logging, "warning",
+                      lambda *args: warnings.append(args))
+  path = str(tmp_path / "loud.wav")
+  soundfile.write(path, np.tile([0.0, 4.0], 1000), audio.SAMPLE_RATE,
+                  subtype="FLOAT")
+  with audio.open_audio_file(path, report_clipping=False) as decoder:
+    assert decoder.clipping_report() == ""
+    list(decoder)
+  assert not warnings
+  assert decoder.clipping_report() == (
+      f"{path}: 1000 samples beyond full scale (peak 4, 1.0 = full scale) "
+      "were clipped to it.")
+
+
 def test_full_scale_int16_is_not_reported_as_clipped(monkeypatch):
   warnings = []
   monkeypatch.setattr(audio.logging, "warning",

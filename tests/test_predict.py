@@ -72,8 +72,8 @@ def test_a_wrong_header_length_recuts_the_file(workdir, predictor,
   opened = audio.open_audio_file
   calls = []
 
-  def lying_header(file):
-    context = opened(file)
+  def lying_header(file, **kwargs):
+    context = opened(file, **kwargs)
     decoder = context.__enter__()
     if not calls:
       decoder.num_samples += 40_000  # The first pass plans extra windows.

@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pytest
+import soundfile
 
 from inatsounds_jax import inference
 from inatsounds_jax import predict
@@ -235,3 +236,26 @@ def test_a_second_run_into_a_folder_in_use_is_refused(finished, recordings,
           in line and "give another --output" in line)
   assert {name: (out / name).read_bytes() for name in os.listdir(out)
           } == before
+
+
+def test_a_clipped_recording_is_predicted_and_said_once(workdir, tmp_path):
+  folder = tmp_path / "in"
+  folder.mkdir()
+  shutil.copy(model_workdir.bird_wav(), folder / "birds.wav")
+  loud = np.full(3 * 22_050, 0.1)
+  loud[1000:1100], loud[5000:5100] = 4.0, -4.0  # 200 samples past 1.0.
+  soundfile.write(folder / "loud.wav", loud, 22_050, subtype="FLOAT")
+  out = tmp_path / "out"
+  result = _predict(f"--model={workdir}", f"--input={folder}",
+                    f"--output={out}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "2 recordings predicted" in result.stdout
+  report = (f"{folder / 'loud.wav'}: 200 samples beyond full scale (peak 4, "
+            "1.0 = full scale) were clipped to it.")
+  said = [line for line in result.stderr.splitlines()
+          if "beyond full scale" in line]
+  assert said == [f"warning: {report}"]
+  errors = (out / predict.ERRORS_FILE).read_text().splitlines()
+  assert errors == ["file\tkind\treason",
+                    f"{folder / 'loud.wav'}\tclipped\t{report}"]
+  assert (out / "loud.BirdNET.results.csv").exists()
