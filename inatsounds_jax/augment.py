@@ -15,11 +15,6 @@ import jax
 import jax.numpy as jnp
 
 from inatsounds_jax import frontend as frontend_lib
-from inatsounds_jax.models import image as image_lib
-
-# Re-exported until objectives/classification.py and
-# objectives/masked_reconstruction.py import models.image.
-ImageConfig = image_lib.ImageConfig
 
 
 @dataclasses.dataclass(frozen=True)

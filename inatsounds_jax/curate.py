@@ -36,6 +36,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from inatsounds_jax import compilation
 from inatsounds_jax import data
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import objectives
@@ -43,7 +44,6 @@ from inatsounds_jax import plots
 from inatsounds_jax import registry
 from inatsounds_jax import storage
 from inatsounds_jax import trained as trained_lib
-from inatsounds_jax.models import conv
 
 SCORES_FILE = "scores.csv"
 KEEP_FILE = "keep.csv"
@@ -99,7 +99,7 @@ def score_windows(trained: trained_lib.TrainedModel, by: str,
                   builder: tfds.core.DatasetBuilder, split: str,
                   batch_size: int = 64) -> Scores:
   """Scores of every dense window of `split` (one process)."""
-  scorer = conv.jit(window_scorer(trained, by))
+  scorer = compilation.jit(window_scorer(trained, by))
   windows = trained.windows(trained.config.eval_stride_frames)
   rows = {k: [] for k in COLUMNS}
   position, previous, window = -1, None, 0

@@ -1,6 +1,7 @@
 """A self-describing model bundle: `python -m inatsounds_jax.export`.
 
-    python -m inatsounds_jax.export --workdir=DIR --out=BUNDLE [--tflite]
+    python -m inatsounds_jax.export --workdir=DIR --out=BUNDLE [--tflite] \\
+        [--overwrite]
 
 writes BUNDLE/ with
 
@@ -12,28 +13,39 @@ writes BUNDLE/ with
   on the platforms listed in `config.json` (CPU, CUDA and TPU together when
   this JAX can lower for them). Load only bundles you trust. On CPU,
   `jax.jit(exported.call, compiler_options=CPU_COMPILER_OPTIONS)` runs
-  XLA's faster convolutions; the dict is `models.conv.CPU_COMPILER_OPTIONS`
+  XLA's faster convolutions; the dict is `compilation.CPU_COMPILER_OPTIONS`
   (one XLA debug option: copy it when the library is not installed; a JAX
   whose XLA lacks the option refuses to compile with it).
 - `labels.csv`: index, species, common name, supercategory, taxonomy.
 - `config.json`: sample rate, window, default hop, frontend preset and
   parameters, model name, multiclass or multilabel, library version, the
-  training data, and the training config the module is rebuilt from.
+  training data, the training config the module is rebuilt from, and every
+  other file's size and sha256 (checked on load: a truncated or changed
+  bundle is refused whole, before any file is read).
 - `variables/`: the Flax variables (orbax); `load(BUNDLE)` returns the
   module and variables for JAX projects that fine-tune or build on them.
 - `model.tflite` (with `--tflite`): the same function through jax2tf and
   the TFLite converter (builtin ops, polymorphic batch).
 
-`predict --model=BUNDLE` needs nothing else.
+The bundle is written into a new folder beside BUNDLE and moved in only when
+complete. BUNDLE must be new, an empty folder or, with --overwrite, an
+earlier bundle holding bundle files only; a folder holding anything else,
+the workdir or a folder holding it is refused, so export never deletes a
+user's files.
+
+`predict --model=BUNDLE` needs nothing else. The bundle's file names and
+its reader are `trained.py`'s (every job loads models there); this module
+writes bundles.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
+import os
 import sys
 import tempfile
+import uuid
 
 from absl import app
 from absl import flags
@@ -41,40 +53,29 @@ from etils import epath
 import jax
 from jax import export as jax_export
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
 import inatsounds_jax
-from inatsounds_jax import losses
+from inatsounds_jax import checkpoints
+from inatsounds_jax import registry
 from inatsounds_jax import storage
-from inatsounds_jax import train
+from inatsounds_jax import trained as trained_lib
 from inatsounds_jax.models import classifier as classifier_lib
 from inatsounds_jax.models import conv
 
-BUNDLE_FORMAT = 1  # Changes when a bundle written before cannot be read.
-CONFIG_FILE = "config.json"
-LABELS_FILE = "labels.csv"
-EXPORTED_FILE = "model.jax_exported"
-TFLITE_FILE = "model.tflite"
-VARIABLES_DIR = "variables"
 DEFAULT_HOP_SECONDS = 1.5
 # Platforms tried in order until one set lowers (an export for CPU alone
 # refuses to run on GPU, so the widest set this JAX supports is used).
 PLATFORM_SETS = (("cpu", "cuda", "tpu"), ("cpu", "cuda"), ("cpu",))
 
 
-class BundleError(ValueError):
-  """A folder that is not a bundle this library version can read."""
-
-
 def inference_fn(model: classifier_lib.Classifier, variables: dict):
   """float32 waveforms `[b, samples]` -> (logits, embedding), pure."""
   def fn(waveform):
-    embedding, logits = model.apply(
-        variables, waveform,
-        method=classifier_lib.Classifier.embed_and_classify)
-    return logits, embedding
+    out = model.apply(variables, waveform,
+                      method=classifier_lib.Classifier.infer)
+    return out.logits, out.embedding
   return fn
 
 
@@ -150,61 +151,131 @@ class TFLiteModel:
     return outputs["logits"], outputs["embedding"]
 
 
-def _label_rows(labels: list[dict]) -> list[list[str]]:
-  rows = []
-  for i, row in enumerate(labels):
-    taxonomy = row.get("taxonomy", "")
-    if isinstance(taxonomy, (list, tuple)):
-      taxonomy = ";".join(str(t) for t in taxonomy)
-    elif isinstance(taxonomy, dict):
-      taxonomy = ";".join(f"{k}={v}" for k, v in taxonomy.items())
-    rows.append([str(i), row["species"], row.get("common_name", ""),
-                 row.get("supercategory", ""), str(taxonomy)])
-  return rows
+class TargetError(registry.ConfigError):
+  """A bundle target that export must not write (it would lose files)."""
 
 
-def export_bundle(workdir: str, out: str, tflite: bool = False) -> dict:
+def check_target(workdir: str, out: str, overwrite: bool) -> None:
+  """Refuses a target whose files export would replace.
+
+  `out` may be new, an empty folder, or (with `overwrite`) an earlier
+  bundle holding bundle files only. Never the workdir or a folder holding
+  it (replacing it would delete the checkpoints).
+
+  Raises:
+    TargetError: naming what the target holds and what to do.
+  """
+  target, source = storage.resolve(out), storage.resolve(workdir)
+  if target == source or os.fspath(source).startswith(
+      os.fspath(target).rstrip("/") + "/"):
+    raise TargetError(
+        f"--out={out} is the training workdir {workdir} or a folder holding "
+        f"it; export into a new folder (e.g. {source / 'bundle'})")
+  if not target.exists():
+    return
+  if not target.is_dir():
+    raise TargetError(f"--out={out} is a file; give a new folder")
+  held = sorted(p.name for p in target.iterdir())
+  if not held:
+    return
+  others = [name for name in held if name not in trained_lib.BUNDLE_ENTRIES]
+  if others or not trained_lib.is_bundle(out):
+    raise TargetError(
+        f"--out={out} holds {', '.join(others[:5] or held[:5])}"
+        f"{' ...' if len(others or held) > 5 else ''}, which is not an "
+        "earlier bundle; export writes into a new or empty folder, or "
+        "replaces an earlier bundle (with --overwrite)")
+  if not overwrite:
+    raise TargetError(f"--out={out} holds an earlier bundle; pass "
+                      "--overwrite to replace it")
+
+
+def _scratch_folder(out: epath.Path) -> epath.Path:
+  """A new folder beside `out` (so the final move stays on one file
+  system), created now so that an unwritable place fails before any work.
+
+  Raises:
+    TargetError: the folder cannot be created.
+  """
+  scratch = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+  try:
+    scratch.mkdir(parents=True)
+  except OSError as e:
+    raise TargetError(f"--out={out}: cannot write in {out.parent} "
+                      f"({e.strerror or e})") from None
+  return scratch
+
+
+def export_bundle(workdir: str, out: str, tflite: bool = False,
+                  overwrite: bool = False) -> dict:
   """Writes the bundle of `workdir`'s best checkpoint into `out`.
+
+  The bundle is written into a new folder beside `out` and moved there
+  only when complete, so `out` holds a whole bundle or what it held
+  before; an earlier bundle is replaced only with `overwrite`
+  (`check_target`).
 
   Returns:
     The bundle's config.json contents.
 
   Raises:
-    BundleError: the model has a location input (`config.location_input`).
+    TargetError: `out` holds other files, is the workdir, or is not
+      writable.
+    trained.BundleError: the model has a location input
+      (`config.location_input`).
+    trained.InputKindError: the model takes images, not waveforms.
   """
-  trained = train.load_model_from_workdir(workdir)
-  model, variables, config = (trained.model, trained.variables,
-                              trained.config)
+  check_target(workdir, out, overwrite)
+  trained = trained_lib.load_workdir(workdir)
+  trained_lib.require_waveform_input(trained, workdir, "a bundle")
+  config = trained.config
   if config.get("location_input"):
     # The exported function takes waveforms only; dropping the location
     # would silently classify every recording as unlocated.
-    raise BundleError(
+    raise trained_lib.BundleError(
         f"{workdir} was trained with location_input "
         f"{config.location_input!r}, which a bundle cannot carry yet (its "
         "function takes waveforms only); predict from the workdir "
         "(`predict --model=WORKDIR`), which passes locations")
+  target = storage.resolve(out)
+  tmp = _scratch_folder(target)
+  try:
+    description = _write_bundle(tmp, trained, tflite)
+    if target.exists():  # Empty, or an earlier bundle (`check_target`).
+      previous = target.parent / f".{target.name}.replaced-{tmp.name[-8:]}"
+      target.rename(previous)
+      tmp.rename(target)
+      previous.rmtree()
+    else:
+      tmp.rename(target)
+  finally:
+    if tmp.exists():
+      tmp.rmtree()
+  return description
+
+
+def _write_bundle(tmp: epath.Path, trained: trained_lib.TrainedModel,
+                  tflite: bool) -> dict:
+  """Every bundle file into the folder `tmp`; returns config.json's
+  contents (with the other files' sizes and checksums)."""
+  model, variables, config = (trained.model, trained.variables,
+                              trained.config)
   exported, platforms = export_function(model, variables)
   embedding_dim = int(exported.out_avals[1].shape[1])
-  # Written beside `out`, then renamed: a bundle is complete or absent.
-  out = storage.resolve(out)
-  tmp = out.parent / (out.name + ".partial")
-  if tmp.exists():
-    tmp.rmtree()
-  tmp.mkdir(parents=True)
-  (tmp / EXPORTED_FILE).write_bytes(exported.serialize())
+  (tmp / trained_lib.EXPORTED_FILE).write_bytes(exported.serialize())
   labels_csv = io.StringIO()
   writer = csv.writer(labels_csv, lineterminator="\n")
-  writer.writerow(["index", "species", "common_name", "supercategory",
-                   "taxonomy"])
-  writer.writerows(_label_rows(trained.labels))
-  (tmp / LABELS_FILE).write_text(labels_csv.getvalue(), encoding="utf-8")
+  writer.writerow(trained_lib.BUNDLE_LABEL_COLUMNS)
+  writer.writerows(trained_lib.label_rows(trained.labels))
+  (tmp / trained_lib.BUNDLE_LABELS_FILE).write_text(labels_csv.getvalue(),
+                                                    encoding="utf-8")
   with ocp.StandardCheckpointer() as ckpt:
-    ckpt.save(tmp / VARIABLES_DIR, jax.device_get(variables))
+    ckpt.save(tmp / trained_lib.VARIABLES_DIR, jax.device_get(variables))
   if tflite:
-    (tmp / TFLITE_FILE).write_bytes(to_tflite(model, variables))
+    (tmp / trained_lib.TFLITE_FILE).write_bytes(to_tflite(model, variables))
   fe = model.frontend
   description = {
-      "bundle_format": BUNDLE_FORMAT,
+      "bundle_format": trained_lib.BUNDLE_FORMAT,
       "library_version": inatsounds_jax.__version__,
       "model_name": model.backbone,
       "sample_rate": fe.sample_rate,
@@ -230,11 +301,9 @@ def export_bundle(workdir: str, out: str, tflite: bool = False) -> dict:
                         "options": config.get("dataset_options", {}).to_dict()
                         if config.get("dataset_options") else {}},
       "training_config": config.to_dict(),
+      "files": trained_lib.file_digests(tmp),
   }
-  storage.write_json(tmp / CONFIG_FILE, description)
-  if out.exists():
-    out.rmtree()
-  tmp.rename(out)
+  storage.write_json(tmp / trained_lib.BUNDLE_CONFIG_FILE, description)
   return description
 
 
@@ -242,63 +311,27 @@ def export_bundle(workdir: str, out: str, tflite: bool = False) -> dict:
 # Reading a bundle.
 # ---------------------------------------------------------------------------
 
-def is_bundle(path: str) -> bool:
-  """True for a folder written by `export_bundle` (any format version)."""
-  config = storage.resolve(path) / CONFIG_FILE
-  if not config.exists():
-    return False
-  try:
-    return "bundle_format" in storage.read_json(config)
-  except json.JSONDecodeError:
-    return False
-
-
-def read_bundle(path: str) -> train.TrainedModel:
-  """The module, variables and labels of a bundle, on the default device.
+def load(path: str) -> tuple[classifier_lib.Classifier, dict]:
+  """(Flax module, variables) of a bundle: `module.apply(variables, x)`.
 
   Raises:
-    BundleError: not a bundle, or one of another format version.
+    trained.BundleError: not a bundle this version reads.
   """
-  if not is_bundle(path):
-    raise BundleError(f"{path} is not a model bundle (no {CONFIG_FILE} with "
-                      "bundle_format)")
-  folder = storage.resolve(path)
-  description = storage.read_json(folder / CONFIG_FILE)
-  if description["bundle_format"] != BUNDLE_FORMAT:
-    raise BundleError(
-        f"{path} is bundle format {description['bundle_format']} (written by "
-        f"inatsounds_jax {description.get('library_version', '?')}); this "
-        f"version ({inatsounds_jax.__version__}) reads format "
-        f"{BUNDLE_FORMAT}: export it again with this version")
-  config = ml_collections.ConfigDict(description["training_config"])
-  labels = [{k: v for k, v in row.items() if k != "index"}
-            for row in csv.DictReader(io.StringIO(
-                (folder / LABELS_FILE).read_text(encoding="utf-8"),
-                newline=""))]
-  multilabel = description["output"] == "multilabel"
-  if losses.LOSSES.get(config.loss).multilabel != multilabel:
-    raise BundleError(f"{path}: config.json's output and loss disagree")
-  model = train.make_model(config, len(labels), multilabel)
-  abstract = jax.eval_shape(lambda: model.init(
-      {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)},
-      jnp.zeros((1, model.window_samples), jnp.int16)))
-  with ocp.StandardCheckpointer() as ckpt:
-    variables = ckpt.restore(folder / VARIABLES_DIR, abstract)
-  return train.TrainedModel(
-      model=model, variables=variables, config=config, labels=labels,
-      multilabel=multilabel, step=description["checkpoint_step"])
-
-
-def load(path: str) -> tuple[classifier_lib.Classifier, dict]:
-  """(Flax module, variables) of a bundle: `module.apply(variables, x)`."""
-  trained = read_bundle(path)
+  trained = trained_lib.read_bundle(path)
   return trained.model, trained.variables
 
 
 def load_exported(path: str) -> jax_export.Exported:
-  """The bundle's `jax.export` artefact (needs only jax)."""
+  """The bundle's `jax.export` artefact, its checksum checked.
+
+  Raises:
+    trained.BundleError: not a bundle this version reads, or the artefact
+      is damaged.
+  """
+  trained_lib.check_files(path, trained_lib.read_description(path),
+                          only=(trained_lib.EXPORTED_FILE,))
   return jax_export.deserialize(bytearray(
-      (storage.resolve(path) / EXPORTED_FILE).read_bytes()))
+      (storage.resolve(path) / trained_lib.EXPORTED_FILE).read_bytes()))
 
 
 def _define_flags() -> None:
@@ -307,14 +340,16 @@ def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Training workdir.")
   flags.DEFINE_string("out", None, "Bundle folder to write.")
   flags.DEFINE_bool("tflite", False, "Also write model.tflite.")
+  flags.DEFINE_bool("overwrite", False,
+                    "Replace an earlier bundle at --out (only its files).")
 
 
 def main(argv):
   del argv
   try:
     description = export_bundle(flags.FLAGS.workdir, flags.FLAGS.out,
-                                flags.FLAGS.tflite)
-  except (FileNotFoundError, ValueError) as e:
+                                flags.FLAGS.tflite, flags.FLAGS.overwrite)
+  except (OSError, ValueError, checkpoints.DamagedCheckpointError) as e:
     sys.exit(f"error: {e}")
   print(f"wrote {flags.FLAGS.out}: {description['model_name']}, "
         f"{description['num_classes']} classes, platforms "

@@ -48,6 +48,7 @@ import tensorflow_datasets as tfds
 from inatsounds_jax import adaptation
 from inatsounds_jax import augment
 from inatsounds_jax import checkpoints
+from inatsounds_jax import compilation
 from inatsounds_jax import config_defaults
 from inatsounds_jax import data
 from inatsounds_jax import data_sources
@@ -66,7 +67,6 @@ from inatsounds_jax.geo import location_input
 from inatsounds_jax.geo import prior as prior_lib
 from inatsounds_jax.geo import train_range
 from inatsounds_jax.models import classifier as classifier_lib
-from inatsounds_jax.models import conv
 from inatsounds_jax.models import convert
 
 
@@ -595,7 +595,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     (state, origin), start_step = fresh or fresh_state(run, config), 0
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
-  step_fn = conv.jit(
+  step_fn = compilation.jit(
       functools.partial(
           train_step, model=run.model, tx=run.tx, loss=run.loss,
           augment_config=augment.AugmentConfig(**config.augment),

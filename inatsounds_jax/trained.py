@@ -215,14 +215,24 @@ def is_bundle(path: str) -> bool:
     return False
 
 
+def _files_under(folder, prefix: str = ""):
+  """(relative path, path) of every file under `folder`, sorted (a walk by
+  listing, which remote storage serves as well as local disks)."""
+  for path in sorted(folder.iterdir(), key=lambda p: p.name):
+    relative = prefix + path.name
+    if path.is_dir():
+      yield from _files_under(path, relative + "/")
+    else:
+      yield relative, path
+
+
 def file_digests(folder: storage.PathLike) -> dict[str, dict]:
   """{relative path: {"bytes", "sha256"}} of every file under a bundle
   folder but its config.json (which records them)."""
   folder = storage.resolve(folder)
   out = {}
-  for path in sorted(folder.rglob("*")):
-    relative = path.relative_to(folder).as_posix()
-    if path.is_dir() or relative == BUNDLE_CONFIG_FILE:
+  for relative, path in _files_under(folder):
+    if relative == BUNDLE_CONFIG_FILE:
       continue
     digest = hashlib.sha256()
     size = 0

@@ -48,9 +48,10 @@ def real_windows(bundle):
 
 def test_bundle_describes_itself(bundle):
   assert sorted(os.listdir(bundle)) == sorted(
-      [export.CONFIG_FILE, export.LABELS_FILE, export.EXPORTED_FILE,
-       export.TFLITE_FILE, export.VARIABLES_DIR])
-  with open(os.path.join(bundle, export.CONFIG_FILE)) as f:
+      [trained_lib.BUNDLE_CONFIG_FILE, trained_lib.BUNDLE_LABELS_FILE,
+       trained_lib.EXPORTED_FILE, trained_lib.TFLITE_FILE,
+       trained_lib.VARIABLES_DIR])
+  with open(os.path.join(bundle, trained_lib.BUNDLE_CONFIG_FILE)) as f:
     config = json.load(f)
   assert config["sample_rate"] == 22_050
   assert config["window_samples"] == 65_920  # 511 hops + 512.
@@ -61,7 +62,7 @@ def test_bundle_describes_itself(bundle):
   assert config["output"] == "multiclass"
   assert config["platforms"] == ["cpu", "cuda", "tpu"]
   assert config["training_data"]["dataset"] == "synthetic"
-  with open(os.path.join(bundle, export.LABELS_FILE)) as f:
+  with open(os.path.join(bundle, trained_lib.BUNDLE_LABELS_FILE)) as f:
     lines = f.read().splitlines()
   assert lines[0] == "index,species,common_name,supercategory,taxonomy"
   assert lines[1] == "0,Genus species0,Bird 0,Aves,Animalia;Aves"
@@ -76,7 +77,7 @@ def test_exported_model_runs_without_the_library(bundle, real_windows,
       import sys
       sys.modules["inatsounds_jax"] = None  # Importing it would fail.
       import jax, numpy as np
-      with open({os.path.join(bundle, export.EXPORTED_FILE)!r}, "rb") as f:
+      with open({os.path.join(bundle, trained_lib.EXPORTED_FILE)!r}, "rb") as f:
         exported = jax.export.deserialize(bytearray(f.read()))
       x = np.load({str(tmp_path / "x.npy")!r})
       for batch in (x[:1], x):
@@ -100,7 +101,7 @@ def test_exported_model_runs_without_the_library(bundle, real_windows,
 @pytest.mark.parametrize("batch", [1, 7])
 def test_tflite_agrees_with_the_jax_export(bundle, real_windows, batch):
   exported = export.load_exported(bundle)
-  tflite = export.TFLiteModel(os.path.join(bundle, export.TFLITE_FILE))
+  tflite = export.TFLiteModel(os.path.join(bundle, trained_lib.TFLITE_FILE))
   x = real_windows[:batch]
   logits, embedding = tflite(x)
   want_logits, want_embedding = (np.asarray(a) for a in exported.call(x))
@@ -132,10 +133,11 @@ def test_predict_from_the_bundle_alone(bundle, workdir, tmp_path):
 def test_a_bundle_of_another_format_is_refused(bundle, tmp_path):
   copy = tmp_path / "old"
   subprocess.run(["cp", "-r", bundle, str(copy)], check=True)
-  config_path = copy / export.CONFIG_FILE
+  config_path = copy / trained_lib.BUNDLE_CONFIG_FILE
   config = json.loads(config_path.read_text())
   config.update(bundle_format=0, library_version="0.0.1")
   config_path.write_text(json.dumps(config))
-  with pytest.raises(export.BundleError, match=r"bundle format 0 \(written "
+  with pytest.raises(trained_lib.BundleError,
+                     match=r"bundle format 0 \(written "
                      r"by inatsounds_jax 0.0.1\).*export it again"):
     inference.Predictor(str(copy))

@@ -137,14 +137,6 @@ class Classifier(WindowedModel, nn.Module):
     in inference mode; `location` as for `classify`."""
     return self._outputs(self.spectrogram(inputs), False, location)
 
-  # Removed once export.py calls infer().
-  def embed_and_classify(self, waveform: jax.Array,
-                         location: jax.Array | None = None
-                         ) -> tuple[jax.Array, jax.Array]:
-    """(embedding, logits) of `infer`."""
-    out = self.infer(waveform, location)
-    return out.embedding, out.logits
-
   def _outputs(self, images: jax.Array, train: bool,
                location: jax.Array | None) -> ClassifierOutput:
     embedding, logits = self.net(image_lib.to_model_image(images, self.image),

@@ -22,6 +22,7 @@ from inatsounds_jax import objectives
 from inatsounds_jax import registry
 from inatsounds_jax.geo import location_input
 from inatsounds_jax.models import classifier as classifier_lib
+from inatsounds_jax.models import image as image_lib
 
 
 def make_model(config, num_classes: int, multilabel: bool
@@ -46,7 +47,7 @@ def make_model(config, num_classes: int, multilabel: bool
   return classifier_lib.Classifier(
       backbone=config.model, num_classes=num_classes,
       frontend=frontend_lib.get_config(config.frontend_preset),
-      image=augment.ImageConfig(size=tuple(size) if size else None,
+      image=image_lib.ImageConfig(size=tuple(size) if size else None,
                                 channels=config.image.channels, **norm),
       window_frames=config.window_frames,
       backbone_options=tuple(sorted(options.items())),

@@ -16,12 +16,12 @@ import jax
 import jax.numpy as jnp
 import tensorflow_datasets as tfds
 
-from inatsounds_jax import augment
 from inatsounds_jax import frontend as frontend_lib
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import models
 from inatsounds_jax import objectives
 from inatsounds_jax import registry
+from inatsounds_jax.models import image as image_lib
 from inatsounds_jax.models import mae as mae_lib
 from inatsounds_jax.models import vit
 
@@ -51,7 +51,7 @@ def make_model(config, num_classes: int, multilabel: bool
     return mae_lib.MaskedAutoencoder(
         size=encoder_size(config.model),
         frontend=frontend_lib.get_config(config.frontend_preset),
-        image=augment.ImageConfig(size=tuple(size) if size else None,
+        image=image_lib.ImageConfig(size=tuple(size) if size else None,
                                   channels=config.image.channels),
         window_frames=config.window_frames,
         drop_path=config.model_options.get("drop_path", 0.0),
