@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import sys
 
 from absl import app
 from absl import flags
@@ -36,6 +35,8 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from inatsounds_jax import checkpoints
+from inatsounds_jax import cli
 from inatsounds_jax import compilation
 from inatsounds_jax import data
 from inatsounds_jax import input_pipeline
@@ -210,9 +211,9 @@ def main(argv):
   try:
     kept = curate(f.workdir, f.out, f.by, f.threshold, f.keep_fraction,
                   f.batch_size)
-  except registry.ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  except (registry.ConfigError, OSError,
+          checkpoints.DamagedCheckpointError) as e:
+    cli.fail(str(e), e)
   print(f"kept {len(kept)} windows; train on them with "
         f"--config.train_window_filter={storage.resolve(f.out) / KEEP_FILE}")
   return 0

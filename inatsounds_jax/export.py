@@ -43,7 +43,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import sys
 import tempfile
 import uuid
 
@@ -58,6 +57,7 @@ import orbax.checkpoint as ocp
 
 import inatsounds_jax
 from inatsounds_jax import checkpoints
+from inatsounds_jax import cli
 from inatsounds_jax import registry
 from inatsounds_jax import storage
 from inatsounds_jax import trained as trained_lib
@@ -350,7 +350,7 @@ def main(argv):
     description = export_bundle(flags.FLAGS.workdir, flags.FLAGS.out,
                                 flags.FLAGS.tflite, flags.FLAGS.overwrite)
   except (OSError, ValueError, checkpoints.DamagedCheckpointError) as e:
-    sys.exit(f"error: {e}")
+    cli.fail(str(e), e)
   print(f"wrote {flags.FLAGS.out}: {description['model_name']}, "
         f"{description['num_classes']} classes, platforms "
         f"{', '.join(description['platforms'])}"
