@@ -101,6 +101,36 @@ class Item:
   rights_holder: str
 
 
+def annotation_document(info: dict, licenses: list[dict],
+                        categories: list[Category], items: list[Item],
+                        key_style: str = "audio") -> dict:
+  """A split's annotation JSON in the release's schema, the inverse of
+  `parse_annotations` (the synthetic corpus writes itself through it).
+
+  `key_style` picks the spelling of the recording and folder keys:
+  "audio" (`audio_id`, `audio_dir_name`) or "image" (`image_id`,
+  `image_dir_name`), as releases have shipped both.
+  """
+  return {
+      "info": info,
+      "audio": [{"id": i.audio_id, "duration": i.duration,
+                 "file_name": i.file_name, "license": i.license,
+                 "rights_holder": i.rights_holder, "date": i.date,
+                 "latitude": i.latitude, "longitude": i.longitude,
+                 "location_uncertainty": i.location_uncertainty}
+                for i in items],
+      "categories": [{"id": c.id, "name": c.name,
+                      "common_name": c.common_name,
+                      "supercategory": c.supercategory,
+                      **{k: c.taxonomy[k] for k in TAXONOMY_KEYS},
+                      f"{key_style}_dir_name": c.dir_name}
+                     for c in categories],
+      "annotations": [{"id": i.annotation_id, f"{key_style}_id": i.audio_id,
+                       "category_id": i.category_id} for i in items],
+      "licenses": licenses,
+  }
+
+
 @dataclasses.dataclass
 class SplitAnnotations:
   """The validated content of one split's annotation file.

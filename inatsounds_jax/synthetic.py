@@ -557,31 +557,28 @@ def _write_one(args) -> list[dict]:
 
 def _annotation_json(config: CorpusConfig, split: str, species: list[dict],
                      specs: list[dict]) -> dict:
-  audio_key = f"{config.key_style}_id"
-  dir_key = f"{config.key_style}_dir_name"
-  return {
-      "info": {"year": 2024, "version": "synthetic-1.0",
-               "description": f"inatsounds_jax synthetic corpus, {split} split",
-               "contributor": "inatsounds_jax", "url": "",
-               "date_created": "2024-01-01"},
-      "audio": [{"id": s["audio_id"], "duration": s["duration"],
-                 "file_name": s["file_name"], "license": 1,
-                 "rights_holder": "synthetic", "date": s["date"],
-                 "latitude": s["latitude"], "longitude": s["longitude"],
-                 "location_uncertainty": s["location_uncertainty"]}
-                for s in specs],
-      "categories": [{"id": t["id"], "name": t["name"],
-                      "common_name": t["common_name"],
-                      "supercategory": t["supercategory"],
-                      "kingdom": "Animalia", "phylum": t["phylum"],
-                      "class": t["cls"], "order": t["order"],
-                      "family": t["family_name"], "genus": t["genus"],
-                      "specific_epithet": t["epithet"],
-                      dir_key: t["dir_name"]} for t in species],
-      "annotations": [{"id": s["audio_id"], audio_key: s["audio_id"],
-                       "category_id": s["category_id"]} for s in specs],
-      "licenses": [{"id": 1, "name": "CC0 (synthetic)", "url": ""}],
-  }
+  categories = [release.Category(
+      id=t["id"], name=t["name"], common_name=t["common_name"],
+      supercategory=t["supercategory"],
+      taxonomy={"kingdom": "Animalia", "phylum": t["phylum"],
+                "class": t["cls"], "order": t["order"],
+                "family": t["family_name"], "genus": t["genus"],
+                "specific_epithet": t["epithet"]},
+      dir_name=t["dir_name"]) for t in species]
+  items = [release.Item(
+      annotation_id=s["audio_id"], audio_id=s["audio_id"],
+      category_id=s["category_id"], file_name=s["file_name"],
+      duration=s["duration"], latitude=s["latitude"],
+      longitude=s["longitude"],
+      location_uncertainty=s["location_uncertainty"], date=s["date"],
+      license=1, rights_holder="synthetic") for s in specs]
+  return release.annotation_document(
+      info={"year": 2024, "version": "synthetic-1.0",
+            "description": f"inatsounds_jax synthetic corpus, {split} split",
+            "contributor": "inatsounds_jax", "url": "",
+            "date_created": "2024-01-01"},
+      licenses=[{"id": 1, "name": "CC0 (synthetic)", "url": ""}],
+      categories=categories, items=items, key_style=config.key_style)
 
 
 def _deterministic_tar_gz(path: str, members: list[tuple[str, str]]) -> None:
