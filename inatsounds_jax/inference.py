@@ -54,6 +54,7 @@ import jax
 import numpy as np
 
 from inatsounds_jax import audio
+from inatsounds_jax import compilation
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import registry
 from inatsounds_jax import tables
@@ -61,7 +62,6 @@ from inatsounds_jax import trained as trained_lib
 from inatsounds_jax.geo import location_input
 from inatsounds_jax.geo import prior as prior_lib
 from inatsounds_jax.models import classifier as classifier_lib
-from inatsounds_jax.models import conv
 
 DEFAULT_HOP_SECONDS = 1.5  # The iNatSounds paper's evaluation stride.
 
@@ -198,7 +198,7 @@ class Predictor:
     self.location = location_input.from_config(
         self.trained.config, self._training_prior)
     variables = self.trained.variables
-    self._apply = conv.jit(lambda w, location=None: model.apply(
+    self._apply = compilation.jit(lambda w, location=None: model.apply(
         variables, w, location=location,
         method=classifier_lib.Classifier.infer))
 

@@ -56,7 +56,6 @@ import math
 import os
 import sys
 import time
-import traceback
 from collections.abc import Sequence
 
 from absl import app
@@ -66,6 +65,7 @@ import soundfile
 import tqdm
 
 import inatsounds_jax
+from inatsounds_jax import cli
 from inatsounds_jax import inference
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import storage
@@ -421,20 +421,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    sys.exit(f"error: {e}")
-
-
-def _fail(e: Exception) -> None:
-  """Ends the command in one `error:` line (after the traceback with
-  --verbosity=1): the message of a known problem, the type and message of
-  anything else."""
-  if flags.FLAGS.verbosity >= 1:
-    traceback.print_exc()
-  if isinstance(e, (ValueError, OSError)):  # ConfigError, AudioError, ...
-    sys.exit(f"error: {e}")
-  sys.exit(f"error: {type(e).__name__}: {e}"
-           + ("" if flags.FLAGS.verbosity >= 1
-              else " (--verbosity=1 prints where)"))
+    cli.fail(str(e), e, argv=argv)
 
 
 def main(argv):
@@ -446,8 +433,14 @@ def main(argv):
     predictor, options, extra = _main_options()
     counts = run(predictor, flags.FLAGS.input, flags.FLAGS.output, options,
                  extra)
+  except (ValueError, OSError) as e:  # ConfigError, AudioError: say all.
+    cli.fail(str(e), e)
+  except KeyboardInterrupt as e:
+    cli.stop("prediction interrupted (Ctrl-C); run the same command again "
+             "to go on: recordings done are kept", e, 130)
   except Exception as e:  # pylint: disable=broad-except
-    _fail(e)
+    cli.fail(f"{type(e).__name__}: {e}" + (
+        "" if cli.traceback_wanted() else " (--verbosity=1 prints where)"), e)
   print(f"{counts['done']} recordings predicted ({counts['detections']} "
         f"detections), {counts['skipped']} already done "
         f"({counts['detections_before']} detections), {counts['failed']} "
