@@ -20,8 +20,10 @@ window, 0 .. duration.
 Streaming. `Predictor.stream` is the one path that classifies: for each
 recording, in input order, it delivers BEGIN, then WINDOWS events whose
 `WindowTable`s hold consecutive windows (one per decoded chunk, as soon as
-the batches holding its windows returned), then END, or ERROR with the
-`audio.AudioError` that stopped the recording. A second BEGIN voids what came
+the batches holding its windows returned), then END (with the decoder's
+report of samples beyond full scale, which were clipped to it, for the
+caller to say), or ERROR with the `audio.AudioError` that stopped the
+recording. A second BEGIN voids what came
 before it (the file's decoded length differed from its header's and it is
 cut again). Windows of consecutive recordings share batches. Memory holds a
 chunk of audio, its windows and a batch, whatever the recordings' lengths:
