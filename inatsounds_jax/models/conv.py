@@ -53,7 +53,6 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from inatsounds_jax import compilation
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 # Examples whose products are summed inside the depthwise kernel-gradient
@@ -75,10 +74,6 @@ def native_ops() -> Iterator[None]:
   finally:
     _NATIVE_ONLY.reset(token)
 
-
-# Re-exported until train, curate and inference import compilation.
-CPU_COMPILER_OPTIONS = compilation.CPU_COMPILER_OPTIONS
-jit = compilation.jit
 
 
 def by_platform(*args, cpu, default):
