@@ -14,6 +14,10 @@ import sys
 import traceback
 from typing import NoReturn
 
+from absl import flags
+
+from inatsounds_jax import sphere
+
 
 def traceback_wanted(argv: list[str] | None = None) -> bool:
   """Whether the command line (`argv`, default `sys.argv`) asks for
@@ -54,3 +58,42 @@ def fail(message: str, error: BaseException,
          argv: list[str] | None = None) -> NoReturn:
   """`stop` with `error: <message>` and status 1."""
   stop(f"error: {message}", error, argv=argv)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing (`app.run`'s `flags_parser`), its errors in one
+  `error:` line instead of the usage."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e), e, argv=argv)
+
+
+def fail_on(error: BaseException) -> NoReturn:
+  """Ends a command that `error` stopped: the message of a problem the user
+  can act on (`ValueError`: `ConfigError`, `AudioError`, ...; `OSError`),
+  the type and message of anything else."""
+  if isinstance(error, (ValueError, OSError)):
+    fail(str(error), error)
+  fail(f"{type(error).__name__}: {error}"
+       + ("" if traceback_wanted() else " (--verbosity=1 prints where)"),
+       error)
+
+
+def check_location_flags(values: dict) -> bool:
+  """absl multi-flag validator of `latitude`, `longitude` and `locations`:
+  both coordinates or neither, not with a locations file, and on Earth
+  (`sphere.location_problem`, the check of every --locations row too)."""
+  lat, lon = values["latitude"], values["longitude"]
+  if lat is None and lon is None:
+    return True
+  if lat is None or lon is None:
+    raise flags.ValidationError(
+        "give both --latitude and --longitude, or neither")
+  if values["locations"]:
+    raise flags.ValidationError(
+        "give --latitude/--longitude or --locations, not both")
+  problem = sphere.location_problem(lat, lon)
+  if problem:
+    raise flags.ValidationError(problem)
+  return True

@@ -39,8 +39,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from inatsounds_jax import cli
 from inatsounds_jax import input_pipeline
-from inatsounds_jax import predict
 from inatsounds_jax import soundscapes
 
 _MODEL_ONLY = ("geo_prior", "latitude", "longitude", "locations")
@@ -117,7 +117,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       "give --model or --predictions (one of them)", **fv)
   flags.register_multi_flags_validator(
       ["latitude", "longitude", "locations"],
-      predict._check_location_flags,  # pylint: disable=protected-access
+      cli.check_location_flags,
       **fv)
   flags.register_multi_flags_validator(
       ["predictions", "window_seconds", *_MODEL_ONLY], _check_mode_flags,
@@ -169,10 +169,10 @@ def main(argv):
     inputs, settings = options(flags.FLAGS)
     evaluation = soundscapes.run(inputs, settings, progress_bar=True)
   except Exception as e:  # pylint: disable=broad-except
-    predict._fail(e)  # pylint: disable=protected-access
+    cli.fail_on(e)
   print(soundscapes.summary(evaluation, flags.FLAGS.output))
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=predict._parse_flags)  # pylint: disable=protected-access
+  app.run(main, flags_parser=cli.parse_flags)

@@ -59,6 +59,7 @@ from inatsounds_jax import audio
 from inatsounds_jax import compilation
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import registry
+from inatsounds_jax import sphere
 from inatsounds_jax import tables
 from inatsounds_jax import trained as trained_lib
 from inatsounds_jax.geo import location_input
@@ -469,15 +470,6 @@ def find_audio(path: str) -> list[tuple[str, str]]:
     raise InputError(f"--input={e.path}: {e.reason}") from None
 
 
-def location_problem(latitude: float, longitude: float) -> str | None:
-  """Why (latitude, longitude) is not a place on Earth (out of range, NaN),
-  or None: the one check of every location prediction is given."""
-  if -90 <= latitude <= 90 and -180 <= longitude <= 180:
-    return None
-  return (f"({latitude}, {longitude}) is outside latitude -90..90, "
-          "longitude -180..180")
-
-
 def read_locations(path: str) -> dict[str, tuple[float, float]]:
   """`file,latitude,longitude` rows -> {file: (lat, lon)}.
 
@@ -504,7 +496,7 @@ def read_locations(path: str) -> dict[str, tuple[float, float]]:
                         f"{row['latitude']!r}, {row['longitude']!r} are "
                         "not numbers")
         continue
-      problem = location_problem(lat, lon)
+      problem = sphere.location_problem(lat, lon)
       if problem:
         problems.append(f"{path}:{line}: {problem}")
       elif not row["file"]:

@@ -72,8 +72,6 @@ from inatsounds_jax import storage
 from inatsounds_jax import tables
 from inatsounds_jax import workdir_lock
 
-SETTINGS_FILE = "settings.json"
-ERRORS_FILE = "errors.tsv"
 # Settings recorded since a release: a settings.json without them resumes.
 _ADDED_SETTINGS = ("input",)
 
@@ -129,7 +127,7 @@ def _settings(predictor: inference.Predictor, input_path: str,
 
 def _record_settings(output: str, settings: dict) -> None:
   """Writes settings.json; refuses a folder holding another run's results."""
-  path = os.path.join(output, SETTINGS_FILE)
+  path = os.path.join(output, tables.SETTINGS_FILE)
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
@@ -263,14 +261,6 @@ def _predict_and_write(predictor: inference.Predictor, todo: list[_Todo],
   return counts, errors
 
 
-def _write_errors(output: str, errors: list[tuple[str, str, str]]) -> None:
-  with open(os.path.join(output, ERRORS_FILE), "w", encoding="utf-8") as f:
-    f.write("file\tkind\treason\n")
-    for row in errors:
-      f.write("\t".join(x.replace("\t", " ").replace("\n", " ")
-                        for x in row) + "\n")
-
-
 def run(predictor: inference.Predictor, input_path: str, output: str,
         options: RunOptions, settings_extra: dict | None = None) -> dict:
   """Predicts every recording under `input_path` into `output`.
@@ -303,7 +293,7 @@ def run(predictor: inference.Predictor, input_path: str, output: str,
       print(line, file=sys.stderr)
     started = time.time()
     counts, errors = _predict_and_write(predictor, plan.todo, options)
-    _write_errors(output, errors)
+    tables.write_errors(output, errors)
     if "csv" in options.formats:
       tables.combine_csv([p["csv"] for p in plan.outputs
                           if os.path.exists(p["csv"])],
@@ -364,28 +354,11 @@ def _validate_flags() -> None:
       ("batch_size", lambda x: x >= 1, "give 1 or more windows per call")):
     flags.register_validator(name, check, message)
   flags.register_multi_flags_validator(
-      ["latitude", "longitude", "locations"], _check_location_flags)
+      ["latitude", "longitude", "locations"], cli.check_location_flags)
   flags.register_multi_flags_validator(
       ["geo_filter", "geo_prior"],
       lambda v: not v["geo_filter"] or v["geo_prior"],
       "--geo_filter needs --geo_prior")
-
-
-def _check_location_flags(values: dict) -> bool:
-  """As `inference.read_locations` checks each row of --locations."""
-  lat, lon = values["latitude"], values["longitude"]
-  if lat is None and lon is None:
-    return True
-  if lat is None or lon is None:
-    raise flags.ValidationError(
-        "give both --latitude and --longitude, or neither")
-  if values["locations"]:
-    raise flags.ValidationError(
-        "give --latitude/--longitude or --locations, not both")
-  problem = inference.location_problem(lat, lon)
-  if problem:
-    raise flags.ValidationError(problem)
-  return True
 
 
 def _main_options() -> tuple[inference.Predictor, RunOptions, dict]:
@@ -416,14 +389,6 @@ def _main_options() -> tuple[inference.Predictor, RunOptions, dict]:
   return predictor, options, extra
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, its errors in one `error:` line (not the usage)."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    cli.fail(str(e), e, argv=argv)
-
-
 def main(argv):
   del argv
   input_pipeline.hide_gpus_from_tensorflow()
@@ -433,18 +398,15 @@ def main(argv):
     predictor, options, extra = _main_options()
     counts = run(predictor, flags.FLAGS.input, flags.FLAGS.output, options,
                  extra)
-  except (ValueError, OSError) as e:  # ConfigError, AudioError: say all.
-    cli.fail(str(e), e)
   except KeyboardInterrupt as e:
     cli.stop("prediction interrupted (Ctrl-C); run the same command again "
              "to go on: recordings done are kept", e, 130)
   except Exception as e:  # pylint: disable=broad-except
-    cli.fail(f"{type(e).__name__}: {e}" + (
-        "" if cli.traceback_wanted() else " (--verbosity=1 prints where)"), e)
+    cli.fail_on(e)
   print(f"{counts['done']} recordings predicted ({counts['detections']} "
         f"detections), {counts['skipped']} already done "
         f"({counts['detections_before']} detections), {counts['failed']} "
-        f"failed (see {os.path.join(flags.FLAGS.output, ERRORS_FILE)})")
+        f"failed (see {os.path.join(flags.FLAGS.output, tables.ERRORS_FILE)})")
   if counts["failed"] and not counts["done"] and not counts["skipped"]:
     sys.exit(1)
 
@@ -452,4 +414,4 @@ def main(argv):
 if __name__ == "__main__":
   _define_flags()
   flags.mark_flags_as_required(["model", "input", "output"])
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -132,7 +132,6 @@ from inatsounds_jax import audio
 from inatsounds_jax import inference
 from inatsounds_jax import metrics as metrics_lib
 from inatsounds_jax import plots
-from inatsounds_jax import predict
 from inatsounds_jax import tables
 
 NO_PRIOR, PRIOR = "no_prior", "prior"
@@ -679,7 +678,7 @@ def _cell(cells: Sequence[str], column: int | None) -> str:
 
 
 def _read_settings(source: str) -> dict | None:
-  path = os.path.join(source, predict.SETTINGS_FILE)
+  path = os.path.join(source, tables.SETTINGS_FILE)
   if not os.path.isfile(path):
     return None
   try:
@@ -805,7 +804,7 @@ def _choose(flag: float | None, settings: dict | None, key: str,
   if flag is not None:
     return flag, "flag"
   if settings and isinstance(settings.get(key), (int, float)):
-    return float(settings[key]), predict.SETTINGS_FILE
+    return float(settings[key]), tables.SETTINGS_FILE
   return from_rows, "rows"
 
 

@@ -51,3 +51,12 @@ def random_point_in_range(ranges: list[dict], rng: np.random.Generator
       math.cos(dist) - math.sin(lat1) * math.sin(lat2))
   lon2 = (math.degrees(lon2) + 540) % 360 - 180
   return round(math.degrees(lat2), 5), round(lon2, 5)
+
+
+def location_problem(latitude: float, longitude: float) -> str | None:
+  """Why (latitude, longitude) is not a place on Earth (out of range, NaN),
+  or None: the one check of every location a command is given."""
+  if -90 <= latitude <= 90 and -180 <= longitude <= 180:
+    return None
+  return (f"({latitude}, {longitude}) is outside latitude -90..90, "
+          "longitude -180..180")

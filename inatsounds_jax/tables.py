@@ -167,6 +167,11 @@ def _raven_cells(number: int, d: Detection, band: Band,
 CSV_COLUMNS = ("Start (s)", "End (s)", "Scientific name", "Common name",
                "Confidence", "File")
 COMBINED_CSV = "BirdNET_CombinedTable.csv"
+# Beside a prediction folder's tables: every setting of the run that made
+# them (the resume check, and how soundscape evaluation reads the tables),
+# and each recording that failed or was clipped (file, kind, reason).
+SETTINGS_FILE = "settings.json"
+ERRORS_FILE = "errors.tsv"
 
 
 def _csv_header(with_prior: bool) -> tuple[str, ...]:
@@ -395,3 +400,17 @@ class RecordingFiles:
   def discard(self) -> None:
     for f in self._files():
       f.discard()
+
+
+ERRORS_COLUMNS = ("file", "kind", "reason")
+
+
+def write_errors(output: str, errors: list[tuple[str, str, str]]) -> None:
+  """`errors.tsv` in the folder `output`: one row per recording that failed
+  or was clipped (`ERRORS_COLUMNS`), tabs and newlines in a reason made
+  spaces."""
+  with open(os.path.join(output, ERRORS_FILE), "w", encoding="utf-8") as f:
+    f.write("\t".join(ERRORS_COLUMNS) + "\n")
+    for row in errors:
+      f.write("\t".join(x.replace("\t", " ").replace("\n", " ")
+                        for x in row) + "\n")

@@ -243,11 +243,11 @@ def test_outputs_parse_back_with_their_column_names(predictor, recordings,
       os.path.join(recordings, "sub", "cy.mp3")}
   embeddings = tables.read_embeddings(str(out / "birds.embeddings.npz"))
   np.testing.assert_allclose(embeddings["logits"], table.logits, atol=1e-6)
-  errors = (out / predict.ERRORS_FILE).read_text().splitlines()
+  errors = (out / tables.ERRORS_FILE).read_text().splitlines()
   assert errors[0] == "file\tkind\treason"
   assert any("empty.flac\tempty file" in e for e in errors)
   assert any("junk.wav\tunreadable audio" in e for e in errors)
-  settings = json.loads((out / predict.SETTINGS_FILE).read_text())
+  settings = json.loads((out / tables.SETTINGS_FILE).read_text())
   assert settings["activation"] == "softmax"
   assert settings["hop_frames"] == 258
   assert settings["min_confidence"] == 0.05

@@ -188,7 +188,7 @@ def test_another_input_into_an_output_folder_is_refused(finished, recordings,
                                                         workdir, tmp_path):
   out = _copy(finished, tmp_path)
   before = sorted(os.listdir(out))
-  settings = (out / predict.SETTINGS_FILE).read_text()
+  settings = (out / tables.SETTINGS_FILE).read_text()
   assert json.loads(settings)["input"] == str(recordings)
   result = _predict(f"--model={workdir}",
                     f"--input={recordings / 'birds.wav'}", f"--output={out}",
@@ -197,19 +197,19 @@ def test_another_input_into_an_output_folder_is_refused(finished, recordings,
   assert f"input: '{recordings}' -> '{recordings / 'birds.wav'}'" in line
   assert "use another --output" in line
   assert sorted(os.listdir(out)) == before
-  assert (out / predict.SETTINGS_FILE).read_text() == settings
+  assert (out / tables.SETTINGS_FILE).read_text() == settings
 
 
 def test_an_output_folder_from_before_the_input_was_recorded_resumes(
     finished, recordings, workdir, tmp_path):
   out = _copy(finished, tmp_path)
-  settings = json.loads((out / predict.SETTINGS_FILE).read_text())
+  settings = json.loads((out / tables.SETTINGS_FILE).read_text())
   del settings["input"]
-  (out / predict.SETTINGS_FILE).write_text(json.dumps(settings))
+  (out / tables.SETTINGS_FILE).write_text(json.dumps(settings))
   result = _predict(f"--model={workdir}", f"--input={recordings}",
                     f"--output={out}", *EVERY_WINDOW)
   assert "2 already done" in result.stdout, result.stderr[-2000:]
-  assert json.loads((out / predict.SETTINGS_FILE).read_text())["input"] == (
+  assert json.loads((out / tables.SETTINGS_FILE).read_text())["input"] == (
       str(recordings))
 
 
@@ -255,7 +255,7 @@ def test_a_clipped_recording_is_predicted_and_said_once(workdir, tmp_path):
   said = [line for line in result.stderr.splitlines()
           if "beyond full scale" in line]
   assert said == [f"warning: {report}"]
-  errors = (out / predict.ERRORS_FILE).read_text().splitlines()
+  errors = (out / tables.ERRORS_FILE).read_text().splitlines()
   assert errors == ["file\tkind\treason",
                     f"{folder / 'loud.wav'}\tclipped\t{report}"]
   assert (out / "loud.BirdNET.results.csv").exists()
