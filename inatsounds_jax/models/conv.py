@@ -144,8 +144,8 @@ def dense_conv(x: jax.Array, kernel: jax.Array,
   Equal to `lax.conv_general_dilated` with NHWC / HWIO / NHWC dimension
   numbers. On CPU a convolution whose windows do not overlap (1x1 kernels,
   patch embeddings with stride = kernel) is a matrix product over the
-  channels of (rearranged) `x`, 3-10x faster than XLA's convolution either
-  way; other kernels are XLA's convolution everywhere.
+  channels of (rearranged) `x`, faster than XLA's convolution either way
+  (BENCHMARKS.md); other kernels are XLA's convolution everywhere.
   """
   strides, pads, dilation = _canonical(x, kernel, strides, padding, dilation)
   native = _native(strides, pads, dilation, 1, precision,
@@ -213,7 +213,7 @@ def _pad_for(src, offsets, strides, out_size, value=0.0):
   A window at offset (oi, oj) is src[..., s0*i + oi, s1*j + oj, :] for
   i, j < out_size (rows and columns are the 3rd- and 2nd-last axes), and
   reads `value` outside `src`. Padding once and slicing vectorises; padding
-  fused into every window costs a bounds check per element (2-4x slower).
+  fused into every window costs a bounds check per element.
   """
   pads = []
   for axis, (s, n) in enumerate(zip(strides, out_size)):
@@ -337,7 +337,7 @@ _shifted_sum_conv.defvjp(_depthwise_fwd, _depthwise_bwd)
 def _depthwise_kernel_grad(x, grad, kernel_shape, strides, pads, dilation):
   """Per tap, the sum over examples and positions of window(x) * grad.
 
-  Reducing each tap's product directly is 10x slower: XLA first copies one
+  Reducing each tap's product directly is slower: XLA first copies one
   window of `x` per tap. Instead, per tap, a fused loop sums the products
   over blocks of `_DEPTHWISE_GRAD_BLOCK` examples (a window taking every
   block-th example is a slice), writing partial sums 16x smaller than
@@ -437,8 +437,8 @@ def _rows_product(a, b, precision):
   once and contracts over its rows. Autodiff's product over the leading
   axes instead had XLA fuse the elementwise ops that made an operand (a
   batch norm's gradient, say) into a transpose that read them a row
-  apart, 4x the product's own time for a 1x1 convolution on 112 x 112
-  maps.
+  apart, costing more than the product itself on large maps
+  (BENCHMARKS.md).
   """
   a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
   return lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision,

@@ -68,7 +68,7 @@ class BatchNorm(nn.Module):
   0) and running averages updated as Flax does. Training uses a
   hand-written gradient (`_batch_norm`): autodiff of the formula keeps the
   centred input as an extra full-size array and reduces it several times,
-  2-5x the time of the two reductions and one pass the gradient needs.
+  where the gradient needs two reductions and one pass.
   """
   use_running_average: bool
   momentum: float = 0.99
@@ -160,7 +160,7 @@ def gelu_exact(x):
   """PyTorch's nn.GELU default, x * (1 + erf(x / sqrt(2))) / 2, as it does.
 
   `jax.nn.gelu(approximate=False)` goes through erfc, whose XLA lowering
-  costs 2.5x erf's on CPU.
+  is slower than erf's on CPU.
   """
   return 0.5 * x * (1 + lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
 
