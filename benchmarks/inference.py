@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import io
 import os
@@ -76,18 +77,17 @@ def write_looped_recording(path: str, minutes: float) -> float:
 
 
 def _model(backbone: str):
-  """A randomly initialised `train.TrainedModel` (paper image, 5,569)."""
+  """A randomly initialised `trained.TrainedModel` (paper image, 5,569)."""
   import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from inatsounds_jax import config_defaults  # pylint: disable=import-outside-toplevel
-  from inatsounds_jax import train  # pylint: disable=import-outside-toplevel
+  from inatsounds_jax import trained as trained_lib  # pylint: disable=import-outside-toplevel
   config = config_defaults.classifier()
   config.model = backbone
-  model = train.make_model(config, NUM_CLASSES, multilabel=False)
-  variables = jax.jit(model.init)(
-      jax.random.PRNGKey(0), jnp.zeros((1, model.window_samples), jnp.int16))
+  model = trained_lib.build_model(config, NUM_CLASSES, multilabel=False)
+  variables = jax.jit(functools.partial(trained_lib.init_variables, model))(
+      jax.random.PRNGKey(0))
   labels = [{"species": f"species {i}"} for i in range(NUM_CLASSES)]
-  return train.TrainedModel(model, variables, config, labels, False, 0)
+  return trained_lib.TrainedModel(model, variables, config, labels, False, 0)
 
 
 def bench_jax(path: str, warmup: str, batch_size: int) -> dict:
@@ -111,13 +111,12 @@ def bench_tflite(path: str, warmup: str, batch_size: int,
   from inatsounds_jax import audio  # pylint: disable=import-outside-toplevel
   from inatsounds_jax import export  # pylint: disable=import-outside-toplevel
   from inatsounds_jax import input_pipeline  # pylint: disable=import-outside-toplevel
-  from inatsounds_jax import train  # pylint: disable=import-outside-toplevel
   trained = _model("mobilenet_v3_large")
   start = time.perf_counter()
   tflite = export.TFLiteModel(
       export.to_tflite(trained.model, trained.variables), threads)
   convert = time.perf_counter() - start
-  windows_config = train.window_config(trained.model, 258)
+  windows_config = trained.windows(258)
 
   def run(file: str) -> tuple[int, float]:
     n, model_seconds = 0, 0.0
@@ -185,6 +184,7 @@ import numpy as np
 import inference
 from inatsounds_jax import inference as inference_lib
 from inatsounds_jax import predict
+from inatsounds_jax import trained as trained_lib
 predictor = inference_lib.Predictor(inference._model("placeholder"),
                                     batch_size=32)
 path, warmup, how, out = sys.argv[1:5]
