@@ -184,7 +184,6 @@ import numpy as np
 import inference
 from inatsounds_jax import inference as inference_lib
 from inatsounds_jax import predict
-from inatsounds_jax import trained as trained_lib
 predictor = inference_lib.Predictor(inference._model("placeholder"),
                                     batch_size=32)
 path, warmup, how, out = sys.argv[1:5]
