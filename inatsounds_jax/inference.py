@@ -48,9 +48,10 @@ import collections
 import csv
 import dataclasses
 import hashlib
+import io
 import math
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -418,32 +419,49 @@ class Selection:
     allowed: `[classes]` bool, the species list (None: all).
     geo_filter: drop species whose prior is below `geo_threshold` (species
       the prior does not know, or files without a location, stay).
+    thresholds: `[classes]` per-species cut-offs replacing `min_confidence`
+      (`read_thresholds`; NaN: that species keeps `min_confidence`), or
+      None: `min_confidence` for all.
   """
   min_confidence: float = 0.25
   top_k: int = 0
   allowed: np.ndarray | None = None
   geo_filter: bool = False
   geo_threshold: float = 0.1
+  thresholds: np.ndarray | None = None
+
+  def cutoffs(self, num_classes: int) -> np.ndarray:
+    """`[classes]` the probability each species' rows must reach."""
+    if self.thresholds is None:
+      return np.full(num_classes, self.min_confidence)
+    return np.where(np.isnan(self.thresholds), self.min_confidence,
+                    self.thresholds)
 
 
 def detections(table: WindowTable, labels: Sequence[dict],
                selection: Selection, file_name: str
                ) -> list[tables.Detection]:
-  """Detection rows of a window table, by window then confidence."""
+  """Detection rows of a window table, by window then confidence.
+
+  A window's species allowed (species list, geo filter) are ranked by
+  probability; of the first `top_k`, those at or above their own cut-off
+  (`Selection.cutoffs`) are rows. `top_k` counts before the cut-offs, so a
+  per-species threshold never lets a lower-ranked species in.
+  """
   keep = np.ones(table.probabilities.shape[1], bool)
   if selection.allowed is not None:
     keep &= selection.allowed
   if selection.geo_filter and table.geo_prior is not None:
     keep &= ~(table.geo_prior < selection.geo_threshold)
+  cutoffs = selection.cutoffs(len(keep))
   rows = []
   for w in range(len(table.start_s)):
     p = np.where(keep, table.probabilities[w], -1.0)
     order = np.argsort(-p, kind="stable")
     if selection.top_k:
       order = order[:selection.top_k]
+    order = order[(p[order] >= cutoffs[order]) & (p[order] >= 0)]
     for c in order:
-      if p[c] < selection.min_confidence or p[c] < 0:
-        break
       rows.append(tables.Detection(
           start_s=float(table.start_s[w]), end_s=float(table.end_s[w]),
           species=labels[c]["species"],
@@ -509,6 +527,28 @@ def read_locations(path: str) -> dict[str, tuple[float, float]]:
   return out
 
 
+def label_matcher(labels: Sequence[dict]
+                  ) -> Callable[[str], int | None]:
+  """name -> the index of the label it names, or None.
+
+  A name is a label's scientific name, its common name, or BirdNET's
+  `Scientific name_Common name`, ignoring case (the first label wins where
+  two share a name): what users copy from BirdNET's lists and ours.
+  """
+  index = {}
+  for i, row in enumerate(labels):
+    for key in ("species", "common_name"):
+      if row.get(key):
+        index.setdefault(row[key].lower(), i)
+
+  def match(name: str) -> int | None:
+    for n in (name, name.split("_")[0]):
+      if n.lower() in index:
+        return index[n.lower()]
+    return None
+  return match
+
+
 def read_species_list(path: str, labels: Sequence[dict]
                       ) -> tuple[np.ndarray, list[str]]:
   """(allowed `[classes]`, names not among the labels) of a species list.
@@ -521,24 +561,101 @@ def read_species_list(path: str, labels: Sequence[dict]
       names = [line.strip() for line in f if line.strip()]
   except OSError as e:
     raise InputError(f"--species_list={path}: {e.strerror}") from None
-  index = {}
-  for i, row in enumerate(labels):
-    for key in ("species", "common_name"):
-      if row.get(key):
-        index.setdefault(row[key].lower(), i)
+  match = label_matcher(labels)
   allowed = np.zeros(len(labels), bool)
   unknown = []
   for name in names:
-    found = [index[n.lower()] for n in (name, name.split("_")[0])
-             if n.lower() in index]
-    if found:
-      allowed[found[0]] = True
-    else:
+    found = match(name)
+    if found is None:
       unknown.append(name)
+    else:
+      allowed[found] = True
   if not allowed.any():
     raise InputError(f"--species_list={path}: none of its {len(names)} "
                      f"names is a label of the model (e.g. {names[:3]})")
   return allowed, unknown
+
+
+@dataclasses.dataclass(frozen=True)
+class ThresholdFile:
+  """Per-species thresholds read from a file (`read_thresholds`).
+
+  Attributes:
+    thresholds: `[classes]` (NaN: not given, --min_confidence applies).
+    unknown: names in the file that are no label, in file order.
+    sha256: the digest of the file's bytes (settings.json records it, so a
+      resumed run with an edited file is refused).
+  """
+  thresholds: np.ndarray
+  unknown: list[str]
+  sha256: str
+
+
+def read_thresholds(path: str, labels: Sequence[dict]) -> ThresholdFile:
+  """The `species,threshold,...` CSV `evaluate` writes (thresholds.csv).
+
+  Only `species` and `threshold` are read (the other columns inform a user
+  editing it); species are matched as `label_matcher` does. An empty
+  threshold, or a label the file does not name, keeps --min_confidence, as
+  evaluate means where it found none.
+
+  Raises:
+    InputError: an unreadable file, a header without `species` and
+      `threshold`, a threshold that is not a number in [0, 1], or a label
+      named twice; the message names the file and row.
+  """
+  flag = f"--thresholds={path}"
+  try:
+    with open(path, "rb") as f:
+      content = f.read()
+  except OSError as e:
+    raise InputError(f"{flag}: {e.strerror}") from None
+  try:
+    text = content.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    raise InputError(f"{flag}: not UTF-8 text ({e.reason} at byte "
+                     f"{e.start})") from None
+  reader = csv.DictReader(io.StringIO(text, newline=""))
+  match = label_matcher(labels)
+  thresholds = np.full(len(labels), np.nan)
+  named_at: dict[int, int] = {}
+  unknown = []
+  try:
+    if not reader.fieldnames or not {"species", "threshold"} <= set(
+        reader.fieldnames):
+      raise InputError(f"{flag}:1: the header must name the columns "
+                       f"species, threshold (found {reader.fieldnames})")
+    for row in reader:
+      where = f"{flag}:{reader.line_num}"
+      name = (row["species"] or "").strip()
+      cell = (row["threshold"] or "").strip()
+      if not name:
+        if cell:
+          raise InputError(f"{where}: a threshold without a species")
+        continue
+      value = math.nan
+      if cell:
+        try:
+          value = float(cell)
+        except ValueError:
+          value = math.nan
+        if not 0 <= value <= 1:  # NaN too.
+          raise InputError(f"{where}: threshold {cell!r} of {name!r} is "
+                           "not a number between 0 and 1")
+      found = match(name)
+      if found is None:
+        unknown.append(name)
+        continue
+      if found in named_at:
+        raise InputError(f"{where}: {name!r} is "
+                         f"{labels[found]['species']!r}, given a threshold "
+                         f"on line {named_at[found]} too")
+      named_at[found] = reader.line_num
+      thresholds[found] = value
+  except csv.Error as e:
+    raise InputError(f"{flag}:{reader.line_num}: {e}") from None
+  return ThresholdFile(thresholds, unknown,
+                       hashlib.sha256(content).hexdigest()[:16])
 
 
 def label_digest(labels: Sequence[dict]) -> str:

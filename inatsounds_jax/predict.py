@@ -3,7 +3,8 @@
     python -m inatsounds_jax.predict --model=WORKDIR_OR_BUNDLE \\
         --input=FILE_OR_FOLDER_OR_LIST.txt --output=FOLDER \\
         [--format=raven,csv] [--embeddings=npz|parquet] [--hop_seconds=1.5] \\
-        [--min_confidence=0.25] [--top_k=N] [--species_list=FILE] \\
+        [--min_confidence=0.25] [--thresholds=thresholds.csv] [--top_k=N] \\
+        [--species_list=FILE] \\
         [--latitude=.. --longitude=.. | --locations=CSV] \\
         [--geo_prior=DIR [--geo_filter] [--geo_threshold=0.1]]
 
@@ -12,9 +13,23 @@ by `inference.Predictor` (its docstring: windows every hop on the dense
 evaluation layout, softmax or sigmoid probabilities, the prior's column).
 Its stream delivers a recording chunk by chunk; the command reduces each
 chunk straight to the rows it writes (`inference.detections`:
---min_confidence, --top_k, --species_list, the prior) and appends them, and
-the embeddings and logits, to the recording's output files, so its memory
-stays flat in file length.
+--min_confidence, --thresholds, --top_k, --species_list, the prior) and
+appends them, and the embeddings and logits, to the recording's output
+files, so its memory stays flat in file length.
+
+--thresholds=FILE gives each species its own cut-off instead of
+--min_confidence: FILE is the `thresholds.csv` that
+`python -m inatsounds_jax.evaluate` writes, or any CSV with columns
+`species` and `threshold` (others are ignored, so it can be edited by
+hand; `inference.read_thresholds`). A window's probability at or above its
+species' threshold is a row. Species are named as in --species_list
+(scientific, common, or BirdNET's `Scientific_Common`); an empty threshold,
+or a label the file does not name, keeps --min_confidence, and names that
+are no label are said in one `warning:` line. A threshold outside [0, 1] or
+not a number ends the command in one `error:` line naming the file and row.
+--top_k still ranks a window's species before the thresholds apply.
+settings.json records the file's absolute path and a digest of its
+content, so resuming with an edited file is refused like any other change.
 
 Samples beyond full scale (a float recording louder than [-1, 1], or the
 overshoot of resampling a full-scale one) are clipped to full scale, as
@@ -61,6 +76,7 @@ from collections.abc import Sequence
 from absl import app
 from absl import flags
 from absl import logging
+import numpy as np
 import soundfile
 import tqdm
 
@@ -330,6 +346,10 @@ def _define_flags() -> None:
                        "At most this many species per window (0 all).")
   flags.DEFINE_string("species_list", "",
                       "Only these species (one name a line).")
+  flags.DEFINE_string("thresholds", "",
+                      "CSV of per-species thresholds (columns species, "
+                      "threshold: evaluate's thresholds.csv) replacing "
+                      "--min_confidence where given.")
   flags.DEFINE_float("latitude", None, "Latitude of all files.")
   flags.DEFINE_float("longitude", None, "Longitude of all files.")
   flags.DEFINE_string("locations", "",
@@ -361,28 +381,41 @@ def _validate_flags() -> None:
       "--geo_filter needs --geo_prior")
 
 
+def _warn_unknown(path: str, unknown: Sequence[str]) -> None:
+  """One `warning:` line naming a species file's names that are no label
+  (ignored: a list made for another model still serves)."""
+  if unknown:
+    print(f"warning: {len(unknown)} names in {path} are not labels of the "
+          f"model and are ignored: {', '.join(unknown)}", file=sys.stderr)
+
+
 def _main_options() -> tuple[inference.Predictor, RunOptions, dict]:
   f = flags.FLAGS
   predictor = inference.Predictor(f.model, hop_seconds=f.hop_seconds,
                                   batch_size=f.batch_size,
                                   geo_prior=f.geo_prior or None)
-  allowed, extra = None, {}
+  allowed = thresholds = None
+  extra = {}
   if f.species_list:
     allowed, unknown = inference.read_species_list(f.species_list,
                                                    predictor.labels)
-    if unknown:
-      print(f"warning: {len(unknown)} names in {f.species_list} are not "
-            f"labels of the model and are ignored: {', '.join(unknown)}",
-            file=sys.stderr)
-    extra = {"species_list": os.path.abspath(f.species_list),
-             "species_list_unknown": unknown,
-             "species_list_used": int(allowed.sum())}
+    _warn_unknown(f.species_list, unknown)
+    extra.update({"species_list": os.path.abspath(f.species_list),
+                  "species_list_unknown": unknown,
+                  "species_list_used": int(allowed.sum())})
+  if f.thresholds:
+    read = inference.read_thresholds(f.thresholds, predictor.labels)
+    _warn_unknown(f.thresholds, read.unknown)
+    thresholds = read.thresholds
+    extra.update({"thresholds": os.path.abspath(f.thresholds),
+                  "thresholds_sha256": read.sha256,
+                  "thresholds_used": int((~np.isnan(thresholds)).sum())})
   options = RunOptions(
       formats=tuple(f.format), embeddings=f.embeddings,
       selection=inference.Selection(
           min_confidence=f.min_confidence, top_k=f.top_k,
           allowed=allowed, geo_filter=f.geo_filter,
-          geo_threshold=f.geo_threshold),
+          geo_threshold=f.geo_threshold, thresholds=thresholds),
       latitude=math.nan if f.latitude is None else f.latitude,
       longitude=math.nan if f.longitude is None else f.longitude,
       locations=f.locations)

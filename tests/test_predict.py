@@ -6,6 +6,7 @@ model on the synthetic set and predicts with it.
 """
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -195,6 +196,68 @@ def test_species_list_names_unknown_species(tmp_path):
   path.write_text("Notus realis\n")
   with pytest.raises(inference.InputError, match="none of its 1 names"):
     inference.read_species_list(str(path), model_workdir.labels(3))
+
+
+def test_each_species_is_cut_at_its_own_threshold():
+  labels = model_workdir.labels(3)
+  at = float(np.float32(0.3))  # A probability exactly at its threshold.
+  table = _table([[0.7, at, 0.2], [0.29, 0.4, 0.24], [0.1, 0.1, 0.8]])
+  # 0: 0.3; 1: not given (NaN), keeps min_confidence 0.35; 2: 0.25.
+  selection = inference.Selection(
+      0.35, thresholds=np.array([0.3, np.nan, 0.25]))
+  rows = inference.detections(table, labels, selection, "x.wav")
+  assert [(r.start_s, r.species[-1]) for r in rows] == [
+      (0.0, "0"), (1.5, "1"), (3.0, "2")]
+  # Species 1 at 0.3 is below min_confidence; species 0 at 0.29 is just
+  # below its own 0.3; species 2 at 0.24 just below its 0.25.
+  selection = dataclasses.replace(selection,
+                                  thresholds=np.array([0.3, at, 0.25]))
+  rows = inference.detections(table, labels, selection, "x.wav")
+  assert [(r.start_s, r.species[-1]) for r in rows] == [
+      (0.0, "0"), (0.0, "1"), (1.5, "1"), (3.0, "2")]
+  # top_k ranks before the thresholds: a low threshold lets no
+  # lower-ranked species in.
+  top1 = dataclasses.replace(selection, top_k=1,
+                             thresholds=np.array([0.9, 0.0, 0.0]))
+  assert [(r.start_s, r.species[-1]) for r in inference.detections(
+      table, labels, top1, "x.wav")] == [(1.5, "1"), (3.0, "2")]
+
+
+def test_thresholds_file_matches_names_as_species_lists_do(tmp_path):
+  path = tmp_path / "thresholds.csv"
+  path.write_text("species,threshold,common_name,rule\n"
+                  "Genus species0,0.5,Bird 0,precision\n"
+                  "Bird 1,,Bird 1,best_f1\n"
+                  "Genus species2_Bird 2,0,,\n"
+                  "Notus realis,0.4,,\n")
+  read = inference.read_thresholds(str(path), model_workdir.labels(4))
+  np.testing.assert_array_equal(read.thresholds, [0.5, np.nan, 0.0, np.nan])
+  assert read.unknown == ["Notus realis"]
+  assert len(read.sha256) == 16
+
+
+@pytest.mark.parametrize("content, message", [
+    ("species,threshold\nGenus species0,0.5\nGenus species1,high\n",
+     ":3: threshold 'high' of 'Genus species1' is not a number between"),
+    ("species,threshold\nGenus species0,1.5\n",
+     ":2: threshold '1.5' of 'Genus species0' is not a number between"),
+    ("species,threshold\nGenus species0,nan\n", ":2: threshold 'nan'"),
+    ("species,cutoff\nGenus species0,0.5\n",
+     ":1: the header must name the columns species, threshold"),
+    ("species,threshold\nGenus species0,0.5\nBird 0,0.6\n",
+     ":3: 'Bird 0' is 'Genus species0', given a threshold on line 2 too"),
+], ids=["not_a_number", "above_1", "nan", "no_threshold_column",
+        "named_twice"])
+def test_a_bad_thresholds_file_names_file_and_row(tmp_path, content,
+                                                  message):
+  path = tmp_path / "thresholds.csv"
+  path.write_text(content)
+  with pytest.raises(inference.InputError) as e:
+    inference.read_thresholds(str(path), model_workdir.labels(3))
+  assert str(e.value).startswith(f"--thresholds={path}{message}"), e.value
+  with pytest.raises(inference.InputError, match="absent.csv: No such file"):
+    inference.read_thresholds(str(tmp_path / "absent.csv"),
+                              model_workdir.labels(3))
 
 
 def test_locations_csv_bad_rows_name_file_and_line(tmp_path):

@@ -259,3 +259,69 @@ def test_a_clipped_recording_is_predicted_and_said_once(workdir, tmp_path):
   assert errors == ["file\tkind\treason",
                     f"{folder / 'loud.wav'}\tclipped\t{report}"]
   assert (out / "loud.BirdNET.results.csv").exists()
+
+
+# -- Per-species thresholds ----------------------------------------------------
+
+def test_a_thresholds_file_keeps_the_rows_at_each_species_threshold(
+    workdir, recordings, tmp_path):
+  every = tmp_path / "every"
+  result = _predict(f"--model={workdir}", f"--input={recordings}",
+                    f"--output={every}", "--min_confidence=0")
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = tables.read_table(str(every / tables.COMBINED_CSV))
+  confidences = {}
+  for row in rows:
+    confidences.setdefault(row["Scientific name"], []).append(
+        float(row["Confidence"]))
+  # Cut-offs between the written confidences (never on one), so rounding
+  # to 4 decimals cannot move a row across.
+  def between(species):
+    values = sorted(set(confidences[species]))
+    middle = len(values) // 2
+    return (values[middle - 1] + values[middle]) / 2
+  cut = {"Genus species0": between("Genus species0"),
+         "Genus species2": between("Genus species2")}
+  min_confidence = between("Genus species1")
+  path = tmp_path / "thresholds.csv"
+  path.write_text(
+      "species,threshold,common_name,rule\n"
+      f"Genus species0,{cut['Genus species0']!r},Bird 0,precision\n"
+      "Bird 1,,Bird 1,best_f1\n"  # Empty: keeps --min_confidence.
+      f"Genus species2_Bird 2,{cut['Genus species2']!r},,\n"
+      "Notus realis,0.5,,\n")
+  out = tmp_path / "out"
+  flags = (f"--model={workdir}", f"--input={recordings}", f"--output={out}",
+           f"--min_confidence={min_confidence!r}", f"--thresholds={path}")
+  result = _predict(*flags)
+  assert result.returncode == 0, result.stderr[-2000:]
+  warnings = [line for line in result.stderr.splitlines()
+              if line.startswith("warning:")]
+  assert warnings == [f"warning: 1 names in {path} are not labels of the "
+                      "model and are ignored: Notus realis"]
+  kept = tables.read_table(str(out / tables.COMBINED_CSV))
+  assert kept == [row for row in rows if float(row["Confidence"]) >= cut.get(
+      row["Scientific name"], min_confidence)]
+  assert 0 < len(kept) < len(rows)
+  settings = json.loads((out / tables.SETTINGS_FILE).read_text())
+  assert settings["thresholds"] == str(path)
+  assert settings["thresholds_used"] == 2
+  # An edited file is another setting: resuming with it is refused.
+  digest = settings["thresholds_sha256"]
+  path.write_text(path.read_text().replace("Bird 1,,", "Bird 1,0.9,"))
+  line = _error_line(_predict(*flags))
+  assert f"thresholds_sha256: '{digest}' -> '" in line, line
+
+
+def test_a_bad_threshold_is_one_error_line_naming_file_and_row(
+    workdir, recordings, tmp_path):
+  path = tmp_path / "thresholds.csv"
+  path.write_text("species,threshold\nGenus species0,0.5\n"
+                  "Genus species1,-0.1\n")
+  out = tmp_path / "out"
+  result = _predict(f"--model={workdir}", f"--input={recordings}",
+                    f"--output={out}", f"--thresholds={path}")
+  assert _error_line(result) == (
+      f"error: --thresholds={path}:3: threshold '-0.1' of 'Genus species1' "
+      "is not a number between 0 and 1")
+  assert not out.exists()
