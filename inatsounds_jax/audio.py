@@ -336,6 +336,16 @@ def open_audio_file(path: str, report_clipping: bool = True
     yield decoder
 
 
+def header_seconds(path: str) -> float:
+  """A recording's duration as its header declares it, 0 when the header
+  cannot be read (decoding will report the file): for progress bars, never
+  for windows (a few compressed files' headers are wrong)."""
+  try:
+    return soundfile.info(path).duration
+  except Exception:  # pylint: disable=broad-except
+    return 0.0
+
+
 def read_audio_file(path: str) -> np.ndarray:
   """`decode_audio` on a file, streamed from disk; errors name the file."""
   try:

@@ -77,10 +77,10 @@ from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
-import soundfile
 import tqdm
 
 import inatsounds_jax
+from inatsounds_jax import audio
 from inatsounds_jax import cli
 from inatsounds_jax import inference
 from inatsounds_jax import input_pipeline
@@ -207,12 +207,7 @@ def _plan(files: Sequence[tuple[str, str]], output: str, options: RunOptions,
 def _progress_bar(todo: list[_Todo]) -> tqdm.tqdm:
   """A bar over the hours of audio the headers declare (an unreadable
   header counts 0: decoding will report the file)."""
-  total_s = 0.0
-  for t in todo:
-    try:
-      total_s += soundfile.info(t.path).duration
-    except Exception:  # pylint: disable=broad-except
-      pass
+  total_s = sum(audio.header_seconds(t.path) for t in todo)
   return tqdm.tqdm(total=total_s / 3600, unit="h audio", desc="predict",
                    disable=not todo,
                    bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h audio "

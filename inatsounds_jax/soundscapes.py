@@ -1458,7 +1458,10 @@ def _cell_text(x) -> str:
   if x is None:
     return ""
   if isinstance(x, float):
-    return f"{x:.6g}"
+    # Short where that is exact; else every digit, so a threshold read
+    # back (`predict --thresholds`) keeps the windows scoring exactly it.
+    short = f"{x:.6g}"
+    return short if float(short) == x else repr(x)
   return str(x)
 
 
