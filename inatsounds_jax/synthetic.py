@@ -1,6 +1,8 @@
 """A synthetic corpus laid out exactly like the iNatSounds release.
 
     python -m inatsounds_jax.synthetic --out DIR [--num_species 50 --seed 0]
+    python -m inatsounds_jax.synthetic --out DIR --soundscapes N \\
+        [--soundscape_seconds 60 --soundscape_seed 0 --soundscape_codes]
 
 writes `train/`, `val/`, `test/` folders of `<category dir>/<recording>.wav`
 (mono 16-bit PCM, 22,050 Hz), `train.json` / `val.json` / `test.json` in the
@@ -29,6 +31,14 @@ What makes learning on it mean something:
 - long-tailed species counts, durations from 1 s to minutes, locations drawn
   from the species' ranges (some missing), dates by split year, and val/test
   species a subset of the train species.
+
+With --soundscapes N it writes, instead of the corpus, N long field
+recordings of several of the corpus's species (the same --seed and
+--num_species give the same species and calls) with one Raven selection
+table each and a species-map CSV (`write_soundscapes`), the layout
+`python -m inatsounds_jax.evaluate --audio=DIR/soundscapes
+--annotations=DIR/soundscape_annotations [--species_map=...]` reads, so
+soundscape evaluation runs on data with exactly known events.
 
 Deterministic for a seed: the same arguments give byte-identical files.
 """
@@ -766,6 +776,195 @@ def is_complete(out_dir: str, config: CorpusConfig) -> bool:
               and manifest.get("config") == _config_json(config))
 
 
+# ---------------------------------------------------------------------------
+# Annotated soundscapes: long multi-species recordings with Raven tables.
+# ---------------------------------------------------------------------------
+
+SOUNDSCAPE_AUDIO_DIR = "soundscapes"
+SOUNDSCAPE_TABLE_DIR = "soundscape_annotations"
+SOUNDSCAPE_SPECIES_MAP = "soundscape_species_map.csv"
+RAVEN_TABLE_SUFFIX = ".Table.1.selections.txt"
+SOUNDSCAPE_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)",
+                      "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
+                      "Species")
+# A call's samples below this fraction of its peak are trimmed from its ends,
+# so that an event spans only where the call is heard (whistles end in a
+# note gap, trills and click trains in a period of silence).
+_TRIM_FRACTION = 1e-3
+# The frequency band written holds this central share of a call's energy.
+_BAND_ENERGY = 0.98
+
+
+def species_codes(species: list[dict]) -> list[str]:
+  """A short code per species (like eBird's): 3 letters of the genus and 3
+  of the epithet, lower case, a number added where two would be equal
+  (look-alikes share the genus)."""
+  codes, seen = [], set()
+  for s in species:
+    code = (s["genus"][:3] + s["epithet"][:3]).lower()
+    if code in seen:
+      code = f"{code}{s['id']}"
+    seen.add(code)
+    codes.append(code)
+  return codes
+
+
+def _trimmed(call: np.ndarray) -> np.ndarray:
+  """The call without its silent ends (`_TRIM_FRACTION`)."""
+  loud = np.flatnonzero(np.abs(call) > _TRIM_FRACTION * np.abs(call).max())
+  return call[loud[0]:loud[-1] + 1] if len(loud) else call[:1]
+
+
+def _call_band(call: np.ndarray) -> tuple[float, float]:
+  """The band (Hz) holding the central `_BAND_ENERGY` of a call's energy."""
+  power = np.abs(np.fft.rfft(call)) ** 2
+  cumulative = np.cumsum(power) / max(power.sum(), 1e-30)
+  freqs = np.fft.rfftfreq(len(call), 1.0 / SR)
+  tail = (1.0 - _BAND_ENERGY) / 2
+  low = freqs[min(np.searchsorted(cumulative, tail), len(freqs) - 1)]
+  high = freqs[min(np.searchsorted(cumulative, 1.0 - tail), len(freqs) - 1)]
+  return float(low), float(max(high, low + 1.0))
+
+
+def synthesize_soundscape(species: list[dict], seconds: float,
+                          rng: np.random.Generator
+                          ) -> tuple[np.ndarray, list[dict]]:
+  """One field recording of several species and its events.
+
+  Several species (3 to 6, fewer where the corpus has fewer) each call
+  through a bout of their own (a random part of the recording) at their
+  own interval, at their own level over a background of one of the
+  corpus's noise kinds (`NOISE_KINDS`), so calls of different species
+  overlap; one stretch (a sixth to a third of the recording) has no call,
+  only noise. Calls are `synthesize_call`'s, as in the corpus, trimmed of
+  their silent ends: each event (one per call, never merged) spans exactly
+  the samples its call occupies, and its band holds the central
+  `_BAND_ENERGY` of the call's energy. Memory is a few arrays of the
+  recording's length.
+
+  Returns:
+    The int16 waveform and the events, sorted by start: dicts `category_id`,
+    `start`, `end` (seconds, whole samples), `low_hz`, `high_hz`.
+  """
+  n = int(round(seconds * SR))
+  num_species = min(len(species), int(rng.integers(3, 7)))
+  chosen = [int(c) for c in rng.choice(len(species), size=num_species,
+                                       replace=False)]
+  quiet_len = int(rng.uniform(1 / 6, 1 / 3) * n)
+  quiet_start = int(rng.integers(0, max(1, n - quiet_len)))
+  quiet = (quiet_start, quiet_start + quiet_len)
+  noise = background_noise(NOISE_KINDS[rng.integers(len(NOISE_KINDS))], n,
+                           rng)
+  mix = noise.copy()
+  events = []
+  for cid in chosen:
+    s = species[cid]
+    level = 10 ** (rng.uniform(6, 20) / 20)  # Call RMS over noise RMS.
+    bout_len = int(rng.uniform(0.3, 1.0) * n)
+    t = int(rng.integers(0, max(1, n - bout_len)))
+    bout_end = t + bout_len
+    while t < bout_end:
+      call = _trimmed(synthesize_call(s["call_family"], s["params"], rng))
+      end = t + len(call)
+      if end <= min(n, bout_end) and (end <= quiet[0] or t >= quiet[1]):
+        rms = math.sqrt(np.mean(call ** 2) + 1e-24)
+        mix[t:end] += call / rms * level
+        low, high = _call_band(call)
+        events.append(dict(category_id=cid, start=t / SR, end=end / SR,
+                           low_hz=low, high_hz=high))
+      gap = s["params"]["interval"] * rng.exponential(1.0)
+      t = end + int(gap * SR) + 1
+  mix *= rng.uniform(0.3, 0.8) / (np.abs(mix).max() + 1e-12)
+  events.sort(key=lambda e: (e["start"], e["category_id"]))
+  return audio_lib.to_int16(mix), events
+
+
+def _write_raven_table(path: str, events: list[dict], names: list[str]
+                       ) -> None:
+  """A Raven selection table, one Spectrogram 1 row per event; written to
+  a temporary name and renamed, so a table that exists is complete."""
+  lines = ["\t".join(SOUNDSCAPE_COLUMNS)]
+  for number, e in enumerate(events, start=1):
+    lines.append("\t".join((
+        str(number), "Spectrogram 1", "1", f"{e['start']:.6f}",
+        f"{e['end']:.6f}", f"{e['low_hz']:.1f}", f"{e['high_hz']:.1f}",
+        names[e["category_id"]])))
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  os.replace(path + ".tmp", path)
+
+
+def write_soundscapes(out_dir: str, config: CorpusConfig = CorpusConfig(),
+                      num_recordings: int = 4, seconds: float = 60.0,
+                      seed: int = 0, codes: bool = False) -> dict:
+  """Writes annotated soundscapes of the corpus's species to `out_dir`.
+
+  The layout `python -m inatsounds_jax.evaluate --audio=OUT/soundscapes
+  --annotations=OUT/soundscape_annotations` reads:
+  `soundscapes/<name>.wav` (mono int16, `SR`),
+  `soundscape_annotations/<name>.Table.1.selections.txt` (Raven selection
+  tables, `SOUNDSCAPE_COLUMNS`), and `soundscape_species_map.csv`
+  (`code,scientific_name` for every species, `species_codes`). The species
+  are those `generate` makes for `config` (the same seed gives the same
+  species and call parameters); each recording is `synthesize_soundscape`.
+
+  Args:
+    out_dir: the output folder; new, empty or one holding only the files
+      this writes (which are overwritten).
+    config: the corpus whose species call.
+    num_recordings: how many recordings, each `seconds` long.
+    seed: the soundscapes' own seed, beside `config.seed`: the same pair
+      gives byte-identical files.
+    codes: the tables name species by code (exercising `--species_map`)
+      instead of by scientific name.
+
+  Returns:
+    A summary: recordings, events, species heard, the folders.
+
+  Raises:
+    registry.ConfigError: a bad count or length.
+    CorpusDirError: `out_dir` holds other files (named); nothing is written.
+  """
+  if num_recordings < 1:
+    raise registry.ConfigError(
+        f"soundscapes={num_recordings}: give 1 or more recordings")
+  if not seconds >= 1.0:
+    raise registry.ConfigError(
+        f"soundscape_seconds={seconds}: give 1 s or more")
+  species = make_species(config, np.random.default_rng(config.seed))
+  code_of = species_codes(species)
+  names = code_of if codes else [s["name"] for s in species]
+  stems = [f"soundscape_{i:04d}" for i in range(num_recordings)]
+  files = ([os.path.join(SOUNDSCAPE_AUDIO_DIR, f"{stem}.wav")
+            for stem in stems]
+           + [os.path.join(SOUNDSCAPE_TABLE_DIR, stem + RAVEN_TABLE_SUFFIX)
+              for stem in stems] + [SOUNDSCAPE_SPECIES_MAP])
+  if os.path.isdir(out_dir):
+    _refuse_foreign_files(out_dir, set(files))
+  for folder in (SOUNDSCAPE_AUDIO_DIR, SOUNDSCAPE_TABLE_DIR):
+    os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
+  with open(os.path.join(out_dir, SOUNDSCAPE_SPECIES_MAP), "w",
+            encoding="utf-8") as f:
+    f.write("code,scientific_name\n" + "".join(
+        f"{c},{s['name']}\n" for c, s in zip(code_of, species)))
+  num_events, heard = 0, set()
+  for i, stem in enumerate(stems):
+    # Its own stream per recording; the corpus's keys are 2 or 3 long.
+    rng = np.random.default_rng((config.seed, seed, i, 2, 7))
+    waveform, events = synthesize_soundscape(species, seconds, rng)
+    audio_lib.write_wav(
+        os.path.join(out_dir, SOUNDSCAPE_AUDIO_DIR, f"{stem}.wav"), waveform)
+    _write_raven_table(os.path.join(out_dir, SOUNDSCAPE_TABLE_DIR,
+                                    stem + RAVEN_TABLE_SUFFIX), events, names)
+    num_events += len(events)
+    heard.update(e["category_id"] for e in events)
+  return {"soundscapes": num_recordings, "seconds": seconds,
+          "events": num_events, "species_heard": len(heard),
+          "audio": os.path.join(out_dir, SOUNDSCAPE_AUDIO_DIR),
+          "annotations": os.path.join(out_dir, SOUNDSCAPE_TABLE_DIR),
+          "species_map": os.path.join(out_dir, SOUNDSCAPE_SPECIES_MAP)}
+
+
 def main(argv=None) -> None:
   defaults = CorpusConfig()
   parser = argparse.ArgumentParser(
@@ -780,15 +979,37 @@ def main(argv=None) -> None:
     elif isinstance(value, (int, float, str)):
       parser.add_argument(f"--{field.name}", type=type(value), default=value)
   parser.add_argument("--num_workers", type=int, default=None)
+  parser.add_argument(
+      "--soundscapes", type=int, default=0,
+      help="write this many annotated soundscapes of the corpus's species "
+      "to --out instead of the corpus (write_soundscapes)")
+  parser.add_argument("--soundscape_seconds", type=float, default=60.0)
+  parser.add_argument("--soundscape_seed", type=int, default=0)
+  parser.add_argument("--soundscape_codes", default=False,
+                      action=argparse.BooleanOptionalAction,
+                      help="tables name species by code (the species map "
+                      "CSV gives the scientific names)")
   args = vars(parser.parse_args(argv))
   out, workers = args.pop("out"), args.pop("num_workers")
+  soundscapes = {name: args.pop(name) for name in (
+      "soundscapes", "soundscape_seconds", "soundscape_seed",
+      "soundscape_codes")}
   # Each problem in one line naming the flag (the config's fields are the
   # flags) or the file.
   if workers is not None and workers < 0:
     parser.exit(2, f"error: --num_workers={workers}: give 1 or more (0: "
                 "one per CPU core)\n")
+  if soundscapes["soundscapes"] < 0:
+    parser.exit(2, f"error: --soundscapes={soundscapes['soundscapes']}: "
+                "give 1 or more (0: the corpus)\n")
   try:
-    summary = generate(out, CorpusConfig(**args), num_workers=workers)
+    if soundscapes["soundscapes"]:
+      summary = write_soundscapes(
+          out, CorpusConfig(**args), soundscapes["soundscapes"],
+          soundscapes["soundscape_seconds"], soundscapes["soundscape_seed"],
+          soundscapes["soundscape_codes"])
+    else:
+      summary = generate(out, CorpusConfig(**args), num_workers=workers)
   except registry.ConfigError as e:  # A field's value, or a foreign --out.
     message = f" {e}"
     for field in dataclasses.fields(CorpusConfig):  # Named as their flags.
