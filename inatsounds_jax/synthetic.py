@@ -922,7 +922,8 @@ def write_soundscapes(out_dir: str, config: CorpusConfig = CorpusConfig(),
     A summary: recordings, events, species heard, the folders.
 
   Raises:
-    registry.ConfigError: a bad count or length.
+    registry.ConfigError: a bad count or length (named as the command's
+      flags, `soundscapes=`, `soundscape_seconds=`).
     CorpusDirError: `out_dir` holds other files (named); nothing is written.
   """
   if num_recordings < 1:
@@ -1012,8 +1013,9 @@ def main(argv=None) -> None:
       summary = generate(out, CorpusConfig(**args), num_workers=workers)
   except registry.ConfigError as e:  # A field's value, or a foreign --out.
     message = f" {e}"
-    for field in dataclasses.fields(CorpusConfig):  # Named as their flags.
-      message = message.replace(f" {field.name}=", f" --{field.name}=")
+    for name in ([f.name for f in dataclasses.fields(CorpusConfig)]
+                 + ["soundscapes", "soundscape_seconds"]):  # As flags.
+      message = message.replace(f" {name}=", f" --{name}=")
     parser.exit(2, f"error:{message}\n")
   except OSError as e:
     parser.exit(2, f"error: {e.filename or out}: {e.strerror or e}\n")
