@@ -1,6 +1,5 @@
 """The synthetic corpus's annotated soundscapes (`write_soundscapes`)."""
 
-import hashlib
 import json
 import os
 
@@ -11,21 +10,10 @@ import soundfile
 from inatsounds_jax import annotations
 from inatsounds_jax import synthetic
 from tests.conftest import SMALL
+from tests.test_synthetic import _digest
 
 SECONDS = 20.0
 COUNT = 3
-
-
-def _digest(folder):
-  h = hashlib.sha256()
-  for root, dirs, files in os.walk(folder):
-    dirs.sort()
-    for name in sorted(files):
-      path = os.path.join(root, name)
-      h.update(os.path.relpath(path, folder).encode())
-      with open(path, "rb") as f:
-        h.update(f.read())
-  return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
