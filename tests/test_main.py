@@ -183,7 +183,8 @@ def test_ctrl_c_names_the_last_checkpoint_and_the_same_command_resumes(
           f"--config={REPO / 'configs' / 'resnet50.py'}:tiny",
           f"--workdir={workdir}", f"--config.data_dir={data_dir}",
           "--config.model=placeholder", "--config.image.size=(32, 64)",
-          "--config.image.channels=1", "--config.num_epochs=40.0",
+          "--config.image.channels=1", "--config.num_epochs=10.0",
+          "--config.evals.validation.every_epochs=10.0",
           "--config.checkpoint_every_steps=1", "--config.log_every_steps=1"]
   env = dict(os.environ, PYTHONPATH=str(REPO))
   log = tmp_path / "stderr.txt"
