@@ -155,19 +155,21 @@ class TargetError(registry.ConfigError):
   """A bundle target that export must not write (it would lose files)."""
 
 
-def check_target(workdir: str, out: str, overwrite: bool) -> None:
+def check_target(workdir: str | None, out: str, overwrite: bool) -> None:
   """Refuses a target whose files export would replace.
 
   `out` may be new, an empty folder, or (with `overwrite`) an earlier
-  bundle holding bundle files only. Never the workdir or a folder holding
-  it (replacing it would delete the checkpoints).
+  bundle holding bundle files only. Never the workdir (None: a model not
+  read from one) or a folder holding it (replacing it would delete the
+  checkpoints).
 
   Raises:
     TargetError: naming what the target holds and what to do.
   """
-  target, source = storage.resolve(out), storage.resolve(workdir)
-  if target == source or os.fspath(source).startswith(
-      os.fspath(target).rstrip("/") + "/"):
+  target = storage.resolve(out)
+  source = storage.resolve(workdir) if workdir is not None else None
+  if source is not None and (target == source or os.fspath(source).startswith(
+      os.fspath(target).rstrip("/") + "/")):
     raise TargetError(
         f"--out={out} is the training workdir {workdir} or a folder holding "
         f"it; export into a new folder (e.g. {source / 'bundle'})")
@@ -208,12 +210,32 @@ def _scratch_folder(out: epath.Path) -> epath.Path:
 
 def export_bundle(workdir: str, out: str, tflite: bool = False,
                   overwrite: bool = False) -> dict:
-  """Writes the bundle of `workdir`'s best checkpoint into `out`.
+  """Writes the bundle of `workdir`'s best checkpoint into `out`
+  (`write_bundle`); `out` is checked before the model is loaded.
+
+  Returns:
+    The bundle's config.json contents.
+
+  Raises:
+    As `write_bundle`.
+  """
+  check_target(workdir, out, overwrite)
+  return write_bundle(trained_lib.load_workdir(workdir), out, tflite=tflite,
+                      overwrite=overwrite, source=workdir)
+
+
+def write_bundle(trained: trained_lib.TrainedModel, out: str, *,
+                 tflite: bool = False, overwrite: bool = False,
+                 source: str | None = None,
+                 description: dict | None = None) -> dict:
+  """Writes `trained` (read from the workdir `source`, or None: built in
+  memory, e.g. a custom classifier) as a bundle into `out`.
 
   The bundle is written into a new folder beside `out` and moved there
   only when complete, so `out` holds a whole bundle or what it held
   before; an earlier bundle is replaced only with `overwrite`
-  (`check_target`).
+  (`check_target`). `description`: further config.json fields (they
+  replace the generic ones of the same name, e.g. `training_data`).
 
   Returns:
     The bundle's config.json contents.
@@ -225,22 +247,22 @@ def export_bundle(workdir: str, out: str, tflite: bool = False,
       (`config.location_input`).
     trained.InputKindError: the model takes images, not waveforms.
   """
-  check_target(workdir, out, overwrite)
-  trained = trained_lib.load_workdir(workdir)
-  trained_lib.require_waveform_input(trained, workdir, "a bundle")
+  check_target(source, out, overwrite)
+  where = source or "the model"
+  trained_lib.require_waveform_input(trained, where, "a bundle")
   config = trained.config
   if config.get("location_input"):
     # The exported function takes waveforms only; dropping the location
     # would silently classify every recording as unlocated.
     raise trained_lib.BundleError(
-        f"{workdir} was trained with location_input "
+        f"{where} was trained with location_input "
         f"{config.location_input!r}, which a bundle cannot carry yet (its "
         "function takes waveforms only); predict from the workdir "
         "(`predict --model=WORKDIR`), which passes locations")
   target = storage.resolve(out)
   tmp = _scratch_folder(target)
   try:
-    description = _write_bundle(tmp, trained, tflite)
+    written = _write_bundle(tmp, trained, tflite, description or {})
     if target.exists():  # Empty, or an earlier bundle (`check_target`).
       previous = target.parent / f".{target.name}.replaced-{tmp.name[-8:]}"
       target.rename(previous)
@@ -251,13 +273,14 @@ def export_bundle(workdir: str, out: str, tflite: bool = False,
   finally:
     if tmp.exists():
       tmp.rmtree()
-  return description
+  return written
 
 
 def _write_bundle(tmp: epath.Path, trained: trained_lib.TrainedModel,
-                  tflite: bool) -> dict:
+                  tflite: bool, extra: dict) -> dict:
   """Every bundle file into the folder `tmp`; returns config.json's
-  contents (with the other files' sizes and checksums)."""
+  contents (with the other files' sizes and checksums), `extra`'s fields
+  over the generic ones."""
   model, variables, config = (trained.model, trained.variables,
                               trained.config)
   exported, platforms = export_function(model, variables)
@@ -301,8 +324,9 @@ def _write_bundle(tmp: epath.Path, trained: trained_lib.TrainedModel,
                         "options": config.get("dataset_options", {}).to_dict()
                         if config.get("dataset_options") else {}},
       "training_config": config.to_dict(),
-      "files": trained_lib.file_digests(tmp),
   }
+  description.update(extra)
+  description["files"] = trained_lib.file_digests(tmp)
   storage.write_json(tmp / trained_lib.BUNDLE_CONFIG_FILE, description)
   return description
 
