@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -173,7 +173,8 @@ def per_class_ap_and_best_f1(scores: np.ndarray, positives: np.ndarray
 
 
 def file_level_metrics(scores, labels, classes: Sequence[int] | None = None,
-                       groups: Sequence[str] | None = None) -> dict:
+                       groups: Mapping[str, Sequence[str]] | None = None
+                       ) -> dict:
   """Class-averaged top-1 and top-5, mAP and mF1 over eval species.
 
   Args:
@@ -182,12 +183,15 @@ def file_level_metrics(scores, labels, classes: Sequence[int] | None = None,
     labels: int `[files]`, the annotated class of each file.
     classes: the classes to average over; default: those present in
       `labels`. A listed class with no file is left out of every mean.
-    groups: optional name per class (e.g. supercategory) for a breakdown.
+    groups: optional breakdowns: grouping name -> a group name per class
+      (e.g. "supercategory", or "training_recordings" from
+      `training_count_bins`).
 
   Returns:
     {"top1", "top5", "map", "mf1", "num_classes", "num_files",
      "per_class": {"class", "count", "top1", "top5", "ap", "f1"},
-     "groups": {name: {"top1", "top5", "map", "mf1", "num_classes"}}}.
+     "groups": {grouping: {group: {"top1", "top5", "map", "mf1",
+                                   "num_classes"}}}}.
   """
   scores = np.asarray(scores, np.float64)
   labels = np.asarray(labels, np.int64)
@@ -224,11 +228,32 @@ def file_level_metrics(scores, labels, classes: Sequence[int] | None = None,
   result = summary(np.ones(len(classes), bool))
   result["num_files"] = int(np.isin(labels, classes).sum())
   result["per_class"] = per_class
-  if groups is not None:
-    group_of = np.asarray(groups)[classes]
-    result["groups"] = {str(g): summary(group_of == g)
-                        for g in sorted(set(group_of.tolist()))}
+  if groups:
+    result["groups"] = {}
+    for grouping, names in groups.items():
+      group_of = np.asarray(names)[classes]
+      result["groups"][grouping] = {str(g): summary(group_of == g)
+                                    for g in sorted(set(group_of.tolist()))}
   return result
+
+
+# The iNatSounds paper's long-tail question (s.5, "the very long tail ...
+# an opportunity for future research on few-shot learning"): species binned
+# by how many training recordings they have.
+TRAINING_COUNT_BINS = ((0, 0), (1, 5), (6, 20), (21, 100), (101, None))
+
+
+def training_count_bins(train_counts: Sequence[int]) -> list[str]:
+  """The `TRAINING_COUNT_BINS` name of each class ("0", "1-5", "6-20",
+  "21-100", ">100"), for `file_level_metrics(groups=...)`."""
+  names = []
+  for count in np.asarray(train_counts, np.int64):
+    for low, high in TRAINING_COUNT_BINS:
+      if count >= low and (high is None or count <= high):
+        names.append(f">{low - 1}" if high is None else
+                     str(low) if low == high else f"{low}-{high}")
+        break
+  return names
 
 
 def _auroc(r: _Ranking) -> tuple[np.ndarray]:

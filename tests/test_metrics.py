@@ -77,10 +77,28 @@ def test_group_breakdown():
   labels = rng.integers(0, 6, 120)
   scores = rng.random((120, 6))
   groups = ["Aves"] * 4 + ["Insecta"] * 2
-  out = metrics.file_level_metrics(scores, labels, groups=groups)
+  out = metrics.file_level_metrics(scores, labels,
+                                   groups={"supercategory": groups})
   aves = metrics.file_level_metrics(scores, labels, classes=range(4))
-  assert out["groups"]["Aves"]["map"] == pytest.approx(aves["map"])
-  assert out["groups"]["Insecta"]["num_classes"] == 2
+  by_group = out["groups"]["supercategory"]
+  assert by_group["Aves"]["map"] == pytest.approx(aves["map"])
+  assert by_group["Insecta"]["num_classes"] == 2
+
+
+def test_species_fall_in_the_long_tail_bins_by_training_recordings():
+  counts = [0, 1, 5, 6, 20, 21, 100, 101, 5000]
+  assert metrics.training_count_bins(counts) == [
+      "0", "1-5", "1-5", "6-20", "6-20", "21-100", "21-100", ">100", ">100"]
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, len(counts), 300)
+  scores = rng.random((300, len(counts)))
+  out = metrics.file_level_metrics(
+      scores, labels,
+      groups={"training_recordings": metrics.training_count_bins(counts)})
+  rare = metrics.file_level_metrics(scores, labels, classes=[1, 2])
+  bins = out["groups"]["training_recordings"]
+  assert bins["1-5"]["top1"] == pytest.approx(rare["top1"])
+  assert sum(b["num_classes"] for b in bins.values()) == len(counts)
 
 
 def test_bad_input():

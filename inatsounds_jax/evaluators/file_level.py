@@ -20,7 +20,10 @@ this fraction; a prior covering none is refused).
 
 Metrics: `<pooling>/<view>/<metric>` for pooling mean|max, view
 no_prior|prior|ceiling, metric top1|top5|map|mf1 (e.g. `mean/no_prior/map`,
-the paper's headline pooling).
+the paper's headline pooling). `eval_results.json` also breaks each down by
+supercategory and by the species' number of training recordings
+(`metrics.TRAINING_COUNT_BINS`: the long tail the paper leaves open), and
+the console shows the latter.
 """
 
 from __future__ import annotations
@@ -155,6 +158,12 @@ def plot_long_tail_and_confusions(path_prefix: str, result: dict,
   return paths
 
 
+def _bin_order(item: tuple[str, dict]) -> int:
+  names = metrics_lib.training_count_bins(
+      [low for low, _ in metrics_lib.TRAINING_COUNT_BINS])
+  return names.index(item[0])
+
+
 class Evaluator:
   """File-level metrics of one split (see the module docstring)."""
 
@@ -173,9 +182,11 @@ class Evaluator:
     views = ("no_prior", *self.priors)
     self.metric_names = tuple(f"{pooling}/{view}/{k}" for pooling in POOLINGS
                               for view in views for k in HEADLINE)
+    self.groups = {"training_recordings": metrics_lib.training_count_bins(
+        self._train_counts())}
     classes = data.class_table(context.builder)
-    self.groups = (None if classes is None else
-                   [row["supercategory"] for row in classes])
+    if classes is not None:
+      self.groups["supercategory"] = [row["supercategory"] for row in classes]
 
   def run(self, predict: common.PredictFn) -> common.EvalOutput:
     c = self.context
@@ -188,6 +199,11 @@ class Evaluator:
         metrics.update({f"{pooling}/{view}/{k}": m[k] for k in HEADLINE})
         lines.append(f"{self.split:10s} {pooling:4s} {view:8s} " + " ".join(
             f"{k} {m[k]:.3f}" for k in HEADLINE))
+    by_count = result["mean"]["no_prior"]["groups"]["training_recordings"]
+    lines += [f"{self.split:10s} mean no_prior species with {name:>6s} "
+              f"training recordings ({m['num_classes']}): " + " ".join(
+                  f"{k} {m[k]:.3f}" for k in HEADLINE)
+              for name, m in sorted(by_count.items(), key=_bin_order)]
     return common.EvalOutput(
         metrics=metrics, summary=summary_for_json(result),
         text="\n".join(lines),
@@ -196,8 +212,9 @@ class Evaluator:
             train_counts=self._train_counts(), label_names=c.label_names))
 
   def _train_counts(self) -> np.ndarray:
+    """Training recordings per label (1 each for records built before label
+    counts were written)."""
     counts = data.label_counts(self.context.builder)
     if counts is None or "train" not in counts:
-      # Records built before label counts were written.
       return np.ones(len(self.context.label_names))
     return np.asarray(counts["train"])
