@@ -267,7 +267,7 @@ def _key(name: str) -> str:
   return name.casefold()
 
 
-class _RecordingIndex:
+class RecordingIndex:
   """Recording names as written -> the audio's relative paths."""
 
   def __init__(self, relatives: Sequence[str]):
@@ -349,7 +349,7 @@ class _Reader:
 
   def __init__(self, relatives: Sequence[str], durations: Sequence[float],
                species_column: str | None):
-    self.index = _RecordingIndex(relatives)
+    self.index = RecordingIndex(relatives)
     self.durations = dict(zip(relatives, durations))
     self.species_column = species_column
     self.events: list[Event] = []

@@ -16,17 +16,12 @@ from one of two sources:
   the hop); of each chunk only the scored classes' columns are kept, with
   the window's best class over every label (for top-1), so memory is flat
   in recording length: no `windows x labels` array of a recording exists.
-- Prediction tables (`read_predictions`, `score_predictions`): a folder
-  that `inatsounds_jax.predict` or BirdNET-Analyzer wrote (Raven selection
-  tables `*.selection.table.txt` with `Species` or `Species Code` and
-  `Common Name`; CSVs `*.results.csv` with `Scientific name`, `Common
-  name`; BirdNET-Analyzer's `*.results.r.csv` and
-  `*.results.kaleidoscope.csv`; the combined tables only where no
-  per-recording table exists), so BirdNET's output and ours are judged on
-  the same annotations. The label list is the union of the species the
-  tables name (a `species_map` turns BirdNET's species codes into
-  scientific names). A table's recording is the one its file name names
-  (its path under the folder without the table suffix), else the one each
+- Prediction tables (`score_predictions`): a folder that
+  `inatsounds_jax.predict` or BirdNET-Analyzer wrote, found and read by
+  `tables.read_predictions` (which formats, columns and file names it
+  knows is said there), so BirdNET's output and ours are judged on the
+  same annotations. The label list is the union of the species the tables
+  name. A table's recording is the one its file name names, else the one each
   row's file column names. The windows are the rows' own windows (ends
   clipped to the recording), plus the windows no row shows, on the grid of
   the table's window length and hop (given, else from the prediction
@@ -121,7 +116,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tqdm
@@ -147,7 +142,7 @@ THRESHOLD_COLUMNS = ("species", "threshold", "common_name", "rule",
                      "precision_threshold", "best_f1_threshold", "view")
 # Times in tables are written to 4 decimals (tables.py); windows whose
 # times agree to this are one window.
-_TIME_TOLERANCE_S = 1e-3
+_TIME_TOLERANCE_S = tables.TIME_TOLERANCE_S
 _EPSILON_S = annotations_lib.TIME_EPSILON_S
 
 
@@ -373,461 +368,6 @@ def score_with_predictor(predictor: inference.Predictor,
 # Prediction tables.
 # ---------------------------------------------------------------------------
 
-# Column spellings of prediction tables, matched case-insensitively with
-# `_` as a space; the first found wins. Ours are tables.RAVEN_COLUMNS and
-# tables.CSV_COLUMNS; BirdNET-Analyzer's Raven table has `Species Code`
-# and `Common Name`, its r table `filepath,start,end,scientific_name,
-# common_name,confidence`, its Kaleidoscope table `IN FILE,OFFSET,DURATION,
-# scientific_name,common_name,confidence`.
-PREDICTION_COLUMNS = {
-    "start": ("Begin Time (s)", "Start (s)", "start", "OFFSET"),
-    "end": ("End Time (s)", "End (s)", "end"),
-    "duration": ("DURATION",),
-    "file_offset": ("File Offset (s)",),
-    "scientific": ("Species", "Scientific name"),
-    "code": ("Species Code",),
-    "common": ("Common Name",),
-    "confidence": ("Confidence", "Score"),
-    "file": ("Begin Path", "File", "filepath", "Begin File", "IN FILE"),
-}
-# Per-recording tables, in the order one is chosen where a recording has
-# several: our formats (tables.FORMATS), then BirdNET-Analyzer's others.
-TABLE_SUFFIXES = (tables.FORMATS.get("raven").suffix,
-                  tables.FORMATS.get("csv").suffix,
-                  ".BirdNET.results.r.csv",
-                  ".BirdNET.results.kaleidoscope.csv")
-# Tables covering many recordings, read only where there is no
-# per-recording table (else every row would count twice).
-COMBINED_TABLES = (tables.COMBINED_CSV, "BirdNET_SelectionTable.txt",
-                   "BirdNET_RTable.csv", "BirdNET_Kaleidoscope.csv")
-NO_CALL = "nocall"
-
-
-def _column_key(name: str) -> str:
-  return " ".join(name.replace("_", " ").casefold().split())
-
-
-def _species_key(name: str) -> str:
-  return " ".join(name.casefold().split())
-
-
-@dataclasses.dataclass(frozen=True)
-class _Table:
-  """A prediction table's file and layout."""
-  path: str
-  shown: str
-  delimiter: str
-  columns: dict[str, int]
-  width: int
-  recording: str | None  # The recording its file name names.
-
-
-@dataclasses.dataclass(frozen=True)
-class _Row:
-  recording: str
-  start_s: float
-  end_s: float
-  label: str  # The label's species name.
-  common_name: str
-  confidence: float
-
-
-@dataclasses.dataclass
-class PredictionTables:
-  """Prediction tables found and checked (`read_predictions`).
-
-  Attributes:
-    source: the folder or file.
-    tables: the tables to read, in order.
-    labels: the species they name, in order of appearance.
-    window_s, hop_s: the windows' length and hop, and where each came
-      from (`window_from`, `hop_from`: flag, settings.json, rows, assumed).
-    settings: the folder's settings.json (predict wrote it), or None.
-    complete: whether settings.json shows that every (window, label) score
-      is in the tables; None where unknown.
-    problems: tables and rows not used, and why.
-    notes: sentences for the report.
-    recording_index, durations_s, species_map: what reading the rows
-      needs.
-  """
-  source: str
-  tables: list[_Table]
-  labels: list[dict]
-  window_s: float
-  hop_s: float
-  window_from: str
-  hop_from: str
-  settings: dict | None
-  complete: bool | None
-  problems: list[annotations_lib.Problem]
-  notes: list[str]
-  recording_index: object  # annotations' name matching, for the rows.
-  durations_s: dict[str, float]
-  species_map: annotations_lib.SpeciesMap | None
-
-
-def _table_files(source: str) -> tuple[list[str], list[str]]:
-  """(per-recording tables, combined tables) under a folder, sorted."""
-  per_recording, combined = [], []
-  lowered = tuple(s.lower() for s in TABLE_SUFFIXES)
-  for root, dirs, names in os.walk(source):
-    dirs.sort()
-    for name in sorted(names):
-      path = os.path.join(root, name)
-      if name.lower().endswith(lowered):
-        per_recording.append(path)
-      elif name in COMBINED_TABLES:
-        combined.append(path)
-  return per_recording, combined
-
-
-def _table_recording_name(relative: str) -> str:
-  for suffix in TABLE_SUFFIXES:
-    if relative.lower().endswith(suffix.lower()):
-      return relative[:-len(suffix)]
-  return os.path.splitext(relative)[0]
-
-
-def _read_text(path: str, shown: str,
-               problems: list[annotations_lib.Problem]) -> str | None:
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except OSError as e:
-    problems.append(annotations_lib.Problem(
-        shown, None, f"cannot be read: {e.strerror or e}", "unreadable file"))
-    return None
-  if b"\0" in data:
-    problems.append(annotations_lib.Problem(
-        shown, None, "holds NUL bytes: not a text table (damaged)",
-        "damaged table"))
-    return None
-  try:
-    return data.decode("utf-8-sig")
-  except UnicodeDecodeError:
-    return data.decode("cp1252", errors="replace")
-
-
-def _rows_of(text: str, delimiter: str) -> Iterable[tuple[int, list[str]]]:
-  reader = csv.reader(text.splitlines(), delimiter=delimiter)
-  for cells in reader:
-    if any(c.strip() for c in cells):
-      yield reader.line_num, cells
-
-
-def _open_table(path: str, shown: str, name: str, index,
-                problems: list[annotations_lib.Problem]) -> _Table | None:
-  """A table's layout, or None (and a problem)."""
-  text = _read_text(path, shown, problems)
-  if text is None:
-    return None
-  first = next((line for line in text.splitlines() if line.strip()), "")
-  if not first:
-    problems.append(annotations_lib.Problem(
-        shown, None, "is empty: not even a header", "empty file"))
-    return None
-  delimiter = "\t" if "\t" in first else ","
-  header = [c.strip() for c in next(csv.reader([first],
-                                               delimiter=delimiter))]
-  position = {}
-  for i, cell in enumerate(header):
-    position.setdefault(_column_key(cell), i)
-  columns = {}
-  for role, spellings in PREDICTION_COLUMNS.items():
-    found = [position[_column_key(s)] for s in spellings
-             if _column_key(s) in position]
-    if found:
-      columns[role] = found[0]
-  missing = [what for what, ok in (
-      ("a start time (Begin Time (s), Start (s), start)", "start" in columns),
-      ("an end time (End Time (s), End (s), end)",
-       "end" in columns or "duration" in columns),
-      ("a species (Species, Scientific name, Species Code, Common Name)",
-       any(r in columns for r in ("scientific", "code", "common"))),
-      ("a confidence (Confidence)", "confidence" in columns)) if not ok]
-  if missing:
-    problems.append(annotations_lib.Problem(
-        shown, None, f"unknown prediction table layout: found {header}; "
-        "expected " + ", ".join(missing), "unknown columns"))
-    return None
-  recording = index.find(name)[0] if name else None
-  if recording is None and "file" not in columns:
-    problems.append(annotations_lib.Problem(
-        shown, None, f"its name ({name!r}) names none of the recordings, "
-        "and it has no file column (one of "
-        f"{', '.join(PREDICTION_COLUMNS['file'])})", "no recording"))
-    return None
-  return _Table(path, shown, delimiter, columns, len(header), recording)
-
-
-def _number(cell: str) -> float | None:
-  try:
-    value = float(cell)
-  except ValueError:
-    return None
-  return value if math.isfinite(value) else None
-
-
-class _RowReader:
-  """Rows of prediction tables as `_Row`s, bad ones as problems."""
-
-  def __init__(self, index, durations: dict[str, float],
-               species_map: annotations_lib.SpeciesMap | None):
-    self.index, self.durations = index, durations
-    self.species_map = species_map
-    self.no_calls = 0
-
-  def label(self, cells: list[str], columns: dict[str, int]
-            ) -> tuple[str, str] | None:
-    """(label species name, common name) of a row; None for `nocall`."""
-    sci, code, common = (_cell(cells, columns.get(r))
-                         for r in ("scientific", "code", "common"))
-    if NO_CALL in (_species_key(sci), _species_key(code),
-                   _species_key(common)):
-      return None
-    mapped = None
-    if self.species_map is not None:
-      mapped = next((self.species_map.get(x) for x in (code, common)
-                     if x and self.species_map.get(x)), None)
-    return (sci or mapped or code or common), common
-
-  def rows(self, table: _Table, problems: list[annotations_lib.Problem] | None
-           ) -> Iterable[_Row]:
-    """The table's rows; bad ones are added to `problems` (None: skipped
-    silently)."""
-    text = _read_text(table.path, table.shown, [])
-    if text is None:
-      return
-    columns = table.columns
-    unknown: dict[str, list[int]] = {}
-    lines = _rows_of(text, table.delimiter)
-    next(lines, None)  # The header.
-
-    def bad(line, kind, reason):
-      if problems is not None:
-        problems.append(annotations_lib.Problem(table.shown, line, reason,
-                                                kind))
-
-    for line, cells in lines:
-      recording = table.recording
-      if recording is None:
-        written = _cell(cells, columns["file"])
-        recording = self.index.find(written)[0] if written else None
-        if recording is None:
-          unknown.setdefault(written, [line, 0])[1] += 1
-          continue
-      if len(cells) < table.width:
-        bad(line, "bad row", f"has {len(cells)} cells; the header has "
-            f"{table.width} (a damaged or shifted line)")
-        continue
-      species = self.label(cells, columns)
-      if species is None:
-        self.no_calls += 1
-        continue
-      if not species[0]:
-        bad(line, "no species", "has no species")
-        continue
-      row = self._times(cells, columns)
-      if isinstance(row, str):
-        bad(line, "bad time", row)
-        continue
-      start, end = row
-      confidence = _number(_cell(cells, columns["confidence"]))
-      if confidence is None or not 0.0 <= confidence <= 1.0:
-        bad(line, "bad confidence", "confidence "
-            f"{_cell(cells, columns['confidence'])!r} is not a probability "
-            "in [0, 1]")
-        continue
-      duration = self.durations.get(recording, math.nan)
-      if not math.isnan(duration):
-        if start >= duration - _TIME_TOLERANCE_S:
-          bad(line, "past the end", f"starts at {start:g} s, at or past the "
-              f"end of {recording} (duration {duration:g} s)")
-          continue
-        end = min(end, duration)
-      yield _Row(recording, start, end, species[0], species[1], confidence)
-    for written, (line, count) in unknown.items():
-      bad(line, "unknown recording", f"recording {written!r} ({count} "
-          f"rows) {self.index.find(written)[2] or 'is not named'}")
-
-  @staticmethod
-  def _times(cells, columns) -> tuple[float, float] | str:
-    start_cell = _cell(cells, columns["start"])
-    start = _number(start_cell)
-    if "end" in columns:
-      end_cell = _cell(cells, columns["end"])
-      end = _number(end_cell)
-    else:
-      end_cell = _cell(cells, columns["duration"])
-      length = _number(end_cell)
-      end = None if length is None or start is None else start + length
-    if start is None or end is None:
-      return f"time {start_cell!r} .. {end_cell!r} is not a number"
-    offset = _number(_cell(cells, columns.get("file_offset")))
-    if offset is not None:  # A table of many files: times in each file.
-      start, end = offset, offset + (end - start)
-    if end <= start or start < 0:
-      return f"window {start:g} .. {end:g} s is not a time span in the file"
-    return start, end
-
-
-def _cell(cells: Sequence[str], column: int | None) -> str:
-  if column is None or column >= len(cells):
-    return ""
-  return cells[column].strip()
-
-
-def _read_settings(source: str) -> dict | None:
-  path = os.path.join(source, tables.SETTINGS_FILE)
-  if not os.path.isfile(path):
-    return None
-  try:
-    with open(path, encoding="utf-8") as f:
-      settings = json.load(f)
-  except (OSError, ValueError):
-    return None
-  return settings if isinstance(settings, dict) else None
-
-
-def read_predictions(source: str, audio_files: Sequence[tuple[str, str]],
-                     durations_s: Sequence[float], *,
-                     window_seconds: float | None = None,
-                     hop_seconds: float | None = None,
-                     species_map: annotations_lib.SpeciesMap | None = None
-                     ) -> PredictionTables:
-  """Finds prediction tables, checks their layouts, collects their labels.
-
-  Args:
-    source: a folder of tables (recursive), or one table.
-    audio_files: (path, relative path) of the recordings (`find_audio`).
-    durations_s: their durations (NaN: unknown).
-    window_seconds, hop_seconds: the windows, instead of settings.json's
-      or the rows'.
-    species_map: turns species codes and common names of tables without a
-      scientific name into scientific names.
-
-  Raises:
-    inference.InputError: no such folder or file, or no table in it.
-  """
-  relatives = [r for _, r in audio_files]
-  index = annotations_lib._RecordingIndex(relatives)  # pylint: disable=protected-access
-  durations = dict(zip(relatives, durations_s))
-  problems: list[annotations_lib.Problem] = []
-  notes: list[str] = []
-  settings = None
-  if os.path.isdir(source):
-    settings = _read_settings(source)
-    per_recording, combined = _table_files(source)
-    paths = per_recording or combined
-    if per_recording and combined:
-      notes.append(f"{len(combined)} combined tables "
-                   f"({', '.join(os.path.basename(c) for c in combined)}) "
-                   "not read: the per-recording tables hold their rows")
-    names = [_table_recording_name(os.path.relpath(p, source))
-             if per_recording else "" for p in paths]
-  elif os.path.isfile(source):
-    paths = [source]
-    names = [_table_recording_name(os.path.basename(source))]
-  else:
-    raise inference.InputError(f"--predictions={source}: no such file or "
-                               "folder")
-  if not paths:
-    raise inference.InputError(
-        f"--predictions={source}: no prediction tables (*"
-        + ", *".join(TABLE_SUFFIXES) + ", or " + ", ".join(COMBINED_TABLES)
-        + ") in this folder")
-  found: list[_Table] = []
-  chosen: dict[str, _Table] = {}
-  skipped = 0
-  for path, name in sorted(zip(paths, names), key=lambda pn: _rank(pn[0])):
-    table = _open_table(path, os.path.relpath(path, source)
-                        if os.path.isdir(source) else path, name, index,
-                        problems)
-    if table is None:
-      continue
-    if table.recording is not None:
-      if table.recording in chosen:
-        skipped += 1
-        continue
-      chosen[table.recording] = table
-    found.append(table)
-  if skipped:
-    notes.append(f"{skipped} tables not read: their recordings had a table "
-                 "earlier in the order " + ", ".join(TABLE_SUFFIXES))
-  reader = _RowReader(index, durations, species_map)
-  labels: dict[str, dict] = {}
-  lengths: collections.Counter = collections.Counter()
-  windows_per_table = []
-  for table in found:
-    windows = set()
-    for row in reader.rows(table, None):
-      key = _species_key(row.label)
-      if key not in labels:
-        labels[key] = {"species": row.label, "common_name": row.common_name}
-      windows.add((row.recording, round(row.start_s, 3),
-                   round(row.end_s, 3)))
-    for _, start, end in windows:
-      lengths[round(end - start, 3)] += 1
-    windows_per_table.append(windows)
-  window_s, window_from = _choose(
-      window_seconds, settings, "window_seconds",
-      lengths.most_common(1)[0][0] if lengths else None)
-  hop_s, hop_from = _choose(hop_seconds, settings, "hop_seconds",
-                            _smallest_step(windows_per_table, window_s))
-  if hop_s is None:
-    hop_s, hop_from = window_s, "assumed: no overlap"
-  if window_s is None:
-    raise NothingToEvaluate(
-        f"--predictions={source}: no table has a row to take the window "
-        "length from; give --window_seconds")
-  complete = None
-  if settings is not None and "min_confidence" in settings:
-    complete = (settings.get("min_confidence") == 0
-                and not settings.get("top_k")
-                and not settings.get("species_list")
-                and not settings.get("geo_filter"))
-  return PredictionTables(
-      source, found, list(labels.values()), float(window_s), float(hop_s),
-      window_from, hop_from, settings, complete, problems, notes, index,
-      durations, species_map)
-
-
-def _rank(path: str) -> tuple[int, str]:
-  """Tables in the order of TABLE_SUFFIXES, then by path."""
-  lowered = path.lower()
-  return (next((i for i, s in enumerate(TABLE_SUFFIXES)
-                if lowered.endswith(s.lower())), len(TABLE_SUFFIXES)), path)
-
-
-def _choose(flag: float | None, settings: dict | None, key: str,
-            from_rows: float | None) -> tuple[float | None, str]:
-  if flag is not None:
-    return flag, "flag"
-  if settings and isinstance(settings.get(key), (int, float)):
-    return float(settings[key]), tables.SETTINGS_FILE
-  return from_rows, "rows"
-
-
-def _smallest_step(windows_per_table: Sequence[set], window_s: float | None
-                   ) -> float | None:
-  """The smallest step between consecutive starts of full-length windows of
-  one recording: the hop, where two neighbouring windows both hold a row."""
-  if window_s is None:
-    return None
-  steps = []
-  for windows in windows_per_table:
-    by_recording = collections.defaultdict(set)
-    for recording, start, end in windows:
-      if abs(end - start - window_s) <= _TIME_TOLERANCE_S:
-        by_recording[recording].add(start)
-    for starts in by_recording.values():
-      diffs = np.diff(sorted(starts))
-      diffs = diffs[diffs > _TIME_TOLERANCE_S]
-      if len(diffs):
-        steps.append(float(diffs.min()))
-  return min(steps) if steps else None
-
-
 class _RowWindows:
   """One recording's windows as rows name them: scores and best label."""
 
@@ -838,7 +378,7 @@ class _RowWindows:
     self.scores: list[np.ndarray] = []
     self.best: list[list] = []  # [label index, confidence]
 
-  def add(self, row: _Row, label: int, column: int) -> None:
+  def add(self, row: tables.PredictionRow, label: int, column: int) -> None:
     key = (round(row.start_s, 3), round(row.end_s, 3))
     i = self.index.get(key)
     if i is None:
@@ -891,13 +431,13 @@ def grid_windows(start_s: np.ndarray, end_s: np.ndarray, duration_s: float,
   return start[keep], end[keep]
 
 
-def score_predictions(predictions: PredictionTables,
+def score_predictions(predictions: tables.PredictionTables,
                       recordings: Sequence[str], scored: Sequence[int]
                       ) -> Scores:
   """The annotated recordings' windows from the tables' rows.
 
   Args:
-    predictions: from `read_predictions`.
+    predictions: from `tables.read_predictions`.
     recordings: relative paths of the recordings to score (a recording
       without a table is a problem, not scored).
     scored: label indices (into `predictions.labels`) to keep.
@@ -905,14 +445,15 @@ def score_predictions(predictions: PredictionTables,
   scored = np.asarray(scored, np.int64)
   column_of = np.full(len(predictions.labels), -1, np.int64)
   column_of[scored] = np.arange(len(scored))
-  label_of = {_species_key(row["species"]): i
+  label_of = {tables.species_key(row["species"]): i
               for i, row in enumerate(predictions.labels)}
   wanted = set(recordings)
   windows = {r: _RowWindows(len(scored)) for r in recordings}
   has_table = set()
   problems = list(predictions.problems)
-  reader = _RowReader(predictions.recording_index, predictions.durations_s,
-                      predictions.species_map)
+  reader = tables.PredictionRowReader(predictions.recording_index,
+                                      predictions.durations_s,
+                                      predictions.species_map)
   for table in predictions.tables:
     if table.recording is not None:
       if table.recording not in wanted:
@@ -922,7 +463,7 @@ def score_predictions(predictions: PredictionTables,
       if row.recording not in wanted:
         continue
       has_table.add(row.recording)
-      label = label_of[_species_key(row.label)]
+      label = label_of[tables.species_key(row.label)]
       windows[row.recording].add(row, label, int(column_of[label]))
   out = []
   for recording in recordings:
@@ -965,7 +506,8 @@ def score_predictions(predictions: PredictionTables,
 
 
 def _table_recording(recording: str, rows: _RowWindows,
-                     predictions: PredictionTables) -> RecordingScores:
+                     predictions: tables.PredictionTables
+                     ) -> RecordingScores:
   """A recording's windows: the rows' and the grid's, by start."""
   duration = predictions.durations_s[recording]
   k = rows.num_scored
@@ -1734,10 +1276,13 @@ def run(inputs: Inputs, settings: Settings = Settings(), *,
           if relative in set(annotations.annotated) and relative in decoded]
   predictions = None
   if inputs.predictions:
-    predictions = read_predictions(
-        inputs.predictions, files, lengths,
-        window_seconds=inputs.window_seconds, hop_seconds=inputs.hop_seconds,
-        species_map=species_map)
+    try:
+      predictions = tables.read_predictions(
+          inputs.predictions, files, lengths,
+          window_seconds=inputs.window_seconds,
+          hop_seconds=inputs.hop_seconds, species_map=species_map)
+    except tables.PredictionTablesError as e:
+      raise inference.InputError(f"--predictions={e}") from None
     labels = predictions.labels
   else:
     if predictor is None:

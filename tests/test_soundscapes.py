@@ -19,6 +19,7 @@ from inatsounds_jax import inference
 from inatsounds_jax import metrics
 from inatsounds_jax import predict
 from inatsounds_jax import soundscapes
+from inatsounds_jax import tables
 
 import model_workdir
 
@@ -354,20 +355,21 @@ def test_tables_holding_every_score_judge_as_the_model_does(predictor,
   settings = soundscapes.Settings(bootstrap=0)
   model = soundscapes.run(_inputs(dataset, tmp_path / "model"), settings,
                           predictor=predictor)
-  tables = soundscapes.run(
+  from_tables = soundscapes.run(
       _inputs(dataset, tmp_path / "tables_out",
               predictions=str(tables_dir)), settings)
-  assert tables.metrics["source"]["scores_complete"] is True
-  assert tables.metrics["source"]["windows_without_rows"] == 0
+  assert from_tables.metrics["source"]["scores_complete"] is True
+  assert from_tables.metrics["source"]["windows_without_rows"] == 0
   truth, _ = _read_truth(dataset)
   expected = soundscapes.evaluate(_rounded(model.scores), truth,
                                   model.mapping, settings)
   for name, row in _by_species(expected).items():
-    assert _nan_as_none(_by_species(tables)[name]) == _nan_as_none(row)
+    assert _nan_as_none(_by_species(from_tables)[name]) == _nan_as_none(row)
   for level in ("window", "file"):
-    assert (_nan_as_none(tables.metrics["levels"][level])
+    assert (_nan_as_none(from_tables.metrics["levels"][level])
             == _nan_as_none(expected.metrics["levels"][level]))
-  for ours, theirs in zip(model.scores.recordings, tables.scores.recordings):
+  for ours, theirs in zip(model.scores.recordings,
+                          from_tables.scores.recordings):
     assert ours.recording == theirs.recording
     np.testing.assert_allclose(theirs.start_s, ours.start_s, atol=1e-4)
     np.testing.assert_allclose(theirs.end_s, ours.end_s, atol=1e-4)
@@ -387,8 +389,8 @@ def test_windows_without_rows_score_zero_on_the_tables_grid(predictor,
       formats=("raven",),
       selection=inference.Selection(threshold, top_k=1)))
   files = [(path, "soundscape.wav")]
-  found = soundscapes.read_predictions(str(tables_dir), files,
-                                       [whole.duration_s])
+  found = tables.read_predictions(str(tables_dir), files,
+                                  [whole.duration_s])
   labels = [row["species"] for row in found.labels]
   scores = soundscapes.score_predictions(found, ["soundscape.wav"],
                                          np.arange(len(labels)))
@@ -597,8 +599,8 @@ def test_birdnet_analyzer_layouts_score_alike(dataset, tmp_path, layout):
                              confidence=c)
                   for s, e, sci, common, c in detections]) + "\n")
   files = inference.find_audio(dataset["audio"])
-  found = soundscapes.read_predictions(str(folder), files,
-                                       soundscapes.durations(files)[0])
+  found = tables.read_predictions(str(folder), files,
+                                  soundscapes.durations(files)[0])
   assert [r["species"] for r in found.labels] == ["Genus species0",
                                                    "Genus species2"]
   scores = soundscapes.score_predictions(found, ["soundscape.wav"], [0, 1])
