@@ -18,7 +18,7 @@ def classifier() -> ml_collections.ConfigDict:
   # "masked_reconstruction" (masked-autoencoder pretraining).
   c.objective = "classification"
   # Data.
-  c.dataset = "full"  # "full" (the release), "synthetic", or "l48".
+  c.dataset = "full"  # "full" (the release), "synthetic", "l48", "soundscapes".
   c.data_dir = ""  # TFDS data dir; "" = TFDS's default.
   c.manual_dir = ""  # The release's archives or folders (config "full").
   # Fields of the builder config, e.g. num_species for "synthetic".

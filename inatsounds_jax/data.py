@@ -1,14 +1,16 @@
-"""Entry points to the TFDS datasets from Python: iNatSounds and L48.
+"""Entry points to the TFDS datasets from Python: iNatSounds, L48 and
+strongly labelled soundscapes.
 
-The builders live in `tfds_builders/inat_sounds/` and `tfds_builders/l48/`
-so that the `tfds` command line finds them; this module creates them with
-the right config and prepares them on first use. Both write the same side
-files next to their records (read below).
+The builders live in `tfds_builders/inat_sounds/`, `tfds_builders/l48/` and
+`tfds_builders/soundscapes/` so that the `tfds` command line finds them;
+this module creates them with the right config and prepares them on first
+use. All write the same side files next to their records (read below).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from etils import epath
 import jax
@@ -28,17 +30,22 @@ def _builder_module():
 # The dataset name that selects the Merlin L48 spectrogram clips (images,
 # `tfds_builders/l48/`) instead of an iNatSounds config.
 L48 = "l48"
+# The dataset name that selects annotated soundscapes cut into chunks with
+# their calls as strong labels (`tfds_builders/soundscapes/`).
+SOUNDSCAPES = "soundscapes"
 
 
 def builder(config: str = "synthetic", data_dir: str | None = None,
             strict: bool = False, **config_fields) -> tfds.core.DatasetBuilder:
-  """The iNatSounds builder for `config` ('full' or 'synthetic'), or the
-  L48 builder for 'l48'.
+  """The iNatSounds builder for `config` ('full' or 'synthetic'), the L48
+  builder for 'l48', or the soundscapes builder for 'soundscapes'.
 
   Args:
     config: 'full' (the official release from a manual dir), 'synthetic',
-      or 'l48' (the L48 folder from a manual dir; no config fields, and it
-      always stops at the first problem).
+      'l48' (the L48 folder from a manual dir; no config fields, and it
+      always stops at the first problem), or 'soundscapes' (fields of
+      `SoundscapesConfig`: audio, annotations, species_map, labels,
+      chunk_seconds, ...; always skips and reports bad input).
     data_dir: where TFDS keeps prepared datasets (TFDS's default if None).
     strict: stop at the first bad item instead of skipping and reporting it.
     **config_fields: fields of `InatSoundsConfig` (num_species,
@@ -51,6 +58,11 @@ def builder(config: str = "synthetic", data_dir: str | None = None,
                        f"{sorted(config_fields)}")
     from tfds_builders.l48 import l48_dataset_builder  # pylint: disable=import-outside-toplevel
     return l48_dataset_builder.Builder(data_dir=data_dir)
+  if config == SOUNDSCAPES:
+    from tfds_builders.soundscapes import soundscapes_dataset_builder  # pylint: disable=import-outside-toplevel
+    return soundscapes_dataset_builder.Builder(
+        config=soundscapes_dataset_builder.config_for(**config_fields),
+        data_dir=data_dir)
   module = _builder_module()
   base = next((c for c in module.Builder.BUILDER_CONFIGS if c.name == config),
               None)
@@ -145,14 +157,20 @@ def prepare_from_config(config) -> tfds.core.DatasetBuilder:
   """`prepare(...)` from a job config's dataset fields.
 
   With several JAX processes (sharing `data_dir`), process 0 prepares first
-  and the others wait, then open what it built: two processes building the
-  same records at once would write over each other.
+  and the others wait, then open what it built
+  (`prepared_by_process_zero`).
   """
-  def run():
-    return prepare(config.dataset, data_dir=config.data_dir or None,
-                   manual_dir=config.get("manual_dir") or None,
-                   **dict(config.get("dataset_options", {})))
+  return prepared_by_process_zero(
+      lambda: prepare(config.dataset, data_dir=config.data_dir or None,
+                      manual_dir=config.get("manual_dir") or None,
+                      **dict(config.get("dataset_options", {}))))
 
+
+def prepared_by_process_zero(run: Callable[[], tfds.core.DatasetBuilder]
+                             ) -> tfds.core.DatasetBuilder:
+  """`run()` (a `prepare(...)`), on process 0 first while the others wait,
+  then on the others: two processes building the same records at once
+  would write over each other."""
   if jax.process_count() == 1:
     return run()
   built = run() if jax.process_index() == 0 else None

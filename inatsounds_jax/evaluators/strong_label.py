@@ -19,12 +19,28 @@ reported both ways. AP per class is `metrics.per_class_ap_and_best_f1`
 left out of the mean (scikit-learn would score them 0).
 
 Options (`config.evals.<name>`): `split`; `geo_prior`, `geo_threshold`,
-`min_prior_coverage` as for `file_level`; `scores`.
+`min_prior_coverage` as for `file_level`; `scores`; `soundscapes`: a set
+of annotated recordings to evaluate on instead of the run's dataset (the
+fields of `tfds_builders/soundscapes`: `audio`, `annotations`,
+`species_map`, `chunk_seconds`, ...; none: its synthetic soundscapes,
+sizes as fields), built on first use into the run's data dir with its
+species mapped onto the run's labels (split "test": one example per
+chunk, and `file_map` pools each whole recording):
+
+    config.evals.soundscapes = {
+        "type": "strong_label", "split": "test", "every_epochs": 0,
+        "soundscapes": {"audio": "DIR/recordings",
+                        "annotations": "DIR/tables",
+                        "species_map": "DIR/species_map.csv"}}
 
 Metrics: `<view>/window_map`, `<view>/file_map` for view no_prior|prior.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+import dataclasses
+import os
 
 import jax
 import numpy as np
@@ -50,12 +66,42 @@ def mean_ap(scores: np.ndarray, positives: np.ndarray) -> dict:
           "num_classes": int(present.sum()), "per_class_ap": ap}
 
 
+def soundscape_records(context: common.EvalContext, fields: dict
+                       ) -> tfds.core.DatasetBuilder:
+  """The soundscape set of `fields`, prepared (by process 0 first) next to
+  the run's records, labelled with the run's labels.
+
+  Raises:
+    registry.ConfigError: an unknown field, missing files, or records
+      whose labels are not the run's.
+  """
+  rows = data.class_table(context.builder) or [
+      {"species": name} for name in context.label_names]
+  labels = tuple((row["species"], row.get("common_name") or "")
+                 for row in rows)
+  try:
+    built = data.prepared_by_process_zero(lambda: data.prepare(
+        data.SOUNDSCAPES, data_dir=os.fspath(context.builder.data_dir_root),
+        labels=labels, **fields))
+  except ValueError as e:
+    raise registry.ConfigError(f"soundscapes: {e}") from None
+  if tuple(built.info.features["label"].names) != context.label_names:
+    raise registry.ConfigError(
+        f"soundscapes: the records in {built.data_path} are labelled with "
+        "other labels than the run's")
+  return built
+
+
 class Evaluator:
   """Window- and file-level mAP against strong labels (module docstring)."""
 
   def __init__(self, context: common.EvalContext, *, split: str,
                geo_prior: str = "", geo_threshold: float = 0.1,
-               min_prior_coverage: float = 0.5, scores: str = "sigmoid"):
+               min_prior_coverage: float = 0.5, scores: str = "sigmoid",
+               soundscapes: Mapping | None = None):
+    if soundscapes is not None:
+      context = dataclasses.replace(
+          context, builder=soundscape_records(context, dict(soundscapes)))
     splits = context.builder.info.splits
     if split not in splits:
       raise registry.ConfigError(
@@ -66,7 +112,8 @@ class Evaluator:
           f"the strong_label evaluation needs strong labels, and the records "
           f"in {context.builder.data_path} have none: use the synthetic "
           "corpus (dataset='synthetic'), whose strong_labels.json the "
-          "builder turns into features, or L48 (dataset='l48')")
+          "builder turns into features, L48 (dataset='l48'), or annotated "
+          "soundscapes (the option soundscapes)")
     if scores not in SCORES:
       raise registry.ConfigError(
           f"scores {scores!r}: choose from {sorted(SCORES)}")

@@ -165,12 +165,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     text = tfds.features.Text()
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
-            # Raw int16 bytes: 2 bytes per sample on disk. (tfds Audio
-            # cannot store int16 as bytes; it widens to int64 varints.)
-            "audio": tfds.features.Tensor(
-                shape=(None,), dtype=np.int16,
-                encoding=tfds.features.Encoding.BYTES,
-                doc=f"mono waveform at {audio_lib.SAMPLE_RATE} Hz"),
+            "audio": audio_feature(),
             "label": tfds.features.ClassLabel(),
             "species": text,
             "common_name": text,
@@ -452,6 +447,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       print(build_summary(self.info, self._problems, self._num_annotations,
                           os.path.join(self.data_dir, REPORT_NAME)),
             file=sys.stderr)
+
+
+def audio_feature() -> tfds.features.Tensor:
+  """The waveform as records hold it: raw int16 bytes, 2 bytes per sample
+  on disk. (tfds Audio cannot store int16 as bytes; it widens to int64
+  varints.)"""
+  return tfds.features.Tensor(
+      shape=(None,), dtype=np.int16, encoding=tfds.features.Encoding.BYTES,
+      doc=f"mono waveform at {audio_lib.SAMPLE_RATE} Hz")
 
 
 def _manual_dir(download_dir, download_config) -> str | None:
