@@ -25,10 +25,10 @@ LAYERS = (
     ("objectives", ("objectives", "objectives.*")),
     ("trained models", ("trained",)),
     ("jobs", ("train", "export", "curate", "inference", "soundscapes",
-              "geo.train_range")),
-    ("commands", ("main", "predict", "evaluate")),
+              "geo.train_range", "embedding_store", "custom_classifier")),
+    ("commands", ("main", "predict", "evaluate", "custom")),
 )
-COMMANDS = ("main", "predict", "evaluate")
+COMMANDS = ("main", "predict", "evaluate", "custom")
 
 
 def modules() -> dict[str, pathlib.Path]:
