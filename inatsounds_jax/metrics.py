@@ -606,3 +606,71 @@ def bootstrap_over_recordings(metric: Callable[..., float | np.ndarray],
   return BootstrapInterval(
       estimate=out(estimate), low=out(low), high=out(high), std=out(std),
       level=level, num_samples=num_samples, num_valid=out(num_valid))
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOut:
+  """Thresholds judged on recordings they were not fitted on.
+
+  Every field is `[classes]`: precision and recall over all folds' held-out
+  rows together (NaN where no held-out row was predicted positive, resp.
+  the class has no positive), and the counts behind them.
+  """
+  precision: np.ndarray
+  recall: np.ndarray
+  true_positives: np.ndarray
+  predicted_positives: np.ndarray
+  num_folds: int
+
+
+def cross_fitted_thresholds(fit: Callable[[np.ndarray, np.ndarray],
+                                          np.ndarray],
+                            scores: np.ndarray, positives: np.ndarray,
+                            recordings: Sequence, num_folds: int = 5,
+                            seed: int = 0) -> HeldOut:
+  """How thresholds fitted on some recordings fare on the others.
+
+  A threshold chosen on the rows it is then judged on is optimistic (its
+  precision is what it was chosen to reach). Recordings are split at
+  random into `num_folds` folds (fewer if there are fewer recordings);
+  each fold's rows are judged with thresholds `fit` finds on the other
+  folds' rows (a NaN threshold predicts nothing), and the counts are summed
+  over folds: cross-fitting by recording, since windows of one recording
+  are not independent (`bootstrap_over_recordings`).
+
+  Args:
+    fit: `(scores, positives)` of the fitting rows -> `[classes]`
+      thresholds (e.g. `threshold_at_precision(...).threshold`).
+    scores: `[rows, classes]`.
+    positives: bool `[rows, classes]`.
+    recordings: `[rows]` recording id of each row.
+    num_folds: at least 2.
+    seed: the same seed gives the same folds.
+  """
+  recordings = np.asarray(recordings)
+  positives = np.asarray(positives, bool)
+  if num_folds < 2:
+    raise ValueError(f"num_folds must be at least 2; got {num_folds}")
+  names = np.unique(recordings)
+  folds = min(num_folds, len(names))
+  if folds < 2:
+    raise ValueError("cross-fitting needs at least 2 recordings; got "
+                     f"{len(names)}")
+  fold_of_name = np.empty(len(names), np.int64)
+  fold_of_name[np.random.default_rng(seed).permutation(len(names))] = (
+      np.arange(len(names)) % folds)
+  fold = fold_of_name[np.searchsorted(names, recordings)]
+  tp = np.zeros(positives.shape[1], np.int64)
+  predicted = np.zeros(positives.shape[1], np.int64)
+  for k in range(folds):
+    held = fold == k
+    thresholds = np.asarray(fit(scores[~held], positives[~held]), np.float64)
+    with np.errstate(invalid="ignore"):
+      hit = scores[held] >= thresholds[None, :]  # NaN compares False.
+    predicted += hit.sum(axis=0)
+    tp += (hit & positives[held]).sum(axis=0)
+  num_pos = positives.sum(axis=0)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    precision = np.where(predicted > 0, tp / predicted, np.nan)
+    recall = np.where(num_pos > 0, tp / num_pos, np.nan)
+  return HeldOut(precision, recall, tp, predicted, folds)

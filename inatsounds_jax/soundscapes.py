@@ -74,7 +74,11 @@ are not independent). Per species, on the window level of the last view
 (the prior's where there is one: the scores `predict --geo_filter` keeps):
 the threshold reaching `target_precision` and the one maximising F1
 (`metrics.threshold_at_precision`, `threshold_at_best_f1`) with the
-precision, recall and positive windows behind them; calibration
+precision, recall and positive windows behind them, and the precision and
+recall the same rule reaches on recordings it was not fitted on
+(`metrics.cross_fitted_thresholds`, folds of recordings): the fitted
+precision is optimistic by construction, the held-out one is what a user
+can expect on new recordings like these; calibration
 (`metrics.reliability`, pooled over every (window, scored species) cell
 and per species) on the `no_prior` window scores.
 
@@ -98,7 +102,9 @@ Outputs (`write_outputs`):
   was reached, else `best_f1`), `precision`, `recall`, `f1`,
   `true_positives`, `positive_windows` (all at `threshold`, on the
   evaluation's windows), `target_precision`, `precision_threshold`
-  (empty where the target is not reached), `best_f1_threshold`, `view`.
+  (empty where the target is not reached), `best_f1_threshold`, `view`,
+  `held_out_precision`, `held_out_recall` (the rule fitted on the other
+  folds' recordings, judged on each fold's; empty with one recording).
   Labels not in the file keep --min_confidence.
 - `mapping.tsv` (`annotations.write_mapping_report`), `problems.tsv`
   (`annotations.write_problems`: annotation problems, damaged or missing
@@ -112,6 +118,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -139,7 +146,8 @@ CALIBRATION_PLOT = "calibration.png"
 THRESHOLD_COLUMNS = ("species", "threshold", "common_name", "rule",
                      "precision", "recall", "f1", "true_positives",
                      "positive_windows", "target_precision",
-                     "precision_threshold", "best_f1_threshold", "view")
+                     "precision_threshold", "best_f1_threshold", "view",
+                     "held_out_precision", "held_out_recall")
 # Times in tables are written to 4 decimals (tables.py); windows whose
 # times agree to this are one window.
 _TIME_TOLERANCE_S = tables.TIME_TOLERANCE_S
@@ -162,6 +170,8 @@ class Settings:
     interval_level: the intervals' coverage.
     seed: the bootstrap's seed.
     calibration_bins: bins on [0, 1] of the reliability diagram.
+    threshold_folds: folds of recordings for the held-out check of the
+      thresholds (fewer where there are fewer recordings).
     geo_threshold: prior presence below which a species scores 0 (the
       `prior` view).
   """
@@ -172,6 +182,7 @@ class Settings:
   interval_level: float = 0.95
   seed: int = 0
   calibration_bins: int = 10
+  threshold_folds: int = 5
   geo_threshold: float = 0.1
 
   @property
@@ -196,6 +207,8 @@ class Settings:
       bad.append(f"interval_level {self.interval_level} is not in (0, 1)")
     if self.calibration_bins < 1:
       bad.append(f"calibration_bins {self.calibration_bins} is below 1")
+    if self.threshold_folds < 2:
+      bad.append(f"threshold_folds {self.threshold_folds} is below 2")
     if bad:
       raise inference.InputError("; ".join(bad))
 
@@ -685,6 +698,10 @@ DEFINITIONS = {
     "threshold_at_precision": "per species, the lowest threshold whose "
                               "window-level precision reaches "
                               "target_precision",
+    "held_out": "thresholds.csv's rule fitted on the windows of all "
+                "but one fold of recordings and applied to that fold's, "
+                "true and predicted positives summed over the folds "
+                "(metrics.cross_fitted_thresholds)",
     "threshold_at_best_f1": "per species, the threshold of the best "
                             "window-level F1",
     "calibration_error": "expected calibration error (Guo et al. 2017): "
@@ -811,6 +828,13 @@ def evaluate(scores: Scores, annotations: annotations_lib.Annotations,
   at_precision = metrics_lib.threshold_at_precision(
       window_scores, window.truth, settings.target_precision)
   at_f1 = metrics_lib.threshold_at_best_f1(window_scores, window.truth)
+  held_out = None
+  if len(np.unique(window.recording)) > 1:
+    held_out = metrics_lib.cross_fitted_thresholds(
+        functools.partial(_fitted_thresholds,
+                          target=settings.target_precision),
+        window_scores, window.truth, window.recording,
+        settings.threshold_folds, settings.seed)
   reliability = per_class_reliability = None
   base = window.views[NO_PRIOR].scores
   if len(base) and base.min() >= 0 and base.max() <= 1:
@@ -820,7 +844,8 @@ def evaluate(scores: Scores, annotations: annotations_lib.Annotations,
         base, window.truth, settings.calibration_bins, per_class=True)
   all_problems = (list(annotations.problems) + list(problems)
                   + list(scores.problems))
-  thresholds = _threshold_rows(scores, at_precision, at_f1, settings, view)
+  thresholds = _threshold_rows(scores, at_precision, at_f1, held_out,
+                               settings, view)
   per_species = _per_species_rows(scores, mapping, window, pooled, events,
                                   results, thresholds, per_class_reliability)
   metrics = _metrics_json(scores, annotations, mapping, settings, window,
@@ -830,8 +855,22 @@ def evaluate(scores: Scores, annotations: annotations_lib.Annotations,
                     scores, mapping, all_problems, reliability)
 
 
-def _threshold_rows(scores: Scores, at_precision, at_f1, settings: Settings,
+def _fitted_thresholds(scores: np.ndarray, truth: np.ndarray,
+                       target: float) -> np.ndarray:
+  """thresholds.csv's rule: the threshold reaching `target` precision,
+  else the best F1's (NaN: neither)."""
+  at_precision = metrics_lib.threshold_at_precision(scores, truth, target)
+  at_f1 = metrics_lib.threshold_at_best_f1(scores, truth)
+  return np.where(np.isnan(at_precision.threshold), at_f1.threshold,
+                  at_precision.threshold)
+
+
+def _threshold_rows(scores: Scores, at_precision, at_f1,
+                    held_out: metrics_lib.HeldOut | None, settings: Settings,
                     view: str) -> list[dict]:
+  nan = np.full(len(scores.scored), np.nan)
+  held_precision = nan if held_out is None else held_out.precision
+  held_recall = nan if held_out is None else held_out.recall
   rows = []
   for j, label in enumerate(scores.scored):
     reached = not math.isnan(at_precision.threshold[j])
@@ -849,6 +888,8 @@ def _threshold_rows(scores: Scores, at_precision, at_f1, settings: Settings,
         "precision_threshold": at_precision.threshold[j],
         "best_f1_threshold": at_f1.threshold[j],
         "view": view,
+        "held_out_precision": held_precision[j],
+        "held_out_recall": held_recall[j],
     })
   return rows
 
@@ -895,10 +936,20 @@ def _per_species_rows(scores, mapping, window, pooled, events, results,
 
 def _operating_summary(thresholds: list[dict]) -> dict:
   rules = collections.Counter(t["rule"] for t in thresholds)
+  reached = [t for t in thresholds if t["rule"] == "precision"]
+  held = [t["held_out_precision"] for t in reached
+          if not math.isnan(t["held_out_precision"])]
   return {"species": len(thresholds),
           "target_precision_reached": rules.get("precision", 0),
           "best_f1_instead": rules.get("best_f1", 0),
-          "none": rules.get("", 0)}
+          "none": rules.get("", 0),
+          # Of the species whose threshold reached the target: the mean
+          # precision on held-out recordings, and how many keep the target.
+          "held_out_mean_precision": (float(np.mean(held)) if held
+                                      else None),
+          "held_out_target_kept": sum(
+              t["held_out_precision"] >= t["target_precision"]
+              for t in reached)}
 
 
 def _not_evaluated(annotations, evaluated: set[str],
@@ -1169,6 +1220,11 @@ def summary(evaluation: Evaluation, output: str = "") -> str:
       f"{m['settings']['target_precision']} reached for "
       f"{t['target_precision_reached']} of {t['species']} species, best F1 "
       f"for {t['best_f1_instead']}, none for {t['none']}")
+  if t["held_out_mean_precision"] is not None:
+    lines.append(
+        "  on recordings they were not fitted on: mean precision "
+        f"{t['held_out_mean_precision']:.3f}; the target kept for "
+        f"{t['held_out_target_kept']} of {t['target_precision_reached']}")
   if m["calibration"]:
     lines.append(f"calibration error (windows, pooled): "
                  f"{m['calibration']['calibration_error']:.3f}")

@@ -100,6 +100,8 @@ def test_the_model_run_writes_every_output_and_they_agree(model_run):
   for t in thresholds:
     species = next(r for r in scored if r["species"] == t["species"])
     assert t["positive_windows"] == species["positive_windows"]
+    # Judged on held-out recordings (two here: two folds) too.
+    assert t["held_out_recall"] != ""
     if t["rule"] == "precision":
       assert float(t["precision"]) >= 0.9
       assert t["threshold"] == t["precision_threshold"]
@@ -114,6 +116,8 @@ def test_the_model_run_writes_every_output_and_they_agree(model_run):
   assert f"window   no_prior  {window['cmap']:.3f} [" in stdout
   assert "1 unknown to the model (1 events, not scored): unkbrd" in stdout
   assert "3 labels not in the annotations" in stdout
+  assert m["thresholds"]["held_out_target_kept"] <= (
+      m["thresholds"]["target_precision_reached"])
 
 
 def test_prediction_tables_are_judged_as_the_model_on_the_same_annotations(

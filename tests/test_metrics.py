@@ -367,3 +367,60 @@ def test_bootstrap_of_an_array_metric_skips_nan_resamples():
   assert np.all(out.num_valid < 200) and np.all(out.num_valid > 0)
   assert out.low.tolist() == out.high.tolist() == [1.0, 1.0]
   assert out.std.tolist() == [0.0, 0.0]
+
+
+def test_cross_fitting_never_fits_a_threshold_on_the_rows_it_judges():
+  rng = np.random.default_rng(4)
+  recordings = np.repeat(np.arange(6), 10)
+  row_id = np.arange(60, dtype=np.float64)
+  positives = rng.random((60, 2)) < 0.3
+  scores = np.stack([row_id, rng.random(60)], axis=1)
+  fitted_on = []
+
+  def fit(s, p):
+    fitted_on.append(set(s[:, 0].astype(int).tolist()))
+    return np.array([np.inf, 0.5])  # Class 0 never predicted.
+
+  held = metrics.cross_fitted_thresholds(fit, scores, positives, recordings,
+                                         num_folds=3)
+  assert held.num_folds == len(fitted_on) == 3
+  for rows in fitted_on:  # Each fit sees two folds: 4 recordings.
+    assert len(rows) == 40 and len({r // 10 for r in rows}) == 4
+  # Every row is judged once, with a threshold fitted without it.
+  judged = [set(range(60)) - rows for rows in fitted_on]
+  assert sorted(r for rows in judged for r in rows) == list(range(60))
+  # A fixed threshold: the held-out counts are those of all rows.
+  hit = scores[:, 1] >= 0.5
+  assert held.predicted_positives.tolist() == [0, hit.sum()]
+  assert held.true_positives[1] == (hit & positives[:, 1]).sum()
+  assert held.precision[1] == pytest.approx(
+      (hit & positives[:, 1]).sum() / hit.sum())
+  assert held.recall[1] == pytest.approx(
+      (hit & positives[:, 1]).sum() / positives[:, 1].sum())
+  assert np.isnan(held.precision[0]) and held.recall[0] == 0.0
+
+
+def test_a_threshold_fitted_on_its_own_rows_is_optimistic_held_out():
+  # Recording A: a positive at 0.9, a negative at 0.6; B: a positive at
+  # 0.5, a negative at 0.7. On all rows, 0.9 reaches precision 1 with
+  # recall 1/2. Fitted on B alone no threshold is that precise (nothing is
+  # predicted on A); fitted on A, 0.9 predicts nothing on B.
+  scores = np.array([[0.9], [0.6], [0.5], [0.7]])
+  positives = np.array([[True], [False], [True], [False]])
+  recordings = ["A", "A", "B", "B"]
+
+  def fit(s, p):
+    return metrics.threshold_at_precision(s, p, 1.0).threshold
+
+  fitted = metrics.threshold_at_precision(scores, positives, 1.0)
+  assert (fitted.threshold[0], fitted.recall[0]) == (0.9, 0.5)
+  held = metrics.cross_fitted_thresholds(fit, scores, positives, recordings)
+  assert held.num_folds == 2
+  assert held.predicted_positives[0] == 0 and held.recall[0] == 0.0
+  assert np.isnan(held.precision[0])
+
+
+def test_cross_fitting_needs_two_recordings():
+  with pytest.raises(ValueError, match="at least 2 recordings"):
+    metrics.cross_fitted_thresholds(lambda s, p: np.zeros(1), np.zeros((3, 1)),
+                                    np.ones((3, 1), bool), [0, 0, 0])
