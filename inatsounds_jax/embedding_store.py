@@ -29,7 +29,10 @@ interrupted `add` loses at most the group it was embedding. A store made
 by another model (other variables, window or hop) is refused, never mixed.
 
 Search is exact: cosine similarity of the query with every stored window,
-shard by shard (memory holds one shard and the best `k` so far).
+shard by shard (memory holds one shard and the best `k` so far), both
+centred on the store's mean embedding first: what every window shares
+(the background, the features' offset) would otherwise dominate the
+angle, most of all for embeddings not trained for it.
 """
 
 from __future__ import annotations
@@ -142,6 +145,7 @@ class EmbeddingStore:
     self._model = model
     self._batch_size = batch_size
     self._predictor: inference.Predictor | None = None
+    self._mean: np.ndarray | None = None
     index = _read_json(os.path.join(folder, INDEX_FILE), folder)
     self.num_shards = index["num_shards"]
     self.recordings = {row["digest"]: Recording(**row)
@@ -274,6 +278,7 @@ class EmbeddingStore:
       _write_json(os.path.join(self.folder, DESCRIPTION_FILE),
                   self.description)
     self.num_shards += 1
+    self._mean = None
     self.recordings.update((row.digest, row) for row in rows)
     _write_json(os.path.join(self.folder, INDEX_FILE), {
         "num_shards": self.num_shards,
@@ -319,12 +324,24 @@ class EmbeddingStore:
         raise audio.AudioError("unreadable audio", problems[0][1])
     return self.windows_of(digest)[0].mean(axis=0)
 
+  def mean_embedding(self) -> np.ndarray:
+    """`[dim]` the mean of every stored window's embedding."""
+    if self._mean is None:
+      total, count = 0.0, 0
+      for shard in range(self.num_shards):
+        embeddings, _ = self.shard(shard)
+        total = total + np.asarray(embeddings, np.float64).sum(axis=0)
+        count += len(embeddings)
+      self._mean = (total / max(count, 1)).astype(np.float32)
+    return self._mean
+
   def search(self, query: np.ndarray, k: int = 10,
              exclude: Sequence[str] = ()) -> list[Hit]:
-    """The `k` stored windows most similar (cosine) to `query` `[dim]`,
-    best first; windows of recordings whose digest is in `exclude` are
-    skipped (e.g. the example itself)."""
-    query = np.asarray(query, np.float32)
+    """The `k` stored windows most similar to `query` `[dim]` (cosine,
+    centred: module docstring), best first; windows of recordings whose
+    digest is in `exclude` are skipped (e.g. the example itself)."""
+    mean = self.mean_embedding()
+    query = np.asarray(query, np.float32) - mean
     query = query / max(float(np.linalg.norm(query)), 1e-12)
     by_shard: dict[int, list[Recording]] = {}
     for row in self.recordings.values():
@@ -335,8 +352,9 @@ class EmbeddingStore:
       owner = np.empty(len(embeddings), np.int64)
       for i, row in enumerate(rows):
         owner[row.first_row:row.first_row + row.num_rows] = i
-      scores = np.asarray(embeddings, np.float32) @ query / np.maximum(
-          np.linalg.norm(embeddings, axis=1), 1e-12)
+      centred = np.asarray(embeddings, np.float32) - mean
+      scores = centred @ query / np.maximum(
+          np.linalg.norm(centred, axis=1), 1e-12)
       excluded = [i for i, row in enumerate(rows) if row.digest in exclude]
       scores[np.isin(owner, excluded)] = -np.inf
       top = np.argsort(-scores, kind="stable")[:k]
