@@ -99,7 +99,8 @@ class Settings:
     steps, learning_rate, weight_decay: the head's optimisation (Adam with
       decoupled weight decay, full batch, on standardised embeddings).
     target_precision: thresholds reach it where they can.
-    seed: the validation split's and the head's initialisation.
+    seed: the validation split's.
+    batch_size: windows per model call while embedding.
     overwrite: replace an earlier bundle at `output`.
   """
   train: str
