@@ -110,7 +110,7 @@ def bench_tflite(path: str, warmup: str, batch_size: int,
                  threads: int) -> dict:
   from inatsounds_jax import audio  # pylint: disable=import-outside-toplevel
   from inatsounds_jax import export  # pylint: disable=import-outside-toplevel
-  from inatsounds_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  from inatsounds_jax import windows as windows_lib  # pylint: disable=import-outside-toplevel
   trained = _model("mobilenet_v3_large")
   start = time.perf_counter()
   tflite = export.TFLiteModel(
@@ -121,9 +121,9 @@ def bench_tflite(path: str, warmup: str, batch_size: int,
   def run(file: str) -> tuple[int, float]:
     n, model_seconds = 0, 0.0
     with audio.open_audio_file(file) as decoder:
-      layout = input_pipeline.Layout.of(decoder.num_samples, windows_config)
-      for windows in input_pipeline.chunked_windows(decoder, layout,
-                                                    60 * 22_050):
+      layout = windows_lib.Layout.of(decoder.num_samples, windows_config)
+      for windows in windows_lib.chunked_windows(decoder, layout,
+                                                 60 * 22_050):
         for i in range(0, len(windows), batch_size):
           batch = windows[i:i + batch_size].astype(np.float32) / (
               audio.INT16_SCALE)

@@ -10,7 +10,7 @@ classifies recordings window by window. The command
 
 Windows. A recording is decoded as training saw it (mono int16 at 22,050 Hz,
 `audio.BlockDecoder`) and cut into the model's window every hop on the dense
-evaluation layout (`input_pipeline.eval_layout`: centred zero padding so the
+evaluation layout (`windows.eval_layout`: centred zero padding so the
 last window fits). The hop in seconds becomes a stride of
 round(hop x rate / spectrogram hop) frames; the default is the iNatSounds
 paper's evaluation stride of 1.5 s, which is 258 frames = 1.4977 s. Window
@@ -58,11 +58,11 @@ import numpy as np
 
 from inatsounds_jax import audio
 from inatsounds_jax import compilation
-from inatsounds_jax import input_pipeline
 from inatsounds_jax import registry
 from inatsounds_jax import sphere
 from inatsounds_jax import tables
 from inatsounds_jax import trained as trained_lib
+from inatsounds_jax import windows as windows_lib
 from inatsounds_jax.geo import location_input
 from inatsounds_jax.geo import prior as prior_lib
 from inatsounds_jax.models import classifier as classifier_lib
@@ -350,14 +350,14 @@ class Predictor:
     yield from delivered()
 
   def _file_windows(self, path: str, decoded: list[audio.BlockDecoder]
-                    ) -> Iterator[tuple[input_pipeline.Layout, np.ndarray]]:
+                    ) -> Iterator[tuple[windows_lib.Layout, np.ndarray]]:
     """(layout, windows) of `path`, chunk by chunk; re-cut from the start
     with a new layout if the header's length was wrong (a few compressed
     files). The decoder that decoded the whole file is appended to
     `decoded`."""
     def cut(decoder, num_samples):
-      layout = input_pipeline.Layout.of(num_samples, self.windows)
-      for windows in input_pipeline.chunked_windows(decoder, layout,
+      layout = windows_lib.Layout.of(num_samples, self.windows)
+      for windows in windows_lib.chunked_windows(decoder, layout,
                                                     self.chunk_samples):
         yield layout, windows
       decoded.append(decoder)
@@ -366,7 +366,7 @@ class Predictor:
       try:
         yield from cut(decoder, decoder.num_samples)
         return
-      except input_pipeline.LengthChanged as e:
+      except windows_lib.LengthChanged as e:
         actual = e.actual
     if actual == 0:
       raise audio.AudioError("no samples", f"{path}: audio has no samples")
@@ -377,7 +377,7 @@ class Predictor:
 class _Chunk:
   """A chunk's windows waiting for the batches that classify them."""
 
-  def __init__(self, index: int, path: str, layout: input_pipeline.Layout,
+  def __init__(self, index: int, path: str, layout: windows_lib.Layout,
                first: int, count: int, prior: np.ndarray | None,
                location: np.ndarray | None):
     self.index, self.path, self.layout = index, path, layout

@@ -15,9 +15,9 @@ frontend applied to a window gives exactly those frames of the whole file.
   carries its recording id and a validity mask; the last partial batch is
   padded with masked windows, so every window of every file is seen exactly
   once.
-- Prediction: the eval layout at the prediction's hop (`Layout`), cut chunk
-  by chunk as a recording is decoded (`chunked_windows`), equal to cutting
-  the whole file.
+- Prediction: the eval layout at the prediction's hop, cut chunk by chunk
+  as a recording is decoded (`windows.py`, which holds the one cutting
+  function and the eval layout on numpy; this module runs them on tensors).
 
 Datasets of spectrogram images (the Merlin L48 clips, `tfds_builders/l48`)
 are already cut: each clip is one window, its recording the asset it comes
@@ -32,15 +32,21 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-from collections.abc import Iterable, Iterator
 
+from etils import epy
 import jax
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from inatsounds_jax import frontend as frontend_lib
 from inatsounds_jax import l48
+from inatsounds_jax import windows as windows_lib
+
+# Imported on first use: modules that import this one for its plain parts
+# (`model_input`, `WindowConfig`), such as a model loaded for prediction,
+# need not load TensorFlow.
+with epy.lazy_imports():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 # Fields carried next to the waveform (besides label and recording id).
 _META = ("latitude", "longitude", "example_index")
@@ -60,16 +66,8 @@ def is_image_dataset(builder: tfds.core.DatasetBuilder) -> bool:
   return "image" in builder.info.features
 
 
-@dataclasses.dataclass(frozen=True)
-class WindowConfig:
-  """How recordings are cut into model windows."""
-  window_frames: int = 512  # About 2.97 s.
-  eval_stride_frames: int = 256
-  frontend: frontend_lib.FrontendConfig = frontend_lib.INATSOUNDS
-
-  @property
-  def window_samples(self) -> int:
-    return self.frontend.num_samples(self.window_frames)
+WindowConfig = windows_lib.WindowConfig  # Its callers' name for it.
+_DEFAULT_WINDOWS = WindowConfig()
 
 
 def hide_gpus_from_tensorflow() -> None:
@@ -78,42 +76,31 @@ def hide_gpus_from_tensorflow() -> None:
 
 
 # ---------------------------------------------------------------------------
-# Windowing: the one function that cuts windows, and the two layouts.
+# Windowing: `windows.py`'s one cutting function and eval layout on tensors,
+# and the train layout.
 # ---------------------------------------------------------------------------
 
-def cut_windows(waveform: tf.Tensor, start_frames: tf.Tensor,
-                left_pad_frames: tf.Tensor, config: WindowConfig
-                ) -> tf.Tensor:
-  """Windows `[n, window_samples]` of a 1-D waveform.
+def _tensorflow_ops() -> windows_lib.ArrayOps:
+  return windows_lib.ArrayOps(
+      length=lambda x: tf.shape(x)[0], max=tf.reduce_max,
+      maximum=tf.maximum, where=tf.where, arange=tf.range,
+      pad=lambda x, left, right: tf.pad(x, [[left, right]]),
+      take_windows=lambda x, first, size: tf.gather(
+          x, first[:, None] + tf.range(size)[None, :]))
 
-  The waveform is first padded on the left with `left_pad_frames` hops of
-  zeros; window k then covers frames start_frames[k] ..
-  start_frames[k] + window_frames - 1 of the padded signal. Zeros are added
-  on the right as needed.
-  """
-  hop = config.frontend.hop_length
-  left = left_pad_frames * hop
-  needed = tf.reduce_max(start_frames) * hop + config.window_samples
-  right = tf.maximum(0, needed - left - tf.shape(waveform)[0])
-  padded = tf.pad(waveform, [[left, right]])
-  index = (start_frames[:, None] * hop +
-           tf.range(config.window_samples)[None, :])
-  return tf.gather(padded, index)
+
+def cut_windows(waveform, start_frames, left_pad_frames,
+                config: WindowConfig) -> tf.Tensor:
+  """`windows.cut_windows` on TF tensors (arrays are converted)."""
+  return windows_lib.cut_windows(
+      tf.convert_to_tensor(waveform), tf.convert_to_tensor(start_frames),
+      tf.convert_to_tensor(left_pad_frames), config, _tensorflow_ops())
 
 
 def eval_layout(num_samples, config: WindowConfig):
-  """(start frames, left padding in frames) of the dense eval windows.
-
-  n = 1 if the file has at most one window of frames, else
-  ceil((frames - window) / stride) + 1; the padding that makes the last
-  window fit is split evenly, the odd frame on the right.
-  """
-  frames = config.frontend.num_frames(num_samples)
-  window, stride = config.window_frames, config.eval_stride_frames
-  n = tf.where(frames <= window, 1,
-               (frames - window + stride - 1) // stride + 1)
-  pad = (n - 1) * stride + window - frames
-  return tf.range(n) * stride, pad // 2
+  """`windows.eval_layout` as TF tensors."""
+  return windows_lib.eval_layout(tf.convert_to_tensor(num_samples), config,
+                                 _tensorflow_ops())
 
 
 def train_layout(num_samples, seed: tf.Tensor, config: WindowConfig):
@@ -125,101 +112,6 @@ def train_layout(num_samples, seed: tf.Tensor, config: WindowConfig):
   start = tf.where(slack >= 0, start, 0)
   left = tf.where(slack >= 0, 0, -slack // 2)
   return start[None], left
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-  """Where a recording's dense evaluation windows lie (`eval_layout` at
-  `windows.eval_stride_frames`): the first sample of each, negative where a
-  window starts in the left padding."""
-  first_sample: np.ndarray  # [n] int64
-  num_samples: int
-  windows: WindowConfig
-
-  @classmethod
-  def of(cls, num_samples: int, windows: WindowConfig) -> Layout:
-    starts, left = eval_layout(num_samples, windows)
-    first = (np.asarray(starts, np.int64) - int(left)) * (
-        windows.frontend.hop_length)
-    return cls(first, num_samples, windows)
-
-  def times(self, first: int = 0, stop: int | None = None
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """(start, end) seconds of windows `first` .. `stop` - 1 (all by
-    default), clipped to the recording."""
-    rate = self.windows.frontend.sample_rate
-    first_sample = self.first_sample[first:stop]
-    start = np.maximum(first_sample, 0)
-    end = np.minimum(first_sample + self.windows.window_samples,
-                     self.num_samples)
-    return start / rate, end / rate
-
-
-class LengthChanged(Exception):
-  """A stream's length differs from its layout's (a header that was wrong);
-  cut it again with `actual`."""
-
-  def __init__(self, actual: int):
-    super().__init__(actual)
-    self.actual = actual
-
-
-def chunked_windows(blocks: Iterable[np.ndarray], layout: Layout,
-                    chunk_samples: int) -> Iterator[np.ndarray]:
-  """int16 windows `[k, window_samples]` of a block stream, in order.
-
-  Windows are cut whenever `chunk_samples` samples have arrived, each with
-  `cut_windows` on the buffered samples, so the result equals cutting the
-  whole file at once; only the samples of windows not yet cut are kept.
-
-  Raises:
-    LengthChanged: the stream's length differs from `layout.num_samples`.
-  """
-  hop = layout.windows.frontend.hop_length
-  size = layout.windows.window_samples
-  first = layout.first_sample
-  pending: list[np.ndarray] = []
-  buffer_start = 0  # Sample index of the buffer's first sample.
-  received = 0
-  next_window = 0
-
-  def cut(upto: int, final: bool):
-    nonlocal pending, buffer_start, next_window
-    ready = len(first) if final else int(np.searchsorted(
-        first + size, upto, side="right"))
-    if ready <= next_window:
-      return None
-    buffer = np.concatenate(pending) if pending else np.zeros(0, np.int16)
-    # Frames relative to the buffer; windows before its start are padding.
-    relative = (first[next_window:ready] - buffer_start) // hop
-    left = int(max(0, -relative.min()))
-    out = cut_windows(buffer, (relative + left).astype(np.int32), left,
-                      layout.windows).numpy()
-    next_window = ready
-    end = buffer_start + len(buffer)
-    # The next window's first sample (or the end: samples not yet received
-    # are never dropped, whatever the hop).
-    keep_from = min(max(0, int(first[ready])) if ready < len(first) else end,
-                    end)
-    pending = [buffer[keep_from - buffer_start:]]
-    buffer_start = keep_from
-    return out
-
-  buffered = 0
-  for block in blocks:
-    pending.append(block)
-    received += len(block)
-    buffered += len(block)
-    if buffered >= chunk_samples:
-      buffered = 0
-      windows = cut(received, final=False)
-      if windows is not None:
-        yield windows
-  if received != layout.num_samples:
-    raise LengthChanged(received)
-  windows = cut(received, final=True)
-  if windows is not None:
-    yield windows
 
 
 # ---------------------------------------------------------------------------
@@ -348,7 +240,7 @@ def _kept_windows(window_filter: WindowFilter):
 
 
 def train_windows(builder: tfds.core.DatasetBuilder, split: str,
-                  config: WindowConfig = WindowConfig(), seed: int = 0,
+                  config: WindowConfig = _DEFAULT_WINDOWS, seed: int = 0,
                   start_example: int = 0, num_epochs: int = 1,
                   shuffle_buffer: int = 2048, process_index: int | None = None,
                   process_count: int | None = None,
@@ -479,7 +371,8 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
 
 
 def eval_dataset(builder: tfds.core.DatasetBuilder, split: str,
-                 global_batch_size: int, config: WindowConfig = WindowConfig(),
+                 global_batch_size: int,
+                 config: WindowConfig = _DEFAULT_WINDOWS,
                  process_index: int | None = None,
                  process_count: int | None = None) -> tf.data.Dataset:
   """One pass of dense windows: `{waveform, label, recording_id, mask, ...}`.

@@ -34,11 +34,11 @@ import orbax.checkpoint as ocp
 import inatsounds_jax
 from inatsounds_jax import checkpoints
 from inatsounds_jax import config_defaults
-from inatsounds_jax import input_pipeline
 from inatsounds_jax import losses
 from inatsounds_jax import objectives
 from inatsounds_jax import registry
 from inatsounds_jax import storage
+from inatsounds_jax import windows as windows_lib
 from inatsounds_jax import workdir as workdir_lib
 from inatsounds_jax.models import classifier as classifier_lib
 
@@ -86,7 +86,7 @@ class TrainedModel:
   multilabel: bool
   step: int
 
-  def windows(self, eval_stride_frames: int) -> input_pipeline.WindowConfig:
+  def windows(self, eval_stride_frames: int) -> windows_lib.WindowConfig:
     """The model's windows, `eval_stride_frames` apart when dense."""
     return window_config(self.model, eval_stride_frames)
 
@@ -99,9 +99,10 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
 
 
 def window_config(model, eval_stride_frames: int
-                  ) -> input_pipeline.WindowConfig:
-  """The input pipeline's windows, from the model's own window and frontend."""
-  return input_pipeline.WindowConfig(
+                  ) -> windows_lib.WindowConfig:
+  """The model's windows (input pipeline, prediction), from its own window
+  and frontend."""
+  return windows_lib.WindowConfig(
       window_frames=model.window_frames,
       eval_stride_frames=eval_stride_frames, frontend=model.frontend)
 

@@ -13,8 +13,8 @@ import pytest
 from inatsounds_jax import audio
 from inatsounds_jax import export
 from inatsounds_jax import inference
-from inatsounds_jax import input_pipeline
 from inatsounds_jax import trained as trained_lib
+from inatsounds_jax import windows as windows_lib
 from inatsounds_jax.models import classifier as classifier_lib
 
 import model_workdir
@@ -36,13 +36,12 @@ def bundle(workdir, tmp_path_factory):
 def real_windows(bundle):
   """float32 windows of the two real recordings, as prediction cuts them."""
   model, _ = export.load(bundle)
-  windows = input_pipeline.WindowConfig(512, 258, model.frontend)
+  windows = windows_lib.WindowConfig(512, 258, model.frontend)
   out = []
   for path in (model_workdir.bird_wav(), model_workdir.yellowthroat_mp3()):
     waveform = audio.read_audio_file(path)
-    starts, left = input_pipeline.eval_layout(len(waveform), windows)
-    out.append(input_pipeline.cut_windows(waveform, starts, left,
-                                          windows).numpy())
+    starts, left = windows_lib.eval_layout(len(waveform), windows)
+    out.append(windows_lib.cut_windows(waveform, starts, left, windows))
   return np.concatenate(out).astype(np.float32) / audio.INT16_SCALE
 
 
@@ -62,6 +61,7 @@ def test_bundle_describes_itself(bundle):
   assert config["output"] == "multiclass"
   assert config["platforms"] == ["cpu", "cuda", "tpu"]
   assert config["training_data"]["dataset"] == "synthetic"
+  assert config["tflite_batch"] is None  # model.tflite takes any batch.
   with open(os.path.join(bundle, trained_lib.BUNDLE_LABELS_FILE)) as f:
     lines = f.read().splitlines()
   assert lines[0] == "index,species,common_name,supercategory,taxonomy"
@@ -106,6 +106,24 @@ def test_tflite_agrees_with_the_jax_export(bundle, real_windows, batch):
   logits, embedding = tflite(x)
   want_logits, want_embedding = (np.asarray(a) for a in exported.call(x))
   assert logits.shape == want_logits.shape
+  np.testing.assert_array_equal(logits.argmax(-1), want_logits.argmax(-1))
+  assert np.abs(logits - want_logits).max() < 1e-3
+  assert np.abs(embedding - want_embedding).max() < 1e-3
+
+
+def test_a_fixed_batch_tflite_model_scores_as_the_jax_model(bundle,
+                                                           real_windows):
+  """A model for batches of 4 runs 7 windows as a full batch and a padded
+  one, and scores them as the JAX export does."""
+  model, variables = export.load(bundle)
+  tflite = export.TFLiteModel(export.to_tflite(model, variables,
+                                               batch_size=4))
+  assert tflite.batch_size == 4
+  x = real_windows[:7]
+  logits, embedding = tflite(x)
+  want_logits, want_embedding = (np.asarray(a) for a in
+                                 export.load_exported(bundle).call(x))
+  assert logits.shape == want_logits.shape == (7, model.num_classes)
   np.testing.assert_array_equal(logits.argmax(-1), want_logits.argmax(-1))
   assert np.abs(logits - want_logits).max() < 1e-3
   assert np.abs(embedding - want_embedding).max() < 1e-3

@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 from inatsounds_jax import data_sources
 from inatsounds_jax import input_pipeline as ip
 from inatsounds_jax import label_modes
+from inatsounds_jax import windows as windows_lib
 from inatsounds_jax.geo import prior as prior_lib
 
 CONFIG = ip.WindowConfig()
@@ -78,7 +79,7 @@ PW = PREDICT.window_samples
     (22_050 * 60, 40),  # 10,332 frames: ceil((10,332 - 512) / 258) + 1.
 ])
 def test_window_counts_and_times_at_edge_lengths(num_samples, expected):
-  layout = ip.Layout.of(num_samples, PREDICT)
+  layout = windows_lib.Layout.of(num_samples, PREDICT)
   assert len(layout.first_sample) == expected
   start, end = layout.times()
   duration = num_samples / 22_050
@@ -92,21 +93,24 @@ def test_window_counts_and_times_at_edge_lengths(num_samples, expected):
 @pytest.mark.parametrize("num_samples", [300, 65_408, 65_409, 200_001])
 @pytest.mark.parametrize("chunk", [1, 5_000, 10**9])
 def test_chunked_windows_equal_cutting_the_whole_file(num_samples, chunk):
+  """Prediction's numpy windows, chunk by chunk, are the input pipeline's
+  (TF) windows of the whole file: one cutting function on both."""
   rng = np.random.default_rng(num_samples)
   waveform = rng.integers(-3000, 3000, num_samples).astype(np.int16)
   starts, left = ip.eval_layout(num_samples, PREDICT)
   whole = ip.cut_windows(waveform, starts, left, PREDICT).numpy()
   cuts = np.cumsum(rng.integers(1, 7000, num_samples // 1000 + 2))
   blocks = np.split(waveform, cuts[cuts < num_samples])
-  chunked = np.concatenate(list(ip.chunked_windows(
-      blocks, ip.Layout.of(num_samples, PREDICT), chunk)))
+  chunked = np.concatenate(list(windows_lib.chunked_windows(
+      blocks, windows_lib.Layout.of(num_samples, PREDICT), chunk)))
   np.testing.assert_array_equal(chunked, whole)
 
 
 def test_a_header_length_that_is_wrong_is_caught():
-  layout = ip.Layout.of(10_000, PREDICT)
-  with pytest.raises(ip.LengthChanged):
-    list(ip.chunked_windows([np.zeros(9_000, np.int16)], layout, 10**9))
+  layout = windows_lib.Layout.of(10_000, PREDICT)
+  with pytest.raises(windows_lib.LengthChanged):
+    list(windows_lib.chunked_windows([np.zeros(9_000, np.int16)], layout,
+                                     10**9))
 
 
 def test_eval_covers_every_window_exactly_once(small_dataset):

@@ -22,16 +22,16 @@ import soundfile
 from inatsounds_jax import audio
 from inatsounds_jax import frontend as frontend_lib
 from inatsounds_jax import inference
-from inatsounds_jax import input_pipeline
 from inatsounds_jax import predict
 from inatsounds_jax import registry
 from inatsounds_jax import tables
+from inatsounds_jax import windows as windows_lib
 from inatsounds_jax.geo import prior as prior_lib
 
 import model_workdir
 
-WINDOWS = input_pipeline.WindowConfig(window_frames=512,
-                                      eval_stride_frames=258)
+WINDOWS = windows_lib.WindowConfig(window_frames=512,
+                                   eval_stride_frames=258)
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +116,8 @@ def test_predict_file_on_real_recordings(predictor):
                         (model_workdir.yellowthroat_mp3(), 5.904)):
     table = predictor.predict_file(path)
     assert table.duration_s == pytest.approx(seconds, abs=1e-3)
-    layout = input_pipeline.Layout.of(round(table.duration_s * 22_050),
-                               predictor.windows)
+    layout = windows_lib.Layout.of(round(table.duration_s * 22_050),
+                                   predictor.windows)
     assert len(table.start_s) == len(layout.first_sample)
     np.testing.assert_allclose(table.probabilities.sum(axis=1), 1, rtol=1e-5)
     assert table.embeddings.shape == (len(table.start_s), 192)
@@ -134,10 +134,9 @@ def test_chunked_decoding_gives_the_whole_file_table(workdir, predictor):
     np.testing.assert_array_equal(chunked.logits, whole.logits)
     # And the windows are those of the whole decoded file.
     waveform = audio.read_audio_file(path)
-    starts, left = input_pipeline.eval_layout(len(waveform),
-                                              predictor.windows)
-    windows = input_pipeline.cut_windows(waveform, starts, left,
-                                         predictor.windows).numpy()
+    starts, left = windows_lib.eval_layout(len(waveform), predictor.windows)
+    windows = windows_lib.cut_windows(waveform, starts, left,
+                                      predictor.windows)
     direct = np.asarray(predictor._apply(windows).logits)  # pylint: disable=protected-access
     np.testing.assert_allclose(whole.logits, direct, atol=1e-5)
 
@@ -461,7 +460,7 @@ def test_chunk_boundaries_give_the_rows_of_the_whole_file(
   pieces = [e.table for e in events if e.kind == inference.WINDOWS]
   assert len(pieces) >= (2 if num_samples > CHUNK else 1)
   assert sum(len(p.start_s) for p in pieces) == len(
-      input_pipeline.Layout.of(num_samples, streaming.windows).first_sample)
+      windows_lib.Layout.of(num_samples, streaming.windows).first_sample)
   assert [p.first_window for p in pieces] == list(np.cumsum(
       [0] + [len(p.start_s) for p in pieces[:-1]]))
   selection = inference.Selection(min_confidence=0.0, top_k=2)

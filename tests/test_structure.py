@@ -13,7 +13,7 @@ LAYERS = (
               "compilation", "plots", "metrics", "config_defaults",
               "processes", "workdir", "workdir_lock", "annotations",
               "tables")),
-    ("data", ("audio", "release", "l48", "data", "frontend",
+    ("data", ("audio", "release", "l48", "data", "frontend", "windows",
               "frontend_reference", "input_pipeline", "data_sources",
               "synthetic")),
     ("geo", ("geo", "geo.sinr", "geo.range_model", "geo.prior",

@@ -9,9 +9,10 @@ consistency term when there is one (`mean_teacher.py`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
-import tensorflow_datasets as tfds
 
 from inatsounds_jax import augment
 from inatsounds_jax import frontend as frontend_lib
@@ -23,6 +24,9 @@ from inatsounds_jax import registry
 from inatsounds_jax.geo import location_input
 from inatsounds_jax.models import classifier as classifier_lib
 from inatsounds_jax.models import image as image_lib
+
+if TYPE_CHECKING:  # Loading a model for prediction needs no TFDS.
+  import tensorflow_datasets as tfds
 
 
 def make_model(config, num_classes: int, multilabel: bool

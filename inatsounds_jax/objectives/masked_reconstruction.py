@@ -12,9 +12,10 @@ high-loss segments: Liu et al. 2026, s. 4.7).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
-import tensorflow_datasets as tfds
 
 from inatsounds_jax import frontend as frontend_lib
 from inatsounds_jax import input_pipeline
@@ -24,6 +25,9 @@ from inatsounds_jax import registry
 from inatsounds_jax.models import image as image_lib
 from inatsounds_jax.models import mae as mae_lib
 from inatsounds_jax.models import vit
+
+if TYPE_CHECKING:  # Loading a model for prediction needs no TFDS.
+  import tensorflow_datasets as tfds
 
 
 def encoder_size(model_name: str) -> str:
