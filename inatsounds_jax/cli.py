@@ -5,6 +5,11 @@ use) ends a command in one `error:` line that names the flag, file or folder
 and says what to do; its traceback, which helps only whoever debugs the
 library, is printed before that line when `--verbosity` (absl's flag) is 1
 or more.
+
+Commands that load a model start with `start_command`: absl's logging
+quiet, TensorFlow (where something imported it) kept off the GPUs, and
+JAX's persistent compilation cache on (`--compilation_cache`,
+`compilation.use_persistent_cache`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import traceback
 from typing import NoReturn
 
 from absl import flags
+from absl import logging
 
+from inatsounds_jax import compilation
 from inatsounds_jax import sphere
 
 
@@ -78,6 +85,39 @@ def fail_on(error: BaseException) -> NoReturn:
   fail(f"{type(error).__name__}: {error}"
        + ("" if traceback_wanted() else " (--verbosity=1 prints where)"),
        error)
+
+
+def define_compilation_cache_flag(
+    flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """--compilation_cache, read by `start_command`."""
+  flags.DEFINE_string(
+      "compilation_cache", None,
+      "Folder of compiled programs kept between runs, so a second run on "
+      "the same model compiles nothing; 'none' for no cache. Default: "
+      f"${compilation.CACHE_ENV}, else the user cache folder "
+      "($XDG_CACHE_HOME or ~/.cache, /inatsounds_jax/jax_cache).",
+      flag_values=flag_values)
+
+
+def start_command(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """The start of a command that loads a model, after flag parsing.
+
+  absl's logging shows warnings and errors only (checkpoint loading
+  chatters at INFO) unless --verbosity is given. TensorFlow, if something
+  imported it, is kept off the GPUs, whose memory JAX needs; this does not
+  import it (seconds), and the commands that use it (training) hide them
+  themselves. JAX's persistent compilation cache is turned on in
+  --compilation_cache, where the command defines it
+  (`define_compilation_cache_flag`; otherwise its default).
+  """
+  if not flag_values["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  tensorflow = sys.modules.get("tensorflow")
+  if tensorflow is not None:
+    tensorflow.config.set_visible_devices([], "GPU")
+  compilation.use_persistent_cache(
+      flag_values["compilation_cache"].value
+      if "compilation_cache" in flag_values else None)
 
 
 def check_location_flags(values: dict) -> bool:

@@ -37,10 +37,8 @@ import math
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from inatsounds_jax import cli
-from inatsounds_jax import input_pipeline
 from inatsounds_jax import soundscapes
 
 _MODEL_ONLY = ("geo_prior", "latitude", "longitude", "locations")
@@ -162,9 +160,7 @@ def options(f: flags.FlagValues
 
 def main(argv):
   del argv
-  input_pipeline.hide_gpus_from_tensorflow()
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Checkpoint loading chatter.
+  cli.start_command()
   try:
     inputs, settings = options(flags.FLAGS)
     evaluation = soundscapes.run(inputs, settings, progress_bar=True)
@@ -175,4 +171,5 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
+  cli.define_compilation_cache_flag()
   app.run(main, flags_parser=cli.parse_flags)

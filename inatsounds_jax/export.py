@@ -1,7 +1,7 @@
 """A self-describing model bundle: `python -m inatsounds_jax.export`.
 
     python -m inatsounds_jax.export --workdir=DIR --out=BUNDLE [--tflite] \\
-        [--overwrite]
+        [--tflite_batch=N] [--overwrite]
 
 writes BUNDLE/ with
 
@@ -25,7 +25,11 @@ writes BUNDLE/ with
 - `variables/`: the Flax variables (orbax); `load(BUNDLE)` returns the
   module and variables for JAX projects that fine-tune or build on them.
 - `model.tflite` (with `--tflite`): the same function through jax2tf and
-  the TFLite converter (builtin ops, polymorphic batch).
+  the TFLite converter (builtin ops), for any batch, or with
+  `--tflite_batch=N` for batches of N windows exactly: XNNPACK plans a
+  fixed-shape graph ahead and runs it faster (`BENCHMARKS.md`), and
+  `TFLiteModel` pads a shorter batch. config.json's `tflite_batch` says
+  which (null: any).
 
 The bundle is written into a new folder beside BUNDLE and moved in only when
 complete. BUNDLE must be new, an empty folder or, with --overwrite, an
@@ -94,17 +98,26 @@ def export_function(model: classifier_lib.Classifier, variables: dict
   raise RuntimeError(f"jax.export failed for every platform set: {error}")
 
 
-def to_tflite(model: classifier_lib.Classifier, variables: dict) -> bytes:
+def to_tflite(model: classifier_lib.Classifier, variables: dict,
+              batch_size: int | None = None) -> bytes:
   """The model through jax2tf as a TFLite flatbuffer (builtin ops).
 
   Traced with the native convolutions (`conv.native_ops`): TFLite's own
   depthwise and pooling kernels beat the XLA-CPU formulations there.
+
+  Args:
+    batch_size: None for any batch (polymorphic); N for batches of exactly
+      N windows, which XNNPACK runs faster.
   """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from jax.experimental import jax2tf  # pylint: disable=import-outside-toplevel
+  if batch_size is not None and batch_size < 1:
+    raise ValueError(f"a TFLite batch of {batch_size} windows; give 1 or "
+                     "more (or none for any batch)")
   converted = jax2tf.convert(
       inference_fn(model, variables),
-      polymorphic_shapes=[f"(b, {model.window_samples})"],
+      polymorphic_shapes=(None if batch_size else
+                          [f"(b, {model.window_samples})"]),
       with_gradient=False)
 
   def named(waveform):
@@ -112,7 +125,7 @@ def to_tflite(model: classifier_lib.Classifier, variables: dict) -> bytes:
     return {"logits": logits, "embedding": embedding}
 
   function = tf.function(named, autograph=False, input_signature=[
-      tf.TensorSpec([None, model.window_samples], tf.float32,
+      tf.TensorSpec([batch_size, model.window_samples], tf.float32,
                     name="waveform")])
   # Through a SavedModel, so the flatbuffer keeps a signature whose outputs
   # are named (a concrete function's come out as Identity_N).
@@ -130,7 +143,9 @@ class TFLiteModel:
   """`model.tflite` in a TFLite interpreter: waveforms -> (logits, embedding).
 
   Uses `ai_edge_litert` when installed (TFLite's successor), else
-  `tf.lite`. The signature runner resizes the batch to each call's.
+  `tf.lite`. A model for any batch is resized to each call's; a model for a
+  fixed batch (`batch_size`) is given each call's windows in batches of its
+  size, the last one padded with zeros (their outputs are dropped).
   """
 
   def __init__(self, path_or_bytes: str | bytes, num_threads: int = 2):
@@ -145,10 +160,25 @@ class TFLiteModel:
       content = epath.Path(path_or_bytes).read_bytes()
     self._runner = interpreter_class(
         model_content=content, num_threads=num_threads).get_signature_runner()
+    batch = int(self._runner.get_input_details()["waveform"][
+        "shape_signature"][0])
+    self.batch_size: int | None = batch if batch > 0 else None
 
   def __call__(self, waveform) -> tuple[np.ndarray, np.ndarray]:
-    outputs = self._runner(waveform=np.asarray(waveform, np.float32))
-    return outputs["logits"], outputs["embedding"]
+    waveform = np.asarray(waveform, np.float32)
+    if self.batch_size is None:
+      outputs = self._runner(waveform=waveform)
+      return outputs["logits"], outputs["embedding"]
+    n, size = len(waveform), self.batch_size
+    pieces = []
+    for first in range(0, n, size):
+      batch = waveform[first:first + size]
+      if len(batch) < size:
+        batch = np.concatenate([batch, np.zeros(
+            (size - len(batch),) + batch.shape[1:], np.float32)])
+      outputs = self._runner(waveform=batch)
+      pieces.append((outputs["logits"], outputs["embedding"]))
+    return tuple(np.concatenate(p)[:n] for p in zip(*pieces))
 
 
 class TargetError(registry.ConfigError):
@@ -209,7 +239,8 @@ def _scratch_folder(out: epath.Path) -> epath.Path:
 
 
 def export_bundle(workdir: str, out: str, tflite: bool = False,
-                  overwrite: bool = False) -> dict:
+                  overwrite: bool = False,
+                  tflite_batch: int | None = None) -> dict:
   """Writes the bundle of `workdir`'s best checkpoint into `out`
   (`write_bundle`); `out` is checked before the model is loaded.
 
@@ -221,13 +252,15 @@ def export_bundle(workdir: str, out: str, tflite: bool = False,
   """
   check_target(workdir, out, overwrite)
   return write_bundle(trained_lib.load_workdir(workdir), out, tflite=tflite,
-                      overwrite=overwrite, source=workdir)
+                      overwrite=overwrite, source=workdir,
+                      tflite_batch=tflite_batch)
 
 
 def write_bundle(trained: trained_lib.TrainedModel, out: str, *,
                  tflite: bool = False, overwrite: bool = False,
                  source: str | None = None,
-                 description: dict | None = None) -> dict:
+                 description: dict | None = None,
+                 tflite_batch: int | None = None) -> dict:
   """Writes `trained` (read from the workdir `source`, or None: built in
   memory, e.g. a custom classifier) as a bundle into `out`.
 
@@ -235,7 +268,9 @@ def write_bundle(trained: trained_lib.TrainedModel, out: str, *,
   only when complete, so `out` holds a whole bundle or what it held
   before; an earlier bundle is replaced only with `overwrite`
   (`check_target`). `description`: further config.json fields (they
-  replace the generic ones of the same name, e.g. `training_data`).
+  replace the generic ones of the same name, e.g. `training_data`). With
+  `tflite`, `model.tflite` takes any batch, or batches of exactly
+  `tflite_batch` windows (`to_tflite`).
 
   Returns:
     The bundle's config.json contents.
@@ -262,7 +297,8 @@ def write_bundle(trained: trained_lib.TrainedModel, out: str, *,
   target = storage.resolve(out)
   tmp = _scratch_folder(target)
   try:
-    written = _write_bundle(tmp, trained, tflite, description or {})
+    written = _write_bundle(tmp, trained, tflite, tflite_batch,
+                            description or {})
     if target.exists():  # Empty, or an earlier bundle (`check_target`).
       previous = target.parent / f".{target.name}.replaced-{tmp.name[-8:]}"
       target.rename(previous)
@@ -277,7 +313,8 @@ def write_bundle(trained: trained_lib.TrainedModel, out: str, *,
 
 
 def _write_bundle(tmp: epath.Path, trained: trained_lib.TrainedModel,
-                  tflite: bool, extra: dict) -> dict:
+                  tflite: bool, tflite_batch: int | None,
+                  extra: dict) -> dict:
   """Every bundle file into the folder `tmp`; returns config.json's
   contents (with the other files' sizes and checksums), `extra`'s fields
   over the generic ones."""
@@ -295,7 +332,8 @@ def _write_bundle(tmp: epath.Path, trained: trained_lib.TrainedModel,
   with ocp.StandardCheckpointer() as ckpt:
     ckpt.save(tmp / trained_lib.VARIABLES_DIR, jax.device_get(variables))
   if tflite:
-    (tmp / trained_lib.TFLITE_FILE).write_bytes(to_tflite(model, variables))
+    (tmp / trained_lib.TFLITE_FILE).write_bytes(
+        to_tflite(model, variables, tflite_batch))
   fe = model.frontend
   description = {
       "bundle_format": trained_lib.BUNDLE_FORMAT,
@@ -318,6 +356,7 @@ def _write_bundle(tmp: epath.Path, trained: trained_lib.TrainedModel,
       "outputs": ["logits [batch, num_classes]",
                   "embedding [batch, embedding_dim]"],
       "platforms": list(platforms),
+      **({"tflite_batch": tflite_batch} if tflite else {}),
       "jax_version": jax.__version__,
       "checkpoint_step": trained.step,
       "training_data": {"dataset": config.get("dataset", ""),
@@ -364,24 +403,38 @@ def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Training workdir.")
   flags.DEFINE_string("out", None, "Bundle folder to write.")
   flags.DEFINE_bool("tflite", False, "Also write model.tflite.")
+  flags.DEFINE_integer("tflite_batch", 0,
+                       "With --tflite: 0 for any batch, or N for batches "
+                       "of exactly N windows (XNNPACK runs them faster).")
   flags.DEFINE_bool("overwrite", False,
                     "Replace an earlier bundle at --out (only its files).")
+  cli.define_compilation_cache_flag()
+  flags.register_validator("tflite_batch", lambda n: n >= 0,
+                           "give 0 (any batch) or a batch of 1 or more")
+  flags.register_multi_flags_validator(
+      ["tflite", "tflite_batch"],
+      lambda v: v["tflite"] or not v["tflite_batch"],
+      "--tflite_batch needs --tflite")
 
 
 def main(argv):
   del argv
+  cli.start_command()
   try:
     description = export_bundle(flags.FLAGS.workdir, flags.FLAGS.out,
-                                flags.FLAGS.tflite, flags.FLAGS.overwrite)
+                                flags.FLAGS.tflite, flags.FLAGS.overwrite,
+                                flags.FLAGS.tflite_batch or None)
   except (OSError, ValueError, checkpoints.DamagedCheckpointError) as e:
     cli.fail(str(e), e)
   print(f"wrote {flags.FLAGS.out}: {description['model_name']}, "
         f"{description['num_classes']} classes, platforms "
         f"{', '.join(description['platforms'])}"
-        + (", model.tflite" if flags.FLAGS.tflite else ""))
+        + (", model.tflite" if flags.FLAGS.tflite else "")
+        + (f" (batch {flags.FLAGS.tflite_batch})"
+           if flags.FLAGS.tflite_batch else ""))
 
 
 if __name__ == "__main__":
   _define_flags()
   flags.mark_flags_as_required(["workdir", "out"])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

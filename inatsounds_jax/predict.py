@@ -83,7 +83,6 @@ import inatsounds_jax
 from inatsounds_jax import audio
 from inatsounds_jax import cli
 from inatsounds_jax import inference
-from inatsounds_jax import input_pipeline
 from inatsounds_jax import storage
 from inatsounds_jax import tables
 from inatsounds_jax import workdir_lock
@@ -355,6 +354,7 @@ def _define_flags() -> None:
                     "(else the prior is only reported).")
   flags.DEFINE_float("geo_threshold", 0.1, "Threshold of --geo_filter.")
   flags.DEFINE_integer("batch_size", 32, "Windows per call.")
+  cli.define_compilation_cache_flag()
   _validate_flags()
 
 
@@ -419,9 +419,7 @@ def _main_options() -> tuple[inference.Predictor, RunOptions, dict]:
 
 def main(argv):
   del argv
-  input_pipeline.hide_gpus_from_tensorflow()
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Checkpoint loading chatter.
+  cli.start_command()
   try:
     predictor, options, extra = _main_options()
     counts = run(predictor, flags.FLAGS.input, flags.FLAGS.output, options,

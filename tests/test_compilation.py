@@ -73,3 +73,37 @@ def test_importing_it_loads_no_model_code():
       capture_output=True, text=True, check=True).stdout.split())
   assert not {m.split(".")[0] for m in loaded} & {"flax", "tensorflow"}
   assert "inatsounds_jax.models" not in loaded
+
+
+@pytest.fixture
+def jax_cache_settings():
+  """Restores JAX's cache settings that `use_persistent_cache` changes (this
+  process compiles nothing in between, so no cache is opened)."""
+  names = ("jax_enable_compilation_cache", "jax_compilation_cache_dir",
+           "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  saved = {name: getattr(jax.config, name) for name in names}
+  yield
+  for name, value in saved.items():
+    jax.config.update(name, value)
+
+
+def test_the_cache_folder_is_the_flag_else_the_variable_else_the_user_cache(
+    monkeypatch, tmp_path, jax_cache_settings):
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  monkeypatch.delenv(compilation.CACHE_ENV, raising=False)
+  jax.config.update("jax_compilation_cache_dir", None)  # Restored after.
+  user = str(tmp_path / "xdg" / "inatsounds_jax" / "jax_cache")
+  assert compilation.default_cache_folder() == user
+  assert compilation.use_persistent_cache() == user
+  assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
+  monkeypatch.setenv(compilation.CACHE_ENV, str(tmp_path / "env"))
+  assert compilation.use_persistent_cache() == str(tmp_path / "env")
+  assert compilation.use_persistent_cache(str(tmp_path / "flag")) == str(
+      tmp_path / "flag")
+  assert jax.config.jax_compilation_cache_dir == str(tmp_path / "flag")
+  assert jax.config.jax_enable_compilation_cache
+  monkeypatch.setenv(compilation.CACHE_ENV, "none")
+  assert compilation.use_persistent_cache() is None
+  assert not jax.config.jax_enable_compilation_cache
+  assert compilation.use_persistent_cache("None") is None

@@ -45,6 +45,14 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
   return lines[0]
 
 
+def test_a_tflite_batch_without_tflite_is_refused(workdir, tmp_path):
+  line = one_error_line(run_export(f"--workdir={workdir}",
+                                   f"--out={tmp_path / 'bundle'}",
+                                   "--tflite_batch=8"))
+  assert "--tflite_batch needs --tflite" in line
+  assert not os.listdir(tmp_path)
+
+
 def test_a_folder_of_the_users_files_is_refused_and_kept(workdir, tmp_path):
   target = tmp_path / "notes"
   target.mkdir()
