@@ -8,7 +8,8 @@
         [--bootstrap=1000] [--latitude=.. --longitude=.. | --locations=CSV] \\
         [--geo_prior=DIR] [--geo_threshold=0.1] [--batch_size=32]
     python -m inatsounds_jax.evaluate --predictions=DIR_OR_TABLE ... \\
-        [--window_seconds=S] [--hop_seconds=S]
+        [--window_seconds=S] [--hop_seconds=S] \\
+        [--latitude=.. --longitude=.. | --locations=CSV] [--geo_prior=DIR]
 
 The iNatSounds paper's downstream protocol (Chasmai et al. 2025, s.5.2):
 a model trained on weak single-species labels, judged on strongly
@@ -16,9 +17,10 @@ annotated soundscapes (`soundscapes.py` holds every rule: scored species,
 window and segment truth, max pooling, the prior view, tables' windows,
 thresholds, outputs). With --predictions the tables that
 `inatsounds_jax.predict` or BirdNET-Analyzer wrote are judged instead, on
-the same annotations. --audio is needed in both modes: the recordings'
-names match the annotations and tables, and their lengths bound the
-windows and the files.
+the same annotations, with and without the library's range model as
+prior (--geo_prior: BirdNET's output judged with our SINR prior). --audio
+is needed in both modes: the recordings' names match the annotations and
+tables, and their lengths bound the windows and the files.
 
 The command only parses flags and calls `soundscapes.run`. Every flag is
 checked at parsing, before any work, each bad one in one `error:` line
@@ -40,8 +42,6 @@ from absl import flags
 
 from inatsounds_jax import cli
 from inatsounds_jax import soundscapes
-
-_MODEL_ONLY = ("geo_prior", "latitude", "longitude", "locations")
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -118,21 +118,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       cli.check_location_flags,
       **fv)
   flags.register_multi_flags_validator(
-      ["predictions", "window_seconds", *_MODEL_ONLY], _check_mode_flags,
+      ["predictions", "window_seconds"], _check_mode_flags,
       **fv)
   flags.mark_flags_as_required(["audio", "annotations", "output"], **fv)
 
 
 def _check_mode_flags(values: dict) -> bool:
-  """Flags of one mode are refused in the other."""
-  if values["predictions"]:
-    given = [f"--{name}" for name in _MODEL_ONLY if values[name]
-             not in (None, "")]
-    if given:
-      raise flags.ValidationError(
-          f"{', '.join(given)} apply to --model (prediction tables carry no "
-          "prior to apply)")
-  elif values["window_seconds"] is not None:
+  """--window_seconds is refused with a model."""
+  if not values["predictions"] and values["window_seconds"] is not None:
     raise flags.ValidationError(
         "--window_seconds applies to --predictions (a model's window is its "
         "own)")

@@ -45,8 +45,10 @@ every scored class it does not hold, and is left out of top-1 (its single
 right answer is unknown).
 
 Views. Without a prior, one view, `no_prior`. With a geographic prior
-(model mode: `geo_prior` and a location per recording), a second view
-`prior`: species whose prior presence at the recording's location is below
+(`geo_prior` and a location per recording; for prediction tables too, so
+BirdNET's output can be judged with the library's range model), a second
+view `prior`: species whose prior presence at the recording's location is
+below
 `Settings.geo_threshold` (0.1, as the library's file-level evaluator) score
 0 there, as BirdNET's location filter removes them; a recording without a
 location, and species the range model does not know, keep their scores
@@ -135,6 +137,7 @@ from inatsounds_jax import inference
 from inatsounds_jax import metrics as metrics_lib
 from inatsounds_jax import plots
 from inatsounds_jax import tables
+from inatsounds_jax.geo import prior as prior_lib
 
 NO_PRIOR, PRIOR = "no_prior", "prior"
 METRICS_FILE = "metrics.json"
@@ -382,14 +385,16 @@ def score_with_predictor(predictor: inference.Predictor,
 # ---------------------------------------------------------------------------
 
 class _RowWindows:
-  """One recording's windows as rows name them: scores and best label."""
+  """One recording's windows as rows name them: per view, scores and the
+  best label (the `prior` view: over the labels `keep` keeps)."""
 
-  def __init__(self, num_scored: int):
-    self.num_scored = num_scored
+  def __init__(self, num_scored: int, keep: np.ndarray | None = None):
+    self.num_scored, self.keep = num_scored, keep
+    self.views = (NO_PRIOR,) if keep is None else (NO_PRIOR, PRIOR)
     self.index: dict[tuple[float, float], int] = {}
     self.times: list[tuple[float, float]] = []
-    self.scores: list[np.ndarray] = []
-    self.best: list[list] = []  # [label index, confidence]
+    self.scores = {v: [] for v in self.views}
+    self.best = {v: [] for v in self.views}  # [label index, confidence]
 
   def add(self, row: tables.PredictionRow, label: int, column: int) -> None:
     key = (round(row.start_s, 3), round(row.end_s, 3))
@@ -397,12 +402,17 @@ class _RowWindows:
     if i is None:
       i = self.index[key] = len(self.times)
       self.times.append((row.start_s, row.end_s))
-      self.scores.append(np.zeros(self.num_scored))
-      self.best.append([-1, -1.0])
-    if column >= 0:
-      self.scores[i][column] = max(self.scores[i][column], row.confidence)
-    if row.confidence > self.best[i][1]:
-      self.best[i] = [label, row.confidence]
+      for v in self.views:
+        self.scores[v].append(np.zeros(self.num_scored))
+        self.best[v].append([-1, -1.0])
+    for v in self.views:
+      if v == PRIOR and not self.keep[label]:
+        continue
+      if column >= 0:
+        self.scores[v][i][column] = max(self.scores[v][i][column],
+                                        row.confidence)
+      if row.confidence > self.best[v][i][1]:
+        self.best[v][i] = [label, row.confidence]
 
 
 def grid_windows(start_s: np.ndarray, end_s: np.ndarray, duration_s: float,
@@ -445,8 +455,8 @@ def grid_windows(start_s: np.ndarray, end_s: np.ndarray, duration_s: float,
 
 
 def score_predictions(predictions: tables.PredictionTables,
-                      recordings: Sequence[str], scored: Sequence[int]
-                      ) -> Scores:
+                      recordings: Sequence[str], scored: Sequence[int],
+                      keep: dict[str, np.ndarray] | None = None) -> Scores:
   """The annotated recordings' windows from the tables' rows.
 
   Args:
@@ -454,6 +464,10 @@ def score_predictions(predictions: tables.PredictionTables,
     recordings: relative paths of the recordings to score (a recording
       without a table is a problem, not scored).
     scored: label indices (into `predictions.labels`) to keep.
+    keep: per recording, bool `[labels]`: the labels a geographic prior
+      keeps at its location (`GeoPrior.mask`); adds the `prior` view, where
+      the other labels' rows score 0 and are never the best label. None:
+      no prior.
   """
   scored = np.asarray(scored, np.int64)
   column_of = np.full(len(predictions.labels), -1, np.int64)
@@ -461,7 +475,8 @@ def score_predictions(predictions: tables.PredictionTables,
   label_of = {tables.species_key(row["species"]): i
               for i, row in enumerate(predictions.labels)}
   wanted = set(recordings)
-  windows = {r: _RowWindows(len(scored)) for r in recordings}
+  windows = {r: _RowWindows(len(scored), None if keep is None else keep[r])
+             for r in recordings}
   has_table = set()
   problems = list(predictions.problems)
   reader = tables.PredictionRowReader(predictions.recording_index,
@@ -514,7 +529,9 @@ def score_predictions(predictions: tables.PredictionTables,
       "windows_without_rows": total - shown,
       "predict_settings": predictions.settings,
   }
-  return Scores(list(predictions.labels), scored, (NO_PRIOR,), out, problems,
+  source["geo_prior"] = keep is not None
+  views = (NO_PRIOR,) if keep is None else (NO_PRIOR, PRIOR)
+  return Scores(list(predictions.labels), scored, views, out, problems,
                 source, notes)
 
 
@@ -543,16 +560,18 @@ def _table_recording(recording: str, rows: _RowWindows,
   all_start = np.concatenate([start, grid_start])
   all_end = np.concatenate([end, grid_end])
   order = np.lexsort((all_end, all_start))
-  scores = np.concatenate([np.reshape(rows.scores, (len(start), k)),
-                           np.zeros((len(grid_start), k))])
-  best = np.asarray([b for b in rows.best] + [[-1, 0.0]] * len(grid_start),
-                    np.float64).reshape(-1, 2)
-  view = ViewScores(scores[order], best[order, 0].astype(np.int64),
-                    best[order, 1])
+  views = {}
+  for v in rows.views:
+    scores = np.concatenate([np.reshape(rows.scores[v], (len(start), k)),
+                             np.zeros((len(grid_start), k))])
+    best = np.asarray(rows.best[v] + [[-1, 0.0]] * len(grid_start),
+                      np.float64).reshape(-1, 2)
+    views[v] = ViewScores(scores[order], best[order, 0].astype(np.int64),
+                          best[order, 1])
   shown = np.concatenate([np.ones(len(start), bool),
                           np.zeros(len(grid_start), bool)])[order]
   return RecordingScores(recording, duration, all_start[order],
-                         all_end[order], {NO_PRIOR: view}, shown)
+                         all_end[order], views, shown)
 
 
 # ---------------------------------------------------------------------------
@@ -1262,6 +1281,26 @@ class Inputs:
   batch_size: int = 32
 
 
+def _prior_masks(source: str, labels: Sequence[dict],
+                 recordings: Sequence[Recording], threshold: float
+                 ) -> dict[str, np.ndarray]:
+  """Per recording, the labels the range model `source` keeps at its
+  location (`GeoPrior.mask`: an unknown location or species keeps all)."""
+  try:
+    prior = prior_lib.load(source, [row["species"] for row in labels])
+  except (OSError, ValueError) as e:
+    raise inference.InputError(f"--geo_prior={source}: {e}") from None
+  unlocated = [r.relative for r in recordings
+               if math.isnan(r.latitude) or math.isnan(r.longitude)]
+  if unlocated:
+    print(f"warning: {len(unlocated)} of {len(recordings)} recordings have "
+          f"no location (e.g. {unlocated[0]}): the prior keeps every "
+          "species there", file=sys.stderr)
+  keep = prior.mask([r.latitude for r in recordings],
+                    [r.longitude for r in recordings], threshold)
+  return {r.relative: k for r, k in zip(recordings, keep)}
+
+
 def _find_audio(path: str) -> list[tuple[str, str]]:
   """`audio.find_audio` of --audio, its problems named so."""
   try:
@@ -1367,16 +1406,20 @@ def run(inputs: Inputs, settings: Settings = Settings(), *,
                   + ("model" if predictions is None else "prediction tables")
                   + ("" if species_map else " (codes and other names need "
                      "--species_map)"))
+  recordings = []
+  for path, relative in todo:
+    lat, lon = (locations.get(relative) or locations.get(path)
+                or locations.get(os.path.basename(path))
+                or (inputs.latitude, inputs.longitude))
+    recordings.append(Recording(path, relative, lat, lon))
   if predictions is not None:
-    scores = score_predictions(predictions, [r for _, r in todo],
-                               mapping.present_classes)
+    keep = None
+    if inputs.geo_prior:
+      keep = _prior_masks(inputs.geo_prior, predictions.labels, recordings,
+                          settings.geo_threshold)
+    scores = score_predictions(predictions, [r.relative for r in recordings],
+                               mapping.present_classes, keep)
   else:
-    recordings = []
-    for path, relative in todo:
-      lat, lon = (locations.get(relative) or locations.get(path)
-                  or locations.get(os.path.basename(path))
-                  or (inputs.latitude, inputs.longitude))
-      recordings.append(Recording(path, relative, lat, lon))
     for line in predictor.unlocated_warnings(
         [r.path for r in recordings
          if math.isnan(r.latitude) or math.isnan(r.longitude)],

@@ -176,8 +176,6 @@ REQUIRED = ("--audio=a", "--annotations=b", "--output=c")
      "(200.0, 0.0) is outside latitude -90..90, longitude -180..180"),
     ((*REQUIRED, "--model=m", "--latitude=10"),
      "give both --latitude and --longitude, or neither"),
-    ((*REQUIRED, "--predictions=p", "--geo_prior=g"),
-     "--geo_prior apply to --model"),
     ((*REQUIRED, "--model=m", "--window_seconds=3"),
      "--window_seconds applies to --predictions"),
     ((*REQUIRED, "--model=m", "--min_overlap=1.5"),

@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 from sklearn import metrics as sk
@@ -20,6 +21,8 @@ from inatsounds_jax import metrics
 from inatsounds_jax import predict
 from inatsounds_jax import soundscapes
 from inatsounds_jax import tables
+from inatsounds_jax.geo import range_model as range_lib
+from inatsounds_jax.geo import sinr
 
 import model_workdir
 
@@ -264,6 +267,41 @@ def test_model_scores_keep_only_the_scored_columns_of_every_chunk(
     np.testing.assert_array_equal(view.top1,
                                   np.argmax(whole.probabilities, axis=1))
     assert r.duration_s == whole.duration_s
+
+
+def test_prediction_tables_are_judged_with_a_range_model_as_prior(
+    predictor, dataset, tmp_path):
+  tables_dir = tmp_path / "tables"
+  predict.run(predictor, dataset["audio"], str(tables_dir),
+              predict.RunOptions(selection=inference.Selection(0.0)))
+  names = [row["species"] for row in predictor.labels]
+  sinr_model = sinr.SINR(len(names), width=8, depth=1)
+  params = sinr_model.init(jax.random.PRNGKey(0), np.zeros((1, 4)))["params"]
+  range_model = range_lib.RangeModel(sinr_model, params, names)
+  range_model.save(str(tmp_path / "range"))
+  presence = range_model.presence(np.array([40.0]), np.array([-75.0]))[0]
+  threshold = float(np.median(presence))  # About half the species drop.
+  result = soundscapes.run(
+      _inputs(dataset, tmp_path / "out", predictions=str(tables_dir),
+              geo_prior=str(tmp_path / "range"), latitude=40.0,
+              longitude=-75.0),
+      soundscapes.Settings(bootstrap=0, geo_threshold=threshold))
+  assert result.scores.views == (NO_PRIOR, PRIOR)
+  assert result.metrics["source"]["geo_prior"] is True
+  assert set(result.metrics["levels"]["window"]) >= {NO_PRIOR, PRIOR}
+  # The tables' label list is in order of appearance, not the model's.
+  column = {name: i for i, name in enumerate(names)}
+  dropped = (presence < threshold)[[column[row["species"]]
+                                    for row in result.scores.labels]]
+  assert 0 < dropped.sum() < len(names)
+  scored_dropped = dropped[result.scores.scored]
+  for r in result.scores.recordings:
+    base, prior = r.views[NO_PRIOR], r.views[PRIOR]
+    np.testing.assert_array_equal(prior.scores[:, scored_dropped], 0.0)
+    np.testing.assert_array_equal(prior.scores[:, ~scored_dropped],
+                                  base.scores[:, ~scored_dropped])
+    best = prior.top1[prior.top1 >= 0]
+    assert not dropped[best].any()  # The best label is one the prior keeps.
 
 
 class _FakePrior:
