@@ -312,6 +312,18 @@ class Head:
     return embeddings @ self.kernel + self.bias
 
 
+def model_head(model: trained_lib.TrainedModel, source: str) -> Head:
+  """A classifier's own head (`head_paths`) as a `Head`.
+
+  Raises:
+    CustomError: as `head_paths`.
+  """
+  kernel_path, bias_path = head_paths(model, source)
+  flat = flax.traverse_util.flatten_dict(jax.device_get(model.variables))
+  return Head(kernel=np.asarray(flat[kernel_path], np.float32),
+              bias=np.asarray(flat[bias_path], np.float32))
+
+
 def _log_probabilities_of_any(logits: jax.Array, targets: jax.Array
                               ) -> jax.Array:
   """log P(the window is one of its targets) under a softmax."""
@@ -319,7 +331,8 @@ def _log_probabilities_of_any(logits: jax.Array, targets: jax.Array
           - jax.nn.logsumexp(logits, -1))
 
 
-def fit_head(embeddings: np.ndarray, targets: np.ndarray, settings: Settings,
+def fit_head(embeddings: np.ndarray, targets: np.ndarray, *, steps: int,
+             learning_rate: float, weight_decay: float,
              base_head: Head | None = None) -> Head:
   """A linear head for multi-hot `targets` `[windows, classes]`.
 
@@ -354,8 +367,7 @@ def fit_head(embeddings: np.ndarray, targets: np.ndarray, settings: Settings,
                                axis=1)
       return -_log_probabilities_of_any(logits, wanted).mean()
 
-  optimizer = optax.adamw(settings.learning_rate,
-                          weight_decay=settings.weight_decay)
+  optimizer = optax.adamw(learning_rate, weight_decay=weight_decay)
 
   @jax.jit
   def train(params):
@@ -365,7 +377,7 @@ def fit_head(embeddings: np.ndarray, targets: np.ndarray, settings: Settings,
       updates, state = optimizer.update(grads, state, params)
       return (optax.apply_updates(params, updates), state), None
     (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)),
-                                  None, length=settings.steps)
+                                  None, length=steps)
     return params
 
   fitted = jax.device_get(train(params))
@@ -445,24 +457,24 @@ def _write_thresholds(path: str, rows: list[dict]) -> None:
                        for c in THRESHOLD_COLUMNS])
 
 
-def _custom_model(base: trained_lib.TrainedModel, labels: list[dict],
-                  head: Head, settings: Settings, source: str
-                  ) -> trained_lib.TrainedModel:
+def custom_model(base: trained_lib.TrainedModel, labels: list[dict],
+                 head: Head, source: str, keep_base_classes: bool = False
+                 ) -> trained_lib.TrainedModel:
   """The base model with `head` as its head (after the base's classes when
   they are kept), as an ordinary trained model of the same family."""
   kernel_path, bias_path = head_paths(base, source)
   config = copy.deepcopy(base.config)
-  multilabel = base.multilabel or not settings.keep_base_classes
+  multilabel = base.multilabel or not keep_base_classes
   if not base.multilabel and multilabel:
     config.loss = MULTILABEL_LOSS
     config.loss_options = type(config)()
-  all_labels = (list(base.labels) if settings.keep_base_classes else []) + [
+  all_labels = (list(base.labels) if keep_base_classes else []) + [
       dict(row, supercategory="", taxonomy="") for row in labels]
   model = trained_lib.build_model(config, len(all_labels), multilabel)
   variables = flax.traverse_util.flatten_dict(
       jax.device_get(base.variables))
   kernel, bias = head.kernel, head.bias
-  if settings.keep_base_classes:
+  if keep_base_classes:
     kernel = np.concatenate([variables[kernel_path], kernel], axis=1)
     bias = np.concatenate([variables[bias_path], bias])
   variables[kernel_path] = kernel.astype(variables[kernel_path].dtype)
@@ -562,7 +574,7 @@ def train_linear(settings: Settings, log=None) -> dict:
   base = trained_lib.load(settings.base)
   trained_lib.require_waveform_input(base, settings.base,
                                      "a custom classifier")
-  kernel_path, bias_path = head_paths(base, settings.base)
+  head_paths(base, settings.base)  # Refuses an unusable base up front.
   folders = read_class_folders(settings.train)
   if settings.keep_base_classes:
     _check_collisions(base, folders.labels, folders.folders)
@@ -604,10 +616,10 @@ def train_linear(settings: Settings, log=None) -> dict:
                       "on (see the lines above)")
   base_head = None
   if settings.keep_base_classes and not base.multilabel:
-    flat = flax.traverse_util.flatten_dict(jax.device_get(base.variables))
-    base_head = Head(kernel=np.asarray(flat[kernel_path], np.float32),
-                     bias=np.asarray(flat[bias_path], np.float32))
-  head = fit_head(x_train, y_train, settings, base_head)
+    base_head = model_head(base, settings.base)
+  head = fit_head(x_train, y_train, steps=settings.steps,
+                  learning_rate=settings.learning_rate,
+                  weight_decay=settings.weight_decay, base_head=base_head)
 
   first_new = len(base.labels) if settings.keep_base_classes else 0
   new_columns = slice(first_new, first_new + len(folders.labels))
@@ -617,7 +629,8 @@ def train_linear(settings: Settings, log=None) -> dict:
   mean_ap = metrics.class_mean(average_precision, positives)
   thresholds = _threshold_rows(folders.labels, scores, positives,
                                settings.target_precision)
-  custom = _custom_model(base, folders.labels, head, settings, settings.base)
+  custom = custom_model(base, folders.labels, head, settings.base,
+                        settings.keep_base_classes)
   report = {
       "mode": "linear",
       "library_version": inatsounds_jax.__version__,

@@ -122,6 +122,22 @@ class Hit:
   score: float
 
 
+def windows_in(times: np.ndarray, start_s: float, end_s: float
+               ) -> np.ndarray:
+  """`[windows]` bool: the windows (`times` `[windows, 2]`, start and end
+  seconds) a span names: those inside it (a window's own span names it
+  alone, a long span every window it covers), else, for a span shorter
+  than a window, those holding it whole. Times agree to a tenth of a
+  millisecond (a CSV's rounding)."""
+  tolerance = 1e-4
+  inside = (times[:, 0] >= start_s - tolerance) & (
+      times[:, 1] <= end_s + tolerance)
+  if inside.any():
+    return inside
+  return (times[:, 0] <= start_s + tolerance) & (
+      times[:, 1] >= end_s - tolerance)
+
+
 def _write_json(path: str, content) -> None:
   """Replaces `path` whole (readers see the old file or the new one)."""
   partial = path + ".partial"
@@ -306,13 +322,17 @@ class EmbeddingStore:
     rows = slice(row.first_row, row.first_row + row.num_rows)
     return np.array(embeddings[rows]), np.array(times[rows])
 
-  def embed_clip(self, path: str) -> np.ndarray:
+  def embed_clip(self, path: str, start_s: float | None = None,
+                 end_s: float | None = None) -> np.ndarray:
     """The mean embedding of a clip's windows (a query by example), from
-    the store when it holds the clip, else from the model.
+    the store when it holds the clip, else from the model (which adds it
+    to the store); with `start_s`/`end_s`, of the windows that span names
+    (`windows_in`).
 
     Raises:
       audio.AudioError: the clip cannot be read.
-      StoreError: a clip the store lacks, in a store opened to read.
+      StoreError: a clip the store lacks, in a store opened to read, or a
+        span naming no window.
     """
     digest = content_digest(path)
     if digest not in self.recordings:
@@ -322,7 +342,17 @@ class EmbeddingStore:
       problems = self.add([path])
       if problems:
         raise audio.AudioError("unreadable audio", problems[0][1])
-    return self.windows_of(digest)[0].mean(axis=0)
+    embeddings, times = self.windows_of(digest)
+    if start_s is None and end_s is None:
+      return embeddings.mean(axis=0)
+    chosen = windows_in(times, -np.inf if start_s is None else start_s,
+                        np.inf if end_s is None else end_s)
+    if not chosen.any():
+      raise StoreError(
+          f"{path}: no window lies in or holds {start_s}..{end_s} s (its "
+          f"{len(times)} windows span {times[0, 0]:.2f}..{times[-1, 1]:.2f}"
+          " s)")
+    return embeddings[chosen].mean(axis=0)
 
   def mean_embedding(self) -> np.ndarray:
     """`[dim]` the mean of every stored window's embedding."""

@@ -25,10 +25,11 @@ LAYERS = (
     ("objectives", ("objectives", "objectives.*")),
     ("trained models", ("trained",)),
     ("jobs", ("train", "export", "curate", "inference", "soundscapes",
-              "geo.train_range", "embedding_store", "custom_classifier")),
-    ("commands", ("main", "predict", "evaluate", "custom")),
+              "geo.train_range", "embedding_store", "custom_classifier",
+              "agile_modelling")),
+    ("commands", ("main", "predict", "evaluate", "custom", "agile")),
 )
-COMMANDS = ("main", "predict", "evaluate", "custom")
+COMMANDS = ("main", "predict", "evaluate", "custom", "agile")
 
 
 def modules() -> dict[str, pathlib.Path]:
