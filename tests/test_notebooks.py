@@ -25,8 +25,8 @@ def code_cells(path):
 
 def test_the_three_notebooks_exist_with_a_badge_in_the_readme():
   assert [p.name for p in NOTEBOOKS] == [
-      "predict_and_export.ipynb", "quickstart.ipynb",
-      "train_inatsounds.ipynb"]
+      "agile_modelling.ipynb", "predict_and_export.ipynb",
+      "quickstart.ipynb", "train_inatsounds.ipynb"]
   readme = (REPO / "README.md").read_text()
   for path in NOTEBOOKS:
     assert (f"colab.research.google.com/github/<org>/inatsounds_jax/blob/"
@@ -110,3 +110,13 @@ def test_predict_and_export_notebook_runs(tmp_path):
       OUTPUT=str(tmp_path / "out"), BUNDLE=str(tmp_path / "bundle"),
       MIN_CONFIDENCE=0.0))
   assert "bundle and workdir agree: True" in outputs_text(nb)
+
+
+@pytest.mark.slow
+def test_agile_modelling_notebook_runs_two_rounds(tmp_path):
+  nb = run(REPO / "colab" / "agile_modelling.ipynb", dict(
+      WORKDIR=str(tmp_path / "agile"), NUM_SPECIES=6, NUM_RECORDINGS=48,
+      SEARCH_K=12, NEXT_WINDOWS=6, STEPS=100))
+  assert "round 2:" in outputs_text(nb)
+  for name in ("round_1", "round_2"):
+    assert (tmp_path / "agile" / name / "model" / "config.json").exists()
