@@ -23,7 +23,7 @@ def code_cells(path):
           if c.cell_type == "code"]
 
 
-def test_the_three_notebooks_exist_with_a_badge_in_the_readme():
+def test_every_notebook_exists_with_a_badge_in_the_readme():
   assert [p.name for p in NOTEBOOKS] == [
       "agile_modelling.ipynb", "predict_and_export.ipynb",
       "quickstart.ipynb", "train_inatsounds.ipynb"]
