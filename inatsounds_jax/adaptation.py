@@ -14,11 +14,15 @@ encoders three ways, all through the classifier job with a `vit_*16` model:
 Frozen parameters get no optimizer state (`optax.multi_transform` with
 `set_to_zero`), so a probe of ViT-B keeps Adam moments for the head only.
 `classifier_params_from_mae` puts an MAE workdir's encoder into a fresh
-classifier (the decoder is dropped).
+classifier (the decoder is dropped); `classifier_variables_from_classifier`
+starts a classifier from another classifier of the same backbone (a
+workdir or a bundle: fine-tuning on other data), its head kept where the
+class count agrees.
 """
 
 from __future__ import annotations
 
+import flax
 import jax
 import numpy as np
 import optax
@@ -179,3 +183,43 @@ def classifier_params_from_mae(source, classifier, params, path: str) -> dict:
       [np.zeros((1, width), np.float32),
        vit.sincos_pos_embed(width, vit.grid_size(expected))])[None]
   return {**params, "net": net}
+
+
+def classifier_variables_from_classifier(source, classifier, variables: dict,
+                                         path: str
+                                         ) -> tuple[dict, list[str]]:
+  """`variables` (a fresh classifier's `params` and `batch_stats`) with those
+  of classifier `source` (a `trained.TrainedModel`) in place.
+
+  Every variable whose name and shape agree is taken from `source`; the
+  others (the head when the class count differs, a location head the source
+  lacks) keep their fresh values, and their names are returned.
+
+  Raises:
+    registry.ConfigError: `source` has another backbone, or more than the
+      head's variables disagree, saying which.
+  """
+  found, wanted = source.config.model, classifier.backbone
+  if found != wanted:
+    raise registry.ConfigError(
+        f"init_checkpoint {path}: a {found!r} classifier; this run's model "
+        f"is {wanted!r} (a classifier starts only from one of its backbone)")
+  given = flax.traverse_util.flatten_dict(jax.device_get(source.variables))
+  out, fresh = {}, []
+  for collection in ("params", "batch_stats"):
+    mine = flax.traverse_util.flatten_dict(variables.get(collection) or {})
+    for key, value in mine.items():
+      theirs = given.get((collection, *key))
+      if theirs is not None and np.shape(theirs) == np.shape(value):
+        mine[key] = theirs
+      else:
+        fresh.append("/".join(map(str, key)))
+    out[collection] = flax.traverse_util.unflatten_dict(mine) if mine else {}
+  leaves = len(jax.tree.leaves(variables))
+  if len(fresh) > max(4, leaves // 10):
+    raise registry.ConfigError(
+        f"init_checkpoint {path}: {len(fresh)} of {leaves} variables do not "
+        f"fit model {wanted!r} (e.g. {', '.join(fresh[:3])}): its options "
+        "differ from this run's")
+  return out, fresh
+

@@ -159,8 +159,11 @@ def load_pretrained(state: TrainState, path: str,
                     time_major: bool = False) -> TrainState:
   """`state` with pretrained weights from `path` in place, resharded.
 
-  `path` is a torchvision/timm file, or the workdir of a masked-autoencoder
-  pretraining run (its encoder; `adaptation.classifier_params_from_mae`).
+  `path` is a torchvision/timm file, the workdir of a masked-autoencoder
+  pretraining run (its encoder; `adaptation.classifier_params_from_mae`),
+  or a classifier's workdir or bundle of the same backbone (fine-tuning on
+  other data: `adaptation.classifier_variables_from_classifier`; a head of
+  another class count starts fresh).
   `source_grid` and `time_major` describe a ViT file's patch grid
   (`convert.from_torch`; e.g. AudioMAE's: (64, 8), time-major).
   Converted once on the host after the jitted init, as big_vision loads
@@ -169,10 +172,18 @@ def load_pretrained(state: TrainState, path: str,
   """
   try:
     if storage.resolve(path).is_dir():
-      loaded = {"params": adaptation.classifier_params_from_mae(
-          trained.load_workdir(path), model,
-          jax.device_get(state.params), path),
-                "batch_stats": jax.device_get(state.batch_stats)}
+      source = trained.load(path)
+      fresh = {"params": jax.device_get(state.params),
+               "batch_stats": jax.device_get(state.batch_stats)}
+      if source.config.objective == "masked_reconstruction":
+        loaded = {**fresh, "params": adaptation.classifier_params_from_mae(
+            source, model, fresh["params"], path)}
+      else:
+        loaded, kept_fresh = adaptation.classifier_variables_from_classifier(
+            source, model, fresh, path)
+        if kept_fresh:
+          logging.info("init_checkpoint %s: %s start fresh (they do not fit "
+                       "this model)", path, ", ".join(kept_fresh))
     else:
       options = dict(model.backbone_options)
       loaded = classifier_lib.from_backbone_variables(convert.from_torch(

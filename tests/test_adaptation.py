@@ -1,6 +1,7 @@
 """Layer-wise learning-rate decay, frozen blocks and linear probing in the
 optimizer (fast: parameter trees named like a ViT classifier's)."""
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -8,8 +9,12 @@ import numpy as np
 import optax
 import pytest
 
+from inatsounds_jax import adaptation
 from inatsounds_jax import registry
 from inatsounds_jax import train
+from inatsounds_jax import trained
+
+import model_workdir
 
 
 def vit_like_params(depth=2):
@@ -103,3 +108,35 @@ def test_layer_settings_on_a_model_without_blocks_are_refused():
                     "head": {"kernel": jnp.ones((4, 3))}}}
   with pytest.raises(registry.ConfigError, match="need a ViT model"):
     optimizer(layer_decay=0.75).init(params)
+
+
+def test_a_classifier_starts_from_another_classifier_with_a_fresh_head(
+    tmp_path):
+  source = trained.load(model_workdir.make_workdir(
+      str(tmp_path / "source"), num_classes=6, seed=1))
+  model = trained.build_model(source.config, 4, multilabel=True)
+  fresh = jax.device_get(trained.init_variables(model,
+                                                jax.random.PRNGKey(2)))
+  loaded, kept_fresh = adaptation.classifier_variables_from_classifier(
+      source, model, fresh, "SOURCE")
+  flat = flax.traverse_util.flatten_dict(loaded)
+  given = flax.traverse_util.flatten_dict(jax.device_get(source.variables))
+  fresh_flat = flax.traverse_util.flatten_dict(fresh)
+  head = {key for key in flat if "/".join(map(str, key[1:])) in kept_fresh}
+  # Only the head's kernel and bias (6 -> 4 classes) start fresh.
+  assert len(kept_fresh) == len(head) == 2
+  for key, value in flat.items():
+    expected = fresh_flat[key] if key in head else given[key]
+    np.testing.assert_array_equal(value, expected)
+
+
+def test_a_classifier_of_another_backbone_is_refused(tmp_path):
+  source = trained.load(model_workdir.make_workdir(str(tmp_path / "source")))
+  config = source.config.copy_and_resolve_references()
+  config.model = "vit_mu16"
+  model = trained.build_model(config, 6, multilabel=False)
+  with pytest.raises(registry.ConfigError,
+                     match="init_checkpoint SOURCE: a 'placeholder' "
+                           "classifier; this run's model is 'vit_mu16'"):
+    adaptation.classifier_variables_from_classifier(source, model, {},
+                                                    "SOURCE")
