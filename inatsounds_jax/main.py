@@ -25,12 +25,10 @@ resumes from it) and exits with status 130.
 """
 
 import contextlib
-import importlib
 import logging as std_logging
 import os
 import re
 import sys
-from typing import Any, Protocol
 
 from absl import app
 from absl import flags
@@ -39,6 +37,7 @@ from ml_collections import config_flags
 
 from inatsounds_jax import checkpoints
 from inatsounds_jax import cli
+from inatsounds_jax import jobs
 from inatsounds_jax import registry
 from inatsounds_jax import storage
 from inatsounds_jax import workdir as workdir_lib
@@ -61,29 +60,6 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
 _PROCESS_ID = flags.DEFINE_integer("process_id", None,
                                    "This process's index, 0 .. n-1.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-class Job(Protocol):
-  """What a job module provides (`train.py`, `geo/train_range.py`)."""
-
-  def train_and_evaluate(self, config, workdir: str) -> Any:
-    """Runs the job (resuming from `workdir`); returns its results."""
-
-  def evaluate_checkpoint(self, config, workdir: str) -> Any:
-    """Evaluates what `workdir` holds; returns the same kind of results."""
-
-  def format_results(self, results: Any) -> str:
-    """A few console lines of the results."""
-
-
-# Job name -> module path (imported when used: each pulls in TF and JAX).
-JOBS: registry.Registry[str] = registry.Registry("job")
-JOBS.add("classifier", "inatsounds_jax.train")
-JOBS.add("range_model", "inatsounds_jax.geo.train_range")
-
-
-def load_job(name: str) -> Job:
-  return importlib.import_module(JOBS.get(name))
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -304,7 +280,7 @@ def main(argv):
   try:
     with held_workdir(config, workdir,
                       "training" if _MODE.value == "train" else "evaluation"):
-      job = load_job(config.get("job", "classifier"))
+      job = jobs.load_job(config.get("job", "classifier"))
       logging.info("Config:\n%s", config)
       if _MODE.value == "train":
         results = job.train_and_evaluate(config, workdir)

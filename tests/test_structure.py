@@ -12,7 +12,7 @@ LAYERS = (
     ("base", ("inatsounds_jax", "registry", "storage", "sphere", "cli",
               "compilation", "plots", "metrics", "config_defaults",
               "processes", "workdir", "workdir_lock", "annotations",
-              "tables")),
+              "tables", "jobs")),
     ("data", ("audio", "release", "l48", "data", "frontend", "windows",
               "frontend_reference", "input_pipeline", "data_sources",
               "synthetic")),

@@ -19,7 +19,7 @@ import pytest
 
 from inatsounds_jax import config_defaults
 from inatsounds_jax import losses
-from inatsounds_jax import main
+from inatsounds_jax import jobs
 from inatsounds_jax import train
 from inatsounds_jax.models import convert
 from tests import l48_fake
@@ -290,7 +290,7 @@ def test_every_shipped_config_runs_a_step(name, data_dir, tmp_path):
     c.manual_dir = str(tmp_path / "l48")
     l48_fake.write(c.manual_dir)
     c.data_dir = str(tmp_path / "tfds")
-  job = main.load_job(c.get("job", "classifier"))
+  job = jobs.load_job(c.get("job", "classifier"))
   if job is train:
     c.num_epochs = 0.5  # One step.
     c.evals.validation.every_epochs = 0.5

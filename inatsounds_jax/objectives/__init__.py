@@ -12,7 +12,7 @@ are shared.
                             (`masked_reconstruction.py`)
 
 Objectives are registered by module path and imported when first asked for,
-as jobs are (`main.JOBS`), so loading a classifier never imports the
+as jobs are (`jobs.JOBS`), so loading a classifier never imports the
 masked autoencoder's code and vice versa. A new objective is a module with
 an `OBJECTIVE` and one line below.
 """
