@@ -3,6 +3,9 @@
     python -m inatsounds_jax.custom --train=FOLDERS --base=MODEL \\
         --output=BUNDLE [--validation=FOLDERS | --validation_fraction=0.2] \\
         [--keep_base_classes] [--work_dir=DIR] [--overwrite]
+    python -m inatsounds_jax.custom --mode=finetune --train=FOLDERS \\
+        --base=MODEL --output=BUNDLE [--loss=assume_negative_bce] \\
+        [--epochs=10] [--finetune_learning_rate=3e-4]
 
 FOLDERS holds one folder per class, named by its label (BirdNET's
 `Genus species_Common Name` works), and optionally `noise` (or `other`,
@@ -11,14 +14,15 @@ training workdir or a bundle. BUNDLE is an ordinary bundle
 (`predict --model=BUNDLE`); the work folder (default `BUNDLE.work`) keeps
 the embeddings, so a second run embeds only new recordings, and holds
 `report.json` and `thresholds.csv` (for `predict --thresholds`).
-`custom_classifier.py` says what happens.
+`--mode=finetune` trains the whole model through the library's training
+loop instead (any multilabel loss; the run, in the work folder, resumes
+where it stopped). `custom_classifier.py` says what happens.
 """
 
 from __future__ import annotations
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from inatsounds_jax import cli
 from inatsounds_jax import custom_classifier
@@ -32,8 +36,21 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string("base", None, "Base model: training workdir or "
                       "bundle.", **fv)
   flags.DEFINE_string("output", None, "The bundle to write.", **fv)
-  flags.DEFINE_enum("mode", "linear", ["linear"], "linear: a head on the "
-                    "base model's frozen embeddings.", **fv)
+  flags.DEFINE_enum("mode", defaults.mode, ["linear", "finetune"],
+                    "linear: a head on the base model's frozen embeddings; "
+                    "finetune: the whole model, through the training loop.",
+                    **fv)
+  flags.DEFINE_string("loss", defaults.loss, "finetune: a multilabel loss "
+                      "of the registry.", **fv)
+  flags.DEFINE_float("epochs", defaults.epochs, "finetune: epochs.", **fv)
+  flags.DEFINE_float("finetune_learning_rate",
+                     defaults.finetune_learning_rate,
+                     "finetune: Adam's learning rate.", **fv)
+  flags.DEFINE_integer("finetune_batch_size", defaults.finetune_batch_size,
+                       "finetune: windows per step.", **fv)
+  flags.DEFINE_float("chunk_seconds", defaults.chunk_seconds,
+                     "finetune: recordings are cut into examples this "
+                     "long.", **fv)
   flags.DEFINE_string("work_dir", "", "Embeddings and report (default "
                       "OUTPUT.work).", **fv)
   flags.DEFINE_string("validation", "", "Class folders to validate on "
@@ -69,17 +86,23 @@ def settings(f: flags.FlagValues) -> custom_classifier.Settings:
       keep_base_classes=f.keep_base_classes, hop_seconds=f.hop_seconds,
       steps=f.steps, learning_rate=f.learning_rate,
       weight_decay=f.weight_decay, target_precision=f.target_precision,
-      seed=f.seed, batch_size=f.batch_size, overwrite=f.overwrite)
+      seed=f.seed, batch_size=f.batch_size, overwrite=f.overwrite,
+      mode=f.mode, loss=f.loss, epochs=f.epochs,
+      finetune_learning_rate=f.finetune_learning_rate,
+      finetune_batch_size=f.finetune_batch_size,
+      chunk_seconds=f.chunk_seconds)
 
 
 def main(argv):
   del argv
-  input_pipeline.hide_gpus_from_tensorflow()
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Checkpoint loading chatter.
+  cli.start_command()
   run = settings(flags.FLAGS)
   try:
-    report = custom_classifier.train_linear(run)
+    if run.mode == "finetune":
+      input_pipeline.hide_gpus_from_tensorflow()  # JAX needs their memory.
+      report = custom_classifier.train_finetune(run)
+    else:
+      report = custom_classifier.train_linear(run)
   except Exception as e:  # pylint: disable=broad-except
     cli.fail_on(e)
   print(custom_classifier.summary(report, run))
@@ -87,4 +110,5 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
+  cli.define_compilation_cache_flag()
   app.run(main, flags_parser=cli.parse_flags)

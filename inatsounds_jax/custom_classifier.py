@@ -44,6 +44,7 @@ import csv
 import dataclasses
 import functools
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -59,6 +60,8 @@ from inatsounds_jax import audio
 from inatsounds_jax import embedding_store
 from inatsounds_jax import export
 from inatsounds_jax import inference
+from inatsounds_jax import jobs
+from inatsounds_jax import losses
 from inatsounds_jax import metrics
 from inatsounds_jax import registry
 from inatsounds_jax import trained as trained_lib
@@ -102,6 +105,14 @@ class Settings:
     seed: the validation split's.
     batch_size: windows per model call while embedding.
     overwrite: replace an earlier bundle at `output`.
+    mode: "linear" (a head on frozen embeddings) or "finetune" (the whole
+      model through the training loop).
+    loss: finetune's loss, a multilabel one of `losses.LOSSES`.
+    epochs, finetune_learning_rate, finetune_batch_size: finetune's
+      schedule (Adam, the base recipe's warm-up and decay).
+    chunk_seconds: finetune's examples (`tfds_builders/soundscapes`): a
+      recording is cut into chunks this long, a random window of each
+      trained per epoch.
   """
   train: str
   base: str
@@ -118,6 +129,12 @@ class Settings:
   seed: int = 0
   batch_size: int = 32
   overwrite: bool = False
+  mode: str = "linear"
+  loss: str = MULTILABEL_LOSS
+  epochs: float = 10.0
+  finetune_learning_rate: float = 3e-4
+  finetune_batch_size: int = 16
+  chunk_seconds: float = 10.0
 
   @property
   def work_folder(self) -> str:
@@ -550,23 +567,20 @@ def _class_report(folders: ClassFolders, training: Sequence[str],
   return rows
 
 
-def train_linear(settings: Settings, log=None) -> dict:
-  """Makes a custom classifier's bundle in linear mode (module docstring).
+@dataclasses.dataclass
+class _Prepared:
+  """What both modes start from: the base model and the folders split."""
+  base: trained_lib.TrainedModel
+  folders: ClassFolders
+  validation_folders: ClassFolders
+  training: list[str]
+  validation: list[str]
+  problems: list[tuple[str, str]]
 
-  Args:
-    settings: what to train from and where to write.
-    log: a callable taking a line (warnings, progress); default stderr.
 
-  Returns:
-    The report (also `report.json` in the work folder and the bundle's
-    config.json `custom_training`).
-
-  Raises:
-    CustomError: unusable folders, base model or settings (nothing written).
-    export.TargetError: `output` holds files other than an earlier bundle.
-    embedding_store.StoreError: the work folder's store is of another model.
-  """
-  log = log or functools.partial(print, file=sys.stderr)
+def _prepare(settings: Settings, log) -> _Prepared:
+  """Checks the target and settings, loads the base, reads and splits the
+  class folders (warnings logged); nothing is written."""
   export.check_target(None, settings.output, settings.overwrite)
   if not 0.0 <= settings.validation_fraction < 1.0:
     raise CustomError(f"--validation_fraction={settings.validation_fraction}"
@@ -590,7 +604,33 @@ def train_linear(settings: Settings, log=None) -> dict:
   for line in folders.warnings + (validation_folders.warnings
                                   if settings.validation else []):
     log(f"warning: {line}")
+  problems = folders.problems + (validation_folders.problems
+                                 if settings.validation else [])
+  return _Prepared(base, folders, validation_folders, training, validation,
+                   problems)
 
+
+def train_linear(settings: Settings, log=None) -> dict:
+  """Makes a custom classifier's bundle in linear mode (module docstring).
+
+  Args:
+    settings: what to train from and where to write.
+    log: a callable taking a line (warnings, progress); default stderr.
+
+  Returns:
+    The report (also `report.json` in the work folder and the bundle's
+    config.json `custom_training`).
+
+  Raises:
+    CustomError: unusable folders, base model or settings (nothing written).
+    export.TargetError: `output` holds files other than an earlier bundle.
+    embedding_store.StoreError: the work folder's store is of another model.
+  """
+  log = log or functools.partial(print, file=sys.stderr)
+  prepared = _prepare(settings, log)
+  base, folders = prepared.base, prepared.folders
+  validation_folders = prepared.validation_folders
+  training, validation = prepared.training, prepared.validation
   store = embedding_store.EmbeddingStore.create_or_open(
       os.path.join(settings.work_folder, STORE_DIR), base,
       hop_seconds=settings.hop_seconds, batch_size=settings.batch_size)
@@ -600,9 +640,7 @@ def train_linear(settings: Settings, log=None) -> dict:
                 if d not in store.recordings)
   log(f"embedding {missing} of {len(wanted)} recordings "
       f"({len(wanted) - missing} already in {store.folder})")
-  problems = folders.problems + (validation_folders.problems
-                                 if settings.validation else [])
-  problems += store.add(wanted)
+  problems = prepared.problems + store.add(wanted)
   for path, reason in problems:
     log(f"skipped {path}: {reason}")
 
@@ -624,31 +662,51 @@ def train_linear(settings: Settings, log=None) -> dict:
   first_new = len(base.labels) if settings.keep_base_classes else 0
   new_columns = slice(first_new, first_new + len(folders.labels))
   scores = _scores(head, x_val, new_columns, base_head)
+  custom = custom_model(base, folders.labels, head, settings.base,
+                        settings.keep_base_classes)
+  report, thresholds = _report(settings, prepared, custom, y_train, y_val,
+                               scores, problems)
+  _write(settings, report, thresholds, custom)
+  return report
+
+
+def _report(settings: Settings, prepared: _Prepared,
+            custom: trained_lib.TrainedModel, y_train: np.ndarray,
+            y_val: np.ndarray, scores: np.ndarray,
+            problems: list[tuple[str, str]]) -> tuple[dict, list[dict]]:
+  """(the report, thresholds.csv's rows) from the validation windows'
+  `scores` of the new classes and the windows' targets."""
+  base, folders = prepared.base, prepared.folders
   positives = y_val > 0
   average_precision, _ = metrics.per_class_ap_and_best_f1(scores, positives)
   mean_ap = metrics.class_mean(average_precision, positives)
   thresholds = _threshold_rows(folders.labels, scores, positives,
                                settings.target_precision)
-  custom = custom_model(base, folders.labels, head, settings.base,
-                        settings.keep_base_classes)
   report = {
-      "mode": "linear",
+      "mode": settings.mode,
       "library_version": inatsounds_jax.__version__,
       "settings": dataclasses.asdict(settings),
       "base": {"path": settings.base, "model": base.config.model,
                "classes": len(base.labels), "step": base.step,
                "output": "multilabel" if base.multilabel else "multiclass"},
       "output": "multilabel" if custom.multilabel else "multiclass",
-      "classes": _class_report(folders, training, validation_folders,
-                               validation, y_train, y_val,
+      "classes": _class_report(folders, prepared.training,
+                               prepared.validation_folders,
+                               prepared.validation, y_train, y_val,
                                average_precision, thresholds),
-      "validation": {"windows": len(x_val),
+      "validation": {"windows": len(y_val),
                      "class_mean_ap": _number(mean_ap.value),
                      "classes_validated": len(mean_ap.classes)},
       "problems": [{"file": path, "reason": reason}
                    for path, reason in problems],
       "warnings": folders.warnings,
   }
+  return report, thresholds
+
+
+def _write(settings: Settings, report: dict, thresholds: list[dict],
+           custom: trained_lib.TrainedModel) -> None:
+  """thresholds.csv and report.json in the work folder, then the bundle."""
   os.makedirs(settings.work_folder, exist_ok=True)
   _write_thresholds(os.path.join(settings.work_folder, THRESHOLDS_FILE),
                     thresholds)
@@ -663,8 +721,170 @@ def train_linear(settings: Settings, log=None) -> dict:
                                                 "validation":
                                                     settings.validation}},
                           "custom_training": report})
-  return report
 
+
+# ---------------------------------------------------------------------------
+# Fine-tuning the whole model.
+# ---------------------------------------------------------------------------
+
+FINETUNE_DATA_DIR = "finetune_data"
+FINETUNE_RUN_DIR = "finetune_run"
+# The annotation CSV a finetune set is written as (annotations.py reads it).
+_CSV_HEADER = ("Filename", "Start Time (s)", "End Time (s)", "Species")
+
+
+def _seconds(path: str) -> float:
+  """A recording's length: its header's, else decoded."""
+  return audio.header_seconds(path) or len(
+      audio.read_audio_file(path)) / audio.SAMPLE_RATE
+
+
+def _annotated_set(folder: str, folders: ClassFolders,
+                   digests: Sequence[str]) -> dict:
+  """The recordings `digests` as an annotated set under `folder`: one link
+  per recording (`audio/`), one event per class spanning the recording
+  (`annotations.csv`; negatives have none, so every recording counts as
+  annotated). Returns the soundscapes builder's fields."""
+  audio_dir = os.path.join(folder, "audio")
+  os.makedirs(audio_dir, exist_ok=True)
+  rows = []
+  for digest in digests:
+    path = folders.paths[digest]
+    name = digest[:16] + os.path.splitext(path)[1].lower()
+    link = os.path.join(audio_dir, name)
+    if not os.path.lexists(link):
+      os.symlink(os.path.abspath(path), link)
+    end = _seconds(path)
+    rows += [(name, 0.0, end, folders.labels[k]["species"])
+             for k in sorted(folders.classes[digest])]
+  annotations_path = os.path.join(folder, "annotations.csv")
+  with open(annotations_path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f, lineterminator="\n")
+    writer.writerow(_CSV_HEADER)
+    writer.writerows(rows)
+  return {"audio": audio_dir, "annotations": annotations_path,
+          "every_recording_annotated": True}
+
+
+def _finetune_config(settings: Settings, base: trained_lib.TrainedModel,
+                     train_set: dict, validation_set: dict,
+                     labels: list[dict]):
+  """The base model's recipe, on the class folders' sets, from its
+  weights: every window's targets are its recording's classes (`full`
+  labels), validated by the strong-label evaluator."""
+  c = copy.deepcopy(base.config)
+  c.unlock()
+  fields = {"labels": tuple((row["species"], row["common_name"])
+                            for row in labels),
+            "chunk_seconds": settings.chunk_seconds}
+  c.update(dataset="soundscapes", data_dir=os.path.join(
+      settings.work_folder, FINETUNE_DATA_DIR, "tfds"), manual_dir="",
+           init_checkpoint=settings.base, loss=settings.loss,
+           label_mode="full", num_epochs=float(settings.epochs),
+           warmup_epochs=min(c.get("warmup_epochs", 0.0),
+                             settings.epochs / 5),
+           optimizer="adam", learning_rate=settings.finetune_learning_rate,
+           batch_size=settings.finetune_batch_size,
+           eval_batch_size=settings.finetune_batch_size, seed=settings.seed,
+           range_model=None, geo_prior="", geo_ceiling_prior="",
+           checkpoint_every_steps=1000,
+           log_every_steps=10)
+  c.dataset_options = {**train_set, **fields}
+  c.train_split = "test"  # The builder's one split.
+  c.mean_teacher.weight = 0.0
+  c.evals = {"validation": {
+      "type": "strong_label", "split": "test", "every_epochs": 1.0,
+      "soundscapes": {**validation_set,
+                      "chunk_seconds": settings.chunk_seconds}}}
+  c.best_metric = "validation/no_prior/window_map"
+  return c
+
+
+def _predicted_windows(predictor: inference.Predictor, folders: ClassFolders,
+                       digests: Sequence[str]
+                       ) -> tuple[np.ndarray, np.ndarray, list]:
+  """(probabilities, multi-hot targets, problems) of every window of the
+  recordings `digests`, as prediction cuts them."""
+  scores, targets, problems = [], [], []
+  paths = [folders.paths[d] for d in digests]
+  for digest, (path, table) in zip(digests, predictor.predict_files(
+      [(p, math.nan, math.nan) for p in paths])):
+    if isinstance(table, Exception):
+      problems.append((path, str(table)))
+      continue
+    hot = np.zeros((len(table.probabilities), len(folders.labels)),
+                   np.float32)
+    hot[:, sorted(folders.classes[digest])] = 1.0
+    scores.append(table.probabilities)
+    targets.append(hot)
+  width = len(predictor.labels)
+  return (np.concatenate(scores) if scores else np.zeros((0, width)),
+          np.concatenate(targets) if targets else
+          np.zeros((0, len(folders.labels))), problems)
+
+
+def train_finetune(settings: Settings, log=None) -> dict:
+  """Makes a custom classifier's bundle by fine-tuning the whole base model
+  (module docstring) through the library's training loop.
+
+  The class folders become annotated sets (`_annotated_set`) built by
+  `tfds_builders/soundscapes`, so the loop, its losses, devices, resume
+  and evaluators are the ones every run uses; the run (in the work folder,
+  resumable) starts from the base's weights (`init_checkpoint`: the head
+  starts fresh for the new classes), keeps the checkpoint with the best
+  validation window mAP, and is written as the bundle; validation AP and
+  thresholds are then computed on the bundle's own windows, as in linear
+  mode.
+
+  Raises:
+    CustomError: as `train_linear`, a single-label loss, no validation
+      recordings, or `keep_base_classes` (linear mode only).
+    registry.ConfigError: an unknown loss.
+  """
+  log = log or functools.partial(print, file=sys.stderr)
+  if settings.keep_base_classes:
+    raise CustomError("--keep_base_classes applies to --mode=linear (a "
+                      "fine-tuned backbone changes the base classes' "
+                      "outputs too)")
+  if not losses.LOSSES.get(settings.loss).multilabel:
+    names = [n for n in losses.LOSSES.names()
+             if losses.LOSSES.get(n).multilabel]
+    raise CustomError(f"--loss={settings.loss} is single-label; class "
+                      "folders give multi-label targets: give one of "
+                      f"{', '.join(names)}")
+  prepared = _prepare(settings, log)
+  if not prepared.validation:
+    raise CustomError("--mode=finetune keeps the checkpoint that validates "
+                      "best: give --validation folders or a "
+                      "--validation_fraction that leaves recordings to "
+                      "validate on")
+  folders = prepared.folders
+  data = os.path.join(settings.work_folder, FINETUNE_DATA_DIR)
+  train_set = _annotated_set(os.path.join(data, "train"), folders,
+                             prepared.training)
+  validation_set = _annotated_set(os.path.join(data, "validation"),
+                                  prepared.validation_folders,
+                                  prepared.validation)
+  config = _finetune_config(settings, prepared.base, train_set,
+                            validation_set, folders.labels)
+  run_dir = os.path.join(settings.work_folder, FINETUNE_RUN_DIR)
+  log(f"fine-tuning {settings.base} on {len(prepared.training)} recordings "
+      f"in {run_dir} (resumable)")
+  jobs.load_job("classifier").train_and_evaluate(config, run_dir)
+  tuned = trained_lib.load(run_dir)
+  predictor = inference.Predictor(tuned, hop_seconds=settings.hop_seconds,
+                                  batch_size=settings.batch_size)
+  _, y_train, train_problems = _predicted_windows(predictor, folders,
+                                                  prepared.training)
+  scores, y_val, val_problems = _predicted_windows(
+      predictor, prepared.validation_folders, prepared.validation)
+  report, thresholds = _report(
+      settings, prepared, tuned, y_train, y_val, scores,
+      prepared.problems + train_problems + val_problems)
+  report["finetune"] = {"workdir": run_dir, "step": tuned.step,
+                        "loss": settings.loss, "epochs": settings.epochs}
+  _write(settings, report, thresholds, tuned)
+  return report
 
 
 def summary(report: dict, settings: Settings) -> str:

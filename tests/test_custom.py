@@ -1,11 +1,13 @@
-"""Custom classifiers in linear mode (`custom_classifier.py`): class folders
-of synthetic recordings, an initialised placeholder base (its embedding,
-the time-averaged mel spectrum, separates the corpus's species)."""
+"""Custom classifiers (`custom_classifier.py`), linear and finetune: class
+folders of synthetic recordings, an initialised placeholder base (its
+embedding, the time-averaged mel spectrum, separates the corpus's
+species)."""
 
 import json
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -211,3 +213,48 @@ def test_a_base_without_embeddings_is_refused(base):
   with pytest.raises(custom_classifier.CustomError,
                      match="MAE: a object gives no embeddings"):
     custom_classifier.head_paths(not_a_classifier, "MAE")
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"loss": "softmax_ce"}, "--loss=softmax_ce is single-label"),
+    ({"keep_base_classes": True},
+     "--keep_base_classes applies to --mode=linear"),
+    ({"validation_fraction": 0.0}, "give --validation folders"),
+])
+def test_finetune_refuses_what_it_cannot_do_before_any_work(
+    base, folders, tmp_path, fields, message):
+  train, _ = folders
+  settings = custom_classifier.Settings(
+      train=str(train), base=base, output=str(tmp_path / "bundle"),
+      mode="finetune", **fields)
+  with pytest.raises(custom_classifier.CustomError, match=message):
+    custom_classifier.train_finetune(settings, log=lambda line: None)
+  assert not os.listdir(tmp_path)
+
+
+@pytest.mark.slow
+def test_finetune_trains_the_whole_model_into_a_bundle_that_predicts(
+    base, folders, tmp_path):
+  train, held_out = folders
+  settings = custom_classifier.Settings(
+      train=str(train), base=base, output=str(tmp_path / "bundle"),
+      validation=str(held_out), mode="finetune", epochs=6.0,
+      finetune_learning_rate=0.03, chunk_seconds=3.0)
+  report = custom_classifier.train_finetune(settings, log=lambda line: None)
+  assert report["mode"] == "finetune" and report["finetune"]["step"] > 0
+  tuned = trained_lib.load(settings.output)
+  assert [row["species"] for row in tuned.labels] == [
+      row["species"] for row in report["classes"][:-1]]
+  assert tuned.multilabel
+  # The backbone moved from the base's weights: the run trained it.
+  base_model = trained_lib.load(base)
+  moved = [not np.allclose(a, b) for a, b in zip(
+      jax.tree.leaves(base_model.variables["params"]),
+      jax.tree.leaves(tuned.variables["params"]))
+      if np.shape(a) == np.shape(b)]
+  assert any(moved)
+  # Validated on the held-out folders' windows, above chance.
+  assert report["validation"]["classes_validated"] == 3
+  assert report["validation"]["class_mean_ap"] > 0.5
+  assert os.path.exists(os.path.join(settings.work_folder,
+                                     custom_classifier.THRESHOLDS_FILE))
