@@ -64,6 +64,7 @@ def model_run(workdir, dataset, tmp_path_factory):
   return out, result.stdout
 
 
+@pytest.mark.slow
 def test_the_model_run_writes_every_output_and_they_agree(model_run):
   out, stdout = model_run
   for name in (soundscapes.METRICS_FILE, soundscapes.PER_SPECIES_FILE,
@@ -120,6 +121,7 @@ def test_the_model_run_writes_every_output_and_they_agree(model_run):
       m["thresholds"]["target_precision_reached"])
 
 
+@pytest.mark.slow
 def test_prediction_tables_are_judged_as_the_model_on_the_same_annotations(
     model_run, workdir, dataset, tmp_path):
   predictor = inference.Predictor(workdir)

@@ -17,6 +17,9 @@ from inatsounds_jax import compilation
 
 import model_workdir
 
+# Each test starts whole command processes (end to end).
+pytestmark = pytest.mark.slow
+
 # Runs `python -m MODULE ARGS...` and prints, as its last line, the modules
 # the command imported and the compilation-cache events JAX recorded.
 _WRAPPER = textwrap.dedent("""
