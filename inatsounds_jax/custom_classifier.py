@@ -581,7 +581,8 @@ class _Prepared:
 def _prepare(settings: Settings, log) -> _Prepared:
   """Checks the target and settings, loads the base, reads and splits the
   class folders (warnings logged); nothing is written."""
-  export.check_target(None, settings.output, settings.overwrite)
+  export.check_target(None, settings.output, settings.overwrite,
+                      flag="output")
   if not 0.0 <= settings.validation_fraction < 1.0:
     raise CustomError(f"--validation_fraction={settings.validation_fraction}"
                       " must be in [0, 1)")
@@ -714,7 +715,7 @@ def _write(settings: Settings, report: dict, thresholds: list[dict],
             encoding="utf-8") as f:
     json.dump(report, f, indent=1)
   export.write_bundle(custom, settings.output, overwrite=settings.overwrite,
-                      description={
+                      flag="output", description={
                           "training_data": {"dataset": "class folders",
                                             "options": {
                                                 "train": settings.train,

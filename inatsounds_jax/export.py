@@ -185,13 +185,14 @@ class TargetError(registry.ConfigError):
   """A bundle target that export must not write (it would lose files)."""
 
 
-def check_target(workdir: str | None, out: str, overwrite: bool) -> None:
+def check_target(workdir: str | None, out: str, overwrite: bool,
+                 flag: str = "out") -> None:
   """Refuses a target whose files export would replace.
 
   `out` may be new, an empty folder, or (with `overwrite`) an earlier
   bundle holding bundle files only. Never the workdir (None: a model not
   read from one) or a folder holding it (replacing it would delete the
-  checkpoints).
+  checkpoints). Messages name `out` as the command's flag `flag`.
 
   Raises:
     TargetError: naming what the target holds and what to do.
@@ -201,24 +202,24 @@ def check_target(workdir: str | None, out: str, overwrite: bool) -> None:
   if source is not None and (target == source or os.fspath(source).startswith(
       os.fspath(target).rstrip("/") + "/")):
     raise TargetError(
-        f"--out={out} is the training workdir {workdir} or a folder holding "
+        f"--{flag}={out} is the training workdir {workdir} or a folder holding "
         f"it; export into a new folder (e.g. {source / 'bundle'})")
   if not target.exists():
     return
   if not target.is_dir():
-    raise TargetError(f"--out={out} is a file; give a new folder")
+    raise TargetError(f"--{flag}={out} is a file; give a new folder")
   held = sorted(p.name for p in target.iterdir())
   if not held:
     return
   others = [name for name in held if name not in trained_lib.BUNDLE_ENTRIES]
   if others or not trained_lib.is_bundle(out):
     raise TargetError(
-        f"--out={out} holds {', '.join(others[:5] or held[:5])}"
+        f"--{flag}={out} holds {', '.join(others[:5] or held[:5])}"
         f"{' ...' if len(others or held) > 5 else ''}, which is not an "
         "earlier bundle; export writes into a new or empty folder, or "
         "replaces an earlier bundle (with --overwrite)")
   if not overwrite:
-    raise TargetError(f"--out={out} holds an earlier bundle; pass "
+    raise TargetError(f"--{flag}={out} holds an earlier bundle; pass "
                       "--overwrite to replace it")
 
 
@@ -260,9 +261,10 @@ def write_bundle(trained: trained_lib.TrainedModel, out: str, *,
                  tflite: bool = False, overwrite: bool = False,
                  source: str | None = None,
                  description: dict | None = None,
-                 tflite_batch: int | None = None) -> dict:
+                 tflite_batch: int | None = None, flag: str = "out") -> dict:
   """Writes `trained` (read from the workdir `source`, or None: built in
-  memory, e.g. a custom classifier) as a bundle into `out`.
+  memory, e.g. a custom classifier) as a bundle into `out` (the command's
+  flag `flag`, for messages).
 
   The bundle is written into a new folder beside `out` and moved there
   only when complete, so `out` holds a whole bundle or what it held
@@ -282,7 +284,7 @@ def write_bundle(trained: trained_lib.TrainedModel, out: str, *,
       (`config.location_input`).
     trained.InputKindError: the model takes images, not waveforms.
   """
-  check_target(source, out, overwrite)
+  check_target(source, out, overwrite, flag)
   where = source or "the model"
   trained_lib.require_waveform_input(trained, where, "a bundle")
   config = trained.config

@@ -258,3 +258,15 @@ def test_finetune_trains_the_whole_model_into_a_bundle_that_predicts(
   assert report["validation"]["class_mean_ap"] > 0.5
   assert os.path.exists(os.path.join(settings.work_folder,
                                      custom_classifier.THRESHOLDS_FILE))
+
+
+def test_an_output_folder_holding_other_files_is_refused_by_its_flag(
+    base, folders, tmp_path):
+  train, _ = folders
+  (tmp_path / "notes.txt").write_text("mine")
+  settings = custom_classifier.Settings(train=str(train), base=base,
+                                        output=str(tmp_path))
+  with pytest.raises(export.TargetError,
+                     match=rf"--output={tmp_path} holds notes.txt"):
+    custom_classifier.train_linear(settings, log=lambda line: None)
+  assert os.listdir(tmp_path) == ["notes.txt"]
