@@ -378,11 +378,24 @@ class NoAudioError(registry.ConfigError):
     self.path, self.reason = path, reason
 
 
+def _inside(base: str, name: str) -> str:
+  """A listed name as a relative path that stays inside an output folder:
+  the name, or for an absolute one or one climbing out with `..`, its
+  absolute path without the root (so outputs mirror it, never escape)."""
+  if os.path.isabs(name) or os.pardir in os.path.normpath(name).split(
+      os.sep):
+    full = os.path.abspath(os.path.join(base, name))
+    return os.path.relpath(full, os.path.splitdrive(full)[0] + os.sep)
+  return os.path.normpath(name)
+
+
 def find_audio(path: str) -> list[tuple[str, str]]:
   """(path, path relative to the input) of every recording under `path`.
 
   `path` is a recording, a folder (searched recursively, sorted), or a
-  text file listing recordings one a line (relative to the list's folder).
+  text file listing recordings one a line (relative to the list's folder;
+  an absolute or `..` entry's relative path is its absolute path without
+  the root, so outputs named after it stay inside the output folder).
   Recordings are files with an `AUDIO_EXTENSIONS` extension; whether they
   decode is left to decoding.
 
@@ -413,7 +426,8 @@ def find_audio(path: str) -> list[tuple[str, str]]:
     raise NoAudioError(path, "neither a recording "
                        f"({', '.join(AUDIO_EXTENSIONS)}) nor a readable "
                        f"text list of recordings ({e})") from None
-  files = [(os.path.join(base, name), name) for name in listed if name]
+  files = [(os.path.join(base, name), _inside(base, name))
+           for name in listed if name]
   missing = [f"{path}:{i + 1}: {name}" for i, name in enumerate(listed)
              if name and not os.path.exists(os.path.join(base, name))]
   if missing:

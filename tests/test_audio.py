@@ -1,4 +1,5 @@
 import io
+import os
 import subprocess
 import sys
 
@@ -200,6 +201,19 @@ def test_find_audio_walks_folders_sorted_with_relative_paths(tmp_path):
   assert audio.find_audio(str(tmp_path / "list.txt")) == [
       (str(tmp_path / "sub/c.flac"), "sub/c.flac"),
       (str(tmp_path / "a.mp3"), "a.mp3")]
+
+
+def test_a_listed_absolute_or_climbing_path_stays_inside_the_output(
+    tmp_path):
+  (tmp_path / "lists").mkdir()
+  (tmp_path / "a.mp3").write_bytes(b"")
+  (tmp_path / "lists" / "list.txt").write_text(
+      f"{tmp_path / 'a.mp3'}\n../a.mp3\n")
+  found = audio.find_audio(str(tmp_path / "lists" / "list.txt"))
+  mirrored = str(tmp_path / "a.mp3").lstrip("/")
+  assert [r for _, r in found] == [mirrored, mirrored]
+  for _, relative in found:  # Joined to an output folder, it stays there.
+    assert os.path.join("/out", relative).startswith("/out/")
 
 
 @pytest.mark.parametrize("make, reason", [
