@@ -303,7 +303,11 @@ def run(predictor: inference.Predictor, input_path: str, output: str,
       print(line, file=sys.stderr)
     started = time.time()
     counts, errors = _predict_and_write(predictor, plan.todo, options)
-    tables.write_errors(output, errors)
+    # Rows of recordings done before (a clipped one's) stay; a recording
+    # processed now has only this run's.
+    processed = {t.path for t in plan.todo}
+    tables.write_errors(output, [row for row in tables.read_errors(output)
+                                 if row[0] not in processed] + errors)
     if "csv" in options.formats:
       tables.combine_csv([p["csv"] for p in plan.outputs
                           if os.path.exists(p["csv"])],

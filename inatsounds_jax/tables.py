@@ -421,6 +421,16 @@ class RecordingFiles:
 ERRORS_COLUMNS = ("file", "kind", "reason")
 
 
+def read_errors(output: str) -> list[tuple[str, str, str]]:
+  """The rows of `output`'s errors.tsv (none if there is none)."""
+  path = os.path.join(output, ERRORS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    rows = [line.rstrip("\n").split("\t") for line in f][1:]
+  return [tuple(row) for row in rows if len(row) == len(ERRORS_COLUMNS)]
+
+
 def write_errors(output: str, errors: list[tuple[str, str, str]]) -> None:
   """`errors.tsv` in the folder `output`: one row per recording that failed
   or was clipped (`ERRORS_COLUMNS`), tabs and newlines in a reason made

@@ -259,6 +259,11 @@ def test_a_clipped_recording_is_predicted_and_said_once(workdir, tmp_path):
   assert errors == ["file\tkind\treason",
                     f"{folder / 'loud.wav'}\tclipped\t{report}"]
   assert (out / "loud.BirdNET.results.csv").exists()
+  # Run again: both are done; the clipped recording's row stays.
+  again = _predict(f"--model={workdir}", f"--input={folder}",
+                   f"--output={out}")
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert (out / tables.ERRORS_FILE).read_text().splitlines() == errors
 
 
 # -- Per-species thresholds ----------------------------------------------------
