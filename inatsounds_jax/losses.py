@@ -55,6 +55,14 @@ every loss averaged over batch x classes:
 averaged over examples: `an` times C, the iNatSounds paper's "assume
 negative") are the iNatSounds paper's (Chasmai et al. 2025) objectives.
 
+For the long tail (the paper's open question, s.6): `logit_adjusted_ce`,
+softmax cross-entropy on logits + tau log(prior) (Menon et al. 2021,
+"Long-tail learning via logit adjustment", the logit-adjusted loss; the
+prior is the train split's label frequencies, a label without a training
+example counted as half of one), so the plain logits used at test time
+are the balanced ones; `balanced_softmax` is the same with tau = 1, which
+is Ren et al. 2020's Balanced Softmax (exp(z_j) n_j / sum_i exp(z_i) n_i).
+
 Per-example tables (ROLE, LL-Cp, asset regularisation) live under the key
 `"rows"` of the state: `state_specs` shards them over the mesh's `data` axis
 (rows padded to a multiple of `ROW_MULTIPLE`), and rows are read and
@@ -95,12 +103,14 @@ class LossContext:
     num_assets: rows of per-recording state when several examples share a
       recording (L48's clips of an asset: `asset_index`); 0 when each
       example is its own recording.
+    class_counts: training examples per label (empty when unknown).
   """
   num_examples: int = 0
   steps_per_epoch: int = 1
   mesh: jax.sharding.Mesh | None = None
   expected_positives: float = 0.0
   num_assets: int = 0
+  class_counts: tuple[float, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -232,6 +242,15 @@ def _uniform_logit_table(rows: int, classes: int, low: float, high: float
 def _softmax_cross_entropy(logits, targets, batch, state):
   del batch
   return optax.softmax_cross_entropy(logits, targets).mean(), state
+
+
+def _logit_adjusted_ce(logits, targets, batch, state, *, options, context):
+  """Softmax CE on logits + tau log(prior) (module docstring)."""
+  del batch
+  counts = jnp.maximum(jnp.asarray(context.class_counts, jnp.float32), 0.5)
+  adjustment = options["tau"] * jnp.log(counts / counts.sum())
+  return optax.softmax_cross_entropy(logits + adjustment,
+                                     targets).mean(), state
 
 
 def _assume_negative_bce(logits, targets, batch, state):
@@ -374,18 +393,19 @@ def _ll_cp(logits, targets, batch, state, *, options, context):
 # Registration.
 # ---------------------------------------------------------------------------
 
-def _bound(fn, init, options, context):
+def _bound(fn, init, options, context, multilabel=True):
   return Loss(
       functools.partial(fn, options=dict(options), context=context),
-      multilabel=True,
+      multilabel=multilabel,
       init=(functools.partial(init, options=dict(options), context=context)
             if init else (lambda num_classes: ())),
       options=dict(options),
-      bind=lambda o, c: _bound(fn, init, o, c))
+      bind=lambda o, c: _bound(fn, init, o, c, multilabel))
 
 
-def _add_family(name: str, fn, init=None, **defaults) -> None:
-  LOSSES.add(name, _bound(fn, init, defaults, LossContext()))
+def _add_family(name: str, fn, init=None, multilabel=True,
+                **defaults) -> None:
+  LOSSES.add(name, _bound(fn, init, defaults, LossContext(), multilabel))
 
 
 LOSSES.add("softmax_ce", Loss(_softmax_cross_entropy, multilabel=False))
@@ -402,6 +422,10 @@ _add_family("ll_r", functools.partial(_ll, correct=False), delta=0.002)
 _add_family("ll_ct", functools.partial(_ll, correct=True), delta=0.002)
 _add_family("ll_cp", _ll_cp, _ll_cp_init, delta=0.002)
 _add_family("full_bce", _full_bce)
+_add_family("logit_adjusted_ce", _logit_adjusted_ce, multilabel=False,
+            tau=1.0)
+_add_family("balanced_softmax", _logit_adjusted_ce, multilabel=False,
+            tau=1.0)
 
 
 # ---------------------------------------------------------------------------
@@ -471,6 +495,11 @@ def from_config(config, context: LossContext) -> Loss:
           f"loss {config.loss!r} needs the expected number of positives per "
           "example: set loss_options.expected_positives, or use a dataset "
           "with strong labels (the synthetic corpus), which gives its mean")
+    if "tau" in options and not context.class_counts:
+      raise registry.ConfigError(
+          f"loss {config.loss!r} needs the train split's label counts "
+          "(label_counts.json beside the records, which builds since "
+          "then write): build the dataset again")
     loss = loss.bind(options, context)
   asset = dict(config.get("asset_reg", {}) or {})
   if asset.get("weight"):

@@ -376,9 +376,12 @@ def _check_best_metric(best_metric: str,
 def loss_context(builder: tfds.core.DatasetBuilder, train_split: str,
                  steps_per_epoch: int, mesh) -> losses.LossContext:
   """What the loss needs from the data: per-example rows, expected
-  positives (from strong labels, where the records have them)."""
+  positives (from strong labels, where the records have them), the train
+  split's label counts."""
   sources = data.label_sources(builder)
+  counts = (data.label_counts(builder) or {}).get(train_split, ())
   return losses.LossContext(
+      class_counts=tuple(float(n) for n in counts),
       num_examples=int(sources["example_index_size"].get(
           train_split, builder.info.splits[train_split].num_examples)),
       num_assets=int(sources["asset_index_size"].get(train_split, 0)),

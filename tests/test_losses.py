@@ -6,8 +6,10 @@ import ml_collections
 import numpy as np
 import pytest
 
+from inatsounds_jax import data
 from inatsounds_jax import losses
 from inatsounds_jax import registry
+from inatsounds_jax import train
 
 # Two examples, four classes. Example 0: positive class 1, class 3 a known
 # negative (from a prior). Example 1: positive class 0, nothing else known.
@@ -286,3 +288,48 @@ def test_state_specs_shard_only_rows():
   assert specs["rows"]["a"] == losses.P("data")
   assert specs["loss"]["b"] == losses.P()
 
+
+
+# -- The long tail -------------------------------------------------------------
+
+def test_logit_adjustment_adds_tau_log_prior_before_the_softmax():
+  context = losses.LossContext(class_counts=(3.0, 1.0, 0.0))
+  loss = losses.from_config(config(loss="logit_adjusted_ce"), context)
+  assert not loss.multilabel
+  target = jnp.array([[0.0, 1.0, 0.0]])
+  value, _ = loss(jnp.zeros((1, 3)), target, {}, loss.init(3))
+  # Priors 3 : 1 : 0.5 (a label never seen counts half an example).
+  prior = np.array([3.0, 1.0, 0.5]) / 4.5
+  np.testing.assert_allclose(value, -np.log(prior[1] / prior.sum()),
+                             rtol=1e-6)
+  # tau = 0 is the plain softmax cross-entropy.
+  plain = losses.from_config(config(loss="logit_adjusted_ce",
+                                    loss_options={"tau": 0.0}), context)
+  logits = jnp.array([[0.3, -1.0, 2.0]])
+  np.testing.assert_allclose(
+      plain(logits, target, {}, ())[0],
+      losses.LOSSES.get("softmax_ce")(logits, target, {}, ())[0], rtol=1e-6)
+
+
+def test_balanced_softmax_is_ren_et_al_s_count_weighted_softmax():
+  counts = (5.0, 2.0, 1.0)
+  loss = losses.from_config(config(loss="balanced_softmax"),
+                            losses.LossContext(class_counts=counts))
+  logits = np.array([[0.5, -0.2, 1.0]])
+  weighted = np.exp(logits[0]) * np.array(counts)
+  expected = -np.log(weighted[2] / weighted.sum())
+  value, _ = loss(jnp.asarray(logits), jnp.array([[0.0, 0.0, 1.0]]), {}, ())
+  np.testing.assert_allclose(value, expected, rtol=1e-6)
+
+
+def test_logit_adjustment_without_label_counts_is_refused():
+  with pytest.raises(registry.ConfigError, match="label counts"):
+    losses.from_config(config(loss="balanced_softmax"), losses.LossContext())
+
+
+def test_the_run_gives_the_loss_its_train_split_label_counts(small_dataset):
+  context = train.loss_context(small_dataset, "train", 1, None)
+  counts = data.label_counts(small_dataset)["train"]
+  assert context.class_counts == tuple(float(n) for n in counts)
+  assert sum(context.class_counts) == (
+      small_dataset.info.splits["train"].num_examples)
