@@ -270,3 +270,19 @@ def test_an_output_folder_holding_other_files_is_refused_by_its_flag(
                      match=rf"--output={tmp_path} holds notes.txt"):
     custom_classifier.train_linear(settings, log=lambda line: None)
   assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+def test_custom_heads_stack_on_one_backbone(custom, small_corpus, tmp_path):
+  settings, _, _ = custom
+  more = _class_folders(small_corpus, "train", tmp_path / "more", range(3, 5))
+  stacked = custom_classifier.Settings(
+      train=str(more), base=settings.output, output=str(tmp_path / "both"),
+      keep_base_classes=True, validation_fraction=0.25)
+  custom_classifier.train_linear(stacked, log=lambda line: None)
+  first = inference.Predictor(settings.output)
+  both = inference.Predictor(stacked.output)
+  assert both.labels[:3] == first.labels and len(both.labels) == 5
+  path = inference.find_audio(str(more))[0][0]
+  np.testing.assert_allclose(both.predict_file(path).probabilities[:, :3],
+                             first.predict_file(path).probabilities,
+                             rtol=1e-5, atol=1e-6)
