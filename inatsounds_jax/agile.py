@@ -3,7 +3,9 @@
     # 1. Embed a folder of recordings (resumable: a second run embeds only
     #    what is new).
     python -m inatsounds_jax.agile embed --store=STORE --model=MODEL \\
-        --input=RECORDINGS [--hop_seconds=SECONDS]
+        --input=RECORDINGS [--hop_seconds=SECONDS] [--predictions=DIR]
+    #    (--predictions: take what `predict --embeddings` wrote there
+    #    with the same model and hop, computing only the rest)
     # 2. Search by example (a clip, or a span of it): the nearest windows,
     #    with an empty `label` column to fill.
     python -m inatsounds_jax.agile search --store=STORE --model=MODEL \\
@@ -55,6 +57,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                      "one keeps its own).", **fv)
   flags.DEFINE_integer("batch_size", 32, "embed: windows per model call.",
                        **fv)
+  flags.DEFINE_string("predictions", "", "embed: a prediction folder "
+                      "(predict --embeddings, same model and hop) whose "
+                      "embeddings are taken instead of computed.", **fv)
   flags.DEFINE_string("example", None, "search: the example clip.", **fv)
   flags.DEFINE_float("start", None, "search: the example's span start (s).",
                      **fv)
@@ -97,7 +102,8 @@ def run(step: str, f: flags.FlagValues) -> str:
   if step == "embed":
     store = agile_modelling.embed(f.store, f.model, f.input,
                                   hop_seconds=f.hop_seconds,
-                                  batch_size=f.batch_size)
+                                  batch_size=f.batch_size,
+                                  predictions=f.predictions)
     return (f"{store.folder}: {len(store.recordings)} recordings, "
             f"hop {store.hop_seconds} s")
   if step == "search":

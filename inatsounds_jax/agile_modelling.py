@@ -155,10 +155,14 @@ def open_store(folder: str, model: str | trained_lib.TrainedModel | None
 
 def embed(folder: str, model: str | trained_lib.TrainedModel, inputs: str,
           hop_seconds: float = inference.DEFAULT_HOP_SECONDS,
-          batch_size: int = 32, log=None) -> embedding_store.EmbeddingStore:
+          batch_size: int = 32, log=None, predictions: str = ""
+          ) -> embedding_store.EmbeddingStore:
   """Embeds the recordings under `inputs` (a file, folder or list:
   `audio.find_audio`) into the store at `folder` (new, or resumed: only
   what it lacks is embedded); unreadable files are logged and left out.
+  `predictions`: a folder `predict --embeddings` wrote with the same model
+  and hop, whose embeddings are taken first
+  (`EmbeddingStore.add_from_predictions`).
 
   Raises:
     embedding_store.StoreError: `folder` holds another model's store or
@@ -170,6 +174,9 @@ def embed(folder: str, model: str | trained_lib.TrainedModel, inputs: str,
     model = trained_lib.load(model)
   store = embedding_store.EmbeddingStore.create_or_open(
       folder, model, hop_seconds=hop_seconds, batch_size=batch_size)
+  if predictions:
+    added, _ = store.add_from_predictions(predictions)
+    log(f"took the embeddings of {added} recordings from {predictions}")
   paths = [path for path, _ in audio.find_audio(inputs)]
   for path, reason in store.add(paths):
     log(f"skipped {path}: {reason}")

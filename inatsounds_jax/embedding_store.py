@@ -4,13 +4,16 @@
     store = embedding_store.EmbeddingStore.create_or_open(
         "STORE", model, hop_seconds=1.5)
     problems = store.add(audio_paths)    # what is missing; resumable
+    added, problems = store.add_from_predictions("PREDICTIONS")
     hits = store.search_by_example("call.wav", k=20)
 
 A store holds, for every recording, the embedding of each of its windows
 (`Classifier.infer`'s embedding, the input of the model's head) and the
 windows' times. Windows are the prediction's (`inference.Predictor`: the
 dense evaluation layout at the store's hop), so an embedding found here is
-the one `predict --embeddings` writes for the same window.
+the one `predict --embeddings` writes for the same window, and
+`add_from_predictions` takes a prediction folder's embeddings instead of
+computing them (its settings.json must name the same model and hop).
 
 Layout (local files; written by `add`, read memory-mapped):
 
@@ -49,6 +52,7 @@ import numpy as np
 from inatsounds_jax import audio
 from inatsounds_jax import inference
 from inatsounds_jax import registry
+from inatsounds_jax import tables
 from inatsounds_jax import trained as trained_lib
 
 STORE_FORMAT = 1
@@ -269,28 +273,37 @@ class EmbeddingStore:
           self._model, hop_seconds=self.hop_seconds,
           batch_size=self._batch_size)
     digests = dict(group)
-    embeddings, times, rows, problems = [], [], [], []
-    first = 0
+    found, problems = [], []
     for path, result in self._predictor.predict_files(
         [(path, np.nan, np.nan) for path, _ in group]):
       if isinstance(result, Exception):
         problems.append((path, str(result)))
         continue
-      embeddings.append(result.embeddings)
-      times.append(np.stack([result.start_s, result.end_s], axis=1))
-      rows.append(Recording(digest=digests[path], path=path,
-                            duration_s=float(result.duration_s),
+      found.append((path, digests[path], float(result.duration_s),
+                    result.embeddings,
+                    np.stack([result.start_s, result.end_s], axis=1)))
+    self._write_shard(found)
+    return problems
+
+  def _write_shard(self, found: list[tuple[str, str, float, np.ndarray,
+                                           np.ndarray]]) -> None:
+    """One shard of (path, digest, duration, embeddings, times) per
+    recording, then the index naming it."""
+    if not found:
+      return
+    rows, first = [], 0
+    for path, digest, duration, embeddings, _ in found:
+      rows.append(Recording(digest=digest, path=path, duration_s=duration,
                             shard=self.num_shards, first_row=first,
-                            num_rows=len(result.embeddings)))
-      first += len(result.embeddings)
-    if not rows:
-      return problems
+                            num_rows=len(embeddings)))
+      first += len(embeddings)
     base = self._shard_base(self.num_shards)
     np.save(base + EMBEDDINGS_SUFFIX,
-            np.concatenate(embeddings).astype(np.float32))
-    np.save(base + TIMES_SUFFIX, np.concatenate(times).astype(np.float64))
+            np.concatenate([f[3] for f in found]).astype(np.float32))
+    np.save(base + TIMES_SUFFIX,
+            np.concatenate([f[4] for f in found]).astype(np.float64))
     if self.description["embedding_dim"] is None:
-      self.description["embedding_dim"] = int(embeddings[0].shape[1])
+      self.description["embedding_dim"] = int(found[0][3].shape[1])
       _write_json(os.path.join(self.folder, DESCRIPTION_FILE),
                   self.description)
     self.num_shards += 1
@@ -300,7 +313,74 @@ class EmbeddingStore:
         "num_shards": self.num_shards,
         "recordings": [dataclasses.asdict(r)
                        for r in self.recordings.values()]})
-    return problems
+
+  def add_from_predictions(self, folder: str, flush_every: int = 64
+                           ) -> tuple[int, list[tuple[str, str]]]:
+    """Takes the embeddings `predict --embeddings` wrote into `folder`
+    instead of computing them: (recordings added, problems).
+
+    The folder's settings.json must name this store's model (the same
+    variables and config) and hop; each recording of its `--input` whose
+    embeddings file is complete and which the store lacks is added (the
+    windows are the same ones: the prediction's). Recordings without a
+    file (not predicted yet, or failed) are problems, for `add`.
+
+    Raises:
+      StoreError: no settings.json, another model or hop, or a store
+        opened to read only.
+    """
+    if self._model is None:
+      raise StoreError(f"{self.folder} was opened to read; open it with "
+                       "create_or_open(folder, model) to add recordings")
+    settings_path = os.path.join(folder, tables.SETTINGS_FILE)
+    try:
+      with open(settings_path, encoding="utf-8") as f:
+        settings = json.load(f)
+    except (OSError, ValueError) as e:
+      raise StoreError(f"{settings_path}: not a prediction folder's "
+                       f"settings ({e})") from None
+    fmt = settings.get("embeddings") or ""
+    if not fmt:
+      raise StoreError(f"{folder}: predict wrote no embeddings there (run "
+                       "it with --embeddings=npz or parquet)")
+    hop = float(settings.get("hop_seconds", -1.0))
+    frontend = self._model.model.frontend
+    if (inference.stride_frames(hop, frontend) != inference.stride_frames(
+        self.hop_seconds, frontend)
+        or model_fingerprint(trained_lib.load(settings["model"]),
+                             self.hop_seconds)
+        != self.description["model_fingerprint"]):
+      raise StoreError(
+          f"{folder} holds embeddings of {settings.get('model')} at a "
+          f"{hop} s hop; this store is of {self.description['model']} at "
+          f"{self.hop_seconds} s")
+    files = inference.find_audio(settings["input"])
+    names = tables.output_names([relative for _, relative in files])
+    found, problems, seen, added = [], [], set(self.recordings), 0
+    for (path, _), name in zip(files, names):
+      arrays_path = tables.output_paths(os.path.join(folder, name), [],
+                                        fmt)[fmt]
+      if not os.path.exists(arrays_path):
+        problems.append((path, f"no embeddings file {arrays_path}"))
+        continue
+      try:
+        digest = content_digest(path)
+      except audio.AudioError as e:
+        problems.append((path, str(e)))
+        continue
+      if digest in seen:
+        continue
+      seen.add(digest)
+      arrays = tables.read_embeddings(arrays_path)
+      times = np.stack([arrays["start_s"], arrays["end_s"]], axis=1)
+      found.append((path, digest, float(audio.header_seconds(path)
+                                        or times[-1, 1]),
+                    arrays["embeddings"], times))
+      if len(found) == flush_every:
+        self._write_shard(found)
+        added, found = added + len(found), []
+    self._write_shard(found)
+    return added + len(found), problems
 
   # -- Reading -----------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import pytest
 
 from inatsounds_jax import embedding_store
 from inatsounds_jax import inference
+from inatsounds_jax import predict
 from inatsounds_jax import trained as trained_lib
 
 import model_workdir
@@ -104,3 +105,37 @@ def test_a_store_of_another_model_or_hop_is_refused(model, tmp_path):
                      match="is not an embedding store"):
     embedding_store.EmbeddingStore.create_or_open(str(tmp_path / "other"),
                                                   model)
+
+
+def test_a_prediction_folders_embeddings_fill_the_store_as_add_would(
+    model, recordings, tmp_path):
+  workdir = model_workdir.make_workdir(str(tmp_path / "model"))
+  folder = tmp_path / "recordings"
+  folder.mkdir()
+  paths = next(iter(recordings.values()))[:2]
+  for path in paths:
+    shutil.copy(path, folder)
+  predicted = tmp_path / "predicted"
+  predict.run(inference.Predictor(workdir), str(folder), str(predicted),
+              predict.RunOptions(selection=inference.Selection(0.5),
+                                 embeddings="npz"))
+  taken = embedding_store.EmbeddingStore.create_or_open(
+      str(tmp_path / "taken"), model)
+  added, problems = taken.add_from_predictions(str(predicted))
+  assert (added, problems) == (2, [])
+  computed = embedding_store.EmbeddingStore.create_or_open(
+      str(tmp_path / "computed"), model)
+  computed.add([str(folder / os.path.basename(p)) for p in paths])
+  for digest in computed.recordings:
+    for mine, theirs in zip(taken.windows_of(digest),
+                            computed.windows_of(digest)):
+      np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+  # Taken again: nothing new.
+  assert taken.add_from_predictions(str(predicted)) == (0, [])
+  # Another model's predictions are refused.
+  other = trained_lib.load(model_workdir.make_workdir(
+      str(tmp_path / "other"), seed=3))
+  store = embedding_store.EmbeddingStore.create_or_open(
+      str(tmp_path / "other_store"), other)
+  with pytest.raises(embedding_store.StoreError, match="this store is of"):
+    store.add_from_predictions(str(predicted))
