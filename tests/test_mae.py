@@ -211,3 +211,17 @@ def test_figures_show_input_masked_input_and_denormalised_reconstruction():
       (predictions[0, 6] * std[0, 6] + mean[0, 6]).reshape(16, 16),
       rtol=1e-6)
   np.testing.assert_array_equal(rebuilt[:16, :16], image[0, :16, :16, 0])
+
+
+def test_figures_draw_the_highest_band_at_the_top(monkeypatch, tmp_path):
+  # The frontend puts the highest mel band in row 0, so row 0 is drawn at
+  # the top (origin "upper"), as every spectrogram of the library.
+  from inatsounds_jax import plots  # pylint: disable=g-import-not-at-top
+  from inatsounds_jax.evaluators import reconstruction  # pylint: disable=g-import-not-at-top
+  drawn = []
+  monkeypatch.setattr(plots, "save", lambda fig, path: drawn.append(fig))
+  image = np.arange(8 * 16, dtype=np.float32).reshape(8, 16)
+  reconstruction.plot_reconstructions(str(tmp_path / "r.png"),
+                                      [(image, image, image)])
+  (fig,) = drawn
+  assert {im.origin for ax in fig.axes for im in ax.images} == {"upper"}

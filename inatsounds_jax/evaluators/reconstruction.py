@@ -59,7 +59,8 @@ def plot_reconstructions(path: str, examples: list[tuple[np.ndarray, ...]]
     for c, (title, image) in enumerate(zip(
         ("input", "masked input", "reconstruction"), images)):
       ax = axes[r, c]
-      ax.imshow(image, origin="lower", aspect="auto", vmin=low, vmax=high,
+      # Row 0 is the highest band (frontend.py): drawn at the top.
+      ax.imshow(image, origin="upper", aspect="auto", vmin=low, vmax=high,
                 cmap="magma")
       ax.set_xticks([])
       ax.set_yticks([])
