@@ -53,9 +53,11 @@ def test_assume_negative_bce_is_an_summed_over_classes():
   assert summed == pytest.approx(4 * an, rel=1e-5)
 
 
-def test_an_ls_smooths_every_target_to_0_95_and_0_05():
+def test_an_ls_smooths_unknown_entries_and_keeps_known_ones_hard():
   value, _ = value_of(losses.LOSSES.get("an_ls"))
-  smoothed = np.where(TARGETS == 1, 0.95, 0.05)
+  # Known: the positives and example 0's class 3 (a prior's negative).
+  smoothed = np.where(MASK == 1, TARGETS, 0.05)
+  assert smoothed[0, 3] == 0.0 and smoothed[0, 1] == 1.0
   assert value == pytest.approx(np_bce(LOGITS, smoothed).mean(), rel=1e-5)
 
 
@@ -221,7 +223,11 @@ def test_asset_regularisation_adds_bce_to_the_running_average():
   state = loss.init(4)
   table = np.asarray(state["rows"]["asset"], np.float64)
   value, new = value_of(loss, state=state)
-  average = MASK * TARGETS + (1 - MASK) * table[[3, 1]]
+  # Known positives are pinned to 1; the known negative (example 0, class
+  # 3) is not pinned: it keeps the running average.
+  positive = MASK * TARGETS
+  average = positive * TARGETS + (1 - positive) * table[[3, 1]]
+  assert average[0, 3] == table[3, 3]
   expected = (np_bce(LOGITS, TARGETS).mean() +
               0.5 * np_bce(LOGITS, average).mean())
   assert value == pytest.approx(expected, rel=1e-5)
