@@ -48,7 +48,7 @@ METRIC = "no_prior/window_map"
 # Rows whose loss never reads the mask of known entries (prior negatives are
 # negatives already) or that train on full labels: their +geo and +checklist
 # cells equal target-only, so they are not run again.
-MASK_FREE = ("full_bce", "an", "an_ls", "mean_teacher")
+MASK_FREE = ("full_bce", "an", "mean_teacher")
 
 
 def placeholder_config(seed: int, args) -> dict:
