@@ -30,8 +30,9 @@ def test_unknown_loss_is_one_line_listing_the_choices(tmp_path):
   assert "Traceback" not in result.stderr
   assert result.stderr.strip().splitlines()[-1] == (
       "error: unknown loss 'ce'; choose from ['an', 'an_ls', "
-      "'assume_negative_bce', 'em', 'epr', 'full_bce', 'll_cp', 'll_ct', "
-      "'ll_r', 'role', 'softmax_ce', 'wan']")
+      "'assume_negative_bce', 'balanced_softmax', 'em', 'epr', 'full_bce', "
+      "'ll_cp', 'll_ct', 'll_r', 'logit_adjusted_ce', 'role', 'softmax_ce', "
+      "'wan']")
 
 
 def test_unknown_job_is_one_line(tmp_path):
