@@ -44,9 +44,11 @@ every loss averaged over batch x classes:
   rows in the batch take an SGD step on R(G, f) (per-entry gradient,
   `label_learning_rate`), where the original trains G with the model's
   Adam at 10x its learning rate.
-- `ll_r`, `ll_ct`, `ll_cp`: among unknown entries of the batch, the largest
-  BCE(z, 0) losses, a fraction r of them (exactly ceil(r x unknowns); ties
-  to the lower batch-major index), are rejected (loss 0), corrected for this
+- `ll_r`, `ll_ct`, `ll_cp`: the largest BCE(z, 0) losses among the
+  batch's unknown entries, floor(r x B x C) of them (Kim et al. take the
+  fraction over batch x classes; no floor of one entry, which with prior
+  negatives would flip a checklist unknown in nearly every batch; ties to
+  the lower batch-major index), are rejected (loss 0), corrected for this
   step (loss against 1), or corrected for good (a per-example table marks
   them known positives). In epoch t (from 1) r = delta (t - 1) for LL-R and
   LL-Ct, and r = delta from epoch 2 for LL-Cp (Kim et al.'s schedule; the
@@ -345,10 +347,11 @@ def _role(logits, targets, batch, state, *, options, context):
 
 def large_loss_selection(losses: jax.Array, unknown: jax.Array,
                          fraction: jax.Array) -> jax.Array:
-  """bool `[batch, classes]`: the ceil(fraction x unknowns) largest losses
-  among unknown entries; ties go to the lower batch-major index."""
+  """bool `[batch, classes]`: the floor(fraction x batch x classes) largest
+  losses among unknown entries (all of them if fewer); ties go to the
+  lower batch-major index."""
   flat = jnp.where(unknown, losses, -jnp.inf).reshape(-1)
-  count = jnp.ceil(fraction * unknown.sum()).astype(jnp.int32)
+  count = jnp.floor(fraction * flat.size).astype(jnp.int32)
   order = jnp.argsort(-flat, stable=True)
   rank = jnp.zeros_like(order).at[order].set(jnp.arange(order.size))
   return ((rank < count) & unknown.reshape(-1)).reshape(losses.shape)

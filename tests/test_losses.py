@@ -103,7 +103,7 @@ def test_full_bce_counts_known_entries_only():
 def test_large_loss_selection_breaks_ties_by_lower_index():
   loss_values = jnp.array([[1.0, 3.0, 3.0], [3.0, 0.5, 2.0]])
   unknown = jnp.array([[True, True, True], [True, False, True]])
-  # 5 unknowns x 0.4 -> 2 chosen; three tie at 3.0: the first two win.
+  # 6 entries x 0.4 -> 2 chosen; three tie at 3.0: the first two win.
   chosen = losses.large_loss_selection(loss_values, unknown, 0.4)
   np.testing.assert_array_equal(chosen, [[False, True, True],
                                          [False, False, False]])
@@ -113,10 +113,22 @@ def test_large_loss_selection_breaks_ties_by_lower_index():
   np.testing.assert_array_equal(chosen, [[False, True]])
 
 
+def test_large_loss_fraction_is_of_batch_times_classes_with_no_floor():
+  loss_values = jnp.arange(8.0).reshape(2, 4)
+  unknown = jnp.array([[True, True, False, False], [True, True, True, True]])
+  # 0.1 x 8 entries rounds below one: nothing (a floor of one would pick
+  # the largest unknown every batch).
+  assert not losses.large_loss_selection(loss_values, unknown, 0.1).any()
+  # 0.3 x 8 = 2.4 -> the 2 largest unknown losses (of all 6 unknowns).
+  np.testing.assert_array_equal(
+      losses.large_loss_selection(loss_values, unknown, 0.3),
+      [[False, False, False, False], [False, False, True, True]])
+
+
 def ll_expected(rate, correct):
   per_entry = np_bce(LOGITS, TARGETS)
   unknown = np.argwhere(MASK == 0)
-  count = int(np.ceil(rate * len(unknown)))
+  count = int(np.floor(rate * MASK.size))
   ranked = sorted(unknown.tolist(), key=lambda bc: -per_entry[tuple(bc)])
   out = per_entry.copy()
   for b, c in ranked[:count]:
@@ -130,7 +142,7 @@ def test_ll_r_and_ll_ct_follow_the_epoch_schedule(name, correct):
   # Epoch 1 (steps 0-9): unmodified, i.e. AN.
   value, _ = value_of(loss, dict(BATCH, step=jnp.asarray(9)))
   assert value == pytest.approx(ll_expected(0.0, correct), rel=1e-5)
-  # Epoch 3: r = 0.2 x 2 = 0.4 of the 5 unknowns -> 2 entries.
+  # Epoch 3: r = 0.2 x 2 = 0.4 of the 8 entries -> the 3 largest unknowns.
   value, _ = value_of(loss, dict(BATCH, step=jnp.asarray(25)))
   assert value == pytest.approx(ll_expected(0.4, correct), rel=1e-5)
   assert value != pytest.approx(ll_expected(0.0, correct), rel=1e-5)
@@ -143,7 +155,7 @@ def test_ll_cp_corrects_permanently_from_epoch_two():
   value, state = value_of(loss, dict(BATCH, step=jnp.asarray(3)), state)
   assert value == pytest.approx(ll_expected(0.0, True), rel=1e-5)
   assert not np.asarray(state["rows"]["corrected"]).any()
-  # Epoch 2: ceil(0.2 x 5) = 1 entry, the largest unknown loss BCE(z, 0):
+  # Epoch 2: floor(0.2 x 8) = 1 entry, the largest unknown BCE(z, 0):
   # example 0's class 0 (logit 0.5, above 0.3, -0.5, -1.0 and -2.0).
   value, state = value_of(loss, dict(BATCH, step=jnp.asarray(10)), state)
   assert value == pytest.approx(ll_expected(0.2, True), rel=1e-5)
