@@ -122,7 +122,10 @@ class LabelObserver:
               "label_mask": mask}
     label = np.asarray(batch["label"])
     positives = np.zeros((len(label), self.num_classes), np.float32)
-    positives[np.arange(len(label)), label] = 1
+    # -1: no labelled species (a soundscape chunk without a call, an
+    # unlabelled folder's window): no positive, nothing known from it.
+    labelled = label >= 0
+    positives[np.flatnonzero(labelled), label[labelled]] = 1
     targets, mask = self.mode.observe(
         {k: np.asarray(v) for k, v in batch.items()}, positives, self)
     return {"targets": np.asarray(targets, np.float32),

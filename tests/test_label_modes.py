@@ -36,6 +36,18 @@ def test_target_only_knows_only_the_positive():
   assert out["targets"].dtype == out["label_mask"].dtype == np.float32
 
 
+def test_an_unlabelled_window_has_no_positive_and_full_reads_its_calls():
+  # Label -1 (a soundscape chunk with no labelled call): no positive, and
+  # never the last class by negative indexing.
+  batch = dict(BATCH, label=np.array([1, -1, 2]))
+  out = observer("target_only")(batch)
+  np.testing.assert_array_equal(out["targets"][1], np.zeros(4))
+  np.testing.assert_array_equal(out["label_mask"][1], np.zeros(4))
+  full = observer("full")(batch)
+  np.testing.assert_array_equal(full["targets"][1],
+                                BATCH["audible_in_window"][1])
+
+
 def test_geo_makes_out_of_range_species_known_negatives():
   # Presence: species d lives only north of the equator, c nowhere; the
   # range model does not cover a.
