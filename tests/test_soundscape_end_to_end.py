@@ -26,7 +26,7 @@ def test_a_model_trained_on_the_corpus_finds_its_species_in_soundscapes(
   workdir = str(tmp_path / "model")
   c = config_defaults.tiny(config_defaults.classifier())
   c.update(data_dir=data_dir, model="placeholder", optimizer="adam",
-           learning_rate=0.03, weight_decay=0.0, num_epochs=40.0,
+           learning_rate=0.03, weight_decay=0.0, num_epochs=25.0,
            frontend_preset="inatsounds_float", checkpoint_every_steps=1000)
   c.image.size = None
   c.image.channels = 1
