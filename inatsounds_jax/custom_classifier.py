@@ -787,9 +787,10 @@ def _finetune_config(settings: Settings, base: trained_lib.TrainedModel,
            optimizer="adam", learning_rate=settings.finetune_learning_rate,
            batch_size=settings.finetune_batch_size,
            eval_batch_size=settings.finetune_batch_size, seed=settings.seed,
-           range_model=None, geo_prior="", geo_ceiling_prior="",
-           checkpoint_every_steps=1000,
+           geo_prior="", geo_ceiling_prior="", checkpoint_every_steps=1000,
            log_every_steps=10)
+  # Assigned, not updated: a recipe's range-model job is a ConfigDict.
+  c.range_model = None
   c.dataset_options = {**train_set, **fields}
   c.train_split = "test"  # The builder's one split.
   c.mean_teacher.weight = 0.0

@@ -3,9 +3,11 @@ folders of synthetic recordings, an initialised placeholder base (its
 embedding, the time-averaged mel spectrum, separates the corpus's
 species)."""
 
+import importlib.util
 import json
 import os
 import shutil
+import types
 
 import jax
 import numpy as np
@@ -286,3 +288,25 @@ def test_custom_heads_stack_on_one_backbone(custom, small_corpus, tmp_path):
   np.testing.assert_allclose(both.predict_file(path).probabilities[:, :3],
                              first.predict_file(path).probabilities,
                              rtol=1e-5, atol=1e-6)
+
+
+def test_finetune_runs_the_base_recipe_without_its_own_prior_job(tmp_path):
+  # The quickstart's recipe trains a range model first (a ConfigDict job):
+  # fine-tuning on class folders has no locations, so it is dropped.
+  spec = importlib.util.spec_from_file_location(
+      "quickstart", os.path.join(os.path.dirname(__file__), os.pardir,
+                                 "configs", "quickstart.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  base = types.SimpleNamespace(config=module.get_config())
+  settings = custom_classifier.Settings(train="T", base="B",
+                                        output=str(tmp_path / "o"),
+                                        mode="finetune")
+  c = custom_classifier._finetune_config(  # pylint: disable=protected-access
+      settings, base, {"audio": "A"}, {"audio": "V"},
+      [{"species": "X y", "common_name": ""}])
+  assert c.range_model is None and c.geo_prior == ""
+  assert (c.dataset, c.label_mode, c.init_checkpoint) == ("soundscapes",
+                                                          "full", "B")
+  assert c.evals.validation.soundscapes.audio == "V"
+  assert c.model == "mobilenet_v3_small"  # The base's backbone.
