@@ -791,6 +791,12 @@ def _finetune_config(settings: Settings, base: trained_lib.TrainedModel,
            log_every_steps=10)
   # Assigned, not updated: a recipe's range-model job is a ConfigDict.
   c.range_model = None
+  # The base's data-bound settings do not carry over: its loss's options,
+  # its curated windows, its sources, asset rows and teacher.
+  c.loss_options = {}
+  c.train_window_filter = ""
+  c.pretrain_sources = {}
+  c.asset_reg.weight = 0.0
   c.dataset_options = {**train_set, **fields}
   c.train_split = "test"  # The builder's one split.
   c.mean_teacher.weight = 0.0

@@ -290,7 +290,8 @@ def test_custom_heads_stack_on_one_backbone(custom, small_corpus, tmp_path):
                              rtol=1e-5, atol=1e-6)
 
 
-def test_finetune_runs_the_base_recipe_without_its_own_prior_job(tmp_path):
+def test_finetune_runs_the_base_recipe_without_its_data_bound_settings(
+    tmp_path):
   # The quickstart's recipe trains a range model first (a ConfigDict job):
   # fine-tuning on class folders has no locations, so it is dropped.
   spec = importlib.util.spec_from_file_location(
@@ -298,7 +299,11 @@ def test_finetune_runs_the_base_recipe_without_its_own_prior_job(tmp_path):
                                  "configs", "quickstart.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  base = types.SimpleNamespace(config=module.get_config())
+  recipe = module.get_config()
+  recipe.update(loss="ll_r", train_window_filter="keep.csv")
+  recipe.loss_options = {"delta": 0.1}
+  recipe.asset_reg.weight = 1.0
+  base = types.SimpleNamespace(config=recipe)
   settings = custom_classifier.Settings(train="T", base="B",
                                         output=str(tmp_path / "o"),
                                         mode="finetune")
@@ -306,6 +311,9 @@ def test_finetune_runs_the_base_recipe_without_its_own_prior_job(tmp_path):
       settings, base, {"audio": "A"}, {"audio": "V"},
       [{"species": "X y", "common_name": ""}])
   assert c.range_model is None and c.geo_prior == ""
+  # Nothing bound to the base's data or loss carries over.
+  assert (c.loss, dict(c.loss_options), c.train_window_filter,
+          c.asset_reg.weight) == ("assume_negative_bce", {}, "", 0.0)
   assert (c.dataset, c.label_mode, c.init_checkpoint) == ("soundscapes",
                                                           "full", "B")
   assert c.evals.validation.soundscapes.audio == "V"
