@@ -32,6 +32,17 @@ What makes learning on it mean something:
   from the species' ranges (some missing), dates by split year, and val/test
   species a subset of the train species.
 
+A harder world, for ranking methods rather than for a quick start, is a
+set of options, all off by default (`CorpusConfig.hard`, the command's
+--world=hard): several call types per species and individual variation;
+look-alikes sharing a range; species on one continent, so that about half
+of a recording's other species are still unknown after the geographic
+prior, as in the Merlin L48 study; dense choruses of the place's species;
+callers at a distance (level and low-pass) in reverberant habitat; rain,
+wind gusts and engines over the steady noise.
+`benchmarks/synthetic_realism.py` sets its listening-level statistics
+beside real recordings'.
+
 With --soundscapes N it writes, instead of the corpus, N long field
 recordings of several of the corpus's species (the same --seed and
 --num_species give the same species and calls) with one Raven selection
@@ -57,6 +68,7 @@ import time
 
 import numpy as np
 import scipy.fft
+import scipy.signal
 
 from inatsounds_jax import audio as audio_lib
 from inatsounds_jax import registry
@@ -64,6 +76,13 @@ from inatsounds_jax import release
 from inatsounds_jax import sphere
 
 SR = audio_lib.SAMPLE_RATE
+# Random streams beside the main one, keyed `(seed, index, stream)`: each
+# option of the harder world draws from them only when on, so the main
+# stream, and the default corpus, stay as they were (`make_checklist`'s
+# stream is 1).
+_CHORUS_STREAM = 3  # Index: the spec's, in the order specs are made.
+_SOUND_WORLD_STREAM = 4  # Index: the recording's audio_id.
+_SPECIES_WORLD_STREAM = 5  # Index: 0.
 # What the generator wrote (relative paths) and with which config; it never
 # deletes or overwrites a file that is not listed there.
 MANIFEST = ".synthetic_manifest.json"
@@ -95,6 +114,22 @@ _SYLLABLES = ("ca", "lo", "phi", "ra", "ne", "tur", "mi", "sy", "vi", "do",
 _ADJECTIVES = ("Pale", "Dusky", "Lesser", "Greater", "Spotted", "Rufous",
                "Olive", "Northern", "Southern", "Striped", "Crested", "Ashy",
                "Golden", "Little", "Common", "Mountain", "Marsh", "Forest")
+# Individual variation beyond this would let a parameter's factor reach 0.
+_MAX_INDIVIDUAL_VARIATION = 0.3
+# The distance (m) every caller has when distance is off, and the nearest.
+_NEAR_M = 10.0
+# Habitat excess attenuation, dB per kHz per 100 m: foliage and air absorb
+# high frequencies first (Morton 1975's forest figures are of this order).
+_EXCESS_DB_PER_KHZ_100M = 1.5
+# `CorpusConfig.hard`'s fields (the command's --world=hard).
+HARD_WORLD = dict(
+    num_species=120, num_recordings=3000, num_realms=1,
+    lookalike_pair_fraction=0.4, lookalike_shared_range_fraction=0.5,
+    call_types_per_species=3, individual_variation=0.08, chorus_density=3.0,
+    max_distance_m=200.0, reverb_prob=0.5, rain_prob=0.2, wind_gust_prob=0.3,
+    engine_prob=0.2, checklist_site_species=0.4)
+# The command's --world: fields its flags default to.
+WORLDS = {"default": {}, "hard": HARD_WORLD}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,10 +153,63 @@ class CorpusConfig:
   checklist_site_species: float = 0.25
   key_style: str = "audio"  # "audio": audio_id/audio_dir_name; or "image".
   archives: bool = True
+  # The harder world (`hard`); each off by default, and the defaults give
+  # the corpus made before these existed, byte for byte.
+  # Species live in the first `num_realms` of `REALMS` (realm draws folded
+  # onto them; look-alike partners may then share one); 1 is one continent
+  # like the Merlin L48 study's contiguous United States.
+  num_realms: int = len(REALMS)
+  # Call types per species (songs and calls), of its supercategory's
+  # families; each call of a recording is one of them.
+  call_types_per_species: int = 1
+  # Relative spread (standard deviation) of each individual's call
+  # parameters around its species', drawn per recording and caller.
+  individual_variation: float = 0.0
+  # Of look-alike pairs: the share whose second member lives where the
+  # first does (overlapping range circles), so location cannot part them.
+  lookalike_shared_range_fraction: float = 0.0
+  # Mean number (Poisson) of chorus species per recording: species of the
+  # place calling all through it, below the target.
+  chorus_density: float = 0.0
+  # Callers stand 10 m to this far away (log-uniform; 0: all at 10 m):
+  # spreading loss and habitat low-pass (`_propagate`).
+  max_distance_m: float = 0.0
+  # Per recording: the calls reverberate (a decaying noise impulse
+  # response), and non-stationary noises join the background.
+  reverb_prob: float = 0.0
+  rain_prob: float = 0.0
+  wind_gust_prob: float = 0.0
+  engine_prob: float = 0.0
+
+  @classmethod
+  def hard(cls, **overrides) -> "CorpusConfig":
+    """The harder world: 120 species on one continent (like the L48
+    study's), three call types each and individual variation, look-alikes
+    half of them sharing a range, dense choruses, distant and reverberant
+    callers, rain, wind gusts and engines, and checklists listing more of
+    the place's species (`HARD_WORLD`). `overrides` are fields."""
+    return cls(**{**HARD_WORLD, **overrides})
 
   def __post_init__(self):
     """Raises `registry.ConfigError` naming the field (`field=value`) and
     the least it must be."""
+    bounds = {"num_realms": (1, len(REALMS)),
+              "call_types_per_species": (1, math.inf),
+              "individual_variation": (0.0, _MAX_INDIVIDUAL_VARIATION),
+              "chorus_density": (0.0, math.inf)}
+    bounds.update((name, (0.0, 1.0)) for name in (
+        "lookalike_shared_range_fraction", "reverb_prob", "rain_prob",
+        "wind_gust_prob", "engine_prob"))
+    for name, (low, high) in bounds.items():
+      value = getattr(self, name)
+      if not low <= value <= high:
+        raise registry.ConfigError(
+            f"{name}={value}: give " + (f"at least {low}" if high == math.inf
+                                        else f"{low} to {high}"))
+    if self.max_distance_m and self.max_distance_m < _NEAR_M:
+      raise registry.ConfigError(
+          f"max_distance_m={self.max_distance_m}: give 0 (off) or at least "
+          f"{_NEAR_M:g}")
     if self.num_species < 2:
       raise registry.ConfigError(
           f"num_species={self.num_species} is too few: give at least 2")
@@ -218,7 +306,7 @@ def make_species(config: CorpusConfig, rng: np.random.Generator) -> list[dict]:
           family_name=_latin_word(rng, 2).capitalize() + "idae",
           genus=genus, epithet=epithet, call_family=family,
           params=_call_params(family, rng),
-          realm=int(rng.integers(len(REALMS))),
+          realm=int(rng.integers(len(REALMS))) % config.num_realms,
           common_name=f"{rng.choice(_ADJECTIVES)} {rng.choice(nouns)}"))
       names.add(f"{genus} {epithet}")
     # Look-alike pairs: the second member copies the first's genus, family and
@@ -229,11 +317,9 @@ def make_species(config: CorpusConfig, rng: np.random.Generator) -> list[dict]:
       b.update(order=a["order"], family_name=a["family_name"],
                genus=a["genus"], call_family=a["call_family"],
                lookalike_of=2 * i)
-      b["params"] = {k: v * (1.0 + 0.02 * rng.choice((-1, 1)))
-                     if k not in ("notes", "harmonics", "clicks") else v
-                     for k, v in a["params"].items()}
+      b["params"] = _lookalike_params(a["params"], rng)
       b["realm"] = int((a["realm"] + rng.integers(2, len(REALMS) - 1))
-                       % len(REALMS))
+                       % len(REALMS)) % config.num_realms
       while f"{b['genus']} {b['epithet']}" in names:
         b["epithet"] = _latin_word(rng, 2) + "oides"
       names.add(f"{b['genus']} {b['epithet']}")
@@ -250,7 +336,53 @@ def make_species(config: CorpusConfig, rng: np.random.Generator) -> list[dict]:
       first_of_group = next(t for t in species
                             if t["supercategory"] == s["supercategory"])
       s["lookalike_of"] = first_of_group["id"] + s["lookalike_of"]
+  _add_call_types_and_shared_ranges(config, species)
   return species
+
+
+def _add_call_types_and_shared_ranges(config: CorpusConfig,
+                                      species: list[dict]) -> None:
+  """Gives every species its `call_types` (`(family, params)` pairs, the
+  first its own call) and moves the ranges of
+  `lookalike_shared_range_fraction` of look-alike partners onto their
+  first member's.
+
+  Drawn from a stream of their own, so that with both options off the
+  species are the ones made before the options existed. A look-alike's
+  extra call types are its partner's, 2% apart, like its own call.
+  """
+  rng = np.random.default_rng((config.seed, 0, _SPECIES_WORLD_STREAM))
+  families = {s[0]: s[5] for s in SUPERCATEGORIES}
+  for s in species:
+    s["call_types"] = [(s["call_family"], s["params"])]
+    if "lookalike_of" in s:
+      partner = species[s["lookalike_of"]]
+      s["call_types"] += [(family, _lookalike_params(params, rng))
+                          for family, params in partner["call_types"][1:]]
+      if rng.uniform() < config.lookalike_shared_range_fraction:
+        s["realm"] = partner["realm"]
+        s["ranges"] = [_overlapping_circle(r, rng) for r in partner["ranges"]]
+    else:
+      for _ in range(config.call_types_per_species - 1):
+        family = str(rng.choice(families[s["supercategory"]]))
+        s["call_types"].append((family, _call_params(family, rng)))
+
+
+def _lookalike_params(params: dict[str, float], rng: np.random.Generator
+                      ) -> dict[str, float]:
+  """A look-alike's version of a call: each parameter 2% off, counts kept."""
+  return {k: v * (1.0 + 0.02 * rng.choice((-1, 1)))
+          if k not in ("notes", "harmonics", "clicks") else v
+          for k, v in params.items()}
+
+
+def _overlapping_circle(circle: dict, rng: np.random.Generator) -> dict:
+  """A range circle around `circle`: its centre within a third of the
+  radius, its radius 0.8 to 1.2 times, so the two overlap widely."""
+  lat, lon = sphere.random_point_in_range(
+      [dict(circle, radius_km=circle["radius_km"] / 3)], rng)
+  return dict(lat=lat, lon=lon,
+              radius_km=float(circle["radius_km"] * rng.uniform(0.8, 1.2)))
 
 
 # ---------------------------------------------------------------------------
@@ -375,28 +507,158 @@ def background_noise(kind: str, n: int, rng: np.random.Generator
 
 
 NOISE_KINDS = ("white", "pink", "brown", "wind", "rain")
+# Non-stationary noises the harder world adds over `NOISE_KINDS`'s (each
+# with its `CorpusConfig` probability, `<kind>_prob`).
+TRANSIENT_NOISE_KINDS = ("rain", "wind_gust", "engine")
 
 
-def _place_calls(species: dict, n: int, rng: np.random.Generator,
-                 silence: tuple[int, int] | None, max_calls: int | None
+def _bumps(n: int, count: int, min_s: float, max_s: float,
+           rng: np.random.Generator) -> np.ndarray:
+  """`count` smooth bumps (sin^2, `min_s` to `max_s` long, heights 0.5 to
+  1.5) at random places: the time course of a gust or a shower."""
+  out = np.zeros(n)
+  for _ in range(count):
+    length = min(n, max(2, int(rng.uniform(min_s, max_s) * SR)))
+    start = int(rng.integers(0, n - length + 1))
+    out[start:start + length] += rng.uniform(0.5, 1.5) * _envelope(length)
+  return out
+
+
+def transient_noise(kind: str, n: int, rng: np.random.Generator
+                    ) -> np.ndarray:
+  """Unit-RMS non-stationary noise of one kind (`TRANSIENT_NOISE_KINDS`).
+
+  `rain`: a shower of impulsive drops (1 to 6 ms decaying broadband
+  clicks, log-normal sizes) whose rate swells and fades; `wind_gust`:
+  low-frequency noise whose level follows gusts of 0.5 to 3 s over a weak
+  steady wind; `engine`: a harmonic drone at 25 to 110 Hz whose pitch
+  drifts and whose level rises and falls as the vehicle passes. Their
+  energy per frame varies far more than `background_noise`'s.
+  """
+  seconds = n / SR
+  if kind == "rain":
+    shower = _bumps(n, 1 + int(rng.poisson(seconds / 10)), 2.0, 15.0, rng)
+    candidates = rng.integers(0, n, size=max(1, int(seconds * 400)))
+    keep = rng.uniform(size=len(candidates)) * shower.max() < shower[
+        candidates]
+    drops = np.zeros(n)
+    np.add.at(drops, candidates[keep],
+              rng.lognormal(0.0, 1.0, size=int(keep.sum())))
+    click_len = int(rng.uniform(0.001, 0.006) * SR)
+    click = rng.standard_normal(click_len) * np.exp(
+        -np.arange(click_len) / (click_len / 5))
+    out = scipy.signal.fftconvolve(drops, click)[:n]
+  elif kind == "wind_gust":
+    gusts = 0.1 + _bumps(n, 1 + int(rng.poisson(seconds / 4)), 0.5, 3.0, rng)
+    out = _colored_noise(n, 2.5, rng) * gusts
+  elif kind == "engine":
+    t = np.arange(n) / SR
+    f0 = rng.uniform(25, 110) * (1 + 0.1 * np.sin(
+        2 * np.pi * t / rng.uniform(5, 20) + rng.uniform(0, 2 * np.pi)))
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    drone = sum(np.sin(h * phase + rng.uniform(0, 2 * np.pi)) / h
+                for h in range(1, 13))
+    passing = 0.15 + np.exp(-0.5 * ((t - rng.uniform(0, seconds))
+                                    / rng.uniform(1.0, 6.0)) ** 2)
+    out = (drone + 0.3 * _colored_noise(n, 2.0, rng)) * passing
+  else:
+    raise ValueError(f"unknown transient noise kind {kind!r}")
+  return out / (math.sqrt(np.mean(out ** 2)) + 1e-12)
+
+
+def _individual(call_types: list[tuple[str, dict]], variation: float,
+                rng: np.random.Generator) -> list[tuple[str, dict]]:
+  """One individual's versions of its species' call types: each parameter
+  times `1 + variation * z` (z standard normal, within +-2.5, so a factor
+  stays positive up to `_MAX_INDIVIDUAL_VARIATION`); counts kept, duty
+  cycles and harmonic decays kept below 1."""
+  if not variation:
+    return call_types
+  voice = []
+  for family, params in call_types:
+    varied = {}
+    for k, v in params.items():
+      if k not in ("notes", "harmonics", "clicks"):
+        v *= 1.0 + variation * float(np.clip(rng.standard_normal(), -2.5,
+                                             2.5))
+      varied[k] = min(v, 0.95) if k in ("duty", "decay") else v
+    voice.append((family, varied))
+  return voice
+
+
+def _room_response(reverb_prob: float, rng: np.random.Generator
+                   ) -> np.ndarray | None:
+  """With probability `reverb_prob`, a room's impulse response: the direct
+  sound (1) and exponentially decaying noise (reverberation time 0.3 to
+  1.5 s, as under a forest canopy) 0.2 to 0.7 of its energy; else None."""
+  if not rng.uniform() < reverb_prob:
+    return None
+  rt60 = rng.uniform(0.3, 1.5)
+  t = np.arange(int(rt60 * SR)) / SR
+  tail = rng.standard_normal(len(t)) * np.exp(-6.91 * t / rt60)
+  tail *= math.sqrt(rng.uniform(0.2, 0.7) / np.sum(tail ** 2))
+  tail[0] = 1.0
+  return tail
+
+
+def _propagate(signal: np.ndarray, distance_m: float,
+               room: np.ndarray | None) -> np.ndarray:
+  """A caller's signal as heard `distance_m` away in `room`.
+
+  Beyond `_NEAR_M`, habitat excess attenuation takes
+  `_EXCESS_DB_PER_KHZ_100M` dB per kHz per 100 m (a low-pass that deepens
+  with distance); the level (spreading loss) is the caller's (its draw in
+  `synthesize_recording`). `room` (an impulse response) adds its echo,
+  cut at the recording's end. Both are one filter, applied in one FFT;
+  the signal itself when neither applies.
+  """
+  if distance_m <= _NEAR_M and room is None:
+    return signal
+  n = len(signal)
+  m = scipy.fft.next_fast_len(n + (0 if room is None else len(room)),
+                              real=True)
+  excess_db = (_EXCESS_DB_PER_KHZ_100M * scipy.fft.rfftfreq(m, 1.0 / SR)
+               / 1000 * max(distance_m - _NEAR_M, 0.0) / 100)
+  response = 10 ** (-excess_db / 20)
+  if room is not None:
+    response = response * scipy.fft.rfft(room, m)
+  return scipy.fft.irfft(scipy.fft.rfft(signal, m) * response, m)[:n]
+
+
+def _call_type(voice: list[tuple[str, dict]], rng: np.random.Generator
+               ) -> tuple[str, dict]:
+  """One of a caller's call types, drawn only when it has several (so that
+  a single type leaves `rng` as it was)."""
+  return voice[rng.integers(len(voice))] if len(voice) > 1 else voice[0]
+
+
+def _place_calls(voice: list[tuple[str, dict]], n: int,
+                 rng: np.random.Generator, silence: tuple[int, int] | None,
+                 max_calls: int | None, type_rng: np.random.Generator
                  ) -> tuple[np.ndarray, list[tuple[int, int]]]:
-  """A species calling through the recording: signal and call spans."""
+  """A caller calling through the recording: signal and call spans.
+
+  `voice` is its call types (`(family, params)`); each call is one of them
+  (`_call_type` with `type_rng`), then its interval.
+  """
   out = np.zeros(n)
   spans = []
   t = int(rng.uniform(0, min(1.0, n / SR / 3)) * SR)
   while t < n and (max_calls is None or len(spans) < max_calls):
-    call = synthesize_call(species["call_family"], species["params"], rng)
+    family, params = _call_type(voice, type_rng)
+    call = synthesize_call(family, params, rng)
     in_silence = silence is not None and silence[0] <= t < silence[1]
     if not in_silence:
       end = min(n, t + len(call))
       out[t:end] += call[:end - t]
       spans.append((t, end))
-    gap = species["params"]["interval"] * rng.exponential(1.0)
+    gap = params["interval"] * rng.exponential(1.0)
     t += len(call) + int(gap * SR) + 1
     if in_silence:
       t = max(t, silence[1])
   if not spans:  # Always at least one call of the species.
-    call = synthesize_call(species["call_family"], species["params"], rng)
+    family, params = _call_type(voice, type_rng)
+    call = synthesize_call(family, params, rng)
     start = int(rng.integers(0, max(1, n - len(call))))
     end = min(n, start + len(call))
     out[start:end] += call[:end - start]
@@ -416,28 +678,67 @@ def _merge_spans(spans, gap: int) -> list[tuple[int, int]]:
 
 def synthesize_recording(spec: dict, species: list[dict]
                          ) -> tuple[np.ndarray, list[dict]]:
-  """The waveform (int16) and strong labels of one recording spec."""
+  """The waveform (int16) and strong labels of one recording spec.
+
+  The harder world's options (`spec["sound_world"]`, `spec["chorus"]`)
+  draw from the recording's own stream (`_SOUND_WORLD_STREAM`): each
+  caller's individual voice, distance (log-uniform from `_NEAR_M` to
+  `max_distance_m`: every caller is low-passed by it, and a background or
+  chorus caller's level below the target is its spreading loss from
+  `_NEAR_M`; the target keeps its drawn SNR, the recordist's gain following
+  the subject), the room, the transient noises (each 6 dB below to 6 dB
+  above the steady noise). Chorus species
+  call all through the recording, 3 to 12 dB below the target (without
+  distance). Events span the calls as sung, reverberation tails left out.
+  """
   rng = np.random.default_rng(spec["rng_key"])
+  world = spec.get("sound_world", {})
+  world_rng = np.random.default_rng((*spec["rng_key"], _SOUND_WORLD_STREAM))
+  variation = world.get("individual_variation", 0.0)
+  max_distance = world.get("max_distance_m", 0.0)
+
+  def voice(cid):
+    return _individual(species[cid]["call_types"], variation, world_rng)
+
+  def distance():
+    if not max_distance:
+      return _NEAR_M
+    return float(_NEAR_M * (max_distance / _NEAR_M) ** world_rng.uniform())
+
   n = int(round(spec["duration"] * SR))
   silence = None
   if rng.uniform() < spec["silent_stretch_prob"] and n > 3 * SR:
     length = int(rng.uniform(0.2, 0.4) * n)
     start = int(rng.integers(0, n - length))
     silence = (start, start + length)
-  target, spans = _place_calls(species[spec["category_id"]], n, rng, silence,
-                               None)
+  target, spans = _place_calls(voice(spec["category_id"]), n, rng, silence,
+                               None, world_rng)
   snr_db = rng.uniform(0, 25)
   call_power = np.mean(np.concatenate([target[s:e] for s, e in spans]) ** 2)
   noise = background_noise(NOISE_KINDS[rng.integers(len(NOISE_KINDS))], n, rng)
-  mix = target / math.sqrt(call_power + 1e-12) * 10 ** (snr_db / 20) + noise
+  for kind in TRANSIENT_NOISE_KINDS:
+    if world_rng.uniform() < world.get(f"{kind}_prob", 0.0):
+      noise = noise + 10 ** (world_rng.uniform(-6, 6) / 20) * transient_noise(
+          kind, n, world_rng)
+  room = _room_response(world.get("reverb_prob", 0.0), world_rng)
+  mix = _propagate(target / math.sqrt(call_power + 1e-12)
+                   * 10 ** (snr_db / 20), distance(), room) + noise
   events = [dict(category_id=spec["category_id"], start=s / SR, end=e / SR,
                  role="target") for s, e in _merge_spans(spans, SR // 2)]
-  for other in spec["background"]:
-    sig, other_spans = _place_calls(species[other], n, rng, None,
-                                    int(rng.integers(1, 4)))
+  background = spec["background"]
+  for i, other in enumerate(background + spec.get("chorus", [])):
+    in_chorus = i >= len(background)
+    caller_rng = world_rng if in_chorus else rng
+    sig, other_spans = _place_calls(
+        voice(other), n, caller_rng, None,
+        None if in_chorus else int(rng.integers(1, 4)), world_rng)
     power = np.mean(np.concatenate([sig[s:e] for s, e in other_spans]) ** 2)
-    level_db = snr_db - rng.uniform(6, 20)
-    mix += sig / math.sqrt(power + 1e-12) * 10 ** (level_db / 20)
+    below_db = caller_rng.uniform(3, 12) if in_chorus else rng.uniform(6, 20)
+    away = distance()
+    if max_distance:
+      below_db = 20 * math.log10(away / _NEAR_M)
+    mix += _propagate(sig / math.sqrt(power + 1e-12)
+                      * 10 ** ((snr_db - below_db) / 20), away, room)
     events += [dict(category_id=other, start=s / SR, end=e / SR,
                     role="background")
                for s, e in _merge_spans(other_spans, SR // 2)]
@@ -473,12 +774,35 @@ def _split_counts(config: CorpusConfig, species: list[dict],
   return counts
 
 
+def _draw_chorus(config: CorpusConfig, index: int, here: list[int]
+                 ) -> list[int]:
+  """The chorus of the `index`-th spec: a Poisson(`chorus_density`) number
+  of the species `here` (those living at its place, target and background
+  callers left out), from the spec's own stream."""
+  if not config.chorus_density or not here:
+    return []
+  rng = np.random.default_rng((config.seed, index, _CHORUS_STREAM))
+  size = min(len(here), int(rng.poisson(config.chorus_density)))
+  return sorted(int(x) for x in rng.choice(here, size=size, replace=False))
+
+
+def _sound_world(config: CorpusConfig) -> dict:
+  """The options `synthesize_recording` reads from a spec's `sound_world`
+  (empty when all are off)."""
+  names = ("individual_variation", "max_distance_m", "reverb_prob",
+           "rain_prob", "wind_gust_prob", "engine_prob")
+  world = {name: getattr(config, name) for name in names}
+  return world if any(world.values()) else {}
+
+
 def make_recording_specs(config: CorpusConfig, species: list[dict],
                          rng: np.random.Generator) -> list[dict]:
   """Every recording's split, species, duration, place, date, id.
 
   A spec's `split` is the release's name of its split (`train`, `val`,
-  `test`), as in its `file_name`.
+  `test`), as in its `file_name`. With the harder world's options on, a
+  spec has `chorus` (species calling all through it, `_draw_chorus`) and
+  `sound_world` (`_sound_world`).
   """
   counts = _split_counts(config, species, rng)
   specs = []
@@ -499,6 +823,8 @@ def make_recording_specs(config: CorpusConfig, species: list[dict],
       if here and rng.uniform() < config.background_species_prob:
         background = [int(x) for x in rng.choice(
             here, size=min(len(here), int(rng.integers(1, 3))), replace=False)]
+      chorus = _draw_chorus(config, len(specs), sorted(
+          set(here) - set(background)))
       if rng.uniform() < config.missing_location_fraction:
         lat = lon = None
       date = (f"{rng.integers(year0, year1 + 1)}-{rng.integers(1, 13):02d}-"
@@ -512,10 +838,15 @@ def make_recording_specs(config: CorpusConfig, species: list[dict],
           date=date, background=background,
           silent_stretch_prob=config.silent_stretch_prob,
           recording_name=f"{rng.integers(0, 2**63):016x}"))
+      if chorus:
+        specs[-1]["chorus"] = chorus
   order = rng.permutation(len(specs))
+  sound_world = _sound_world(config)
   for audio_id, spec in enumerate(specs):
     spec["audio_id"] = int(order[audio_id]) + 1
     spec["rng_key"] = (config.seed, spec["audio_id"])
+    if sound_world:
+      spec["sound_world"] = sound_world
     dir_name = species[spec["category_id"]]["dir_name"]
     spec["file_name"] = (f"{spec['split']}/{dir_name}/"
                          f"{spec['recording_name']}.wav")
@@ -608,8 +939,23 @@ class CorpusDirError(registry.ConfigError):
   """The output folder holds files the generator did not write."""
 
 
+# The fields corpora were first made with. A later field is written to the
+# manifest only away from its default, so that a corpus made before it
+# existed is still found complete, and a default corpus's bytes (its
+# manifest too) stay the same.
+_FIRST_FIELDS = (
+    "num_species", "num_recordings", "seed", "median_duration_s",
+    "max_duration_s", "long_recording_fraction", "lookalike_pair_fraction",
+    "missing_location_fraction", "background_species_prob",
+    "silent_stretch_prob", "val_test_species_fraction", "split_fractions",
+    "checklist_omission", "checklist_site_species", "key_style", "archives")
+
+
 def _config_json(config: CorpusConfig) -> dict:
-  return json.loads(json.dumps(dataclasses.asdict(config)))
+  default = CorpusConfig()
+  fields = {name: value for name, value in dataclasses.asdict(config).items()
+            if name in _FIRST_FIELDS or value != getattr(default, name)}
+  return json.loads(json.dumps(fields))
 
 
 def _planned_files(config: CorpusConfig, specs: list[dict]) -> list[str]:
@@ -754,7 +1100,7 @@ def generate(out_dir: str, config: CorpusConfig = CorpusConfig(),
                 "lookalike_of": t.get("lookalike_of"), "ranges": t["ranges"]}
                for t in species], f, indent=1)
   summary = {
-      "config": dataclasses.asdict(config),
+      "config": _config_json(config),
       "num_species": len(species),
       "recordings": {name: sum(s["split"] == name for s in specs)
                      for name in (release.split_files(split).name
@@ -864,7 +1210,8 @@ def synthesize_soundscape(species: list[dict], seconds: float,
     t = int(rng.integers(0, max(1, n - bout_len)))
     bout_end = t + bout_len
     while t < bout_end:
-      call = _trimmed(synthesize_call(s["call_family"], s["params"], rng))
+      family, params = _call_type(s["call_types"], rng)
+      call = _trimmed(synthesize_call(family, params, rng))
       end = t + len(call)
       if end <= min(n, bout_end) and (end <= quiet[0] or t >= quiet[1]):
         rms = math.sqrt(np.mean(call ** 2) + 1e-24)
@@ -872,7 +1219,7 @@ def synthesize_soundscape(species: list[dict], seconds: float,
         low, high = _call_band(call)
         events.append(dict(category_id=cid, start=t / SR, end=end / SR,
                            low_hz=low, high_hz=high))
-      gap = s["params"]["interval"] * rng.exponential(1.0)
+      gap = params["interval"] * rng.exponential(1.0)
       t = end + int(gap * SR) + 1
   mix *= rng.uniform(0.3, 0.8) / (np.abs(mix).max() + 1e-12)
   events.sort(key=lambda e: (e["start"], e["category_id"]))
@@ -972,6 +1319,10 @@ def main(argv=None) -> None:
       prog="python -m inatsounds_jax.synthetic",
       description=__doc__.split("\n\n")[0])
   parser.add_argument("--out", required=True, help="output folder")
+  parser.add_argument(
+      "--world", choices=WORLDS, default="default",
+      help="hard: CorpusConfig.hard's fields (HARD_WORLD) as the defaults "
+      "of the flags below")
   for field in dataclasses.fields(CorpusConfig):
     value = getattr(defaults, field.name)
     if isinstance(value, bool):
@@ -990,8 +1341,11 @@ def main(argv=None) -> None:
                       action=argparse.BooleanOptionalAction,
                       help="tables name species by code (the species map "
                       "CSV gives the scientific names)")
+  world, _ = parser.parse_known_args(argv)
+  parser.set_defaults(**WORLDS[world.world])
   args = vars(parser.parse_args(argv))
   out, workers = args.pop("out"), args.pop("num_workers")
+  args.pop("world")
   soundscapes = {name: args.pop(name) for name in (
       "soundscapes", "soundscape_seconds", "soundscape_seed",
       "soundscape_codes")}
