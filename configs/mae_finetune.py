@@ -6,16 +6,23 @@
 
 `init_checkpoint` is the workdir of a pretraining run (configs/
 mae_pretrain.py): its encoder is loaded, its decoder dropped. It may also be
-a PyTorch MAE checkpoint in timm layout (AudioMAE's pretrained ViT-B, whose
-1024 x 128 inputs are time-major):
+a PyTorch MAE checkpoint in timm layout, with the variant of its source:
+`audiomae` (AudioMAE's pretrained ViT-B, 1024 x 128 Kaldi fbank inputs) or
+`birdmae` (Bird-MAE, 512 x 128):
 
-    --config.init_checkpoint=/data/weights/audiomae_pretrained.pth \
-        --config.init_checkpoint_grid="(64, 8)" \
-        --config.init_checkpoint_time_major=True
+    python -m inatsounds_jax.main --config=configs/mae_finetune.py:audiomae \
+        --workdir=$HOME/runs/audiomae_ft --config.manual_dir=/data/inat_sounds \
+        --config.init_checkpoint=/data/weights/audiomae_pretrained.pth
 
-(patch kernels and position embeddings are transposed to our mel x time
-images and resampled to the 8 x 32 grid; for a checkpoint without class
-token add `--config.model_options.class_token=False`). The classifier
+The variant sets the checkpoint's patch grid and layout (patch kernels and
+position embeddings are transposed, reversed in frequency to our images'
+highest-band-first rows and resampled to the 8 x 32 grid) and the image
+normalisation the original used (`models.convert.input_normalization`:
+AudioMAE's fine-tuning normalises each dataset by its own statistics,
+Bird-MAE by its pretraining constants; the `dataset_statistics` or
+`source_statistics` variant picks the other). The normalisation is computed
+for the default frontend preset. For a checkpoint without class token add
+`--config.model_options.class_token=False`. The classifier
 is the same ViT on the same 128 x 512 single-channel windows, with the mean
 of the patch tokens, a layer norm and a linear head; drop path 0.1,
 layer-wise learning-rate decay 0.75 (AudioMAE's fine-tuning, Huang et al.
@@ -26,6 +33,8 @@ cross-entropy (`--config.loss=` any registered loss). Without
 study's baseline).
 
 Variants (comma-separated after the colon):
+- `audiomae`, `birdmae`: a checkpoint of that source (above);
+  `dataset_statistics` / `source_statistics` choose its normalisation;
 - `partial`: the embeddings and the first 6 blocks frozen
   (`--config.freeze_blocks=N` for another N);
 - `linear_probe`: the whole encoder frozen, MAE's non-affine batch norm
@@ -38,14 +47,24 @@ Variants (comma-separated after the colon):
 """
 
 from inatsounds_jax import config_defaults
+from inatsounds_jax import frontend
+from inatsounds_jax.models import convert
 
-VARIANTS = ("tiny", "partial", "linear_probe")
+VARIANTS = ("tiny", "partial", "linear_probe", *convert.MAE_SOURCES,
+            *(f"{name}_statistics" for name in convert.STATISTICS))
 
 
 def get_config(variant: str = ""):
   words = set(filter(None, variant.split(",")))
   if words - set(VARIANTS):
     raise ValueError(f"unknown variant {variant!r}; combine {VARIANTS}")
+  sources = sorted(words & set(convert.MAE_SOURCES))
+  statistics = [name for name in convert.STATISTICS
+                if f"{name}_statistics" in words]
+  if len(sources) > 1 or len(statistics) > 1 or (statistics and not sources):
+    raise ValueError(f"variant {variant!r}: name at most one checkpoint "
+                     f"source {tuple(convert.MAE_SOURCES)} and at most one "
+                     "*_statistics, the latter only with a source")
   c = config_defaults.classifier()
   c.model = "vit_b16"
   c.image.size = (128, 512)  # The MAE's input: the window's own size.
@@ -65,6 +84,12 @@ def get_config(variant: str = ""):
   c.layer_decay = 0.75  # 0: off.
   c.freeze_blocks = 0
   c.linear_probe = False
+  if sources:
+    c.init_checkpoint_grid = convert.MAE_SOURCES[sources[0]].grid
+    c.init_checkpoint_time_major = True
+    c.image.mean, c.image.std = convert.input_normalization(
+        sources[0], frontend.get_config(c.frontend_preset),
+        statistics[0] if statistics else "")
   if "partial" in words:
     c.freeze_blocks = 6
   if "linear_probe" in words:

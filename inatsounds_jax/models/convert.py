@@ -8,10 +8,40 @@ names, then move every tensor to its Flax leaf with the layout change
 (conv [O, I, kh, kw] -> [kh, kw, I, O], linear [O, I] -> [I, O], batch-norm
 weight/bias/running stats -> scale/bias/mean/var). Every Flax leaf must be
 filled exactly once and every tensor used, or the error lists what is off.
+
+AudioMAE (Huang et al. 2022) and Bird-MAE (Rauch et al. 2025) checkpoints
+were trained on Kaldi fbank features (torchaudio's `kaldi.fbank`: 25 ms
+Hann frames every 10 ms, DC offset removed, pre-emphasis 0.97, power
+spectrum, 128 triangular mel bands from 20 Hz to the Nyquist frequency,
+natural log) of 16 kHz audio (AudioMAE: 1024 frames, 10.24 s) or 32 kHz
+audio (Bird-MAE: 512 frames, 5.12 s), laid out [time, mel] with the lowest
+band first and normalised as (fbank - mean) / (2 std). Our frontend
+(`frontend.py`) makes [mel, time] images with the highest band in row 0:
+20 log10 of mel-summed magnitudes of 22,050 Hz audio, 50 Hz to 11,025 Hz,
+a frame every 128 samples (5.8 ms), mapped onto 0..255.
+
+What the import matches:
+- the orientation (`from_torch(time_major=True)`): patch kernels and
+  position embeddings are transposed and reversed in frequency, so the
+  imported model computes on our image of a sound the patch embeddings the
+  original computes on its layout of it (tests/test_mae_import.py);
+- the normalisation, as the model image's mean and std
+  (`input_normalization`; configs/mae_finetune.py:audiomae or :birdmae set
+  it with the patch grid and the layout): either the original's fine-tuning
+  convention on our data (mean 0, std 1/2 of the target set's images) or
+  its pretraining constants converted to our units.
+What it does not match: what a row and a column are. The bands cover other
+frequencies (ours 50 Hz to 11.025 kHz; AudioMAE's 20 Hz to 8 kHz; Bird-MAE's
+20 Hz to 16 kHz), a frame is 5.8 ms instead of 10 ms (a 512-frame window is
+2.97 s; position embeddings are resampled to our grid), a band sums
+magnitudes instead of power, and there is no pre-emphasis (which darkens
+the originals' low bands). Fine-tuning adapts to these; frozen features
+(linear probes) meet them as they are.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import re
@@ -21,7 +51,9 @@ import flax
 import jax
 import numpy as np
 
+from inatsounds_jax import frontend as frontend_lib
 from inatsounds_jax import models as models_lib
+from inatsounds_jax.models import image as image_lib
 from inatsounds_jax.models import vit as vit_lib
 
 # (stem conv, head) module names per family.
@@ -47,6 +79,94 @@ _TORCHVISION_VIT = (
 _IGNORED = re.compile(r"num_batches_tracked$")
 # Backbone options that change which parameters a model has.
 SHAPING_OPTIONS = ("global_pool", "class_token")
+
+
+@dataclasses.dataclass(frozen=True)
+class KaldiFbankSource:
+  """The input of an AudioMAE-style checkpoint (the module docstring).
+
+  Attributes:
+    sample_rate: of its audio, Hz.
+    frames: time frames of its input (10 ms apart).
+    mean, std: of its fbank values over its pretraining data.
+    statistics: what its own fine-tuning normalised a dataset with:
+      "dataset" (that dataset's own statistics) or "source" (`mean`, `std`).
+    mel_bins: bands of its input.
+  """
+  sample_rate: int
+  frames: int
+  mean: float
+  std: float
+  statistics: str
+  mel_bins: int = 128
+
+  @property
+  def grid(self) -> tuple[int, int]:
+    """Its patch grid, (time, mel) patches."""
+    return self.frames // vit_lib.PATCH, self.mel_bins // vit_lib.PATCH
+
+  @property
+  def window_sum(self) -> float:
+    """Sum of its 25 ms window: Kaldi's "hanning" is the symmetric Hann
+    window, which over N samples sums to (N - 1) / 2."""
+    return (self.sample_rate * 25 // 1000 - 1) / 2
+
+
+MAE_SOURCES = {
+    # Huang et al. 2022: AudioSet's statistics; its fine-tuning normalises
+    # ESC-50 and Speech Commands by their own.
+    "audiomae": KaldiFbankSource(16_000, 1024, -4.2677393, 4.5689974,
+                                 "dataset"),
+    # Rauch et al. 2025: BirdSet's statistics, for every downstream set.
+    "birdmae": KaldiFbankSource(32_000, 512, -7.2, 4.43, "source"),
+}
+STATISTICS = ("dataset", "source")
+
+
+def input_normalization(source: str,
+                        frontend_config: frontend_lib.FrontendConfig,
+                        statistics: str = "") -> tuple[float, float]:
+  """`ImageConfig` (mean, std) with which a converted `source` checkpoint
+  (a key of `MAE_SOURCES`) sees our images as its original saw its input,
+  (fbank - mean) / (2 std).
+
+  `statistics` ("" = the source's own fine-tuning convention):
+  - "dataset": the target data's statistics, ImageConfig's defaults (the
+    iNatSounds spectrogram's), with the deviation doubled: the model's
+    inputs have mean 0 and deviation 1/2 on our data, as the original's on
+    its own.
+  - "source": the checkpoint's pretraining constants in our units. A pixel
+    is `frontend_config.pixels_to_db` dB of a [-1, 1] signal, so natural-log
+    power is dB ln(10) / 10; Kaldi does not normalise its window, so it
+    reads a sinusoid of amplitude A at A sum(window) / 2 where ours reads
+    A: 2 ln(sum(window) / 2) is added. Approximate: our bands sum
+    magnitudes, so a window's main lobe or a noise band reads higher than
+    in power, and the original's pre-emphasis is not applied.
+
+  Raises:
+    ValueError: an unknown source or statistics.
+  """
+  if source not in MAE_SOURCES:
+    raise ValueError(f"unknown MAE source {source!r}; choose one of "
+                     f"{sorted(MAE_SOURCES)}")
+  spec = MAE_SOURCES[source]
+  statistics = statistics or spec.statistics
+  if statistics not in STATISTICS:
+    raise ValueError(f"statistics {statistics!r}: choose one of "
+                     f"{STATISTICS}")
+  if statistics == "dataset":
+    ours = image_lib.ImageConfig()
+    return float(ours.mean), 2.0 * float(ours.std)
+
+  def fbank(pixels: float) -> float:
+    db_full_scale = (frontend_config.pixels_to_db(pixels) -
+                     20.0 * np.log10(frontend_config.waveform_scale))
+    return float(np.log(10.0) / 10.0 * db_full_scale +
+                 2.0 * np.log(spec.window_sum / 2.0))
+
+  # fbank is linear in the 0..1 image u = pixels / 255.
+  lowest, span = fbank(0.0), fbank(255.0) - fbank(0.0)
+  return (spec.mean - lowest) / span, 2.0 * spec.std / span
 
 
 class ConversionError(ValueError):
@@ -175,9 +295,12 @@ def from_torch(name: str, state_dict: Mapping | str,
       `global_pool`, `class_token`).
     source_grid: (rows, cols) of a ViT checkpoint's patch grid; None =
       square.
-    time_major: the checkpoint's images are [time, mel] (AudioMAE's
-      1024 x 128 input; ours are [mel, time]): patch kernels and position
-      embeddings are transposed.
+    time_major: the checkpoint's images are laid out as Kaldi's fbank,
+      [time, mel] with the lowest band first (AudioMAE's 1024 x 128 input,
+      Bird-MAE's 512 x 128; ours are [mel, time] with the highest band
+      first): patch kernels and position embeddings are transposed and
+      reversed in frequency. Its input normalisation is the model's
+      (`input_normalization`).
 
   Masked-autoencoder checkpoints (AudioMAE, Bird-MAE in timm layout) load
   too: their decoder and mask token are dropped, a missing head is created
@@ -239,12 +362,17 @@ def from_torch(name: str, state_dict: Mapping | str,
     tokens = out["params/pos_embed"].shape[1] - (
         "params/cls_token" in out)
     side = int(round(np.sqrt(tokens)))
+    grid = tuple(source_grid or (side, side))
+    pos_embed = out["params/pos_embed"]
+    if time_major:
+      pos_embed = _highest_band_first(pos_embed, grid)
     out["params/pos_embed"] = vit_lib.resample_pos_embed(
-        out["params/pos_embed"], tuple(source_grid or (side, side)),
-        vit_lib.grid_size(image_size), transpose=time_major)
-    if time_major:  # [kh, kw, I, O]: kh ran over time, kw over mel.
+        pos_embed, grid, vit_lib.grid_size(image_size), transpose=time_major)
+    if time_major:
+      # [kh, kw, I, O]: kh ran over time, kw over mel from the lowest band;
+      # ours: kh over mel from the highest band, kw over time.
       out[f"params/{stem}/kernel"] = out[f"params/{stem}/kernel"].transpose(
-          1, 0, 2, 3)
+          1, 0, 2, 3)[::-1]
     for leaf, fill in (("scale", 1.0), ("bias", 0.0)):
       path = f"params/fc_norm/{leaf}"
       if path in flat_target and path not in out:
@@ -275,6 +403,17 @@ def from_torch(name: str, state_dict: Mapping | str,
         + (f"shape mismatches {wrong[:8]}" if wrong else ""))
   return flax.traverse_util.unflatten_dict(
       {k: np.asarray(v, np.float32) for k, v in out.items()}, sep="/")
+
+
+def _highest_band_first(pos_embed: np.ndarray, grid) -> np.ndarray:
+  """Position embeddings `[1, c + time * mel, D]` of a Kaldi-layout grid
+  (`grid` = (time, mel) patches, lowest band first) with the mel axis
+  reversed, so the highest band comes first as in our images."""
+  prefix = pos_embed.shape[1] - grid[0] * grid[1]
+  patches = pos_embed[:, prefix:].reshape((1,) + tuple(grid) + (-1,))
+  return np.concatenate(
+      [pos_embed[:, :prefix],
+       patches[:, :, ::-1].reshape(1, -1, pos_embed.shape[-1])], axis=1)
 
 
 def _encoder_only(state: dict, global_pool: str) -> dict:
