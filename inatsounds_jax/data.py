@@ -49,8 +49,10 @@ def builder(config: str = "synthetic", data_dir: str | None = None,
     data_dir: where TFDS keeps prepared datasets (TFDS's default if None).
     strict: stop at the first bad item instead of skipping and reporting it.
     **config_fields: fields of `InatSoundsConfig` (num_species,
-      num_recordings, seed). A synthetic corpus other than the default gets
-      its own config name, so different sizes never share records.
+      num_recordings, seed, world: "default" or "hard", the generator's
+      harder sound world). A synthetic corpus other than the default gets
+      its own config name, so different sizes and worlds never share
+      records.
   """
   if config == L48:
     if config_fields:
@@ -72,7 +74,7 @@ def builder(config: str = "synthetic", data_dir: str | None = None,
   if not config_fields:
     return module.Builder(config=config, data_dir=data_dir, strict=strict)
   fields = {k: getattr(base, k) for k in
-            ("num_species", "num_recordings", "seed")}
+            ("num_species", "num_recordings", "seed", "world")}
   unknown = set(config_fields) - set(fields)
   if unknown:
     raise ValueError(f"unknown config fields {sorted(unknown)}; "
@@ -80,8 +82,9 @@ def builder(config: str = "synthetic", data_dir: str | None = None,
   fields.update(config_fields)
   name = config
   if config == "synthetic" and fields != {k: getattr(base, k) for k in fields}:
+    world = "" if fields["world"] == "default" else f"_{fields['world']}"
     name = (f"synthetic_s{fields['num_species']}_r{fields['num_recordings']}"
-            f"_seed{fields['seed']}")
+            f"_seed{fields['seed']}{world}")
   return module.Builder(
       config=module.InatSoundsConfig(name=name, description=base.description,
                                      **fields),

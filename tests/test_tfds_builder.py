@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 from inatsounds_jax import audio
 from inatsounds_jax import data
 from inatsounds_jax import registry
+from inatsounds_jax import synthetic
 from tests.conftest import build
 
 from tfds_builders.inat_sounds import inat_sounds_dataset_builder as builder_lib
@@ -262,6 +263,23 @@ def test_synthetic_config_generates_its_corpus_in_its_own_folder(tmp_path):
   # Prepared again: the records match their corpus, so they are reused.
   data.prepare("synthetic", data_dir=str(tmp_path / "tfds"),
                num_species=4, num_recordings=16)
+
+
+def test_hard_world_config_builds_the_harder_corpus_under_its_own_name(
+    tmp_path):
+  b = data.prepare("synthetic", data_dir=str(tmp_path / "tfds"),
+                   num_species=6, num_recordings=24, world="hard")
+  assert b.info.config_name == "synthetic_s6_r24_seed0_hard"
+  corpus = os.path.join(tmp_path, "tfds", "downloads",
+                        "inat_sounds_synthetic", "s6_r24_seed0_hard")
+  # The hard world's generator options reached the corpus it was built from.
+  expected = synthetic.CorpusConfig.hard(num_species=6, num_recordings=24)
+  assert synthetic.is_complete(corpus, expected)
+  assert not synthetic.is_complete(
+      corpus, synthetic.CorpusConfig(num_species=6, num_recordings=24))
+  with pytest.raises(ValueError, match="world='easy'"):
+    data.prepare("synthetic", data_dir=str(tmp_path / "tfds2"),
+                 num_species=6, num_recordings=24, world="easy")
 
 
 def _drop_last_annotation(manual_dir):

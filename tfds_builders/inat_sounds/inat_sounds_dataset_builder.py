@@ -117,10 +117,15 @@ class InatSoundsConfig(tfds.core.BuilderConfig):
   Attributes:
     num_species, num_recordings, seed: synthetic corpus size and seed (only
       for `synthetic`).
+    world: the synthetic corpus's sound world, a key of
+      `synthetic.WORLDS`: "default" (the quick-start corpus) or "hard" (the
+      harder world's options, `synthetic.HARD_WORLD`, under this config's
+      size and seed).
   """
   num_species: int = 50
   num_recordings: int = 2000
   seed: int = 0
+  world: str = "default"
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -204,9 +209,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _synthetic_corpus_config(self) -> synthetic.CorpusConfig:
     cfg = self.builder_config
-    return synthetic.CorpusConfig(num_species=cfg.num_species,
-                                  num_recordings=cfg.num_recordings,
-                                  seed=cfg.seed)
+    if cfg.world not in synthetic.WORLDS:
+      raise ValueError(f"world={cfg.world!r}: choose from "
+                       f"{sorted(synthetic.WORLDS)}")
+    return synthetic.CorpusConfig(**{
+        **synthetic.WORLDS[cfg.world], "num_species": cfg.num_species,
+        "num_recordings": cfg.num_recordings, "seed": cfg.seed})
 
   def _find_source_dir(self, download_dir: str, manual_dir: str | None,
                        for_build: bool) -> str | None:
@@ -230,9 +238,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             + self.MANUAL_DOWNLOAD_INSTRUCTIONS)
       return manual_dir  # find_split_sources says what is missing.
     cfg, corpus_config = self.builder_config, self._synthetic_corpus_config()
+    world = "" if cfg.world == "default" else f"_{cfg.world}"
     out = os.path.join(download_dir, "inat_sounds_synthetic",
                        f"s{cfg.num_species}_r{cfg.num_recordings}_"
-                       f"seed{cfg.seed}")
+                       f"seed{cfg.seed}{world}")
     if synthetic.is_complete(out, corpus_config):
       return out
     if not for_build:
