@@ -34,6 +34,15 @@ def test_every_notebook_exists_with_a_badge_in_the_readme():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_spectrograms_are_drawn_with_the_highest_band_on_top(path):
+  # The frontend's images hold the highest mel band in row 0, so imshow's
+  # default origin ("upper") draws them the right way up; "lower" would
+  # show every call upside down.
+  for cell in code_cells(path):
+    assert 'origin="lower"' not in cell.source, (path.name, cell.source)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_stripped_parameterised_and_guards_colab_cells(path):
   cells = code_cells(path)
   for cell in cells:
