@@ -34,6 +34,7 @@ from absl import flags
 
 from inatsounds_jax import agile_modelling
 from inatsounds_jax import cli
+from inatsounds_jax import custom_classifier
 from inatsounds_jax import inference
 
 STEPS = ("embed", "search", "train", "score")
@@ -71,12 +72,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_enum("probe", defaults.probe, agile_modelling.PROBES,
                     "train: linear (a trained head) or prototype (class "
                     "means).", **fv)
-  flags.DEFINE_integer("steps", defaults.steps, "train: the linear probe's "
-                       "optimisation steps.", **fv)
-  flags.DEFINE_float("learning_rate", defaults.learning_rate,
-                     "train: the linear probe's learning rate.", **fv)
-  flags.DEFINE_float("weight_decay", defaults.weight_decay,
-                     "train: the linear probe's weight decay.", **fv)
+  custom_classifier.define_head_flags(flag_values, "train: ")
   flags.DEFINE_float("temperature", defaults.temperature, "train: the "
                      "prototype probe's logit per unit of cosine.", **fv)
   flags.DEFINE_integer("detections", defaults.detections_per_class,

@@ -62,11 +62,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                     "classes; the new ones follow them.", **fv)
   flags.DEFINE_float("hop_seconds", defaults.hop_seconds,
                      "Window hop, as prediction's.", **fv)
-  flags.DEFINE_integer("steps", defaults.steps, "Optimisation steps.", **fv)
-  flags.DEFINE_float("learning_rate", defaults.learning_rate,
-                     "The head's learning rate.", **fv)
-  flags.DEFINE_float("weight_decay", defaults.weight_decay,
-                     "The head's decoupled weight decay.", **fv)
+  custom_classifier.define_head_flags(flag_values, "linear: ")
   flags.DEFINE_float("target_precision", defaults.target_precision,
                      "Thresholds reach this precision where they can.", **fv)
   flags.DEFINE_integer("seed", defaults.seed, "Validation split and "

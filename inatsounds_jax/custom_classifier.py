@@ -49,6 +49,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from absl import flags
 import flax
 import jax
 import jax.numpy as jnp
@@ -139,6 +140,24 @@ class Settings:
   @property
   def work_folder(self) -> str:
     return self.work_dir or self.output.rstrip("/") + ".work"
+
+
+def define_head_flags(flag_values: flags.FlagValues, help_prefix: str = ""
+                      ) -> None:
+  """`--steps`, `--learning_rate` and `--weight_decay`: the linear head's
+  optimisation (`fit_head`), `Settings`' defaults; the one definition the
+  `custom` and `agile` commands share. `help_prefix` names the step that
+  reads them (e.g. "train: ")."""
+  defaults = Settings("", "", "")
+  fv = {"flag_values": flag_values}
+  flags.DEFINE_integer("steps", defaults.steps,
+                       f"{help_prefix}the linear head's optimisation steps.",
+                       **fv)
+  flags.DEFINE_float("learning_rate", defaults.learning_rate,
+                     f"{help_prefix}the linear head's learning rate.", **fv)
+  flags.DEFINE_float("weight_decay", defaults.weight_decay,
+                     f"{help_prefix}the linear head's decoupled weight "
+                     "decay.", **fv)
 
 
 # ---------------------------------------------------------------------------
