@@ -10,6 +10,9 @@
 The config's `job` picks what runs ("classifier" unless set). `train`
 resumes from DIR when it holds a checkpoint; `eval` evaluates what DIR holds
 (for a classifier, its best checkpoint, with every configured evaluation).
+Compiled programs are kept in JAX's persistent compilation cache
+(--compilation_cache, as the other commands), so a resumed or repeated run
+of the same config loads its train step and evaluators from disk.
 
 A problem the user can act on ends the command in one `error:` line naming
 the flag, file or folder and what to do, without a traceback (`--verbosity=1`
@@ -37,6 +40,7 @@ from ml_collections import config_flags
 
 from inatsounds_jax import checkpoints
 from inatsounds_jax import cli
+from inatsounds_jax import compilation
 from inatsounds_jax import jobs
 from inatsounds_jax import registry
 from inatsounds_jax import storage
@@ -59,6 +63,7 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
                                       "How many processes take part.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None,
                                    "This process's index, 0 .. n-1.")
+cli.define_compilation_cache_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -277,6 +282,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config, workdir = _CONFIG.value, _WORKDIR.value
   initialize_processes(config)
+  compilation.use_persistent_cache(flags.FLAGS.compilation_cache)
   try:
     with held_workdir(config, workdir,
                       "training" if _MODE.value == "train" else "evaluation"):

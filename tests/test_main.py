@@ -186,7 +186,8 @@ def test_ctrl_c_names_the_last_checkpoint_and_the_same_command_resumes(
           "--config.model=placeholder", "--config.image.size=(32, 64)",
           "--config.image.channels=1", "--config.num_epochs=10.0",
           "--config.evals.validation.every_epochs=10.0",
-          "--config.checkpoint_every_steps=1", "--config.log_every_steps=1"]
+          "--config.checkpoint_every_steps=1", "--config.log_every_steps=1",
+          f"--compilation_cache={tmp_path / 'cache'}"]
   env = dict(os.environ, PYTHONPATH=str(REPO))
   log = tmp_path / "stderr.txt"
   with open(log, "w") as stderr_file:
@@ -202,6 +203,9 @@ def test_ctrl_c_names_the_last_checkpoint_and_the_same_command_resumes(
     proc.wait(timeout=300)
   stderr = log.read_text()
   assert proc.returncode == 130, stderr[-3000:]
+  # Training keeps its compiled programs in the folder given, for the
+  # resumed run.
+  assert os.listdir(tmp_path / "cache")
   assert "Traceback" not in stderr
   last = stderr.strip().splitlines()[-1]
   match = re.fullmatch(
