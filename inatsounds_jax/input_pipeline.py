@@ -10,6 +10,8 @@ frontend applied to a window gives exactly those frames of the whole file.
   process; each process yields its part of the global batch. Each window
   carries `audible_in_window`, the species whose strong-label events
   overlap it (the `full` label mode's targets; zeros without strong labels).
+  `TrainEpoch` offers the MAE study's epoch instead (every dense clip of
+  every file once) and a seeded random fraction of the files.
 - Eval: dense windows every `eval_stride_frames`, centred zero padding so the
   last window fits (the iNatSounds paper's evaluation protocol). Each window
   carries its recording id and a validity mask; the last partial batch is
@@ -226,6 +228,65 @@ class WindowFilter:
     return len(np.unique(self.example_index[inside]))
 
 
+EPOCH_UNITS = ("recording", "clip")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainEpoch:
+  """What one epoch of the train split is.
+
+  Attributes:
+    unit: "recording": one random window of each file (the iNatSounds
+      paper's training); "clip": every dense window of each file once
+      (`eval_layout`: 3-s clips at about 1.5-s stride, padded as evaluation
+      pads), the MAE study's definition (Liu et al. 2026, s. 4: "each
+      recording is segmented into overlapping 3-second clips with a stride
+      of 1.5 seconds"), so an epoch of long files is many more steps.
+    fraction: of the split's files, in (0, 1]: a random subset, the same
+      for every run with the same `subset_seed` whatever the run's seed,
+      so that methods compared at a fraction see the same files (the MAE
+      study's partial fine-tuning, s. 4.5, subsamples the training set).
+    subset_seed: picks the subset.
+  """
+  unit: str = "recording"
+  fraction: float = 1.0
+  subset_seed: int = 0
+
+  def __post_init__(self):
+    if self.unit not in EPOCH_UNITS:
+      raise ValueError(f"epoch unit {self.unit!r}: choose from "
+                       f"{list(EPOCH_UNITS)}")
+    if not 0.0 < self.fraction <= 1.0:
+      raise ValueError(f"fraction {self.fraction!r} must be in (0, 1]")
+
+  def kept_examples(self, index_size: int) -> np.ndarray | None:
+    """bool `[index_size]` over `example_index`: the subset's files (the
+    first round(fraction x size), at least one, of a permutation seeded by
+    `subset_seed`); None when every file is kept."""
+    if self.fraction == 1.0:
+      return None
+    order = np.random.default_rng(self.subset_seed).permutation(index_size)
+    kept = np.zeros(index_size, bool)
+    kept[order[:max(1, round(self.fraction * index_size))]] = True
+    return kept
+
+
+_WHOLE_EPOCH = TrainEpoch()
+
+
+def _num_samples(undecoded_audio: tf.Tensor) -> tf.Tensor:
+  """Samples of a recording whose audio was read but not decoded (raw
+  int16 bytes, `tfds_builders/inat_sounds`'s `audio_feature`)."""
+  return tf.strings.length(undecoded_audio) // 2
+
+
+def _num_clips(undecoded_audio: tf.Tensor, config: WindowConfig
+               ) -> tf.Tensor:
+  """int64 dense windows (`eval_layout`) of an undecoded recording."""
+  starts, _ = eval_layout(_num_samples(undecoded_audio), config)
+  return tf.size(starts, out_type=tf.int64)
+
+
 def _kept_windows(window_filter: WindowFilter):
   """Per example index: (first row, row count) into the sorted rows, and
   the rows' (start frame, left padding), as tensors."""
@@ -245,7 +306,9 @@ def train_windows(builder: tfds.core.DatasetBuilder, split: str,
                   shuffle_buffer: int = 2048, process_index: int | None = None,
                   process_count: int | None = None,
                   window_filter: WindowFilter | None = None,
-                  require_known: str = "") -> tf.data.Dataset:
+                  require_known: str = "",
+                  epoch: TrainEpoch = _WHOLE_EPOCH,
+                  example_index_size: int = 0) -> tf.data.Dataset:
   """This process's endless stream of training windows, unbatched.
 
   The process reads its even share of `split`. Epoch e reads the files in
@@ -266,9 +329,18 @@ def train_windows(builder: tfds.core.DatasetBuilder, split: str,
   counted first (one pass over this process's share reading the masks, not
   decoding images), so epochs and resuming stay exact.
 
+  `epoch` (`TrainEpoch`) may make an epoch every dense clip of each file
+  (element i is then a clip, in an order seeded by (seed, epoch), cut
+  where evaluation cuts it) and keep a fraction of the files (picked over
+  the split's `example_index_size` indices). Either counts the epoch
+  first, like `require_known`: one pass over this process's share reading
+  the records without decoding them.
+
   Raises:
     ValueError: the filter's windows are not this run's length, or it keeps
-      nothing of this process's share; a filter over image clips.
+      nothing of this process's share; a filter over image clips; clip
+      epochs of image clips or with a filter; a fraction with a filter or
+      without `example_index_size`; nothing of the share kept.
   """
   process_index, process_count = process_share(process_index, process_count)
   split = tfds.even_splits(split, n=process_count,
@@ -278,15 +350,44 @@ def train_windows(builder: tfds.core.DatasetBuilder, split: str,
   if images and window_filter is not None:
     raise ValueError(f"{window_filter.path}: window filters name windows of "
                      "audio; the dataset holds image clips")
-  if require_known:
-    epoch_size = int(builder.as_dataset(
-        split=split, decoders={"image": tfds.decode.SkipDecoding()},
-        read_config=tfds.ReadConfig(skip_prefetch=True)).reduce(
-            np.int64(0), lambda n, x: n + tf.cast(
-                tf.reduce_any(x[require_known] > 0), tf.int64)))
+  clips = epoch.unit == "clip"
+  if clips and (images or window_filter is not None):
+    raise ValueError("clip epochs cut every dense window of each recording; "
+                     + ("the dataset holds image clips" if images else
+                        f"{window_filter.path} names its own windows"))
+  kept_examples = None
+  if epoch.fraction < 1.0:
+    if window_filter is not None or not example_index_size:
+      raise ValueError(
+          f"a fraction of the files ({epoch.fraction}) needs the split's "
+          "example_index size and no window filter")
+    kept_examples = tf.constant(epoch.kept_examples(example_index_size))
+  input_name = "image" if images else "audio"
+
+  def keep(example) -> tf.Tensor:
+    kept = tf.constant(True)
+    if require_known:
+      kept &= tf.reduce_any(example[require_known] > 0)
+    if kept_examples is not None:
+      i = tf.cast(example["example_index"], tf.int32)
+      kept &= (i < tf.size(kept_examples)) & tf.gather(
+          kept_examples, tf.minimum(i, tf.size(kept_examples) - 1))
+    return kept
+
+  filtered = bool(require_known) or kept_examples is not None
+  if filtered or clips:
+    counted = builder.as_dataset(
+        split=split, decoders={input_name: tfds.decode.SkipDecoding()},
+        read_config=tfds.ReadConfig(skip_prefetch=True))
+    if filtered:
+      counted = counted.filter(keep)
+    epoch_size = int(counted.reduce(np.int64(0), lambda n, x: n + (
+        _num_clips(x["audio"], config) if clips else np.int64(1))))
     if not epoch_size:
-      raise ValueError(f"no example of process {process_index}'s share of "
-                       f"the split has a known label in {require_known}")
+      raise ValueError(
+          f"no example of process {process_index}'s share of the split "
+          + (f"has a known label in {require_known}" if require_known else
+             f"is in the {epoch.fraction} fraction of the files"))
   if window_filter is not None:
     if window_filter.window_frames != config.window_frames:
       raise ValueError(
@@ -304,9 +405,13 @@ def train_windows(builder: tfds.core.DatasetBuilder, split: str,
       size = tf.size(num_rows, out_type=tf.int64)
       return (i < size) & (tf.gather(num_rows, tf.minimum(i, size - 1)) > 0)
   first_epoch, offset = divmod(start_example, epoch_size)
-  input_name = "image" if images else "audio"
 
-  def epoch(e: int) -> tf.data.Dataset:
+  def one_per_clip(example):
+    n = _num_clips(example[input_name], config)
+    return tf.data.Dataset.from_tensors(example).repeat(n).enumerate().map(
+        lambda j, x: dict(x, clip_index=j))
+
+  def epoch_elements(e: int) -> tf.data.Dataset:
     epoch_seed = seed * 100_003 + e
     ds = builder.as_dataset(
         split=split, shuffle_files=True,
@@ -315,14 +420,16 @@ def train_windows(builder: tfds.core.DatasetBuilder, split: str,
                                     skip_prefetch=True))
     if window_filter is not None:
       ds = ds.filter(kept)
-    if require_known:
-      ds = ds.filter(lambda x: tf.reduce_any(x[require_known] > 0))
+    if filtered:
+      ds = ds.filter(keep)
+    if clips:
+      ds = ds.flat_map(one_per_clip)
     return ds.shuffle(shuffle_buffer, seed=epoch_seed)
 
-  ds = epoch(first_epoch).skip(offset)
+  ds = epoch_elements(first_epoch).skip(offset)
   for e in range(first_epoch + 1, max(num_epochs, first_epoch + 1)):
-    ds = ds.concatenate(epoch(e))
-  ds = ds.concatenate(epoch(num_epochs).repeat())
+    ds = ds.concatenate(epoch_elements(e))
+  ds = ds.concatenate(epoch_elements(num_epochs).repeat())
   input_feature = builder.info.features[input_name]
   num_classes = builder.info.features["label"].num_classes
 
@@ -331,22 +438,35 @@ def train_windows(builder: tfds.core.DatasetBuilder, split: str,
       return dict(_features(example, num_classes), image=clip_image(
           input_feature.decode_example(example["image"]), config.frontend))
     audio = input_feature.decode_example(example["audio"])
-    if window_filter is None:
+    if clips:
+      starts, left = eval_layout(tf.shape(audio)[0], config)
+      window, first_frame = _window_at(
+          audio, starts[example["clip_index"]], left, config)
+    elif window_filter is None:
       window, first_frame = random_window(audio, index, seed, config)
     else:
       i = tf.cast(example["example_index"], tf.int64)
       row = first_row[i] + tf.random.stateless_uniform(
           [], tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)]),
           maxval=num_rows[i], dtype=tf.int64)
-      start, left = kept_start[row][None], kept_left[row]
-      window = cut_windows(audio, start, left, config)[0]
-      first_frame = start - left
+      window, first_frame = _window_at(audio, kept_start[row],
+                                       kept_left[row], config)
     return dict(_features(example, num_classes), waveform=window,
                 audible_in_window=_audible_in_windows(
                     example, first_frame, config, num_classes)[0])
 
   return ds.enumerate(start_example).map(
       crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _window_at(waveform: tf.Tensor, start_frame: tf.Tensor,
+               left_pad_frames: tf.Tensor, config: WindowConfig
+               ) -> tuple[tf.Tensor, tf.Tensor]:
+  """The window `[window_samples]` at `start_frame` of the signal padded by
+  `left_pad_frames`, and its first frame in the unpadded signal `[1]`."""
+  start = tf.reshape(start_frame, [1])
+  return (cut_windows(waveform, start, left_pad_frames, config)[0],
+          start - left_pad_frames)
 
 
 def random_window(waveform: tf.Tensor, index: tf.Tensor, seed: int,
@@ -358,8 +478,7 @@ def random_window(waveform: tf.Tensor, index: tf.Tensor, seed: int,
   start_frame, left = train_layout(
       tf.shape(waveform)[0],
       tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)]), config)
-  return (cut_windows(waveform, start_frame, left, config)[0],
-          start_frame - left)
+  return _window_at(waveform, start_frame, left, config)
 
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:

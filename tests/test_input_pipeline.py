@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from inatsounds_jax import data
 from inatsounds_jax import data_sources
 from inatsounds_jax import input_pipeline as ip
 from inatsounds_jax import label_modes
@@ -273,3 +274,69 @@ def test_train_stream_resumes_exactly_at_a_step(small_dataset):
   # Each epoch visits every file once.
   first = np.concatenate([b["recording_id"] for b in whole[:epoch_steps]])
   assert len(set(first.tolist())) == len(first)
+
+
+def _train_elements(builder, n, **kwargs):
+  ds = ip.train_windows(builder, "train", CONFIG, shuffle_buffer=16,
+                        process_index=0, process_count=1, **kwargs)
+  return _all(ds.take(n))
+
+
+def _dense_windows(builder):
+  """Every dense window (`eval_layout`) of every train file, as
+  (recording id, waveform bytes), by numpy's windowing."""
+  expected = []
+  for ex in tfds.as_numpy(builder.as_dataset(split="train")):
+    starts, left = windows_lib.eval_layout(len(ex["audio"]), CONFIG)
+    cut = windows_lib.cut_windows(ex["audio"], starts, left, CONFIG)
+    expected += [(int(ex["recording_id"]), w.tobytes()) for w in cut]
+  return expected
+
+
+def test_a_clip_epoch_visits_every_dense_window_once_and_resumes_exactly(
+    small_dataset):
+  expected = _dense_windows(small_dataset)
+  clip = ip.TrainEpoch(unit="clip")
+  first = _train_elements(small_dataset, len(expected) + 5, seed=3,
+                          epoch=clip, num_epochs=2)
+  got = [(int(x["recording_id"]), x["waveform"].tobytes())
+         for x in first[:len(expected)]]
+  assert sorted(got) == sorted(expected)
+  # Shuffled across recordings, not file by file.
+  assert [r for r, _ in got] != sorted(r for r, _ in got)
+  resumed = _train_elements(small_dataset, 10, seed=3, epoch=clip,
+                            num_epochs=2, start_example=len(expected) - 5)
+  for a, b in zip(first[len(expected) - 5:], resumed):
+    np.testing.assert_array_equal(a["waveform"], b["waveform"])
+    assert a["recording_id"] == b["recording_id"]
+
+
+def test_a_fraction_trains_on_the_same_random_files_whatever_the_seed(
+    small_dataset):
+  size = data.label_sources(small_dataset)["example_index_size"]["train"]
+  half = ip.TrainEpoch(fraction=0.5, subset_seed=1)
+  kept = set(np.flatnonzero(half.kept_examples(size)).tolist())
+  in_split = {int(x["example_index"]) for x in
+              tfds.as_numpy(small_dataset.as_dataset(split="train"))}
+  expected = kept & in_split
+  assert 0 < len(expected) < len(in_split)
+  for seed in (0, 7):
+    epoch = _train_elements(small_dataset, 2 * len(expected), seed=seed,
+                            epoch=half, example_index_size=size,
+                            num_epochs=2)
+    indices = [int(x["example_index"]) for x in epoch]
+    # Each epoch holds every kept file once, and nothing else.
+    assert sorted(indices[:len(expected)]) == sorted(expected)
+    assert sorted(indices[len(expected):]) == sorted(expected)
+  other = ip.TrainEpoch(fraction=0.5, subset_seed=2).kept_examples(size)
+  assert set(np.flatnonzero(other).tolist()) != kept
+
+
+def test_epoch_definitions_that_cannot_apply_are_refused(small_dataset):
+  with pytest.raises(ValueError, match="epoch unit 'file'"):
+    ip.TrainEpoch(unit="file")
+  with pytest.raises(ValueError, match="must be in"):
+    ip.TrainEpoch(fraction=0.0)
+  with pytest.raises(ValueError, match="example_index size"):
+    ip.train_windows(small_dataset, "train", CONFIG,
+                     epoch=ip.TrainEpoch(fraction=0.5))
