@@ -28,7 +28,9 @@ of the patch tokens, a layer norm and a linear head; drop path 0.1,
 layer-wise learning-rate decay 0.75 (AudioMAE's fine-tuning, Huang et al.
 2022; MAE's base learning rate 5e-4 x batch / 256 and weight decay 0.05,
 He et al. 2022, A.2), mixup and SpecAugment as in configs/vit.py, softmax
-cross-entropy (`--config.loss=` any registered loss). Without
+cross-entropy (`--config.loss=` any registered loss); an epoch is every
+3-s clip at 1.5-s stride, as the study cuts recordings
+(`train_epoch_unit="clip"`). Without
 `init_checkpoint` it trains the same model from a random initialisation (the
 study's baseline).
 
@@ -36,7 +38,11 @@ Variants (comma-separated after the colon):
 - `audiomae`, `birdmae`: a checkpoint of that source (above);
   `dataset_statistics` / `source_statistics` choose its normalisation;
 - `partial`: the embeddings and the first 6 blocks frozen
-  (`--config.freeze_blocks=N` for another N);
+  (`--config.freeze_blocks=N` for another N); with
+  `--config.train_fraction=0.1` (any fraction) it trains on that random
+  share of the training recordings, the same share for every run with the
+  same `--config.train_fraction_seed` (the study's sample-efficiency
+  comparison, Liu et al. 2026, s. 4.5);
 - `linear_probe`: the whole encoder frozen, MAE's non-affine batch norm
   before the linear head, no mixup or SpecAugment (Liu et al. 2026, s. 4.3);
 - `tiny`: a CPU smoke run on a small synthetic corpus, e.g.
@@ -80,6 +86,7 @@ def get_config(variant: str = ""):
   config_defaults.mae_optimizer(c, base_learning_rate=5e-4, weight_decay=0.05,
                                 betas=(0.9, 0.999))
   c.warmup_epochs = 5.0
+  c.train_epoch_unit = "clip"
   c.augment.mixup = True
   c.layer_decay = 0.75  # 0: off.
   c.freeze_blocks = 0

@@ -8,7 +8,10 @@ ViT-B/16 encoder on the paper's 128 x 512 single-channel spectrogram windows,
 with shifted local-window attention, masked-patch MSE against per-patch-
 normalised targets; AdamW (0.9, 0.95), weight decay 1e-4, learning rate
 1e-3 x batch / 256, warm-up then cosine, 100 epochs (Liu et al. 2026, s.
-4.2; Huang et al. 2022). Labels are not used. Validation reports the
+4.2; Huang et al. 2022), an epoch being every 3-s clip of every recording
+at 1.5-s stride, as the study cuts them (`train_epoch_unit="clip"`;
+"recording" reads one random window per recording instead). Labels are
+not used. Validation reports the
 reconstruction loss every epoch and draws input / masked / reconstruction
 figures (`WORKDIR/validation_reconstructions.png`); the best checkpoint is
 the one with the lowest validation loss.
@@ -64,6 +67,7 @@ def get_config(variant: str = ""):
                                 betas=(0.9, 0.95))
   c.num_epochs = 100.0
   c.warmup_epochs = 3.0
+  c.train_epoch_unit = "clip"
   c.eval_batch_size = 256
   c.evals = ml_collections.ConfigDict({"validation": {
       "type": "reconstruction", "split": "validation", "every_epochs": 1.0,
@@ -74,6 +78,7 @@ def get_config(variant: str = ""):
     c.pretrain_sources = ml_collections.ConfigDict({
         "inatsounds": {"type": "tfds", "split": c.get_ref("train_split"),
                        "window_filter": c.get_ref("train_window_filter"),
+                       "epoch_unit": c.get_ref("train_epoch_unit"),
                        "weight": 1.0},
         "audio": {"type": "audio_folder", "path": "", "weight": 1.0}})
   if "tiny" in words:

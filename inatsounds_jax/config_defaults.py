@@ -31,6 +31,14 @@ def classifier() -> ml_collections.ConfigDict:
   # A keep-list of curated train_split windows (inatsounds_jax/curate.py);
   # "" = every window.
   c.train_window_filter = ""
+  # What an epoch of train_split is (input_pipeline.TrainEpoch): "recording"
+  # (one random window per file, the iNatSounds paper) or "clip" (every
+  # dense window once, the MAE study); and a random fraction of its files,
+  # the same for every run with the same train_fraction_seed (partial
+  # fine-tuning with less labelled data, the MAE study s. 4.5).
+  c.train_epoch_unit = "recording"
+  c.train_fraction = 1.0
+  c.train_fraction_seed = 0
   c.frontend_preset = "inatsounds"
   c.window_frames = 512
   c.eval_stride_frames = 256

@@ -18,7 +18,11 @@ study's AudioSet : iNatSounds mixtures, Liu et al. 2026, s. 4.6).
 
 - `tfds`: a split of the run's dataset (`split`); labels are carried but
   not used by pretraining. `window_filter`: a keep-list of curated windows
-  (`inatsounds_jax.curate`; "" = every window).
+  (`inatsounds_jax.curate`; "" = every window). `epoch_unit`, `fraction`,
+  `fraction_seed`: what an epoch is (`input_pipeline.TrainEpoch`: one
+  window per file, or every dense clip as the MAE study; a seeded random
+  fraction of the files). The train split alone takes them from
+  `config.train_epoch_unit`, `train_fraction` and `train_fraction_seed`.
 - `audio_folder`: every wav/flac/ogg/mp3 under `path` (recursive), decoded
   as prediction decodes (`audio.read_audio_file`: mono int16 at 22,050 Hz,
   any rate or channel count); one random window per file per epoch, files
@@ -47,6 +51,7 @@ import tensorflow_datasets as tfds
 
 from inatsounds_jax import audio
 from inatsounds_jax import data
+from inatsounds_jax import frontend as frontend_lib
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import l48
 from inatsounds_jax import registry
@@ -87,8 +92,8 @@ _TRAIN_SPLIT = "train_split"
 def _field(name: str, key: str) -> str:
   """The config field of a source's option, for messages."""
   if name == _TRAIN_SPLIT:
-    return {"split": "train_split",
-            "window_filter": "train_window_filter"}[key]
+    return {"split": "train_split", "window_filter": "train_window_filter",
+            "epoch": "train_epoch_unit/train_fraction"}[key]
   return f"pretrain_sources.{name}.{key}"
 
 
@@ -114,6 +119,15 @@ def tfds_source(name: str, options: Mapping, weight: float,
   window_filter = None
   num_examples = builder.info.splits[split].num_examples
   require_known = options.get("require_known", "")
+  try:
+    epoch = input_pipeline.TrainEpoch(
+        unit=options.get("epoch_unit", "recording"),
+        fraction=float(options.get("fraction", 1.0)),
+        subset_seed=int(options.get("fraction_seed", 0)))
+  except ValueError as e:
+    raise registry.ConfigError(f"{_field(name, 'epoch')}: {e}") from None
+  index_size = data.label_sources(builder)["example_index_size"].get(
+      split.split("[")[0], 0)
   if require_known:
     num_examples -= len(data.label_sources(builder)["unlabelled_examples"]
                         .get(split, {}).get(require_known, ()))
@@ -124,7 +138,15 @@ def tfds_source(name: str, options: Mapping, weight: float,
     except (ValueError, OSError) as e:
       raise registry.ConfigError(
           f"{_field(name, 'window_filter')}: {e}") from None
-    num_examples = window_filter.num_recordings()
+    num_examples = (window_filter.num_windows() if epoch.unit == "clip"
+                    else window_filter.num_recordings())
+  elif epoch != input_pipeline.TrainEpoch():
+    try:
+      num_examples = input_pipeline.count_epoch(
+          builder, split, options["windows"], epoch, index_size,
+          require_known)
+    except ValueError as e:
+      raise registry.ConfigError(f"{_field(name, 'epoch')}: {e}") from None
 
   def windows(config, seed, start_example, num_epochs, shuffle_buffer,
               process_index, process_count):
@@ -132,7 +154,7 @@ def tfds_source(name: str, options: Mapping, weight: float,
       return input_pipeline.train_windows(
           builder, split, config, seed, start_example, num_epochs,
           shuffle_buffer, process_index, process_count, window_filter,
-          require_known)
+          require_known, epoch, index_size)
     except ValueError as e:
       raise registry.ConfigError(
           f"{_field(name, 'window_filter')}: {e}") from None
@@ -224,6 +246,19 @@ def audio_folder_source(name: str, options: Mapping, weight: float,
   return Source(name, weight, len(files), windows)
 
 
+def model_windows(config) -> input_pipeline.WindowConfig:
+  """The windows of the model `config` makes (the objectives build its
+  frontend from `frontend_preset` and its window from `window_frames`),
+  for counting clip epochs before the model exists."""
+  default = input_pipeline.WindowConfig()
+  return input_pipeline.WindowConfig(
+      window_frames=config.get("window_frames", default.window_frames),
+      eval_stride_frames=config.get("eval_stride_frames",
+                                    default.eval_stride_frames),
+      frontend=frontend_lib.get_config(
+          config.get("frontend_preset", "inatsounds")))
+
+
 def from_config(config, builder: tfds.core.DatasetBuilder) -> list[Source]:
   """The sources of `config.pretrain_sources`, or the train split alone
   (only `config.train_window_filter`'s windows when set).
@@ -242,10 +277,14 @@ def from_config(config, builder: tfds.core.DatasetBuilder) -> list[Source]:
     return [tfds_source(_TRAIN_SPLIT, {
         "split": config.train_split,
         "window_filter": config.get("train_window_filter", ""),
-        "require_known": require_known}, 1.0, builder)]
+        "require_known": require_known,
+        "epoch_unit": config.get("train_epoch_unit", "recording"),
+        "fraction": config.get("train_fraction", 1.0),
+        "fraction_seed": config.get("train_fraction_seed", 0),
+        "windows": model_windows(config)}, 1.0, builder)]
   sources = []
   for name, options in configured.items():
-    options = dict(options)
+    options = dict(options, windows=model_windows(config))
     factory = SOURCES.get(_option(name, options, "type"))
     weight = options.get("weight", 1.0)
     if not (isinstance(weight, (int, float)) and weight > 0):

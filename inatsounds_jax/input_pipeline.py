@@ -220,12 +220,19 @@ class WindowFilter:
                column["start_frame"], column["left_pad_frames"],
                lengths.pop(), path)
 
-  def num_recordings(self, first: int = 0, end: int | None = None) -> int:
-    """Recordings with a kept window at split positions first .. end - 1."""
+  def _inside(self, first: int, end: int | None) -> np.ndarray:
     inside = self.split_position >= first
     if end is not None:
       inside &= self.split_position < end
-    return len(np.unique(self.example_index[inside]))
+    return inside
+
+  def num_recordings(self, first: int = 0, end: int | None = None) -> int:
+    """Recordings with a kept window at split positions first .. end - 1."""
+    return len(np.unique(self.example_index[self._inside(first, end)]))
+
+  def num_windows(self, first: int = 0, end: int | None = None) -> int:
+    """Kept windows of recordings at split positions first .. end - 1."""
+    return int(self._inside(first, end).sum())
 
 
 EPOCH_UNITS = ("recording", "clip")
@@ -300,6 +307,52 @@ def _kept_windows(window_filter: WindowFilter):
           tf.constant(window_filter.left_pad_frames[order], tf.int32))
 
 
+def _kept_by(epoch: TrainEpoch, example_index_size: int,
+             require_known: str):
+  """The predicate on undecoded examples of `require_known` and the
+  epoch's fraction, or None when every example is kept."""
+  kept_examples = None
+  if epoch.fraction < 1.0:
+    if not example_index_size:
+      raise ValueError(
+          f"a fraction of the files ({epoch.fraction}) needs the split's "
+          "example_index size")
+    kept_examples = tf.constant(epoch.kept_examples(example_index_size))
+  if not require_known and kept_examples is None:
+    return None
+
+  def keep(example) -> tf.Tensor:
+    kept = tf.constant(True)
+    if require_known:
+      kept &= tf.reduce_any(example[require_known] > 0)
+    if kept_examples is not None:
+      i = tf.cast(example["example_index"], tf.int32)
+      kept &= (i < tf.size(kept_examples)) & tf.gather(
+          kept_examples, tf.minimum(i, tf.size(kept_examples) - 1))
+    return kept
+
+  return keep
+
+
+def count_epoch(builder: tfds.core.DatasetBuilder, split: str,
+                config: WindowConfig, epoch: TrainEpoch = _WHOLE_EPOCH,
+                example_index_size: int = 0, require_known: str = "") -> int:
+  """Elements of one training epoch of `split` (any TFDS split string,
+  e.g. a process's share): its examples with a known label in
+  `require_known` (if given) and in `epoch`'s fraction, or their dense
+  clips for clip epochs. One pass reading the records, decoding nothing."""
+  input_name = "image" if is_image_dataset(builder) else "audio"
+  ds = builder.as_dataset(
+      split=split, decoders={input_name: tfds.decode.SkipDecoding()},
+      read_config=tfds.ReadConfig(skip_prefetch=True))
+  keep = _kept_by(epoch, example_index_size, require_known)
+  if keep is not None:
+    ds = ds.filter(keep)
+  clips = epoch.unit == "clip"
+  return int(ds.reduce(np.int64(0), lambda n, x: n + (
+      _num_clips(x["audio"], config) if clips else np.int64(1))))
+
+
 def train_windows(builder: tfds.core.DatasetBuilder, split: str,
                   config: WindowConfig = _DEFAULT_WINDOWS, seed: int = 0,
                   start_example: int = 0, num_epochs: int = 1,
@@ -321,7 +374,8 @@ def train_windows(builder: tfds.core.DatasetBuilder, split: str,
 
   With `window_filter`, only recordings with a kept window are read, and
   element i's window is drawn uniformly among its recording's kept ones
-  (seed (seed, i)).
+  (seed (seed, i)); with clip epochs, every kept window is an element once
+  per epoch (the MAE study pretrains on its curated segments so).
 
   Image datasets (L48) yield each clip, `image` at the size of
   `config.frontend` (an `ImageInputConfig`). With `require_known` (a mask
@@ -339,8 +393,8 @@ def train_windows(builder: tfds.core.DatasetBuilder, split: str,
   Raises:
     ValueError: the filter's windows are not this run's length, or it keeps
       nothing of this process's share; a filter over image clips; clip
-      epochs of image clips or with a filter; a fraction with a filter or
-      without `example_index_size`; nothing of the share kept.
+      epochs of image clips; a fraction with a filter or without
+      `example_index_size`; nothing of the share kept.
   """
   process_index, process_count = process_share(process_index, process_count)
   split = tfds.even_splits(split, n=process_count,
@@ -351,38 +405,17 @@ def train_windows(builder: tfds.core.DatasetBuilder, split: str,
     raise ValueError(f"{window_filter.path}: window filters name windows of "
                      "audio; the dataset holds image clips")
   clips = epoch.unit == "clip"
-  if clips and (images or window_filter is not None):
+  if clips and images:
     raise ValueError("clip epochs cut every dense window of each recording; "
-                     + ("the dataset holds image clips" if images else
-                        f"{window_filter.path} names its own windows"))
-  kept_examples = None
-  if epoch.fraction < 1.0:
-    if window_filter is not None or not example_index_size:
-      raise ValueError(
-          f"a fraction of the files ({epoch.fraction}) needs the split's "
-          "example_index size and no window filter")
-    kept_examples = tf.constant(epoch.kept_examples(example_index_size))
+                     "the dataset holds image clips")
+  if epoch.fraction < 1.0 and window_filter is not None:
+    raise ValueError(f"{window_filter.path}: a window filter and a fraction "
+                     f"({epoch.fraction}) of the files cannot be combined")
   input_name = "image" if images else "audio"
-
-  def keep(example) -> tf.Tensor:
-    kept = tf.constant(True)
-    if require_known:
-      kept &= tf.reduce_any(example[require_known] > 0)
-    if kept_examples is not None:
-      i = tf.cast(example["example_index"], tf.int32)
-      kept &= (i < tf.size(kept_examples)) & tf.gather(
-          kept_examples, tf.minimum(i, tf.size(kept_examples) - 1))
-    return kept
-
-  filtered = bool(require_known) or kept_examples is not None
-  if filtered or clips:
-    counted = builder.as_dataset(
-        split=split, decoders={input_name: tfds.decode.SkipDecoding()},
-        read_config=tfds.ReadConfig(skip_prefetch=True))
-    if filtered:
-      counted = counted.filter(keep)
-    epoch_size = int(counted.reduce(np.int64(0), lambda n, x: n + (
-        _num_clips(x["audio"], config) if clips else np.int64(1))))
+  keep = _kept_by(epoch, example_index_size, require_known)
+  if keep is not None or (clips and window_filter is None):
+    epoch_size = count_epoch(builder, split, config, epoch,
+                             example_index_size, require_known)
     if not epoch_size:
       raise ValueError(
           f"no example of process {process_index}'s share of the split "
@@ -394,7 +427,8 @@ def train_windows(builder: tfds.core.DatasetBuilder, split: str,
           f"{window_filter.path}: windows of {window_filter.window_frames} "
           f"frames; this run's are {config.window_frames}")
     [share] = split.to_absolute(builder.info.splits)
-    epoch_size = window_filter.num_recordings(share.from_ or 0, share.to)
+    epoch_size = (window_filter.num_windows if clips else
+                  window_filter.num_recordings)(share.from_ or 0, share.to)
     if not epoch_size:
       raise ValueError(f"{window_filter.path}: keeps no recording of "
                        f"process {process_index}'s share of the split")
@@ -407,7 +441,10 @@ def train_windows(builder: tfds.core.DatasetBuilder, split: str,
   first_epoch, offset = divmod(start_example, epoch_size)
 
   def one_per_clip(example):
-    n = _num_clips(example[input_name], config)
+    if window_filter is None:
+      n = _num_clips(example[input_name], config)
+    else:
+      n = num_rows[tf.cast(example["example_index"], tf.int64)]
     return tf.data.Dataset.from_tensors(example).repeat(n).enumerate().map(
         lambda j, x: dict(x, clip_index=j))
 
@@ -420,7 +457,7 @@ def train_windows(builder: tfds.core.DatasetBuilder, split: str,
                                     skip_prefetch=True))
     if window_filter is not None:
       ds = ds.filter(kept)
-    if filtered:
+    if keep is not None:
       ds = ds.filter(keep)
     if clips:
       ds = ds.flat_map(one_per_clip)
@@ -438,7 +475,7 @@ def train_windows(builder: tfds.core.DatasetBuilder, split: str,
       return dict(_features(example, num_classes), image=clip_image(
           input_feature.decode_example(example["image"]), config.frontend))
     audio = input_feature.decode_example(example["audio"])
-    if clips:
+    if clips and window_filter is None:
       starts, left = eval_layout(tf.shape(audio)[0], config)
       window, first_frame = _window_at(
           audio, starts[example["clip_index"]], left, config)
@@ -446,9 +483,11 @@ def train_windows(builder: tfds.core.DatasetBuilder, split: str,
       window, first_frame = random_window(audio, index, seed, config)
     else:
       i = tf.cast(example["example_index"], tf.int64)
-      row = first_row[i] + tf.random.stateless_uniform(
-          [], tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)]),
-          maxval=num_rows[i], dtype=tf.int64)
+      row = first_row[i] + (example["clip_index"] if clips else
+                            tf.random.stateless_uniform(
+                                [], tf.stack([tf.cast(seed, tf.int64),
+                                              tf.cast(index, tf.int64)]),
+                                maxval=num_rows[i], dtype=tf.int64))
       window, first_frame = _window_at(audio, kept_start[row],
                                        kept_left[row], config)
     return dict(_features(example, num_classes), waveform=window,

@@ -12,6 +12,7 @@ from inatsounds_jax import audio
 from inatsounds_jax import data_sources
 from inatsounds_jax import input_pipeline as ip
 from inatsounds_jax import registry
+from inatsounds_jax import windows as windows_lib
 import model_workdir  # pylint: disable=g-bad-import-order
 
 WINDOWS = ip.WindowConfig(window_frames=16)  # 16 x 128 + ... samples.
@@ -194,3 +195,25 @@ def test_a_folder_smaller_than_the_process_count_is_refused(tmp_path):
   with pytest.raises(registry.ConfigError, match="1 recordings cannot be "
                      "shared among 2 processes"):
     stream([source], 1, process_index=1, process_count=2)
+
+
+def test_the_train_split_epoch_counts_clips_and_the_fraction_kept(
+    small_dataset):
+  def train_source(**fields):
+    [source] = data_sources.from_config(ml_collections.ConfigDict(
+        {"train_split": "train", **fields}), small_dataset)
+    return source
+
+  recordings = small_dataset.info.splits["train"].num_examples
+  assert train_source().num_examples == recordings
+  windows = data_sources.model_windows(ml_collections.ConfigDict())
+  clips = sum(
+      len(windows_lib.eval_layout(len(x["audio"]), windows)[0])
+      for x in small_dataset.as_dataset(split="train").as_numpy_iterator())
+  assert clips > recordings
+  assert train_source(train_epoch_unit="clip").num_examples == clips
+  half = train_source(train_fraction=0.5, train_fraction_seed=3)
+  assert 0 < half.num_examples < recordings
+  with pytest.raises(registry.ConfigError,
+                     match="train_epoch_unit/train_fraction: fraction 1.5"):
+    train_source(train_fraction=1.5)

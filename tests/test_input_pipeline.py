@@ -340,3 +340,23 @@ def test_epoch_definitions_that_cannot_apply_are_refused(small_dataset):
   with pytest.raises(ValueError, match="example_index size"):
     ip.train_windows(small_dataset, "train", CONFIG,
                      epoch=ip.TrainEpoch(fraction=0.5))
+
+
+def test_a_clip_epoch_with_a_window_filter_visits_every_kept_window_once(
+    small_dataset):
+  rows, expected = [], []
+  for position, ex in enumerate(
+      tfds.as_numpy(small_dataset.as_dataset(split="train"))):
+    starts, left = windows_lib.eval_layout(len(ex["audio"]), CONFIG)
+    cut = windows_lib.cut_windows(ex["audio"], starts, left, CONFIG)
+    for j in range(0, len(starts), 2):  # Every other window kept.
+      rows.append((int(ex["example_index"]), position, int(starts[j]), left))
+      expected.append((int(ex["recording_id"]), cut[j].tobytes()))
+  columns = np.array(rows, np.int64).T
+  kept = ip.WindowFilter(*columns, window_frames=CONFIG.window_frames)
+  assert kept.num_windows() == len(expected) > kept.num_recordings()
+  epoch = _train_elements(small_dataset, len(expected), seed=2,
+                          window_filter=kept,
+                          epoch=ip.TrainEpoch(unit="clip"))
+  assert sorted((int(x["recording_id"]), x["waveform"].tobytes())
+                for x in epoch) == sorted(expected)

@@ -11,6 +11,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from inatsounds_jax import curate
+from inatsounds_jax import data_sources
+from inatsounds_jax import input_pipeline
 from inatsounds_jax import registry
 from inatsounds_jax import train
 from inatsounds_jax import trained as trained_lib
@@ -46,9 +48,10 @@ def checkpoint(workdir, step=None):
 @pytest.fixture(scope="module")
 def mae_workdir(data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("mae"))
+  # One epoch of every dense clip (the study's epoch, the config's).
   train.train_and_evaluate(
-      pretrain_config(data_dir, num_epochs=2.0, checkpoint_every_steps=1,
-                      keep_checkpoints=10), workdir)
+      pretrain_config(data_dir, num_epochs=1.0, checkpoint_every_steps=1,
+                      keep_checkpoints=1000), workdir)
   return workdir
 
 
@@ -72,8 +75,8 @@ def test_pretraining_reports_reconstruction_loss_draws_figures_and_resumes(
     shutil.rmtree(os.path.join(resumed, "checkpoints", str(step)))
   shutil.rmtree(os.path.join(resumed, "best"))
   train.train_and_evaluate(
-      pretrain_config(data_dir, num_epochs=2.0, checkpoint_every_steps=1,
-                      keep_checkpoints=10), resumed)
+      pretrain_config(data_dir, num_epochs=1.0, checkpoint_every_steps=1,
+                      keep_checkpoints=1000), resumed)
   again = checkpoint(resumed)
   assert int(again["step"]) == total
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
@@ -155,10 +158,15 @@ def test_pretraining_on_a_mixture_of_the_train_split_and_an_audio_folder(
   outputs = train.train_and_evaluate(c, workdir)
   assert np.isfinite(outputs["validation"].metrics["loss"])
   run = train.setup(c)
-  split_size = run.builder.info.splits["train"].num_examples
+  # The split's epoch is every dense clip (the config's); the folder's one
+  # window per file.
+  clips = input_pipeline.count_epoch(
+      run.builder, "train", data_sources.model_windows(c),
+      input_pipeline.TrainEpoch(unit="clip"))
+  assert clips > run.builder.info.splits["train"].num_examples
   assert {s.name: s.num_examples for s in run.train_sources} == {
-      "inatsounds": split_size, "audio": 2}
-  assert run.total_steps == (split_size + 2) // c.batch_size
+      "inatsounds": clips, "audio": 2}
+  assert run.total_steps == (clips + 2) // c.batch_size
   assert checkpoint(workdir)["step"] == run.total_steps
 
 
@@ -182,7 +190,10 @@ def test_curating_by_reconstruction_then_pretraining_on_the_kept_windows(
                       train_window_filter=os.path.join(out, curate.KEEP_FILE))
   run = train.setup(c)
   [source] = run.train_sources
-  assert source.num_examples == len(set(kept.columns["example_index"]))
-  assert source.num_examples < run.builder.info.splits["train"].num_examples
+  # A clip epoch (the config's) is every kept window once.
+  assert source.num_examples == len(kept.columns["example_index"])
+  assert source.num_examples < input_pipeline.count_epoch(
+      run.builder, "train", data_sources.model_windows(c),
+      input_pipeline.TrainEpoch(unit="clip"))
   outputs = train.train_and_evaluate(c, str(tmp_path / "run"))
   assert np.isfinite(outputs["validation"].metrics["loss"])
