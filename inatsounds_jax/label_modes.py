@@ -7,7 +7,10 @@ from such labels with a mask of which entries of the label vector are
 known. A mode, by name in
 `config.label_mode`, says which are known:
 
-- `target_only`: only the single positive.
+- `target_only`: only the single positive. Where the data labels the
+  recording (iNatSounds, the paper's protocol) it is positive in every
+  crop, one where the species is silent included; L48 labels clips, and
+  its target is positive only in the clips where it was annotated (below).
 - `geo`: also species outside the recording's range (by `config.geo_prior`:
   the synthetic true ranges or a trained range model, below
   `config.geo_threshold`) as known negatives; recordings without a location

@@ -7,6 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from inatsounds_jax import l48
 from inatsounds_jax import label_modes
 from inatsounds_jax import registry
 from inatsounds_jax.geo import prior as prior_lib
@@ -46,6 +47,50 @@ def test_an_unlabelled_window_has_no_positive_and_full_reads_its_calls():
   full = observer("full")(batch)
   np.testing.assert_array_equal(full["targets"][1],
                                 BATCH["audible_in_window"][1])
+
+
+def test_target_only_follows_the_dataset_where_the_target_is_silent():
+  # Two crops of recordings naming b; b calls only in the first, d in the
+  # second. iNatSounds (the paper's protocol): b is positive in both.
+  batch = {"label": np.array([1, 1]),
+           "audible_in_window": np.array([[0, 1, 0, 0], [0, 0, 0, 1]])}
+  recording = observer("target_only")(batch)
+  np.testing.assert_array_equal(recording["targets"], np.eye(4)[[1, 1]])
+  np.testing.assert_array_equal(recording["label_mask"], np.eye(4)[[1, 1]])
+  # L48: the same crops as clips of one asset, their masks as the L48 path
+  # marks them (b and d possible and observed there).
+  asset = l48.Asset(7, "train", "b", ("b", "d"), ("b", "d"))
+  clips = [l48.clip_labels(l48.Clip(i, 7, i, "", present, ()), asset, NAMES)
+           for i, present in enumerate((("b",), ("d",)))]
+  batch.update({f"mask_{k}": np.stack([c[k] for c in clips])
+                for k in ("target", "geo")},
+               labels=np.stack([c["labels"] for c in clips]))
+
+  def clip_observer(mode):
+    return label_modes.LabelObserver(label_modes.LABEL_MODES.get(mode), 4,
+                                     mask_feature=l48.MASK_OF_MODE[mode])
+  # Target-only: b positive only where annotated; the silent clip knows
+  # nothing (and is not trained on).
+  out = clip_observer("target_only")(batch)
+  np.testing.assert_array_equal(out["targets"], [[0, 1, 0, 0], [0] * 4])
+  np.testing.assert_array_equal(out["label_mask"], [[0, 1, 0, 0], [0] * 4])
+  # Geo: the silent clip keeps its range negatives; b is unknown there.
+  out = clip_observer("geo")(batch)
+  np.testing.assert_array_equal(out["targets"], [[0, 1, 0, 0], [0] * 4])
+  np.testing.assert_array_equal(out["label_mask"], [[1, 1, 1, 0],
+                                                    [1, 0, 1, 0]])
+
+
+def test_data_with_label_masks_reads_the_modes_mask(tmp_path):
+  builder = fake_builder(tmp_path, label_masks=True)
+  for mode, feature in (("target_only", "mask_target"), ("geo", "mask_geo"),
+                        ("checklist", "mask_checklist"), ("full", "mask_full")):
+    made = label_modes.from_config(config(label_mode=mode), builder, NAMES,
+                                   prior_lib.Priors(NAMES))
+    assert made.mask_feature == feature
+  made = label_modes.from_config(config(), fake_builder(tmp_path), NAMES,
+                                 prior_lib.Priors(NAMES))
+  assert made.mask_feature == ""
 
 
 def test_geo_makes_out_of_range_species_known_negatives():
