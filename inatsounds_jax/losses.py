@@ -28,8 +28,11 @@ every loss averaged over batch x classes:
 - `an_ls`: `an` with the unknown entries' targets smoothed, t (1 - e) +
   e / 2 (0.05 for e = 0.1, the L48 code's form; Cole et al. used 0.1);
   known entries (the positives, and the negatives a geo or checklist
-  prior makes known) stay hard, so LS gains from the priors as in the L48
-  study (56.4 -> 57.1 geo, 58.4 checklist).
+  prior makes known) stay hard, so LS reads the prior's mask. Both
+  published codes smooth the positive too (L48 0.95, Cole et al. 0.9), and
+  the L48 code's LS never reads the mask (its known-negative options
+  `neg_prior_a` 1, `neg_prior_b` 0 leave them smoothed): there the priors
+  change LS only through the clips they keep (negative-only rows).
 - `wan`: `an` with unknown entries weighted 1 / (C - 1).
 - `em`: BCE on known entries; `a (p log p + (1-p) log(1-p))` (minus the
   entropy, so minimising raises it) on unknown ones, a = 0.1.
@@ -37,22 +40,39 @@ every loss averaged over batch x classes:
   positives per example (`expected_positives`; 0 takes the dataset's mean
   number of audible species per recording from its strong labels: an
   upper estimate for a window, which hears some of them).
-- `role`: a label table G `[examples, classes]` of logits in the state
-  (initialised uniform in (logit 0.4, logit 0.6)), known entries taken from
-  the labels; loss 0.5 (R(f, G) + R(G, f)), R(F, Y) = BCE(F, sigmoid(Y),
-  Y held fixed) + the EPR term on F. The model learns from R(f, G); G's
-  rows in the batch take an SGD step on R(G, f) (per-entry gradient,
-  `label_learning_rate`), where the original trains G with the model's
-  Adam at 10x its learning rate.
+- `role`: Cole et al.'s s.4 (their code: `losses.loss_role`, the label
+  estimator in `models.py`, its optimizer in `train.py`). A label table G
+  `[examples, classes]` of logits in the state, initialised uniform in
+  (logit 0.4, logit 0.6); the estimate q reads known entries as their
+  labels and unknown ones as sigmoid(G). Loss 0.5 (R(f | q) + R(q | f)),
+  R(F | Y) = known-entry BCE of F (EPR's term: the positive, and prior
+  negatives) + BCE(F, Y) over every entry, Y held fixed + the EPR
+  penalty on F. q's known-entry term is zero (known entries are labels,
+  not estimates) and its cross term counts unknown entries only. The model
+  learns from R(f | q); G trains with Adam (torch's defaults: betas 0.9 /
+  0.999, eps 1e-8) on 0.5 R(q | f) at `label_learning_rate_multiplier`
+  (10, Cole et al.'s `lr_mult`) x the run's learning rate at the step, and,
+  like torch's Adam on one parameter, densely: every row moves each step
+  by its moments, not only the batch's rows. Where the published code
+  differs: Cole et al.'s table starts observed positives at 0.995 (and
+  negatives at 0.005) and trains them with its positive term; the L48
+  code pins no negatives and scales the EPR penalty by a further 1 / (B C)
+  (a bug, not copied). The table and its Adam moments are three
+  `[examples, classes]` float32 arrays, split by row over the devices and
+  all rewritten every step: for the iNatSounds train split (137,012
+  recordings x 5,569 classes) about 9 GB, which only a device mesh with
+  that much memory between its devices can hold.
 - `ll_r`, `ll_ct`, `ll_cp`: the largest BCE(z, 0) losses among the
-  batch's unknown entries, floor(r x B x C) of them (Kim et al. take the
-  fraction over batch x classes; no floor of one entry, which with prior
-  negatives would flip a checklist unknown in nearly every batch; ties to
-  the lower batch-major index), are rejected (loss 0), corrected for this
-  step (loss against 1), or corrected for good (a per-example table marks
-  them known positives). In epoch t (from 1) r = delta (t - 1) for LL-R and
-  LL-Ct, and r = delta from epoch 2 for LL-Cp (Kim et al.'s schedule; the
-  L48 code never advances its epoch counter).
+  batch's unknown entries, ceil(r x B x C) of them (Kim et al.'s count, in
+  their code and the L48 code: a fraction of batch x classes, not of the
+  unknown entries; ties to the lower batch-major index), are rejected
+  (loss 0), corrected for this step (loss against 1), or corrected for
+  good (a per-example table marks them known positives). In epoch t
+  (from 1: `batch["step"]` // the run's steps per epoch + 1) r = delta
+  (t - 1) for LL-R and LL-Ct, and r = delta from epoch 2 for LL-Cp (Kim
+  et al.'s schedule: their `clean_rate` falls by `delta_rel` after each
+  epoch; the L48 code never advances its epoch counter, and its LL-Cp
+  flips a raw 20 % from epoch 1).
 - `full_bce`: BCE on known entries only (the upper bound with
   `label_mode = "full"`, where every entry is known).
 
@@ -78,6 +98,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -109,6 +130,8 @@ class LossContext:
       recording (L48's clips of an asset: `asset_index`); 0 when each
       example is its own recording.
     class_counts: training examples per label (empty when unknown).
+    learning_rate: the run's learning-rate schedule (step -> rate), for a
+      table trained beside the model (ROLE); None outside a run.
   """
   num_examples: int = 0
   steps_per_epoch: int = 1
@@ -116,6 +139,7 @@ class LossContext:
   expected_positives: float = 0.0
   num_assets: int = 0
   class_counts: tuple[float, ...] = ()
+  learning_rate: Callable[[jax.Array], jax.Array] | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -231,13 +255,8 @@ def set_rows(table: jax.Array, index: jax.Array, values: jax.Array,
                        out_specs=P("data"))(table, index, values)
 
 
-def _uniform_logit_table(rows: int, classes: int, low: float, high: float
-                         ) -> jax.Array:
-  """Logits of probabilities uniform in (low, high), from a fixed key (the
-  state must not depend on anything but the run's shape)."""
-  p = jax.random.uniform(jax.random.PRNGKey(0), (rows, classes),
-                         minval=low, maxval=high)
-  return jnp.log(p) - jnp.log1p(-p)
+def _logit(p: float) -> float:
+  return math.log(p / (1 - p))
 
 
 # ---------------------------------------------------------------------------
@@ -313,45 +332,59 @@ def _full_bce(logits, targets, batch, state, *, options, context):
 
 def _role_init(num_classes, *, options, context):
   del options
-  return {"rows": {"label_logits": _uniform_logit_table(
-      padded_rows(context.num_examples), num_classes, 0.4, 0.6)}}
+  # Uniform in logits, as both published codes draw it, from a fixed key
+  # (the state must not depend on anything but the run's shape).
+  table = jax.random.uniform(
+      jax.random.PRNGKey(0), (padded_rows(context.num_examples), num_classes),
+      minval=_logit(0.4), maxval=_logit(0.6))
+  adam = optax.scale_by_adam().init(table)
+  return {"rows": {"label_logits": table, "adam_mu": adam.mu,
+                   "adam_nu": adam.nu},
+          "adam_count": adam.count}
 
 
 def _role(logits, targets, batch, state, *, options, context):
+  if context.learning_rate is None:
+    raise ValueError("loss 'role' trains its label table at a multiple of "
+                     "the run's learning rate: LossContext.learning_rate "
+                     "must be the run's schedule")
   mask = label_mask(targets, batch)
   index = batch["example_index"]
   k = _k(options, context)
-  table = state["rows"]["label_logits"]
-  g = gather_rows(table, index, context.mesh)
+  rows = state["rows"]
   p = jax.nn.sigmoid(logits)
 
-  def estimate(g):
-    return mask * targets + (1 - mask) * jax.nn.sigmoid(g)
+  def r_labels(table):
+    """0.5 R(q | f), the table's half, and q."""
+    g = gather_rows(table, index, context.mesh)
+    q = mask * targets + (1 - mask) * jax.nn.sigmoid(g)
+    cross = ((1 - mask) * _bce(g, jax.lax.stop_gradient(p))).mean()
+    return 0.5 * (cross + expected_positive_penalty(q, k)), q
 
-  def r_labels(g):
-    # R(G, f): the table learns from the model. Known entries are labels,
-    # not estimates: they add nothing.
-    per_entry = (1 - mask) * _bce(g, jax.lax.stop_gradient(p))
-    return per_entry.mean() + expected_positive_penalty(estimate(g), k)
-
-  r_model = (_bce(logits, jax.lax.stop_gradient(estimate(g))).mean() +
+  (half_table, q), grad = jax.value_and_grad(r_labels, has_aux=True)(
+      rows["label_logits"])
+  r_model = ((mask * _bce(logits, targets)).mean() +
+             _bce(logits, jax.lax.stop_gradient(q)).mean() +
              expected_positive_penalty(p, k))
-  r_table, grad = jax.value_and_grad(r_labels)(g)
-  # Per-entry scale: the mean over batch x classes divides each entry's
-  # gradient by B x C.
-  step = options["label_learning_rate"] * grad * grad.size
-  new_table = set_rows(table, index, g - step, context.mesh)
-  value = 0.5 * (r_model + jax.lax.stop_gradient(r_table))
-  return value, {"rows": {"label_logits": new_table}}
+  steps, adam = optax.scale_by_adam().update(grad, optax.ScaleByAdamState(
+      state["adam_count"], rows["adam_mu"], rows["adam_nu"]))
+  rate = (options["label_learning_rate_multiplier"] *
+          context.learning_rate(batch["step"]))
+  value = 0.5 * r_model + jax.lax.stop_gradient(half_table)
+  return value, {"rows": {"label_logits": rows["label_logits"] - rate * steps,
+                          "adam_mu": adam.mu, "adam_nu": adam.nu},
+                 "adam_count": adam.count}
 
 
 def large_loss_selection(losses: jax.Array, unknown: jax.Array,
                          fraction: jax.Array) -> jax.Array:
-  """bool `[batch, classes]`: the floor(fraction x batch x classes) largest
+  """bool `[batch, classes]`: the ceil(fraction x batch x classes) largest
   losses among unknown entries (all of them if fewer); ties go to the
   lower batch-major index."""
   flat = jnp.where(unknown, losses, -jnp.inf).reshape(-1)
-  count = jnp.floor(fraction * flat.size).astype(jnp.int32)
+  # Less a hair: float32 rounding of r must not add an entry where
+  # r x B x C is a whole number.
+  count = jnp.ceil(fraction * flat.size * (1 - 1e-6)).astype(jnp.int32)
   order = jnp.argsort(-flat, stable=True)
   rank = jnp.zeros_like(order).at[order].set(jnp.arange(order.size))
   return ((rank < count) & unknown.reshape(-1)).reshape(losses.shape)
@@ -424,7 +457,7 @@ _add_family("wan", _wan)
 _add_family("em", _em, alpha=0.1)
 _add_family("epr", _epr, expected_positives=0.0)
 _add_family("role", _role, _role_init, expected_positives=0.0,
-            label_learning_rate=1.0)
+            label_learning_rate_multiplier=10.0)
 # delta: the middle of Kim et al.'s grid (0.1-0.5 % per epoch).
 _add_family("ll_r", functools.partial(_ll, correct=False), delta=0.002)
 _add_family("ll_ct", functools.partial(_ll, correct=True), delta=0.002)

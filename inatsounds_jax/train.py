@@ -374,10 +374,13 @@ def _check_best_metric(best_metric: str,
 
 
 def loss_context(builder: tfds.core.DatasetBuilder, train_split: str,
-                 steps_per_epoch: int, mesh) -> losses.LossContext:
+                 steps_per_epoch: int, mesh,
+                 schedule: optax.Schedule | None = None
+                 ) -> losses.LossContext:
   """What the loss needs from the data: per-example rows, expected
   positives (from strong labels, where the records have them), the train
-  split's label counts."""
+  split's label counts; and from the run: its steps per epoch and learning
+  rate `schedule`."""
   sources = data.label_sources(builder)
   counts = (data.label_counts(builder) or {}).get(train_split, ())
   return losses.LossContext(
@@ -385,7 +388,7 @@ def loss_context(builder: tfds.core.DatasetBuilder, train_split: str,
       num_examples=int(sources["example_index_size"].get(
           train_split, builder.info.splits[train_split].num_examples)),
       num_assets=int(sources["asset_index_size"].get(train_split, 0)),
-      steps_per_epoch=steps_per_epoch, mesh=mesh,
+      steps_per_epoch=steps_per_epoch, mesh=mesh, learning_rate=schedule,
       expected_positives=float(sources["mean_audible_species"].get(
           train_split, 0.0)))
 
@@ -411,8 +414,9 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
   train_sources = tuple(data_sources.from_config(config, builder))
   steps_per_epoch = max(
       1, sum(s.num_examples for s in train_sources) // config.batch_size)
+  schedule = learning_rate_schedule(config, steps_per_epoch)
   loss = losses.from_config(config, loss_context(
-      builder, config.train_split, steps_per_epoch, mesh))
+      builder, config.train_split, steps_per_epoch, mesh, schedule))
   losses.check_rows_fit(loss, len(label_names), len(devices))
   priors = prior_lib.Priors(label_names, data.true_ranges_path(builder))
   labels = label_modes.from_config(config, builder, label_names, priors)
@@ -424,7 +428,6 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
   teacher = mean_teacher.from_config(config, steps_per_epoch, priors)
   model = objective.make_model(config, len(label_names), loss.multilabel)
   windows = trained.window_config(model, config.eval_stride_frames)
-  schedule = learning_rate_schedule(config, steps_per_epoch)
   tx = make_optimizer(config, schedule)
   init = functools.partial(init_state, model, tx, loss,
                            jax.random.PRNGKey(config.seed),

@@ -1,9 +1,12 @@
 """The single-positive loss family against numpy, entry by entry."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from inatsounds_jax import data
@@ -103,8 +106,8 @@ def test_full_bce_counts_known_entries_only():
 def test_large_loss_selection_breaks_ties_by_lower_index():
   loss_values = jnp.array([[1.0, 3.0, 3.0], [3.0, 0.5, 2.0]])
   unknown = jnp.array([[True, True, True], [True, False, True]])
-  # 6 entries x 0.4 -> 2 chosen; three tie at 3.0: the first two win.
-  chosen = losses.large_loss_selection(loss_values, unknown, 0.4)
+  # 6 entries x 0.3 = 1.8 -> 2 chosen; three tie at 3.0: the first two win.
+  chosen = losses.large_loss_selection(loss_values, unknown, 0.3)
   np.testing.assert_array_equal(chosen, [[False, True, True],
                                          [False, False, False]])
   # A known entry is never chosen, however large.
@@ -113,22 +116,31 @@ def test_large_loss_selection_breaks_ties_by_lower_index():
   np.testing.assert_array_equal(chosen, [[False, True]])
 
 
-def test_large_loss_fraction_is_of_batch_times_classes_with_no_floor():
+def test_large_loss_count_is_kims_ceil_of_batch_times_classes():
   loss_values = jnp.arange(8.0).reshape(2, 4)
   unknown = jnp.array([[True, True, False, False], [True, True, True, True]])
-  # 0.1 x 8 entries rounds below one: nothing (a floor of one would pick
-  # the largest unknown every batch).
-  assert not losses.large_loss_selection(loss_values, unknown, 0.1).any()
-  # 0.3 x 8 = 2.4 -> the 2 largest unknown losses (of all 6 unknowns).
+  assert not losses.large_loss_selection(loss_values, unknown, 0.0).any()
+  # 0.1 x 8 = 0.8 -> 1 (Kim et al.'s ceil).
+  np.testing.assert_array_equal(
+      losses.large_loss_selection(loss_values, unknown, 0.1),
+      [[False, False, False, False], [False, False, False, True]])
+  # 0.3 x 8 = 2.4 -> the 3 largest unknown losses. Over the 6 unknown
+  # entries it would be ceil(1.8) = 2.
   np.testing.assert_array_equal(
       losses.large_loss_selection(loss_values, unknown, 0.3),
-      [[False, False, False, False], [False, False, True, True]])
+      [[False, False, False, False], [False, True, True, True]])
+  # delta 0.002 in epoch 6 of batch 16 x 100 classes: 16 entries, though
+  # float32's 0.002 x 5 x 1600 is 16.000002.
+  chosen = losses.large_loss_selection(
+      jnp.zeros((16, 100)), jnp.ones((16, 100), bool),
+      jnp.float32(0.002) * jnp.float32(5))
+  assert int(chosen.sum()) == 16
 
 
 def ll_expected(rate, correct):
   per_entry = np_bce(LOGITS, TARGETS)
   unknown = np.argwhere(MASK == 0)
-  count = int(np.floor(rate * MASK.size))
+  count = int(np.ceil(rate * MASK.size - 1e-9))
   ranked = sorted(unknown.tolist(), key=lambda bc: -per_entry[tuple(bc)])
   out = per_entry.copy()
   for b, c in ranked[:count]:
@@ -138,27 +150,33 @@ def ll_expected(rate, correct):
 
 @pytest.mark.parametrize("name,correct", [("ll_r", False), ("ll_ct", True)])
 def test_ll_r_and_ll_ct_follow_the_epoch_schedule(name, correct):
-  loss = bound(name, losses.LossContext(steps_per_epoch=10), delta=0.2)
+  loss = bound(name, losses.LossContext(steps_per_epoch=10), delta=0.1)
   # Epoch 1 (steps 0-9): unmodified, i.e. AN.
   value, _ = value_of(loss, dict(BATCH, step=jnp.asarray(9)))
   assert value == pytest.approx(ll_expected(0.0, correct), rel=1e-5)
-  # Epoch 3: r = 0.2 x 2 = 0.4 of the 8 entries -> the 3 largest unknowns.
+  # Epoch 2 from step 10: r = 0.1 of the 8 entries -> 1, the largest
+  # unknown BCE(z, 0) (example 0's class 0, logit 0.5).
+  value, _ = value_of(loss, dict(BATCH, step=jnp.asarray(10)))
+  per_entry = np_bce(LOGITS, TARGETS)
+  per_entry[0, 0] = np_bce(LOGITS[0, 0], 1.0) if correct else 0.0
+  assert value == pytest.approx(per_entry.mean(), rel=1e-5)
+  # Epoch 3: r = 0.1 x 2 = 0.2 of the 8 entries -> ceil(1.6) = 2.
   value, _ = value_of(loss, dict(BATCH, step=jnp.asarray(25)))
-  assert value == pytest.approx(ll_expected(0.4, correct), rel=1e-5)
-  assert value != pytest.approx(ll_expected(0.0, correct), rel=1e-5)
+  assert value == pytest.approx(ll_expected(0.2, correct), rel=1e-5)
+  assert value != pytest.approx(ll_expected(0.1, correct), rel=1e-5)
 
 
 def test_ll_cp_corrects_permanently_from_epoch_two():
   context = losses.LossContext(num_examples=5, steps_per_epoch=10)
-  loss = bound("ll_cp", context, delta=0.2)
+  loss = bound("ll_cp", context, delta=0.1)
   state = loss.init(4)
   value, state = value_of(loss, dict(BATCH, step=jnp.asarray(3)), state)
   assert value == pytest.approx(ll_expected(0.0, True), rel=1e-5)
   assert not np.asarray(state["rows"]["corrected"]).any()
-  # Epoch 2: floor(0.2 x 8) = 1 entry, the largest unknown BCE(z, 0):
+  # Epoch 2: ceil(0.1 x 8) = 1 entry, the largest unknown BCE(z, 0):
   # example 0's class 0 (logit 0.5, above 0.3, -0.5, -1.0 and -2.0).
   value, state = value_of(loss, dict(BATCH, step=jnp.asarray(10)), state)
-  assert value == pytest.approx(ll_expected(0.2, True), rel=1e-5)
+  assert value == pytest.approx(ll_expected(0.1, True), rel=1e-5)
   table = np.asarray(state["rows"]["corrected"])
   assert table.sum() == 1 and table[3, 0] == 1  # Example 0 is row 3.
   # Next time the entry is a known positive: its loss is BCE against 1.
@@ -168,33 +186,63 @@ def test_ll_cp_corrects_permanently_from_epoch_two():
   assert value == pytest.approx(np_bce(LOGITS, targets).mean(), rel=1e-5)
 
 
-def test_role_loss_and_label_table_update_match_numpy():
-  context = losses.LossContext(num_examples=5)
-  loss = bound("role", context, expected_positives=1.0,
-               label_learning_rate=0.5)
+def role_context(**fields):
+  # Learning rate 1e-3 x the multiplier 10: the table's Adam rate 0.01.
+  return losses.LossContext(learning_rate=lambda step: 1e-3, **fields)
+
+
+def test_role_loss_and_one_adam_step_on_the_label_table_match_numpy():
+  loss = bound("role", role_context(num_examples=5), expected_positives=1.0)
   state = loss.init(4)
   g = np.asarray(state["rows"]["label_logits"], np.float64)
   assert g.shape == (losses.ROW_MULTIPLE, 4)
   assert ((sigmoid(g) > 0.4 - 1e-6) & (sigmoid(g) < 0.6 + 1e-6)).all()
   value, new = value_of(loss, state=state)
   rows = g[[3, 1]]
-  q = MASK * TARGETS + (1 - MASK) * sigmoid(rows)
+  s = sigmoid(rows)
+  q = MASK * TARGETS + (1 - MASK) * s  # Known entries read as labels.
   p = sigmoid(LOGITS)
 
   def penalty(x):
     return (x.sum() / 2 - 1.0) ** 2 / 16
 
-  r_model = np_bce(LOGITS, q).mean() + penalty(p)
+  # R(f | q): known-entry BCE + BCE against q everywhere + the penalty;
+  # R(q | f): BCE of the unknown entries against p + the penalty on q.
+  r_model = ((MASK * np_bce(LOGITS, TARGETS)).mean() +
+             np_bce(LOGITS, q).mean() + penalty(p))
   r_table = ((1 - MASK) * np_bce(rows, p)).mean() + penalty(q)
   assert value == pytest.approx(0.5 * (r_model + r_table), rel=1e-5)
-  # d r_table / d g for unknown entries, times B x C: the per-entry step.
-  s = sigmoid(rows)
-  grad = (1 - MASK) * ((s - p) +
-                       2 * (q.sum() / 2 - 1.0) / 2 / 16 * 8 * s * (1 - s))
+  # d (0.5 r_table) / d g: zero at known entries.
+  grad = 0.5 * (1 - MASK) * ((s - p) / 8 +
+                             2 * (q.sum() / 2 - 1.0) / 2 / 16 * s * (1 - s))
+  # Adam's first step (torch defaults): m = 0.1 grad, v = 0.001 grad^2;
+  # bias-corrected, grad / (|grad| + 1e-8): 0.01 x the sign.
   expected = g.copy()
-  expected[[3, 1]] = rows - 0.5 * grad
+  expected[[3, 1]] = rows - 0.01 * grad / (np.abs(grad) + 1e-8)
   np.testing.assert_allclose(np.asarray(new["rows"]["label_logits"]),
-                             expected, rtol=1e-4, atol=1e-5)
+                             expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(new["rows"]["adam_mu"])[[3, 1]],
+                             0.1 * grad, rtol=1e-4, atol=1e-12)
+  np.testing.assert_allclose(np.asarray(new["rows"]["adam_nu"])[[3, 1]],
+                             0.001 * grad ** 2, rtol=1e-4, atol=1e-16)
+  assert int(new["adam_count"]) == 1
+  # Step 2 on other rows: row 3's moments still move it (dense Adam, as
+  # torch's on one parameter), by 0.01 m_hat / (sqrt(v_hat) + 1e-8).
+  _, after = value_of(loss, dict(BATCH, example_index=jnp.asarray([0, 2])),
+                      new)
+  m, v = 0.9 * 0.1 * grad[0], 0.999 * 0.001 * grad[0] ** 2
+  m_hat, v_hat = m / (1 - 0.9 ** 2), v / (1 - 0.999 ** 2)
+  np.testing.assert_allclose(
+      np.asarray(after["rows"]["label_logits"])[3],
+      expected[3] - 0.01 * m_hat / (np.sqrt(v_hat) + 1e-8), rtol=1e-5,
+      atol=1e-6)
+
+
+def test_role_needs_the_runs_learning_rate():
+  loss = bound("role", losses.LossContext(num_examples=5),
+               expected_positives=1.0)
+  with pytest.raises(ValueError, match="learning rate"):
+    value_of(loss)
 
 
 def test_role_table_sharded_over_eight_devices_matches_one_device():
@@ -205,12 +253,14 @@ def test_role_table_sharded_over_eight_devices_matches_one_device():
            "example_index": jnp.asarray([70, 3, 9, 127, 64, 0, 33, 100])}
   results = []
   for m in (None, mesh):
-    context = losses.LossContext(num_examples=128, mesh=m)
-    loss = bound("role", context, expected_positives=1.0)
+    loss = bound("role", role_context(num_examples=128, mesh=m),
+                 expected_positives=1.0)
     state = loss.init(4)
     if m is not None:
       sharding = jax.sharding.NamedSharding(m, losses.P("data"))
-      state = jax.device_put(state, sharding)
+      state = jax.device_put(state, jax.tree.map(
+          functools.partial(jax.sharding.NamedSharding, m),
+          losses.state_specs(state)))
       batch_in = {k: (jax.device_put(v, sharding) if v.ndim else v)
                   for k, v in batch.items()}
       logits_in = jax.device_put(logits, sharding)
@@ -221,10 +271,11 @@ def test_role_table_sharded_over_eight_devices_matches_one_device():
     if m is not None:  # Never replicated: each device holds 16 rows.
       shard = new["rows"]["label_logits"].addressable_shards[0]
       assert shard.data.shape == (16, 4)
-    results.append((float(value), np.asarray(new["rows"]["label_logits"])))
+    results.append((float(value), jax.tree.map(np.asarray, new)))
   assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
-  np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5,
-                             atol=1e-6)
+  for one, eight in zip(jax.tree.leaves(results[0][1]),
+                        jax.tree.leaves(results[1][1])):
+    np.testing.assert_allclose(one, eight, rtol=1e-5, atol=1e-6)
 
 
 def test_asset_regularisation_adds_bce_to_the_running_average():
@@ -346,7 +397,11 @@ def test_logit_adjustment_without_label_counts_is_refused():
 
 
 def test_the_run_gives_the_loss_its_train_split_label_counts(small_dataset):
-  context = train.loss_context(small_dataset, "train", 1, None)
+  schedule = optax.constant_schedule(0.5)
+  context = train.loss_context(small_dataset, "train", 7, None, schedule)
+  # And its steps per epoch (the large-loss schedule) and learning rate
+  # (ROLE's table).
+  assert context.steps_per_epoch == 7 and context.learning_rate is schedule
   counts = data.label_counts(small_dataset)["train"]
   assert context.class_counts == tuple(float(n) for n in counts)
   assert sum(context.class_counts) == (

@@ -70,7 +70,8 @@ def test_role_label_table_survives_a_kill_and_resume(data_dir, tmp_path):
   table = np.asarray(expected["loss_state"]["rows"]["label_logits"])
   assert not np.allclose(table, np.asarray(
       losses.LOSSES.get("role").bind(
-          {"expected_positives": 1.0, "label_learning_rate": 1.0},
+          {"expected_positives": 1.0,
+           "label_learning_rate_multiplier": 10.0},
           losses.LossContext(num_examples=table.shape[0])).init(
               table.shape[1])["rows"]["label_logits"]))  # It has learned.
   assert_trees_close(expected["loss_state"], resumed["loss_state"],
