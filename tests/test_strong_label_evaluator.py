@@ -91,3 +91,28 @@ def test_strong_label_evaluation_refuses_records_without_strong_labels(
   with pytest.raises(registry.ConfigError, match="strong labels"):
     common.from_config({"s": {"type": "strong_label", "split": "test"}},
                        context(weak))
+
+
+def test_bootstrap_intervals_resample_recordings_and_hold_the_estimate(
+    small_dataset):
+  names = small_dataset.info.features["label"].names
+  predict = fake_predict(len(names))
+
+  def run(bootstrap):
+    return strong_label.Evaluator(context(small_dataset), split="validation",
+                                  bootstrap=bootstrap).run(predict)
+
+  plain, resampled = run(0), run(200)
+  assert plain.metrics == resampled.metrics
+  assert "interval" not in plain.summary["no_prior"]["window"]
+  for level in ("window", "file"):
+    m = resampled.summary["no_prior"][level]
+    low, high = m["interval"]["low"], m["interval"]["high"]
+    assert low <= m["map"] <= high and low < high
+    assert m["interval"]["std"] > 0
+  # The same resamples each time: intervals are reproducible.
+  assert run(200).summary == resampled.summary
+  assert "window mAP" in resampled.text and "[" in resampled.text
+  with pytest.raises(registry.ConfigError, match="bootstrap=1"):
+    strong_label.Evaluator(context(small_dataset), split="validation",
+                           bootstrap=1)

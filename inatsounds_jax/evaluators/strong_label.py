@@ -33,6 +33,11 @@ chunk, and `file_map` pools each whole recording):
                         "annotations": "DIR/tables",
                         "species_map": "DIR/species_map.csv"}}
 
+`bootstrap`: resamples (0: none) of a percentile bootstrap over recordings
+(`metrics.bootstrap_over_recordings`: windows of one recording are not
+independent, so recordings are resampled, not windows) giving each mAP a
+95 % interval, in the summary (`interval`: low, high, std) and the text.
+
 Metrics: `<view>/window_map`, `<view>/file_map` for view no_prior|prior.
 """
 
@@ -98,7 +103,7 @@ class Evaluator:
   def __init__(self, context: common.EvalContext, *, split: str,
                geo_prior: str = "", geo_threshold: float = 0.1,
                min_prior_coverage: float = 0.5, scores: str = "sigmoid",
-               soundscapes: Mapping | None = None):
+               soundscapes: Mapping | None = None, bootstrap: int = 0):
     if soundscapes is not None:
       context = dataclasses.replace(
           context, builder=soundscape_records(context, dict(soundscapes)))
@@ -117,7 +122,12 @@ class Evaluator:
     if scores not in SCORES:
       raise registry.ConfigError(
           f"scores {scores!r}: choose from {sorted(SCORES)}")
+    if bootstrap < 0 or bootstrap == 1:
+      raise registry.ConfigError(
+          f"bootstrap={bootstrap}: give 0 (no interval) or 2 and more "
+          "resamples")
     self.context, self.split, self.threshold = context, split, geo_threshold
+    self.bootstrap = bootstrap
     self.squash = SCORES[scores]
     self.prior = context.priors(geo_prior, min_prior_coverage)
     self.views = ("no_prior",) if self.prior is None else ("no_prior",
@@ -164,20 +174,32 @@ class Evaluator:
       file_scores = np.full(file_truth.shape, -np.inf)
       np.maximum.at(file_scores, file_of, rows[view])
       known = rows["annotated"]
-      result[view] = {"window": mean_ap(rows[view][known],
-                                        rows["truth"][known]),
-                      "file": mean_ap(file_scores, file_truth)}
+      levels = {"window": (rows["recording"][known], rows[view][known],
+                           rows["truth"][known]),
+                "file": (files, file_scores, file_truth)}
+      result[view] = {level: mean_ap(*level_rows[1:])
+                      for level, level_rows in levels.items()}
+      texts = []
       for level, m in result[view].items():
         metrics[f"{view}/{level}_map"] = m["map"]
-      lines.append(f"{self.split:10s} strong {view:8s} window mAP "
-                   f"{result[view]['window']['map']:.3f} file mAP "
-                   f"{result[view]['file']['map']:.3f}")
+        texts.append(f"{level} mAP {m['map']:.3f}")
+        if self.bootstrap:
+          interval = metrics_lib.bootstrap_over_recordings(
+              lambda s, t: mean_ap(s, t)["map"], *levels[level],
+              num_samples=self.bootstrap)
+          m["interval"] = {"low": interval.low, "high": interval.high,
+                           "std": interval.std,
+                           "num_samples": self.bootstrap}
+          texts[-1] += f" [{interval.low:.3f}, {interval.high:.3f}]"
+      lines.append(f"{self.split:10s} strong {view:8s} " + " ".join(texts))
     summary = {view: {level: {"map": m["map"],
                               "num_classes": m["num_classes"],
                               "per_class_ap": {
                                   c.label_names[i]: float(ap) for i, ap in
                                   enumerate(m["per_class_ap"])
-                                  if not np.isnan(ap)}}
+                                  if not np.isnan(ap)},
+                              **({"interval": m["interval"]}
+                                 if "interval" in m else {})}
                       for level, m in levels.items()}
                for view, levels in result.items()}
     summary["num_windows"] = int(len(rows["truth"]))
