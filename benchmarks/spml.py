@@ -1,16 +1,23 @@
 """The Merlin L48 study's single-positive table on the synthetic corpus.
 
-    nice -n 10 python benchmarks/spml.py [--seeds 3 --epochs 30]
+    nice -n 10 python benchmarks/spml.py [--seeds 3 --epochs 30] \
+        [--world hard --corpus_seeds 2 --bootstrap 200]
 
 Rows: `full_bce` (trained on every species calling in each training
 window: the upper bound), `an`, `an_ls`, `wan`, `em`, `epr`, `role`,
-`ll_r`, `ll_ct`, `ll_cp`, and `an` with a mean teacher. Columns: the
+`ll_r`, `ll_ct`, `ll_cp`, `an` with a mean teacher, and `ema_only` (`an`
+evaluated through the same EMA of the parameters with no consistency
+term: the mean teacher's control, so that its row shows what the
+consistency adds beyond averaging). Columns: the
 label mode `target_only`, `geo` (true ranges as negatives), `checklist`
 (the corpus's checklists as negatives) and
 `target_only` plus asset regularisation. Cell: strong-label window mAP on
 the validation split (`evaluators/strong_label.py`, no prior), mean and
-standard deviation over seeds (the seed changes initialisation and data
-order; the corpus is fixed).
+sample standard deviation (ddof=1) over the runs: `--seeds` initialisation
+and data-order seeds on each of `--corpus_seeds` corpora (`--world`:
+"default", or "hard", the generator's harder world at this size); and in
+brackets the mean over runs of each run's 95 % bootstrap interval over
+validation recordings (`--bootstrap` resamples).
 
 Every run goes through `train.train_and_evaluate`, the library's one loop,
 with the `placeholder` backbone (a linear classifier on the window's mean
@@ -38,7 +45,7 @@ from inatsounds_jax import config_defaults  # noqa: E402
 from inatsounds_jax import train  # noqa: E402
 
 ROWS = ("full_bce", "an", "an_ls", "wan", "em", "epr", "role", "ll_r",
-        "ll_ct", "ll_cp", "mean_teacher")
+        "ll_ct", "ll_cp", "mean_teacher", "ema_only")
 COLUMNS = {"target_only": {"label_mode": "target_only"},
            "+geo": {"label_mode": "geo"},
            "+checklist": {"label_mode": "checklist"},
@@ -48,12 +55,13 @@ METRIC = "no_prior/window_map"
 # Rows whose loss never reads the mask of known entries (prior negatives are
 # negatives already) or that train on full labels: their +geo and +checklist
 # cells equal target-only, so they are not run again.
-MASK_FREE = ("full_bce", "an", "mean_teacher")
+MASK_FREE = ("full_bce", "an", "mean_teacher", "ema_only")
 
 
-def placeholder_config(seed: int, args) -> dict:
-  """The placeholder classifier on the benchmark corpus, `args`'s schedule
-  (`add_run_arguments`), the true ranges as geo prior; no evaluations."""
+def placeholder_config(seed: int, args, corpus_seed: int = 0) -> dict:
+  """The placeholder classifier on the benchmark corpus (`corpus_seed`),
+  `args`'s schedule (`add_run_arguments`), the true ranges as geo prior;
+  no evaluations."""
   c = config_defaults.classifier()
   c.update(dataset="synthetic", data_dir=args.data_dir, model="placeholder",
            optimizer="adam", learning_rate=args.learning_rate,
@@ -63,7 +71,8 @@ def placeholder_config(seed: int, args) -> dict:
            checkpoint_every_steps=100000, seed=seed,
            geo_prior="synthetic_truth", frontend_preset="inatsounds_float")
   c.dataset_options = {"num_species": args.species,
-                       "num_recordings": args.recordings}
+                       "num_recordings": args.recordings,
+                       "seed": corpus_seed, "world": args.world}
   c.image.size = None
   c.image.channels = 1
   c.augment.freq_mask_max_width = 0
@@ -71,21 +80,23 @@ def placeholder_config(seed: int, args) -> dict:
   return c
 
 
-def run_config(row: str, column: dict, seed: int, args) -> dict:
-  c = placeholder_config(seed, args)
+def run_config(row: str, column: dict, seed: int, args,
+               corpus_seed: int = 0) -> dict:
+  c = placeholder_config(seed, args, corpus_seed)
   c.evals = {"strong": {"type": "strong_label", "split": "validation",
-                        "every_epochs": 0.0}}
+                        "every_epochs": 0.0, "bootstrap": args.bootstrap}}
   c.best_metric = "strong/" + METRIC
   c.evals.strong.every_epochs = float(args.epochs)
   c.update(column)
   c.loss = row
   if row == "full_bce":
     c.label_mode = "full"
-  if row == "mean_teacher":
+  if row in ("mean_teacher", "ema_only"):
     c.loss = "an"
-    # The teacher is evaluated; 270 steps need a shorter EMA than the
-    # paper's 0.999, which would still be mostly the initialisation.
+    # The teacher (the EMA) is evaluated; 270 steps need a shorter EMA than
+    # the paper's 0.999, which would still be mostly the initialisation.
     c.ema_decay = 0.99
+  if row == "mean_teacher":
     c.mean_teacher.weight = 1.0
     c.mean_teacher.consistency = "pred_mse"
   return c
@@ -97,6 +108,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, name: str,
   (`/tmp/inatsounds_<name>_...`) and --json: what `placeholder_config`
   reads."""
   parser.add_argument("--seeds", type=int, default=3)
+  parser.add_argument("--corpus_seeds", type=int, default=1)
+  parser.add_argument("--world", choices=("default", "hard"),
+                      default="default")
+  parser.add_argument("--bootstrap", type=int, default=200)
   parser.add_argument("--epochs", type=int, default=epochs)
   parser.add_argument("--learning_rate", type=float, default=0.03)
   parser.add_argument("--species", type=int, default=24)
@@ -120,14 +135,18 @@ def main() -> None:
     for name in args.columns.split(","):
       if row in MASK_FREE and name in ("+geo", "+checklist"):
         continue
-      values = []
-      for seed in range(args.seeds):
-        config = run_config(row, COLUMNS[name], seed, args)
-        with tempfile.TemporaryDirectory() as workdir:
-          outputs = train.train_and_evaluate(config, workdir)
-        values.append(outputs["strong"].metrics[METRIC])
-      results[(row, name)] = values
-      print(f"{row:12s} {name:12s} " + " ".join(f"{v:.3f}" for v in values)
+      runs = []
+      for corpus_seed in range(args.corpus_seeds):
+        for seed in range(args.seeds):
+          config = run_config(row, COLUMNS[name], seed, args, corpus_seed)
+          with tempfile.TemporaryDirectory() as workdir:
+            outputs = train.train_and_evaluate(config, workdir)
+          window = outputs["strong"].summary["no_prior"]["window"]
+          runs.append({"map": window["map"], "corpus_seed": corpus_seed,
+                       "seed": seed, **window.get("interval", {})})
+      results[(row, name)] = runs
+      print(f"{row:12s} {name:12s} "
+            + " ".join(f"{r['map']:.3f}" for r in runs)
             + f"  ({time.time() - start:.0f} s)", flush=True)
   columns = args.columns.split(",")
   print("\n| loss | " + " | ".join(columns) + " |")
@@ -138,13 +157,24 @@ def main() -> None:
       if (row, name) not in results:
         cells.append("= target-only")
         continue
-      v = np.asarray(results[(row, name)]) * 100
-      cells.append(f"{v.mean():.1f} ± {v.std():.1f}")
+      cells.append(cell_text(results[(row, name)]))
     print(f"| {row} | " + " | ".join(cells) + " |")
   if args.json:
     with open(args.json, "w") as f:
       json.dump({f"{r}/{c}": v for (r, c), v in results.items()}, f,
                 indent=1)
+
+
+def cell_text(runs: list[dict]) -> str:
+  """"mean ± sample sd [mean interval]" in percent over `runs`."""
+  v = np.array([r["map"] for r in runs]) * 100
+  text = f"{v.mean():.1f}" + (f" ± {v.std(ddof=1):.1f}" if len(v) > 1
+                              else "")
+  if "low" in runs[0]:
+    low = np.mean([r["low"] for r in runs]) * 100
+    high = np.mean([r["high"] for r in runs]) * 100
+    text += f" [{low:.1f}, {high:.1f}]"
+  return text
 
 
 if __name__ == "__main__":
