@@ -15,7 +15,7 @@ LAYERS = (
               "tables", "jobs")),
     ("data", ("audio", "release", "l48", "data", "frontend", "windows",
               "frontend_reference", "input_pipeline", "data_sources",
-              "synthetic")),
+              "synthetic", "window_store")),
     ("geo", ("geo", "geo.sinr", "geo.range_model", "geo.prior",
              "geo.location_input")),
     ("models", ("models", "models.*", "augment")),

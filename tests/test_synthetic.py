@@ -114,6 +114,29 @@ def test_corpus_statistics_are_realistic(tmp_path):
                                  s["latitude"], s["longitude"])
 
 
+def test_release_durations_have_the_release_mean_and_a_tail_of_minutes():
+  default = synthetic.CorpusConfig(num_species=50, num_recordings=4000)
+  config = dataclasses.replace(default, duration_distribution="release",
+                               max_duration_s=600.0)
+
+  def specs(corpus):
+    rng = np.random.default_rng(corpus.seed)
+    return synthetic.make_recording_specs(
+        corpus, synthetic.make_species(corpus, rng), rng)
+
+  release_specs, default_specs = specs(config), specs(default)
+  durations = np.array([s["duration"] for s in release_specs])
+  # 1,200 h over 137,012 recordings: 31.5 s on average.
+  assert 29.0 < durations.mean() < 34.0
+  assert 0.08 < np.mean(durations > 60) < 0.2
+  assert durations.max() > 240 and durations.min() >= 1.0
+  # Only the durations change: everything else is the default corpus's.
+  for a, b in zip(release_specs, default_specs):
+    assert dict(a, duration=0) == dict(b, duration=0)
+  with pytest.raises(ValueError, match="duration_distribution='uniform'"):
+    synthetic.CorpusConfig(duration_distribution="uniform")
+
+
 def test_strong_labels_cover_target_and_background(small_corpus):
   strong = _load(small_corpus, "strong_labels.json")
   ann = {a["id"]: a for split in ("train", "val", "test")
