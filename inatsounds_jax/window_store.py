@@ -73,9 +73,10 @@ from inatsounds_jax import windows as windows_lib
 with epy.lazy_imports():
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-# About 0.74 s at 22,050 Hz: a 3-s window then reads about 1.25 windows'
-# bytes, and a recording's chunks add a few bytes of index each.
-DEFAULT_CHUNK_SAMPLES = 16_384
+# About 1.5 s at 22,050 Hz: a 3-s window then reads three chunks (about
+# 1.4 windows' bytes); smaller chunks read fewer bytes in more records,
+# which costs more per window than the bytes saved (BENCHMARKS.md).
+DEFAULT_CHUNK_SAMPLES = 32_768
 _BYTES_PER_SAMPLE = 2
 _WRITER_OPTIONS = "group_size:1,uncompressed"
 _READER_OPTIONS = "readahead_buffer_size:0"
@@ -389,9 +390,14 @@ def train_loader(store: WindowStore, config: windows_lib.WindowConfig,
                  num_epochs: int | None = None,
                  process_index: int | None = None,
                  process_count: int | None = None,
-                 worker_count: int = 0) -> grain.DataLoader:
+                 worker_count: int = 0,
+                 read_options: grain.ReadOptions | None = None
+                 ) -> grain.DataLoader:
   """This process's stream of training windows (batches of `batch_size`,
   or single windows with 0), `num_epochs` epochs (None: endless).
+
+  `worker_count` processes cut windows (0: this one), each with
+  `read_options`' threads reading ahead (Grain's defaults when None).
 
   Each epoch is a new permutation of the split (seeded by `seed`); this
   process reads recordings process_index, process_index + process_count,
@@ -416,4 +422,5 @@ def train_loader(store: WindowStore, config: windows_lib.WindowConfig,
     operations.append(grain.Batch(batch_size, drop_remainder=True))
   return grain.DataLoader(
       data_source=grain.RangeDataSource(0, len(store), 1), sampler=sampler,
-      operations=operations, worker_count=worker_count)
+      operations=operations, worker_count=worker_count,
+      read_options=read_options)
