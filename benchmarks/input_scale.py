@@ -145,7 +145,7 @@ class _WholeRecordWindow(grain.RandomMapTransform):
 
   def random_map(self, element, rng):
     audio = element["audio"]
-    start, left = window_store.train_start(len(audio), rng, CONFIG)
+    start, left = windows.train_layout(len(audio), rng.integers, CONFIG)
     return windows.cut_windows(audio, np.array([start]), left, CONFIG)[0]
 
 

@@ -36,6 +36,9 @@ def classifier() -> ml_collections.ConfigDict:
   # dense window once, the MAE study); and a random fraction of its files,
   # the same for every run with the same train_fraction_seed (partial
   # fine-tuning with less labelled data, the MAE study s. 4.5).
+  # A window store of train_split (inatsounds_jax/window_store.py) to read
+  # training windows from at a window's cost; "" = the TFDS records.
+  c.train_window_store = ""
   c.train_epoch_unit = "recording"
   c.train_fraction = 1.0
   c.train_fraction_seed = 0

@@ -23,6 +23,14 @@ study's AudioSet : iNatSounds mixtures, Liu et al. 2026, s. 4.6).
   window per file, or every dense clip as the MAE study; a seeded random
   fraction of the files). The train split alone takes them from
   `config.train_epoch_unit`, `train_fraction` and `train_fraction_seed`.
+- `window_store`: a split (`split`, default "train") of a window store
+  (`path`, `inatsounds_jax.window_store`: the records' recordings as
+  fixed-length chunks, so a window reads about a window's bytes); the same
+  fields as `tfds`, one random window per recording per epoch drawn by
+  Grain's per-element generator (other starts than `tfds`'s for the same
+  seed, equally uniform). The train split alone reads one when
+  `config.train_window_store` names its folder. No window filters, clip
+  epochs, fractions or L48 images.
 - `audio_folder`: every wav/flac/ogg/mp3 under `path` (recursive), decoded
   as prediction decodes (`audio.read_audio_file`: mono int16 at 22,050 Hz,
   any rate or channel count); one random window per file per epoch, files
@@ -55,6 +63,7 @@ from inatsounds_jax import frontend as frontend_lib
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import l48
 from inatsounds_jax import registry
+from inatsounds_jax import window_store
 
 # Draws of the mixture are made this many at a time (one stateless call).
 _DRAW_BLOCK = 1024
@@ -93,7 +102,10 @@ def _field(name: str, key: str) -> str:
   """The config field of a source's option, for messages."""
   if name == _TRAIN_SPLIT:
     return {"split": "train_split", "window_filter": "train_window_filter",
-            "epoch": "train_epoch_unit/train_fraction"}[key]
+            "epoch": "train_epoch_unit/train_fraction",
+            "epoch_unit": "train_epoch_unit",
+            "require_known": "label_mode (the dataset's label masks)",
+            "path": "train_window_store"}[key]
   return f"pretrain_sources.{name}.{key}"
 
 
@@ -160,6 +172,61 @@ def tfds_source(name: str, options: Mapping, weight: float,
           f"{_field(name, 'window_filter')}: {e}") from None
 
   return Source(name, weight, num_examples, windows)
+
+
+# The fields of a store's window, in `window_store.TrainWindow`'s order.
+_STORE_FIELDS = (("waveform", tf.int16), ("label", tf.int32),
+                 ("recording_id", tf.int64), ("example_index", tf.int64),
+                 ("latitude", tf.float32), ("longitude", tf.float32),
+                 ("audible", tf.uint8), ("checklist", tf.uint8),
+                 ("audible_in_window", tf.uint8))
+
+
+@SOURCES.register("window_store")
+def window_store_source(name: str, options: Mapping, weight: float,
+                        builder: tfds.core.DatasetBuilder) -> Source:
+  """A split of a window store written from the run's records."""
+  split = options.get("split", "train")
+  for field, default in (("window_filter", ""), ("require_known", ""),
+                         ("epoch_unit", "recording"), ("fraction", 1.0)):
+    if options.get(field, default) != default:
+      raise registry.ConfigError(
+          f"{_field(name, field if field != 'fraction' else 'epoch')}: a "
+          "window store reads one random window per recording; read the "
+          "TFDS records for curated windows, clip epochs, fractions or "
+          "label masks")
+  store = window_store.WindowStore(_option(name, options, "path"), split)
+  store.check_matches(builder)
+  num_classes = store.num_classes
+
+  def windows(config, seed, start_example, num_epochs, shuffle_buffer,
+              process_index, process_count):
+    del num_epochs, shuffle_buffer  # Every epoch is a fresh permutation.
+    stream = window_store.TrainStream(store, config, seed, process_index,
+                                      process_count)
+
+    def element(k):
+      window = stream(k)
+      return [np.asarray(window[key], dtype.as_numpy_dtype)
+              for key, dtype in _STORE_FIELDS]
+
+    def fields(k):
+      values = tf.numpy_function(element, [k],
+                                 [dtype for _, dtype in _STORE_FIELDS],
+                                 stateful=False)
+      out = dict(zip([key for key, _ in _STORE_FIELDS], values))
+      out["waveform"].set_shape([config.window_samples])
+      for key in ("audible", "checklist", "audible_in_window"):
+        out[key].set_shape([num_classes])
+      for key in ("label", "recording_id", "example_index", "latitude",
+                  "longitude"):
+        out[key].set_shape([])
+      return out
+
+    return tf.data.Dataset.range(start_example, np.iinfo(np.int64).max).map(
+        fields, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+  return Source(name, weight, len(store), windows)
 
 
 def find_audio_files(name: str, path: str) -> list[str]:
@@ -274,6 +341,13 @@ def from_config(config, builder: tfds.core.DatasetBuilder) -> list[Source]:
     mode = config.get("label_mode", "target_only")
     require_known = (l48.MASK_OF_MODE.get(mode, "")
                      if data.label_sources(builder)["label_masks"] else "")
+    if config.get("train_window_store"):
+      return [window_store_source(_TRAIN_SPLIT, {
+          "path": config.train_window_store, "split": config.train_split,
+          "window_filter": config.get("train_window_filter", ""),
+          "require_known": require_known,
+          "epoch_unit": config.get("train_epoch_unit", "recording"),
+          "fraction": config.get("train_fraction", 1.0)}, 1.0, builder)]
     return [tfds_source(_TRAIN_SPLIT, {
         "split": config.train_split,
         "window_filter": config.get("train_window_filter", ""),

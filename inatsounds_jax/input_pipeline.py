@@ -88,7 +88,8 @@ def _tensorflow_ops() -> windows_lib.ArrayOps:
       maximum=tf.maximum, where=tf.where, arange=tf.range,
       pad=lambda x, left, right: tf.pad(x, [[left, right]]),
       take_windows=lambda x, first, size: tf.gather(
-          x, first[:, None] + tf.range(size)[None, :]))
+          x, first[:, None] + tf.range(size)[None, :]),
+      float32=lambda x: tf.cast(x, tf.float32))
 
 
 def cut_windows(waveform, start_frames, left_pad_frames,
@@ -106,13 +107,12 @@ def eval_layout(num_samples, config: WindowConfig):
 
 
 def train_layout(num_samples, seed: tf.Tensor, config: WindowConfig):
-  """(start frame, left padding) of one random training window."""
-  frames = config.frontend.num_frames(num_samples)
-  slack = frames - config.window_frames
-  start = tf.random.stateless_uniform(
-      [], seed, minval=0, maxval=tf.maximum(slack, 0) + 1, dtype=tf.int32)
-  start = tf.where(slack >= 0, start, 0)
-  left = tf.where(slack >= 0, 0, -slack // 2)
+  """(start frame `[1]`, left padding) of one random training window
+  (`windows.train_layout`, drawn by TF's stateless generator at `seed`)."""
+  start, left = windows_lib.train_layout(
+      num_samples, lambda n: tf.random.stateless_uniform(
+          [], seed, minval=0, maxval=n, dtype=tf.int32),
+      config, _tensorflow_ops())
   return start[None], left
 
 
@@ -148,11 +148,9 @@ def _audible_in_windows(example, start_frames: tf.Tensor,
                         config: WindowConfig, num_classes: int) -> tf.Tensor:
   """uint8 `[windows, classes]`: species with a call (strong-label event)
   overlapping each window; `start_frames` in the unpadded signal."""
-  seconds = config.frontend.hop_length / config.frontend.sample_rate
-  begin = tf.cast(start_frames, tf.float32) * seconds
-  end = begin + config.window_samples / config.frontend.sample_rate
-  overlaps = ((example["event_start"][None, :] < end[:, None]) &
-              (example["event_end"][None, :] > begin[:, None]))
+  overlaps = windows_lib.events_in_windows(
+      example["event_start"], example["event_end"], start_frames, config,
+      _tensorflow_ops())
   hot = tf.one_hot(example["event_label"], num_classes, dtype=tf.uint8)
   # Over no events the maximum of uint8 is 0.
   return tf.reduce_max(tf.cast(overlaps, tf.uint8)[:, :, None] * hot[None],

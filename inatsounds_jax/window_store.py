@@ -1,6 +1,17 @@
 """Training windows at a window's cost: recordings stored as fixed-length
 chunks in ArrayRecord files, read through Grain.
 
+    python -m inatsounds_jax.window_store --config=configs/resnet50.py \
+        --config.manual_dir=/data/inat_sounds --out=/data/inat_store
+    python -m inatsounds_jax.main --config=configs/resnet50.py --workdir=DIR \
+        --config.manual_dir=/data/inat_sounds \
+        --config.train_window_store=/data/inat_store
+
+The first command prepares the config's records if needed (the `full`
+config from the release, with its bad-input report, `tfds build` or Beam
+for big builds) and writes the store of its train split; the second trains
+from the store (`data_sources`' `window_store` source).
+
 Why. A training step takes one random ~3-s window per recording, but
 reading a TFDS record reads and decodes the whole recording (the iNatSounds
 train split averages about 31 s, with a tail of minutes). ArrayRecord gives
@@ -61,17 +72,23 @@ import multiprocessing
 import os
 import time
 
+from absl import app
+from absl import flags
 from etils import epy
 import grain.python as grain
 import numpy as np
 from array_record.python import array_record_module
 
+from inatsounds_jax import cli
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import registry
 from inatsounds_jax import windows as windows_lib
 
 with epy.lazy_imports():
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  from inatsounds_jax import data  # pylint: disable=g-import-not-at-top
 
 # About 1.5 s at 22,050 Hz: a 3-s window then reads three chunks (about
 # 1.4 windows' bytes); smaller chunks read fewer bytes in more records,
@@ -256,6 +273,25 @@ class WindowStore:
   def __len__(self) -> int:
     return len(self.index["num_samples"])
 
+  def check_matches(self, builder: tfds.core.DatasetBuilder) -> None:
+    """Raises `StoreError` naming the manifest unless the store was written
+    from `builder`'s records of its split (same dataset, classes and
+    example count)."""
+    manifest = os.path.join(self.path, _manifest_name(self.split))
+    source = self.manifest["source"]
+    found = (source["dataset"], self.num_classes, source["examples"])
+    splits = builder.info.splits
+    expected = (builder.info.full_name,
+                builder.info.features["label"].num_classes,
+                splits[self.split].num_examples if self.split in splits
+                else None)
+    if found != expected:
+      raise StoreError(
+          f"{manifest}: written from {found[0]} ({found[1]} classes, "
+          f"{found[2]} {self.split} examples), but this run reads "
+          f"{expected[0]} ({expected[1]} classes, {expected[2]}); write "
+          "the store again from this run's records")
+
   def __getstate__(self):
     return dict(self.__dict__, _readers={})
 
@@ -321,16 +357,6 @@ class WindowStore:
     return self.index[name][offsets[recording]:offsets[recording + 1]]
 
 
-def train_start(num_samples: int, rng: np.random.Generator,
-                config: windows_lib.WindowConfig) -> tuple[int, int]:
-  """(start frame, left padding in frames) of one random training window:
-  the train layout of `input_pipeline.train_layout`, drawn from `rng`."""
-  slack = config.frontend.num_frames(num_samples) - config.window_frames
-  if slack < 0:
-    return 0, -slack // 2
-  return int(rng.integers(0, slack + 1)), 0
-
-
 def _multi_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
   hot = np.zeros(num_classes, np.uint8)
   hot[labels] = 1
@@ -359,17 +385,13 @@ class TrainWindow(grain.RandomMapTransform):
   def random_map(self, element: int, rng: np.random.Generator) -> dict:
     store, recording = self.store, int(element)
     index = store.index
-    start, left = train_start(int(index["num_samples"][recording]), rng,
-                              self.config)
+    start, left = (int(x) for x in windows_lib.train_layout(
+        int(index["num_samples"][recording]), rng.integers, self.config))
     event_label = store.labels_of(recording, "event_label")
-    # As `input_pipeline._audible_in_windows`, in float32 like it.
-    frontend = self.config.frontend
-    seconds = np.float32(frontend.hop_length / frontend.sample_rate)
-    begin = np.float32(start - left) * seconds
-    end = begin + np.float32(self.config.window_samples
-                             / frontend.sample_rate)
-    heard = ((store.labels_of(recording, "event_start") < end)
-             & (store.labels_of(recording, "event_end") > begin))
+    heard = windows_lib.events_in_windows(
+        store.labels_of(recording, "event_start"),
+        store.labels_of(recording, "event_end"), np.array([start - left]),
+        self.config)[0]
     return {
         "waveform": self.window(recording, start, left),
         "label": np.int32(index["label"][recording]),
@@ -385,29 +407,10 @@ class TrainWindow(grain.RandomMapTransform):
     }
 
 
-def train_loader(store: WindowStore, config: windows_lib.WindowConfig,
-                 seed: int = 0, batch_size: int = 0,
-                 num_epochs: int | None = None,
-                 process_index: int | None = None,
-                 process_count: int | None = None,
-                 worker_count: int = 0,
-                 read_options: grain.ReadOptions | None = None
-                 ) -> grain.DataLoader:
-  """This process's stream of training windows (batches of `batch_size`,
-  or single windows with 0), `num_epochs` epochs (None: endless).
-
-  `worker_count` processes cut windows (0: this one), each with
-  `read_options`' threads reading ahead (Grain's defaults when None).
-
-  Each epoch is a new permutation of the split (seeded by `seed`); this
-  process reads recordings process_index, process_index + process_count,
-  ... of it (JAX's process index and count unless given), every process
-  the same number. `iter(loader).get_state()` / `set_state()` resume it
-  exactly.
-
-  Raises:
-    StoreError: fewer recordings than processes.
-  """
+def _sampler(store: WindowStore, seed: int, num_epochs: int | None,
+             process_index: int | None, process_count: int | None
+             ) -> tuple[grain.IndexSampler, int, int]:
+  """Grain's sampler of this process's share: (sampler, index, count)."""
   process_index, process_count = input_pipeline.process_share(
       process_index, process_count)
   if len(store) < process_count:
@@ -417,6 +420,34 @@ def train_loader(store: WindowStore, config: windows_lib.WindowConfig,
       len(store), grain.ShardOptions(process_index, process_count,
                                      drop_remainder=True),
       shuffle=True, num_epochs=num_epochs, seed=seed)
+  return sampler, process_index, process_count
+
+
+def train_loader(store: WindowStore, config: windows_lib.WindowConfig,
+                 seed: int = 0, batch_size: int = 0,
+                 num_epochs: int | None = None,
+                 process_index: int | None = None,
+                 process_count: int | None = None,
+                 worker_count: int = 0,
+                 read_options: grain.ReadOptions | None = None
+                 ) -> grain.DataLoader:
+  """This process's stream of training windows (batches of `batch_size`,
+  or single windows with 0), `num_epochs` epochs (None: endless), as a
+  Grain `DataLoader` (for users of Grain; training reads `TrainStream`).
+
+  `worker_count` processes cut windows (0: this one), each with
+  `read_options`' threads reading ahead (Grain's defaults when None).
+
+  Each epoch is a new permutation of this process's share of the split
+  (`grain.ShardOptions`: equal, disjoint, consecutive shares; JAX's process
+  index and count unless given), seeded by `seed`.
+  `iter(loader).get_state()` / `set_state()` resume it exactly.
+
+  Raises:
+    StoreError: fewer recordings than processes.
+  """
+  sampler, _, _ = _sampler(store, seed, num_epochs, process_index,
+                           process_count)
   operations = [TrainWindow(store, config)]
   if batch_size:
     operations.append(grain.Batch(batch_size, drop_remainder=True))
@@ -424,3 +455,68 @@ def train_loader(store: WindowStore, config: windows_lib.WindowConfig,
       data_source=grain.RangeDataSource(0, len(store), 1), sampler=sampler,
       operations=operations, worker_count=worker_count,
       read_options=read_options)
+
+
+class TrainStream:
+  """This process's endless training windows, element k a pure function of
+  (seed, k): the k-th element `train_loader` yields with one worker (Grain's
+  sampler at global index process_index + k x process_count, its recording
+  and per-element generator), so a run resumes at any element without
+  replaying the ones before, as `input_pipeline.train_windows` does.
+
+  Raises:
+    StoreError: fewer recordings than processes.
+  """
+
+  def __init__(self, store: WindowStore, config: windows_lib.WindowConfig,
+               seed: int = 0, process_index: int | None = None,
+               process_count: int | None = None):
+    self._sampler, self._index, self._count = _sampler(
+        store, seed, None, process_index, process_count)
+    self._transform = TrainWindow(store, config)
+    self.epoch_size = len(store) // self._count
+
+  def __call__(self, k: int) -> dict:
+    metadata = self._sampler[self._index + int(k) * self._count]
+    return self._transform.random_map(metadata.record_key, metadata.rng)
+
+
+# ---------------------------------------------------------------------------
+# Command line.
+# ---------------------------------------------------------------------------
+
+def _define_flags() -> None:
+  config_flags.DEFINE_config_file(
+      "config", None, "The training config whose records to store (its "
+      "dataset, data_dir, manual_dir, dataset_options and train_split).",
+      lock_config=True)
+  flags.DEFINE_string("out", None, "The store's folder.")
+  flags.DEFINE_string("split", None, "The split to store (default: the "
+                      "config's train_split).")
+  flags.DEFINE_integer("chunk_samples", DEFAULT_CHUNK_SAMPLES,
+                       "Samples per chunk record.")
+  flags.DEFINE_integer("num_shards", 1, "ArrayRecord files.")
+  flags.DEFINE_integer("num_workers", 1, "Processes writing shards.")
+  flags.mark_flags_as_required(["config", "out"])
+
+
+def main(argv):
+  del argv
+  input_pipeline.hide_gpus_from_tensorflow()
+  f = flags.FLAGS
+  try:
+    builder = data.prepare_from_config(f.config)
+    split = f.split or f.config.train_split
+    written = write(builder, split, f.out, f.chunk_samples, f.num_shards,
+                    f.num_workers)
+  except (registry.ConfigError, ValueError, OSError) as e:
+    cli.fail(str(e), e)
+  print(f"{written['recordings']} recordings of {split} in {f.out} "
+        f"({written['bytes'] / 1e6:.1f} MB, {written['mb_per_s']} MB/s); "
+        f"train from it with --config.train_window_store={f.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

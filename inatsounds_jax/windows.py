@@ -13,8 +13,11 @@ and export need not import TensorFlow.
   protocol, Chasmai et al. 2025); `Layout` holds them for one
   recording, and `chunked_windows` cuts them chunk by chunk as a recording
   is decoded, equal to cutting the whole file.
-- Train: `input_pipeline.train_layout` (a random window, TF's stateless
-  random numbers) cut by the same `cut_windows`.
+- Train: `train_layout`, one random window per recording (its start
+  uniform over the frame grid; a recording shorter than a window centred
+  in zeros), given the uniform draw of the caller's random numbers (TF's
+  stateless ones in the input pipeline, Grain's per-element generator in
+  the window store), cut by the same `cut_windows`.
 """
 
 from __future__ import annotations
@@ -54,13 +57,15 @@ class ArrayOps:
   pad: Callable  # (1-D array, left, right) -> zero-padded.
   # (1-D array, first samples [n], size) -> [n, size] windows.
   take_windows: Callable
+  float32: Callable  # Array -> float32 array.
 
 
 NUMPY = ArrayOps(
     length=len, max=np.max, maximum=np.maximum, where=np.where,
     arange=np.arange, pad=lambda x, left, right: np.pad(x, (left, right)),
     take_windows=lambda x, first, size: (
-        np.lib.stride_tricks.sliding_window_view(x, size)[first]))
+        np.lib.stride_tricks.sliding_window_view(x, size)[first]),
+    float32=lambda x: np.asarray(x, np.float32))
 
 
 def cut_windows(waveform, start_frames, left_pad_frames,
@@ -93,6 +98,37 @@ def eval_layout(num_samples, config: WindowConfig, ops: ArrayOps = NUMPY):
                 (frames - window + stride - 1) // stride + 1)
   pad = (n - 1) * stride + window - frames
   return ops.arange(n) * stride, pad // 2
+
+
+def train_layout(num_samples, draw: Callable, config: WindowConfig,
+                 ops: ArrayOps = NUMPY):
+  """(start frame, left padding in frames) of one random training window.
+
+  The start is `draw(n)`, an integer uniform in [0, n), over the n window
+  starts the recording's frames allow; a recording shorter than a window
+  starts at 0 padded by half the missing frames (centred, the odd frame on
+  the right as in `eval_layout`).
+  """
+  frames = config.frontend.num_frames(num_samples)
+  slack = frames - config.window_frames
+  start = draw(ops.maximum(slack, 0) + 1)
+  return (ops.where(slack >= 0, start, 0),
+          ops.where(slack >= 0, 0, -slack // 2))
+
+
+def events_in_windows(event_start_s, event_end_s, first_frames,
+                      config: WindowConfig, ops: ArrayOps = NUMPY):
+  """bool `[windows, events]`: which events (seconds, float32) overlap each
+  training window, the window given by its first frame in the unpadded
+  signal (negative when it starts in padding). In float32 whichever the
+  array library, so the input pipeline and the window store agree."""
+  seconds = np.float32(config.frontend.hop_length
+                       / config.frontend.sample_rate)
+  begin = ops.float32(first_frames) * seconds
+  end = begin + np.float32(config.window_samples
+                           / config.frontend.sample_rate)
+  return ((event_start_s[None, :] < end[:, None]) &
+          (event_end_s[None, :] > begin[:, None]))
 
 
 @dataclasses.dataclass(frozen=True)
