@@ -15,7 +15,10 @@ one process:
 - tfds array_record: Grain over `builder.as_data_source` (random access to
   a recording's record, still read whole), cut like the store's windows;
 - window store: `window_store.train_loader`'s pipeline (Grain, reads the
-  chunks the window covers).
+  chunks the window covers);
+- store, training stream: what training reads from a store
+  (`data_sources`' `window_store` source: `window_store.TrainStream`
+  element by element in a tf.data map), over the corpus's own index.
 
 Both Grain paths run over an index of the release's size (`_ReleaseSized`),
 one thread reading 16 elements ahead.
@@ -45,6 +48,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from inatsounds_jax import data  # pylint: disable=g-import-not-at-top
+from inatsounds_jax import data_sources  # pylint: disable=g-import-not-at-top
 from inatsounds_jax import input_pipeline  # pylint: disable=g-import-not-at-top
 from inatsounds_jax import synthetic  # pylint: disable=g-import-not-at-top
 from inatsounds_jax import window_store  # pylint: disable=g-import-not-at-top
@@ -188,10 +192,14 @@ def _measure(built: dict, windows_wanted: int) -> dict:
   before = store.bytes_read
   out["window store"] = _rate(new, windows_wanted)
   per_window = (store.bytes_read - before) / (windows_wanted + 20)
+  training = data_sources.window_store_source(
+      "train_split", {"path": store.path}, 1.0, records).windows(
+          CONFIG, 0, 0, 1, 0, 0, 1).as_numpy_iterator()
+  out["store, training stream"] = _rate(training, windows_wanted)
   return {"rates": out, "bytes": {
       "tfrecord": _record_bytes_per_window(records),
       "tfds array_record": _record_bytes_per_window(built["array_records"]),
-      "window store": per_window}}
+      "window store": per_window, "store, training stream": per_window}}
 
 
 def _extrapolation(realistic: dict, build: dict) -> None:
