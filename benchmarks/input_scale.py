@@ -17,8 +17,9 @@ one process:
 - window store: `window_store.train_loader`'s pipeline (Grain, reads the
   chunks the window covers);
 - store, training stream: what training reads from a store
-  (`data_sources`' `window_store` source: `window_store.TrainStream`
-  element by element in a tf.data map), over the corpus's own index.
+  (`data_sources.store_stream`: `window_store.TrainStream` element by
+  element in a tf.data map), over the store seen at the release's size
+  (`_release_sized_store`).
 
 Both Grain paths run over an index of the release's size (`_ReleaseSized`),
 one thread reading 16 elements ahead.
@@ -34,6 +35,7 @@ throughputs below.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import shutil
@@ -169,6 +171,33 @@ class _ReleaseSized:
     return self.source[key % len(self.source)]
 
 
+class _Modulo:
+  """An index column seen at the release's length (row modulo its own)."""
+
+  def __init__(self, column):
+    self.column = column
+
+  def __len__(self) -> int:
+    return RELEASE_RECORDINGS
+
+  def __getitem__(self, row):
+    return self.column[row % len(self.column)]
+
+
+def _release_sized_store(store):
+  """`store` with RELEASE_RECORDINGS recordings, repeating its own, so that
+  Grain's sampler works at the release's index size (as `_ReleaseSized`)."""
+  n = len(store)
+  view = copy.copy(store)
+  view.index = {key: _Modulo(column) for key, column in store.index.items()
+                if len(column) == n}
+  view.labels_of = lambda recording, name: store.labels_of(recording % n,
+                                                           name)
+  view.read_samples = lambda recording, first, stop: store.read_samples(
+      recording % n, first, stop)
+  return view
+
+
 def _grain_stream(source, transform) -> iter:
   """`window_store.train_loader`'s pipeline (one process, no workers) over
   `source` at the release's size."""
@@ -192,9 +221,8 @@ def _measure(built: dict, windows_wanted: int) -> dict:
   before = store.bytes_read
   out["window store"] = _rate(new, windows_wanted)
   per_window = (store.bytes_read - before) / (windows_wanted + 20)
-  training = data_sources.window_store_source(
-      "train_split", {"path": store.path}, 1.0, records).windows(
-          CONFIG, 0, 0, 1, 0, 0, 1).as_numpy_iterator()
+  training = data_sources.store_stream(
+      _release_sized_store(store), CONFIG, 0, 0, 0, 1).as_numpy_iterator()
   out["store, training stream"] = _rate(training, windows_wanted)
   return {"rates": out, "bytes": {
       "tfrecord": _record_bytes_per_window(records),

@@ -174,6 +174,8 @@ def tfds_source(name: str, options: Mapping, weight: float,
   return Source(name, weight, num_examples, windows)
 
 
+# Store windows are made this many at a time (one call from tf.data).
+_STORE_BLOCK = 32
 # The fields of a store's window, in `window_store.TrainWindow`'s order.
 _STORE_FIELDS = (("waveform", tf.int16), ("label", tf.int32),
                  ("recording_id", tf.int64), ("example_index", tf.int64),
@@ -197,36 +199,48 @@ def window_store_source(name: str, options: Mapping, weight: float,
           "label masks")
   store = window_store.WindowStore(_option(name, options, "path"), split)
   store.check_matches(builder)
-  num_classes = store.num_classes
 
   def windows(config, seed, start_example, num_epochs, shuffle_buffer,
               process_index, process_count):
     del num_epochs, shuffle_buffer  # Every epoch is a fresh permutation.
-    stream = window_store.TrainStream(store, config, seed, process_index,
-                                      process_count)
-
-    def element(k):
-      window = stream(k)
-      return [np.asarray(window[key], dtype.as_numpy_dtype)
-              for key, dtype in _STORE_FIELDS]
-
-    def fields(k):
-      values = tf.numpy_function(element, [k],
-                                 [dtype for _, dtype in _STORE_FIELDS],
-                                 stateful=False)
-      out = dict(zip([key for key, _ in _STORE_FIELDS], values))
-      out["waveform"].set_shape([config.window_samples])
-      for key in ("audible", "checklist", "audible_in_window"):
-        out[key].set_shape([num_classes])
-      for key in ("label", "recording_id", "example_index", "latitude",
-                  "longitude"):
-        out[key].set_shape([])
-      return out
-
-    return tf.data.Dataset.range(start_example, np.iinfo(np.int64).max).map(
-        fields, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return store_stream(store, config, seed, start_example, process_index,
+                        process_count)
 
   return Source(name, weight, len(store), windows)
+
+
+def store_stream(store: window_store.WindowStore,
+                 config: input_pipeline.WindowConfig, seed: int,
+                 start_example: int, process_index: int,
+                 process_count: int) -> tf.data.Dataset:
+  """This process's endless windows of `store` from element
+  `start_example` (`window_store.TrainStream`), as tf.data elements with
+  the records' fields."""
+  stream = window_store.TrainStream(store, config, seed, process_index,
+                                    process_count)
+
+  def elements(ks):
+    windows = [stream(k) for k in ks]
+    return [np.stack([np.asarray(w[key], dtype.as_numpy_dtype)
+                      for w in windows]) for key, dtype in _STORE_FIELDS]
+
+  def fields(ks):
+    values = tf.numpy_function(elements, [ks],
+                               [dtype for _, dtype in _STORE_FIELDS],
+                               stateful=False)
+    out = dict(zip([key for key, _ in _STORE_FIELDS], values))
+    out["waveform"].set_shape([None, config.window_samples])
+    for key in ("audible", "checklist", "audible_in_window"):
+      out[key].set_shape([None, store.num_classes])
+    for key in ("label", "recording_id", "example_index", "latitude",
+                "longitude"):
+      out[key].set_shape([None])
+    return out
+
+  # Elements in blocks: one Python call per block, not per window.
+  return tf.data.Dataset.range(start_example, np.iinfo(np.int64).max).batch(
+      _STORE_BLOCK).map(fields, num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=True).unbatch()
 
 
 def find_audio_files(name: str, path: str) -> list[str]:
