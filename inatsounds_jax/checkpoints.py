@@ -5,7 +5,9 @@
   saved. A restore is checked (readable, the expected structure, finite);
   a damaged newest step is reported in one line, moved aside to
   `WORKDIR/damaged_checkpoints/` (never deleted) and the newest intact step
-  is used instead.
+  is used instead. An intact state of another layout (saved by a library
+  version whose training state differs) is refused in one line and left
+  where it is.
 - `check_config_for_resume` records the config a workdir was started with
   (`WORKDIR/config.json`) and refuses to resume with one that would change
   the run, naming the fields; logging, evaluation and path changes pass.
@@ -29,6 +31,10 @@ import orbax.checkpoint as ocp
 from inatsounds_jax import registry
 from inatsounds_jax import storage
 from inatsounds_jax import workdir as workdir_lib
+
+
+# What orbax says when a saved tree is not the tree asked for.
+_LAYOUT_DIFFERS = "tree structures do not match"
 
 
 class DamagedCheckpointError(RuntimeError):
@@ -208,6 +214,15 @@ class RunCheckpoints:
       except Exception as e:  # pylint: disable=broad-except
         reason = _one_line(e)
         where = epath.Path(manager.directory) / str(step)
+        if _LAYOUT_DIFFERS in str(e):
+          # Intact, but of another layout (a library version whose state
+          # holds other fields): not damage, so nothing is moved.
+          raise registry.ConfigError(
+              f"{where}: the state was saved with another layout than this "
+              f"run's ({reason}); a library version whose training state "
+              "differs (e.g. a loss that keeps other tables) wrote it: "
+              "resume it with that version, or start a new --workdir"
+          ) from None
         logging.warning("Checkpoint %s is damaged (%s); moved to %s.", where,
                         reason, self._set_aside(manager, step))
         damaged.append(f"step {step}: {reason}")

@@ -174,3 +174,19 @@ def test_resume_allows_logging_evaluation_and_path_changes(tmp_path):
   c.geo_prior = "/runs/sinr"
   checkpoints.check_config_for_resume(str(tmp_path), c, resuming=True)
   assert os.path.exists(tmp_path / workdir_lib.CONFIG_FILE)
+
+
+def test_a_state_of_another_layout_is_refused_and_left_in_place(tmp_path):
+  saved_run(tmp_path, steps=(1,))
+  # This run's state holds a field the saved one lacks (a newer loss table).
+  s = dict(state(0.0), loss_state={"adam_count": jnp.zeros((), jnp.int32)})
+  replicated = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  ckpt = checkpoints.RunCheckpoints(str(tmp_path), keep=5,
+                                    best_metric="val/map")
+  with pytest.raises(registry.ConfigError,
+                     match="checkpoints/1: the state was saved with another "
+                           "layout"):
+    ckpt.restore_latest(jax.eval_shape(lambda: s),
+                        jax.tree.map(lambda _: replicated, s))
+  assert (tmp_path / "checkpoints" / "1").is_dir()
+  assert not (tmp_path / "damaged_checkpoints").exists()
