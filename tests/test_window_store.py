@@ -285,6 +285,7 @@ def test_a_run_trains_from_a_store_and_resumes_to_the_same_parameters(
                params, again)
 
 
+@pytest.mark.slow
 def test_the_command_stores_a_configs_train_split_and_refuses_to_overwrite(
     data_dir, tmp_path):
   import subprocess  # pylint: disable=import-outside-toplevel
