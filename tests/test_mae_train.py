@@ -48,9 +48,9 @@ def checkpoint(workdir, step=None):
 @pytest.fixture(scope="module")
 def mae_workdir(data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("mae"))
-  # One epoch of every dense clip (the study's epoch, the config's).
+  # Half an epoch of every dense clip (the study's epoch, the config's).
   train.train_and_evaluate(
-      pretrain_config(data_dir, num_epochs=1.0, checkpoint_every_steps=1,
+      pretrain_config(data_dir, num_epochs=0.5, checkpoint_every_steps=1,
                       keep_checkpoints=1000), workdir)
   return workdir
 
@@ -75,7 +75,7 @@ def test_pretraining_reports_reconstruction_loss_draws_figures_and_resumes(
     shutil.rmtree(os.path.join(resumed, "checkpoints", str(step)))
   shutil.rmtree(os.path.join(resumed, "best"))
   train.train_and_evaluate(
-      pretrain_config(data_dir, num_epochs=1.0, checkpoint_every_steps=1,
+      pretrain_config(data_dir, num_epochs=0.5, checkpoint_every_steps=1,
                       keep_checkpoints=1000), resumed)
   again = checkpoint(resumed)
   assert int(again["step"]) == total
