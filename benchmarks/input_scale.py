@@ -171,26 +171,14 @@ class _ReleaseSized:
     return self.source[key % len(self.source)]
 
 
-class _Modulo:
-  """An index column seen at the release's length (row modulo its own)."""
-
-  def __init__(self, column):
-    self.column = column
-
-  def __len__(self) -> int:
-    return RELEASE_RECORDINGS
-
-  def __getitem__(self, row):
-    return self.column[row % len(self.column)]
-
-
 def _release_sized_store(store):
   """`store` with RELEASE_RECORDINGS recordings, repeating its own, so that
-  Grain's sampler works at the release's index size (as `_ReleaseSized`)."""
+  Grain's sampler works at the release's index size: its per-recording
+  columns seen through `_ReleaseSized`."""
   n = len(store)
   view = copy.copy(store)
-  view.index = {key: _Modulo(column) for key, column in store.index.items()
-                if len(column) == n}
+  view.index = {key: _ReleaseSized(column)
+                for key, column in store.index.items() if len(column) == n}
   view.labels_of = lambda recording, name: store.labels_of(recording % n,
                                                            name)
   view.read_samples = lambda recording, first, stop: store.read_samples(

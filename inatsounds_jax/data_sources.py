@@ -138,10 +138,11 @@ def tfds_source(name: str, options: Mapping, weight: float,
         subset_seed=int(options.get("fraction_seed", 0)))
   except ValueError as e:
     raise registry.ConfigError(f"{_field(name, 'epoch')}: {e}") from None
-  index_size = data.label_sources(builder)["example_index_size"].get(
-      split.split("[")[0], 0)
+  label_sources = data.label_sources(builder)
+  index_size = label_sources["example_index_size"].get(split.split("[")[0],
+                                                       0)
   if require_known:
-    num_examples -= len(data.label_sources(builder)["unlabelled_examples"]
+    num_examples -= len(label_sources["unlabelled_examples"]
                         .get(split, {}).get(require_known, ()))
   if options.get("window_filter"):
     try:

@@ -174,18 +174,19 @@ class Evaluator:
       file_scores = np.full(file_truth.shape, -np.inf)
       np.maximum.at(file_scores, file_of, rows[view])
       known = rows["annotated"]
-      levels = {"window": (rows["recording"][known], rows[view][known],
-                           rows["truth"][known]),
-                "file": (files, file_scores, file_truth)}
-      result[view] = {level: mean_ap(*level_rows[1:])
-                      for level, level_rows in levels.items()}
+      # Per level: (recording of each row, scores, truth).
+      level_rows = {"window": (rows["recording"][known], rows[view][known],
+                               rows["truth"][known]),
+                    "file": (files, file_scores, file_truth)}
+      result[view] = {level: mean_ap(*inputs[1:])
+                      for level, inputs in level_rows.items()}
       texts = []
       for level, m in result[view].items():
         metrics[f"{view}/{level}_map"] = m["map"]
         texts.append(f"{level} mAP {m['map']:.3f}")
         if self.bootstrap:
           interval = metrics_lib.bootstrap_over_recordings(
-              lambda s, t: mean_ap(s, t)["map"], *levels[level],
+              lambda s, t: mean_ap(s, t)["map"], *level_rows[level],
               num_samples=self.bootstrap)
           m["interval"] = {"low": interval.low, "high": interval.high,
                            "std": interval.std,
