@@ -1,7 +1,7 @@
 """Training input at the release's scale: today's path against the window
 store, on recordings of 6 s to 10 minutes.
 
-    python benchmarks/input_scale.py [--windows 300 --lengths 6,30,120,600]
+    python benchmarks/input_scale.py [--seconds 4 --lengths 6,30,120,600]
 
 For each length it generates a small synthetic corpus of recordings of
 exactly that length (and one with the release's durations,
@@ -17,25 +17,28 @@ one process:
 - window store: `window_store.train_loader`'s pipeline (Grain, reads the
   chunks the window covers);
 - store, training stream: what training reads from a store
-  (`data_sources.store_stream`: `window_store.TrainStream` element by
-  element in a tf.data map), over the store seen at the release's size
+  (`data_sources.store_stream`: `window_store.TrainStream` in blocks
+  made by one tf.data thread), over the store seen at the release's size
   (`_release_sized_store`).
 
 Both Grain paths run over an index of the release's size (`_ReleaseSized`),
 one thread reading 16 elements ahead.
 
-It prints windows/s (wall time), windows per CPU-second of the process (its
-threads together: the per-core rate, robust to other work on the machine),
-bytes read per window (record bytes per window for the whole-record paths,
-the chunk bytes counted by the store), build MB/s per core (int16 bytes),
-and the extrapolation to the full release with the published accelerator
-throughputs below.
+Every path is drawn in batches of 64 windows, as training reads them, and
+closed before the next is timed. It prints windows/s (wall time), windows
+per CPU-second of the process (its threads together: the per-core rate,
+robust to other work on the machine), bytes read per window (record bytes
+per window for the whole-record paths, the chunk bytes counted by the
+store), build MB/s per core (int16 bytes), and the extrapolation to the
+full release with the published accelerator throughputs below.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import gc
+import multiprocessing
 import os
 import platform
 import shutil
@@ -47,6 +50,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import grain.python as grain  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from inatsounds_jax import data  # pylint: disable=g-import-not-at-top
@@ -58,6 +62,9 @@ from inatsounds_jax import windows  # pylint: disable=g-import-not-at-top
 from tfds_builders.inat_sounds import inat_sounds_dataset_builder  # pylint: disable=g-import-not-at-top
 
 CONFIG = input_pipeline.WindowConfig()
+# Windows are drawn in batches, as training reads them (`data_sources.
+# train_dataset`): a path's per-element Python iteration is not timed.
+BATCH = 64
 # The release's train split (Chasmai et al. 2025; the dataset's README):
 # recordings, hours, and int16 bytes at 22,050 Hz.
 RELEASE_RECORDINGS = 137_012
@@ -133,16 +140,36 @@ def _record_bytes_per_window(builder, split: str = "train") -> float:
   return sum(os.path.getsize(f) for f in info.filepaths) / info.num_examples
 
 
-def _rate(stream, windows_wanted: int) -> tuple[float, float]:
-  """(windows/s, windows per CPU-second) over `windows_wanted`, after a
-  warm-up."""
-  for _ in range(20):
+def _cpu_seconds() -> float:
+  """CPU seconds of this process and its live worker processes (Linux's
+  /proc: a worker's time is otherwise only counted when it exits)."""
+  ticks = 0
+  for child in multiprocessing.active_children():
+    try:
+      with open(f"/proc/{child.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+      ticks += int(fields[11]) + int(fields[12])  # utime, stime.
+    except OSError:
+      pass  # Exited.
+  return time.process_time() + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _rate(stream, seconds: float) -> tuple[float, float, int]:
+  """(windows/s, windows per CPU-second, windows drawn with the warm-up)
+  over batches of BATCH windows
+  drawn for at least `seconds` (and two batches), after two batches of
+  warm-up. The stream is closed after, so that its read-ahead threads and
+  workers do not run into the next measurement."""
+  for _ in range(2):
     next(stream)
-  wall, cpu = time.perf_counter(), time.process_time()
-  for _ in range(windows_wanted):
+  wall, cpu, batches = time.perf_counter(), _cpu_seconds(), 0
+  while batches < 2 or time.perf_counter() - wall < seconds:
     next(stream)
-  wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-  return windows_wanted / wall, windows_wanted / cpu
+    batches += 1
+  wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+  del stream
+  gc.collect()
+  return batches * BATCH / wall, batches * BATCH / cpu, (batches + 2) * BATCH
 
 
 class _WholeRecordWindow(grain.RandomMapTransform):
@@ -192,34 +219,50 @@ def _grain_stream(source, transform) -> iter:
   return iter(grain.DataLoader(
       data_source=_ReleaseSized(source), sampler=grain.IndexSampler(
           RELEASE_RECORDINGS, shuffle=True, seed=0, num_epochs=None),
-      operations=[transform], worker_count=0, read_options=_READ_OPTIONS))
+      operations=[transform, grain.Batch(BATCH, drop_remainder=True)],
+      worker_count=0, read_options=_READ_OPTIONS))
 
 
-def _measure(built: dict, windows_wanted: int) -> dict:
+def _batches(windows):
+  """A tf.data stream of windows batched as `data_sources.train_dataset`
+  batches them."""
+  return windows.batch(BATCH, drop_remainder=True).prefetch(
+      tf.data.AUTOTUNE).as_numpy_iterator()
+
+
+def _measure(built: dict, seconds: float, workers: int) -> dict:
   records, store = built["records"], built["store"]
-  old = input_pipeline.train_windows(records, "train", CONFIG, seed=0,
-                                     num_epochs=1, process_index=0,
-                                     process_count=1).as_numpy_iterator()
-  whole = _grain_stream(built["array_records"].as_data_source("train"),
-                        _WholeRecordWindow())
-  new = _grain_stream(grain.RangeDataSource(0, len(store), 1),
-                      window_store.TrainWindow(store, CONFIG))
-  out = {"tfrecord": _rate(old, windows_wanted)}
-  out["tfds array_record"] = _rate(whole, windows_wanted)
+  out = {"tfrecord": _rate(_batches(input_pipeline.train_windows(
+      records, "train", CONFIG, seed=0, num_epochs=1, process_index=0,
+      process_count=1)), seconds)}
+  out["tfds array_record"] = _rate(_grain_stream(
+      built["array_records"].as_data_source("train"),
+      _WholeRecordWindow()), seconds)
   before = store.bytes_read
-  out["window store"] = _rate(new, windows_wanted)
-  per_window = (store.bytes_read - before) / (windows_wanted + 20)
-  training = data_sources.store_stream(
-      _release_sized_store(store), CONFIG, 0, 0, 0, 1).as_numpy_iterator()
-  out["store, training stream"] = _rate(training, windows_wanted)
-  return {"rates": out, "bytes": {
-      "tfrecord": _record_bytes_per_window(records),
-      "tfds array_record": _record_bytes_per_window(built["array_records"]),
-      "window store": per_window, "store, training stream": per_window}}
+  out["window store"] = _rate(_grain_stream(
+      grain.RangeDataSource(0, len(store), 1),
+      window_store.TrainWindow(store, CONFIG)), seconds)
+  per_window = (store.bytes_read - before) / out["window store"][2]
+  out["store, training stream"] = _rate(_batches(data_sources.store_stream(
+      _release_sized_store(store), CONFIG, 0, 0, 0, 1)), seconds)
+  if workers:
+    out[f"store, training stream, {workers} workers"] = _rate(
+        _batches(data_sources.store_stream(_release_sized_store(store),
+                                           CONFIG, 0, 0, 0, 1, workers)),
+        seconds)
+  return {"rates": {path: rate[:2] for path, rate in out.items()},
+          "bytes": {
+              "tfrecord": _record_bytes_per_window(records),
+              "tfds array_record": _record_bytes_per_window(
+                  built["array_records"]),
+              **{path: per_window for path in out if path.startswith(
+                  ("window store", "store,"))}}}
 
 
 def _extrapolation(realistic: dict, build: dict) -> None:
-  store_per_core = realistic["rates"]["window store"][1]
+  # With worker processes, their per-core rate (hand-over included).
+  store_per_core = [rate for path, rate in realistic["rates"].items()
+                    if path.startswith("store, training stream")][-1][1]
   old_per_core = realistic["rates"]["tfrecord"][1]
   print("\n| full release (190 GB int16) | 1 core | 16 cores | 64 cores "
         "| 256 cores |\n|---|---:|---:|---:|---:|")
@@ -230,7 +273,8 @@ def _extrapolation(realistic: dict, build: dict) -> None:
     print(f"| {name}, hours (at {rate:.0f} MB/s per core) | "
           + " | ".join(f"{h:,.2f}" for h in hours) + " |")
   print("\n| host | chips | cores | ResNet-50 windows/s needed | ViT-B/16 "
-        "needed | store windows/s (all cores) | hosts fed, ResNet-50 | "
+        "needed | training stream windows/s (every core a worker) | hosts "
+        "fed, ResNet-50 | "
         "ViT-B/16 | today's path, ResNet-50 |\n|---|---:|---:|---:|---:|"
         "---:|---:|---:|---:|")
   for name, (chips, cores) in _HOSTS.items():
@@ -245,12 +289,16 @@ def _extrapolation(realistic: dict, build: dict) -> None:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--windows", type=int, default=300)
+  parser.add_argument("--seconds", type=float, default=4.0,
+                      help="Wall seconds each path is timed for.")
   parser.add_argument("--lengths", default="6,30,120,600")
+  parser.add_argument("--workers", type=int, default=2,
+                      help="Worker processes of the training stream's "
+                      "extra row (0: no such row).")
   args = parser.parse_args()
   lengths = [float(x) for x in args.lengths.split(",")]
   print(f"{platform.machine()}, {os.cpu_count()} cores; grain, tf.data; "
-        f"{args.windows} windows per measurement")
+        f"{args.seconds:g} s per measurement")
   root = tempfile.mkdtemp(prefix="input_scale_")
   results, builds = {}, []
   try:
@@ -258,7 +306,7 @@ def main() -> None:
       name = "release durations" if seconds is None else f"{seconds:g} s"
       built = _build(os.path.join(root, name.replace(" ", "_")), seconds)
       builds.append(built)
-      results[name] = _measure(built, args.windows)
+      results[name] = _measure(built, args.seconds, args.workers)
       print(f"measured {name}", flush=True)
   finally:
     shutil.rmtree(root, ignore_errors=True)
@@ -275,9 +323,10 @@ def main() -> None:
     print(f"{path}: {longest[0] if longest else '-'} s / {first:g} s "
           f"windows per CPU-s = {ratio:.2f}")
   realistic = results["release durations"]["rates"]
-  gain = realistic["window store"][1] / realistic["tfrecord"][1]
-  print(f"window store / tfrecord on release durations, per CPU-s: "
-        f"{gain:.2f}")
+  for path in realistic:
+    if path.startswith(("window store", "store,")):
+      print(f"{path} / tfrecord on release durations, per CPU-s: "
+            f"{realistic[path][1] / realistic['tfrecord'][1]:.2f}")
   build = {"tfds": float(np.median([b["tfds_mb_per_cpu_s"] for b in builds])),
            "store": float(np.median([b["store_mb_per_cpu_s"]
                                      for b in builds]))}

@@ -31,14 +31,17 @@ def classifier() -> ml_collections.ConfigDict:
   # A keep-list of curated train_split windows (inatsounds_jax/curate.py);
   # "" = every window.
   c.train_window_filter = ""
+  # A window store of train_split (inatsounds_jax/window_store.py) to read
+  # training windows from at a window's cost; "" = the TFDS records. Its
+  # windows are cut by one thread of the training process (0, about one
+  # core's worth) or by this many worker processes.
+  c.train_window_store = ""
+  c.train_window_store_workers = 0
   # What an epoch of train_split is (input_pipeline.TrainEpoch): "recording"
   # (one random window per file, the iNatSounds paper) or "clip" (every
   # dense window once, the MAE study); and a random fraction of its files,
   # the same for every run with the same train_fraction_seed (partial
   # fine-tuning with less labelled data, the MAE study s. 4.5).
-  # A window store of train_split (inatsounds_jax/window_store.py) to read
-  # training windows from at a window's cost; "" = the TFDS records.
-  c.train_window_store = ""
   c.train_epoch_unit = "recording"
   c.train_fraction = 1.0
   c.train_fraction_seed = 0

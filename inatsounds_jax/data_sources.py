@@ -28,9 +28,12 @@ study's AudioSet : iNatSounds mixtures, Liu et al. 2026, s. 4.6).
   fixed-length chunks, so a window reads about a window's bytes); the same
   fields as `tfds`, one random window per recording per epoch drawn by
   Grain's per-element generator (other starts than `tfds`'s for the same
-  seed, equally uniform). The train split alone reads one when
-  `config.train_window_store` names its folder. No window filters, clip
-  epochs, fractions or L48 images.
+  seed, equally uniform). `workers`: processes cutting the windows (0:
+  one thread of the training process, about one core's worth; the same
+  windows with any number). The train split alone reads one when
+  `config.train_window_store` names its folder (workers:
+  `config.train_window_store_workers`). No window filters, clip epochs,
+  fractions or L48 images.
 - `audio_folder`: every wav/flac/ogg/mp3 under `path` (recursive), decoded
   as prediction decodes (`audio.read_audio_file`: mono int16 at 22,050 Hz,
   any rate or channel count); one random window per file per epoch, files
@@ -105,7 +108,8 @@ def _field(name: str, key: str) -> str:
             "epoch": "train_epoch_unit/train_fraction",
             "epoch_unit": "train_epoch_unit",
             "require_known": "label_mode (the dataset's label masks)",
-            "path": "train_window_store"}[key]
+            "path": "train_window_store",
+            "workers": "train_window_store_workers"}[key]
   return f"pretrain_sources.{name}.{key}"
 
 
@@ -175,14 +179,8 @@ def tfds_source(name: str, options: Mapping, weight: float,
   return Source(name, weight, num_examples, windows)
 
 
-# Store windows are made this many at a time (one call from tf.data).
+# Store windows are made this many at a time (one Python call).
 _STORE_BLOCK = 32
-# The fields of a store's window, in `window_store.TrainWindow`'s order.
-_STORE_FIELDS = (("waveform", tf.int16), ("label", tf.int32),
-                 ("recording_id", tf.int64), ("example_index", tf.int64),
-                 ("latitude", tf.float32), ("longitude", tf.float32),
-                 ("audible", tf.uint8), ("checklist", tf.uint8),
-                 ("audible_in_window", tf.uint8))
 
 
 @SOURCES.register("window_store")
@@ -200,12 +198,17 @@ def window_store_source(name: str, options: Mapping, weight: float,
           "label masks")
   store = window_store.WindowStore(_option(name, options, "path"), split)
   store.check_matches(builder)
+  workers = options.get("workers", 0)
+  if not (isinstance(workers, int) and workers >= 0):
+    raise registry.ConfigError(
+        f"{_field(name, 'workers')}={workers!r}: a number of processes, "
+        ">= 0")
 
   def windows(config, seed, start_example, num_epochs, shuffle_buffer,
               process_index, process_count):
     del num_epochs, shuffle_buffer  # Every epoch is a fresh permutation.
     return store_stream(store, config, seed, start_example, process_index,
-                        process_count)
+                        process_count, workers)
 
   return Source(name, weight, len(store), windows)
 
@@ -213,35 +216,42 @@ def window_store_source(name: str, options: Mapping, weight: float,
 def store_stream(store: window_store.WindowStore,
                  config: input_pipeline.WindowConfig, seed: int,
                  start_example: int, process_index: int,
-                 process_count: int) -> tf.data.Dataset:
+                 process_count: int, workers: int = 0) -> tf.data.Dataset:
   """This process's endless windows of `store` from element
   `start_example` (`window_store.TrainStream`), as tf.data elements with
-  the records' fields."""
+  the records' fields, made by `workers` processes (0: one thread of this
+  one; the same windows with any number)."""
   stream = window_store.TrainStream(store, config, seed, process_index,
                                     process_count)
+  shapes = {"waveform": [config.window_samples], "audible": [
+      store.num_classes], "checklist": [store.num_classes],
+            "audible_in_window": [store.num_classes]}
+  fields = window_store.TRAIN_FIELDS
+  signature = {key: tf.TensorSpec([None, *shapes.get(key, [])],
+                                  tf.as_dtype(dtype)) for key, dtype in fields}
+  if workers:
+    blocks = tf.data.Dataset.from_generator(
+        lambda: stream.blocks(start_example, _STORE_BLOCK, workers),
+        output_signature=signature)
+  else:
+    def block(first):
+      made = stream.block(int(first), _STORE_BLOCK)
+      return [made[key] for key, _ in fields]
 
-  def elements(ks):
-    windows = [stream(k) for k in ks]
-    return [np.stack([np.asarray(w[key], dtype.as_numpy_dtype)
-                      for w in windows]) for key, dtype in _STORE_FIELDS]
+    def tensors(first):
+      values = tf.numpy_function(block, [first], [signature[key].dtype
+                                                  for key, _ in fields],
+                                 stateful=False)
+      for value, (key, _) in zip(values, fields):
+        value.set_shape(signature[key].shape)
+      return dict(zip([key for key, _ in fields], values))
 
-  def fields(ks):
-    values = tf.numpy_function(elements, [ks],
-                               [dtype for _, dtype in _STORE_FIELDS],
-                               stateful=False)
-    out = dict(zip([key for key, _ in _STORE_FIELDS], values))
-    out["waveform"].set_shape([None, config.window_samples])
-    for key in ("audible", "checklist", "audible_in_window"):
-      out[key].set_shape([None, store.num_classes])
-    for key in ("label", "recording_id", "example_index", "latitude",
-                "longitude"):
-      out[key].set_shape([None])
-    return out
-
-  # Elements in blocks: one Python call per block, not per window.
-  return tf.data.Dataset.range(start_example, np.iinfo(np.int64).max).batch(
-      _STORE_BLOCK).map(fields, num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=True).unbatch()
+    # One thread makes the blocks ahead of the consumer: threads side by
+    # side would only contend for the GIL.
+    blocks = tf.data.Dataset.range(
+        start_example, np.iinfo(np.int64).max, _STORE_BLOCK).map(
+            tensors, num_parallel_calls=1)
+  return blocks.unbatch()
 
 
 def find_audio_files(name: str, path: str) -> list[str]:
@@ -359,6 +369,7 @@ def from_config(config, builder: tfds.core.DatasetBuilder) -> list[Source]:
     if config.get("train_window_store"):
       return [window_store_source(_TRAIN_SPLIT, {
           "path": config.train_window_store, "split": config.train_split,
+          "workers": config.get("train_window_store_workers", 0),
           "window_filter": config.get("train_window_filter", ""),
           "require_known": require_known,
           "epoch_unit": config.get("train_epoch_unit", "recording"),

@@ -50,7 +50,11 @@ process's share (`ShardOptions(process_index, process_count,
 drop_remainder=True)`: disjoint, equal shares, as `train_windows`' even
 splits), `TrainWindow` cutting each recording's window, optional worker
 processes. The iterator's state (`get_state()` / `set_state()`, or Grain's
-orbax `PyGrainCheckpointSave`) resumes the stream exactly.
+orbax `PyGrainCheckpointSave`) resumes the stream exactly. Training reads
+`TrainStream` instead: element k is a pure function of (seed, k), so a run
+resumes at a step without an iterator state, and blocks of elements are
+made by one thread or by worker processes (`TrainStream.blocks`), the same
+windows either way.
 
 The training window is the train layout of `input_pipeline.train_windows`
 (a start frame uniform over the recording's frame grid; a recording
@@ -66,6 +70,8 @@ checksum or size is wrong) raises `StoreError` naming the file.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import json
 import multiprocessing
@@ -324,8 +330,12 @@ class WindowStore:
     chunk0, chunk1 = first // size, (stop - 1) // size + 1
     shard = int(self.index["shard"][recording])
     base = int(self.index["first_record"][recording])
+    reader = self._reader(shard)
     try:
-      chunks = self._reader(shard).read(base + chunk0, base + chunk1)
+      # One record per call: a range read hands its records to a thread
+      # pool, which costs more CPU than it saves for a window's few chunks.
+      chunks = [reader.read([record])[0] for record in
+                range(base + chunk0, base + chunk1)]
     except RuntimeError as e:  # Riegeli's checksum or framing.
       raise StoreError(f"{self._shard_path(shard)}: damaged chunk of "
                        f"recording {self.index['recording_id'][recording]} "
@@ -361,6 +371,14 @@ def _multi_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
   hot = np.zeros(num_classes, np.uint8)
   hot[labels] = 1
   return hot
+
+
+# The fields of a training window (`TrainWindow`) and their dtypes.
+TRAIN_FIELDS = (("waveform", np.int16), ("label", np.int32),
+                ("recording_id", np.int64), ("example_index", np.int64),
+                ("latitude", np.float32), ("longitude", np.float32),
+                ("audible", np.uint8), ("checklist", np.uint8),
+                ("audible_in_window", np.uint8))
 
 
 class TrainWindow(grain.RandomMapTransform):
@@ -479,6 +497,45 @@ class TrainStream:
   def __call__(self, k: int) -> dict:
     metadata = self._sampler[self._index + int(k) * self._count]
     return self._transform.random_map(metadata.record_key, metadata.rng)
+
+  def block(self, first: int, size: int) -> dict[str, np.ndarray]:
+    """Elements `first` .. `first + size - 1`, stacked field by field
+    (`TRAIN_FIELDS`)."""
+    elements = [self(k) for k in range(first, first + size)]
+    return {key: np.stack([np.asarray(e[key], dtype) for e in elements])
+            for key, dtype in TRAIN_FIELDS}
+
+  def blocks(self, first: int, size: int, workers: int
+             ) -> Iterator[dict[str, np.ndarray]]:
+    """Endless `block`s of `size` elements from element `first`, in order,
+    made by `workers` processes (a Grain `DataLoader` over `_Blocks`: block
+    j by worker j mod `workers`, handed over in shared memory)."""
+    if not flags.FLAGS.is_parsed():
+      # Grain's workers read its absl flags, which a program outside
+      # `absl.app` (a notebook, a test) has not parsed: their defaults.
+      flags.FLAGS.mark_as_parsed()
+    blocks = _Blocks(self, first, size)
+    # One thread per worker: threads side by side only contend for the GIL.
+    return iter(grain.DataLoader(
+        data_source=blocks,
+        sampler=grain.SequentialSampler(len(blocks), grain.NoSharding()),
+        worker_count=workers,
+        read_options=grain.ReadOptions(num_threads=1,
+                                       prefetch_buffer_size=4)))
+
+
+class _Blocks:
+  """Block j of a `TrainStream` from element `first`: a Grain data source
+  (random access, picklable to worker processes)."""
+
+  def __init__(self, stream: TrainStream, first: int, size: int):
+    self.stream, self.first, self.size = stream, first, size
+
+  def __len__(self) -> int:
+    return np.iinfo(np.int64).max // (2 * self.size)  # Endless in practice.
+
+  def __getitem__(self, j: int) -> dict[str, np.ndarray]:
+    return self.stream.block(self.first + int(j) * self.size, self.size)
 
 
 # ---------------------------------------------------------------------------

@@ -60,11 +60,25 @@ class ArrayOps:
   float32: Callable  # Array -> float32 array.
 
 
+def _numpy_pad(x: np.ndarray, left: int, right: int) -> np.ndarray:
+  out = np.zeros(left + len(x) + right, x.dtype)
+  out[left:left + len(x)] = x
+  return out
+
+
+def _numpy_take_windows(x: np.ndarray, first: np.ndarray, size: int
+                        ) -> np.ndarray:
+  first = np.asarray(first)
+  if first.shape == (1,):  # A training window: one slice.
+    return x[None, int(first[0]):int(first[0]) + size].copy()
+  return np.lib.stride_tricks.sliding_window_view(x, size)[first]
+
+
+# np.pad and sliding_window_view cost tens of microseconds of Python each,
+# as much as reading a training window from the window store.
 NUMPY = ArrayOps(
     length=len, max=np.max, maximum=np.maximum, where=np.where,
-    arange=np.arange, pad=lambda x, left, right: np.pad(x, (left, right)),
-    take_windows=lambda x, first, size: (
-        np.lib.stride_tricks.sliding_window_view(x, size)[first]),
+    arange=np.arange, pad=_numpy_pad, take_windows=_numpy_take_windows,
     float32=lambda x: np.asarray(x, np.float32))
 
 

@@ -47,6 +47,21 @@ def test_cut_windows_land_on_the_frame_grid():
   np.testing.assert_array_equal(windows[1, :10], np.arange(128, 138))
 
 
+@pytest.mark.parametrize("num_samples, start, left", [
+    (W + 5_000, 10, 0), (W + 5_000, 0, 3), (1_000, 0, 200), (W, 1, 0)])
+def test_numpy_windows_equal_tensorflows_for_one_window_and_several(
+    num_samples, start, left):
+  """Numpy cuts a single window by a slice (the store's training windows)
+  and several by strides; both are the TensorFlow graph's windows."""
+  x = np.random.default_rng(num_samples).integers(
+      -3000, 3000, num_samples).astype(np.int16)
+  for starts in ([start], [start, start + 2]):
+    expected = ip.cut_windows(tf.constant(x), tf.constant(starts),
+                              tf.constant(left), CONFIG).numpy()
+    got = windows_lib.cut_windows(x, np.array(starts), left, CONFIG)
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_train_layout_short_file_is_centred():
   frames = 100
   samples = (frames - 1) * 128 + 512

@@ -200,6 +200,20 @@ def test_the_training_stream_is_the_loaders_and_resumes_at_any_element(
   np.testing.assert_array_equal(again["waveform"], stream(1)["waveform"])
 
 
+@pytest.mark.slow  # Worker processes start in seconds.
+def test_worker_processes_give_the_same_windows_as_one_thread(store_dir):
+  from inatsounds_jax import data_sources  # pylint: disable=import-outside-toplevel
+  store = window_store.WindowStore(store_dir, "train")
+
+  def windows(workers):
+    return next(data_sources.store_stream(
+        store, CONFIG, 3, 5, 0, 1, workers).batch(70).as_numpy_iterator())
+
+  one, two = windows(0), windows(2)
+  for key in one:
+    np.testing.assert_array_equal(one[key], two[key], err_msg=key)
+
+
 def _store_config(store_dir, **fields):
   import ml_collections  # pylint: disable=import-outside-toplevel
   return ml_collections.ConfigDict(
@@ -236,6 +250,8 @@ def test_training_reads_a_store_with_the_records_fields_and_exact_resume(
     ({"train_epoch_unit": "clip"}, "train_epoch_unit: a window store"),
     ({"train_split": "validation"}, "validation.window_store.json: no "
      "complete window store"),
+    ({"train_window_store_workers": -1}, "train_window_store_workers=-1: a "
+     "number of processes"),
 ])
 def test_what_a_store_cannot_give_is_refused_by_field(
     store_dir, small_dataset, fields, message):
