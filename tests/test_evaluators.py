@@ -86,6 +86,29 @@ def test_file_level_evaluator_reports_named_metrics_and_artefacts(
                                                   "val_confusions.png"]
 
 
+def test_file_level_bootstrap_gives_reproducible_intervals_per_metric(
+    small_dataset):
+  evaluator = file_level.Evaluator(context(small_dataset), split="validation",
+                                   bootstrap=100)
+  predict = fake_predict(len(evaluator.context.label_names))
+  output = evaluator.run(predict)
+  plain = file_level.Evaluator(context(small_dataset),
+                               split="validation").run(predict)
+  assert output.metrics == plain.metrics
+  assert "interval" not in plain.summary["mean"]["no_prior"]
+  for pooling in file_level.POOLINGS:
+    interval = output.summary[pooling]["no_prior"]["interval"]
+    assert set(interval) == set(file_level.HEADLINE)
+    for k in file_level.HEADLINE:
+      assert 0.0 <= interval[k]["low"] <= interval[k]["high"] <= 1.0
+      assert interval[k]["std"] >= 0.0
+  assert output.summary == evaluator.run(predict).summary
+  assert "top1" in output.text and "[" in output.text
+  with pytest.raises(registry.ConfigError, match="bootstrap=1"):
+    file_level.Evaluator(context(small_dataset), split="validation",
+                         bootstrap=1)
+
+
 def test_evaluators_are_built_from_the_config_by_type(small_dataset):
   built = common.from_config(
       {"val": {"type": "file_level", "split": "validation",

@@ -57,6 +57,19 @@ class EvalContext:
   priors: prior_lib.Priors
 
 
+def bootstrap_resamples(value: int) -> int:
+  """An evaluator's `bootstrap` option: resamples of a percentile
+  bootstrap over recordings (0: no intervals).
+
+  Raises:
+    registry.ConfigError: below 0, or 1 (no spread).
+  """
+  if value < 0 or value == 1:
+    raise registry.ConfigError(
+        f"bootstrap={value}: give 0 (no interval) or 2 and more resamples")
+  return value
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalOutput:
   """One evaluation's results.

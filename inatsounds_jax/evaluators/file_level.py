@@ -16,7 +16,9 @@ workdir); `geo_ceiling_prior` (a second prior of the same kinds, reported
 as the view "ceiling": the true ranges beside a learned prior show how
 much a better range model could add); `geo_threshold` (0.1);
 `min_prior_coverage` (warn when a prior covers fewer of the labels than
-this fraction; a prior covering none is refused).
+this fraction; a prior covering none is refused); `bootstrap` (resamples of
+the files, 0 none: 95 % percentile intervals of the headline metrics, in
+`eval_results.json` and on the console).
 
 Metrics: `<pooling>/<view>/<metric>` for pooling mean|max, view
 no_prior|prior|ceiling, metric top1|top5|map|mf1 (e.g. `mean/no_prior/map`,
@@ -81,9 +83,13 @@ def evaluate_split(predict: common.PredictFn,
                    builder: tfds.core.DatasetBuilder, split: str,
                    windows: input_pipeline.WindowConfig, batch_size: int,
                    priors: dict[str, prior_lib.GeoPrior] | None = None,
-                   threshold: float = 0.1, groups=None) -> dict:
+                   threshold: float = 0.1, groups=None,
+                   bootstrap: int = 0) -> dict:
   """Metrics of one split, per pooling, without a prior and with each of
   `priors` (view name -> prior; the model runs once for all views).
+  With `bootstrap` resamples of the files, each metrics dict also holds
+  `interval`: {metric: {low, high, std}} of the HEADLINE metrics (95 %
+  percentile intervals, `metrics.bootstrap_over_recordings`).
 
   Returns:
     {"mean"|"max": {"no_prior"|<view>: metrics dict}, "num_windows",
@@ -111,11 +117,28 @@ def evaluate_split(predict: common.PredictFn,
   for view, pooler in poolers.items():
     files = common.rows_of_all_processes(pooler.files())
     for pooling in POOLINGS:
-      result.setdefault(pooling, {})[view] = metrics_lib.file_level_metrics(
-          files[pooling], files["labels"], groups=groups)
+      m = metrics_lib.file_level_metrics(files[pooling], files["labels"],
+                                         groups=groups)
+      if bootstrap:
+        m["interval"] = _intervals(files[pooling], files["labels"],
+                                   bootstrap)
+      result.setdefault(pooling, {})[view] = m
     if view == "no_prior":
       result["files"] = files
   return result
+
+
+def _intervals(scores: np.ndarray, labels: np.ndarray, num_samples: int
+               ) -> dict:
+  """{metric: {low, high, std}} of the HEADLINE metrics, files resampled
+  (a resample averages over the classes it holds)."""
+  interval = metrics_lib.bootstrap_over_recordings(
+      lambda s, y: [metrics_lib.file_level_metrics(s, y)[k]
+                    for k in HEADLINE],
+      np.arange(len(labels)), scores, labels, num_samples=num_samples)
+  return {k: {"low": float(interval.low[i]), "high": float(interval.high[i]),
+              "std": float(interval.std[i]), "num_samples": num_samples}
+          for i, k in enumerate(HEADLINE)}
 
 
 def summary_for_json(result: dict) -> dict:
@@ -169,12 +192,14 @@ class Evaluator:
 
   def __init__(self, context: common.EvalContext, *, split: str,
                geo_prior: str = "", geo_ceiling_prior: str = "",
-               geo_threshold: float = 0.1, min_prior_coverage: float = 0.5):
+               geo_threshold: float = 0.1, min_prior_coverage: float = 0.5,
+               bootstrap: int = 0):
     splits = context.builder.info.splits
     if split not in splits:
       raise registry.ConfigError(
           f"split {split!r} is not in the dataset; it has {sorted(splits)}")
     self.context, self.split, self.threshold = context, split, geo_threshold
+    self.bootstrap = common.bootstrap_resamples(bootstrap)
     self.priors = {
         view: context.priors(source, min_prior_coverage)
         for view, source in (("prior", geo_prior),
@@ -192,13 +217,17 @@ class Evaluator:
     c = self.context
     result = evaluate_split(predict, c.builder, self.split, c.windows,
                             c.batch_size, priors=self.priors,
-                            threshold=self.threshold, groups=self.groups)
+                            threshold=self.threshold, groups=self.groups,
+                            bootstrap=self.bootstrap)
     metrics, lines = {}, []
     for pooling in POOLINGS:
       for view, m in result[pooling].items():
         metrics.update({f"{pooling}/{view}/{k}": m[k] for k in HEADLINE})
         lines.append(f"{self.split:10s} {pooling:4s} {view:8s} " + " ".join(
-            f"{k} {m[k]:.3f}" for k in HEADLINE))
+            f"{k} {m[k]:.3f}" + (f" [{m['interval'][k]['low']:.3f}, "
+                                 f"{m['interval'][k]['high']:.3f}]"
+                                 if "interval" in m else "")
+            for k in HEADLINE))
     by_count = result["mean"]["no_prior"]["groups"]["training_recordings"]
     lines += [f"{self.split:10s} mean no_prior species with {name:>6s} "
               f"training recordings ({m['num_classes']}): " + " ".join(

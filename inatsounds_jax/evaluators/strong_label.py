@@ -122,12 +122,8 @@ class Evaluator:
     if scores not in SCORES:
       raise registry.ConfigError(
           f"scores {scores!r}: choose from {sorted(SCORES)}")
-    if bootstrap < 0 or bootstrap == 1:
-      raise registry.ConfigError(
-          f"bootstrap={bootstrap}: give 0 (no interval) or 2 and more "
-          "resamples")
     self.context, self.split, self.threshold = context, split, geo_threshold
-    self.bootstrap = bootstrap
+    self.bootstrap = common.bootstrap_resamples(bootstrap)
     self.squash = SCORES[scores]
     self.prior = context.priors(geo_prior, min_prior_coverage)
     self.views = ("no_prior",) if self.prior is None else ("no_prior",
