@@ -62,13 +62,13 @@ def prior_source(args) -> str:
   (`configs/sinr.py:synthetic`'s recipe) into `args.workdir`."""
   if args.prior == "truth":
     return "synthetic_truth"
-  c = spml.placeholder_config(0, args)
+  c = spml.base_config(0, args)
   c.range_model = config_defaults.range_model("synthetic")
   return train_range.train_for_classifier(c, args.workdir)
 
 
 def run_config(location_input: str, seed: int, prior: str, args) -> dict:
-  c = spml.placeholder_config(seed, args)
+  c = spml.base_config(seed, args)
   c.location_input = location_input
   c.geo_prior = prior
   c.evals = {"validation": {

@@ -62,16 +62,9 @@ COLUMNS = (("val file mAP", ("validation", "mean/no_prior/map")),
 
 
 def run_config(row: str, seed: int, args):
-  """`spml.placeholder_config` with the row's objective, `args.model`, and
-  the validation split's file-level evaluation at the end."""
-  c = spml.placeholder_config(seed, args)
-  if args.model != "placeholder":
-    c.model = args.model
-    c.learning_rate = args.learning_rate
-    c.frontend_preset = "inatsounds"
-    c.image.size = (64, 256)
-    c.model_options.bn_momentum = 0.9
-    c.model_options.dropout = 0.0
+  """`spml.base_config` with the row's objective and the validation
+  split's file-level evaluation at the end."""
+  c = spml.base_config(seed, args)
   c.evals = {"validation": {"type": "file_level", "split": "validation",
                             "every_epochs": float(args.epochs)}}
   c.best_metric = "validation/mean/no_prior/map"
@@ -132,12 +125,10 @@ def cell(values: list[float], lows=None, highs=None) -> str:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   spml.add_run_arguments(parser, "soundscape_transfer", epochs=20)
-  parser.set_defaults(learning_rate=3e-3)
-  parser.add_argument("--model", default="mobilenet_v3_small",
-                      help="a backbone name, or placeholder")
+  parser.set_defaults(learning_rate=3e-3, model="mobilenet_v3_small",
+                      bootstrap=500)
   parser.add_argument("--soundscapes", type=int, default=12)
   parser.add_argument("--soundscape_seconds", type=float, default=60.0)
-  parser.add_argument("--bootstrap", type=int, default=500)
   parser.add_argument("--rows", default=",".join(ROWS))
   args = parser.parse_args()
   if args.model == "placeholder" and args.learning_rate == 3e-3:
