@@ -155,6 +155,12 @@ def tfds_source(name: str, options: Mapping, weight: float,
     except (ValueError, OSError) as e:
       raise registry.ConfigError(
           f"{_field(name, 'window_filter')}: {e}") from None
+  try:  # When the config is read, not when training starts.
+    input_pipeline.check_epoch_and_filter(builder, epoch, window_filter)
+  except ValueError as e:
+    field = "window_filter" if window_filter else "epoch"
+    raise registry.ConfigError(f"{_field(name, field)}: {e}") from None
+  if window_filter is not None:
     num_examples = (window_filter.num_windows() if epoch.unit == "clip"
                     else window_filter.num_recordings())
   elif epoch != input_pipeline.TrainEpoch():

@@ -351,6 +351,24 @@ def count_epoch(builder: tfds.core.DatasetBuilder, split: str,
       _num_clips(x["audio"], config) if clips else np.int64(1))))
 
 
+def check_epoch_and_filter(builder: tfds.core.DatasetBuilder,
+                           epoch: TrainEpoch,
+                           window_filter: WindowFilter | None) -> None:
+  """Raises ValueError (naming the filter's file) for what
+  `train_windows` cannot combine: a window filter or clip epochs on image
+  clips (L48), a window filter with a fraction of the files."""
+  images = is_image_dataset(builder)
+  if images and window_filter is not None:
+    raise ValueError(f"{window_filter.path}: window filters name windows of "
+                     "audio; the dataset holds image clips")
+  if epoch.unit == "clip" and images:
+    raise ValueError("clip epochs cut every dense window of each recording; "
+                     "the dataset holds image clips")
+  if epoch.fraction < 1.0 and window_filter is not None:
+    raise ValueError(f"{window_filter.path}: a window filter and a fraction "
+                     f"({epoch.fraction}) of the files cannot be combined")
+
+
 def train_windows(builder: tfds.core.DatasetBuilder, split: str,
                   config: WindowConfig = _DEFAULT_WINDOWS, seed: int = 0,
                   start_example: int = 0, num_epochs: int = 1,
@@ -399,16 +417,8 @@ def train_windows(builder: tfds.core.DatasetBuilder, split: str,
                            drop_remainder=True)[process_index]
   epoch_size = builder.info.splits[split].num_examples
   images = is_image_dataset(builder)
-  if images and window_filter is not None:
-    raise ValueError(f"{window_filter.path}: window filters name windows of "
-                     "audio; the dataset holds image clips")
+  check_epoch_and_filter(builder, epoch, window_filter)
   clips = epoch.unit == "clip"
-  if clips and images:
-    raise ValueError("clip epochs cut every dense window of each recording; "
-                     "the dataset holds image clips")
-  if epoch.fraction < 1.0 and window_filter is not None:
-    raise ValueError(f"{window_filter.path}: a window filter and a fraction "
-                     f"({epoch.fraction}) of the files cannot be combined")
   input_name = "image" if images else "audio"
   keep = _kept_by(epoch, example_index_size, require_known)
   if keep is not None or (clips and window_filter is None):

@@ -217,3 +217,17 @@ def test_the_train_split_epoch_counts_clips_and_the_fraction_kept(
   with pytest.raises(registry.ConfigError,
                      match="train_epoch_unit/train_fraction: fraction 1.5"):
     train_source(train_fraction=1.5)
+
+
+def test_a_window_filter_with_a_fraction_is_refused_when_the_config_is_read(
+    small_dataset, tmp_path):
+  keep = tmp_path / "keep.csv"
+  keep.write_text("example_index,split_position,start_frame,left_pad_frames,"
+                  "window_frames\n0,0,0,0,512\n")
+  config = ml_collections.ConfigDict(
+      {"train_split": "train", "train_window_filter": str(keep),
+       "train_fraction": 0.5})
+  with pytest.raises(registry.ConfigError, match=(
+      "train_window_filter: .*keep.csv: a window filter and a fraction "
+      r"\(0.5\) of the files cannot be combined")):
+    data_sources.from_config(config, small_dataset)
