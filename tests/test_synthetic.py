@@ -114,6 +114,7 @@ def test_corpus_statistics_are_realistic(tmp_path):
                                  s["latitude"], s["longitude"])
 
 
+@pytest.mark.slow  # Specs of 4,000 recordings, twice.
 def test_release_durations_have_the_release_mean_and_a_tail_of_minutes():
   default = synthetic.CorpusConfig(num_species=50, num_recordings=4000)
   config = dataclasses.replace(default, duration_distribution="release",

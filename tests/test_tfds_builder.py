@@ -213,6 +213,7 @@ def test_a_truncated_annotation_json_stops_the_build_in_one_line(
       "again", str(e.value))
 
 
+@pytest.mark.slow  # A `tfds build` process.
 def test_tfds_command_line_says_a_truncated_json_in_one_line(small_corpus,
                                                               tmp_path):
   root = _truncated_release(small_corpus, tmp_path)
@@ -265,6 +266,7 @@ def test_synthetic_config_generates_its_corpus_in_its_own_folder(tmp_path):
                num_species=4, num_recordings=16)
 
 
+@pytest.mark.slow  # Builds a corpus of the hard world.
 def test_hard_world_config_builds_the_harder_corpus_under_its_own_name(
     tmp_path):
   b = data.prepare("synthetic", data_dir=str(tmp_path / "tfds"),
