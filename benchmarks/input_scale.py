@@ -156,10 +156,10 @@ def _cpu_seconds() -> float:
 
 def _rate(stream, seconds: float) -> tuple[float, float, int]:
   """(windows/s, windows per CPU-second, windows drawn with the warm-up)
-  over batches of BATCH windows
-  drawn for at least `seconds` (and two batches), after two batches of
-  warm-up. The stream is closed after, so that its read-ahead threads and
-  workers do not run into the next measurement."""
+  over batches of BATCH windows drawn for at least `seconds` (and two
+  batches), after two batches of warm-up. The stream is closed after, so
+  that its read-ahead threads and workers do not run into the next
+  measurement."""
   for _ in range(2):
     next(stream)
   wall, cpu, batches = time.perf_counter(), _cpu_seconds(), 0

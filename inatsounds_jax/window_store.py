@@ -72,7 +72,6 @@ checksum or size is wrong) raises `StoreError` naming the file.
 from __future__ import annotations
 
 from collections.abc import Iterator
-
 import json
 import multiprocessing
 import os
