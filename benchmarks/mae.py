@@ -29,7 +29,10 @@ file-level top-1 (mean pooling, class-averaged) with its 95 % bootstrap
 interval over validation files (`--bootstrap` resamples; the file-level
 evaluator's `bootstrap` option), the mean and sample sd (ddof=1) over
 corpora, and for each of the study's orderings "agrees", "disagrees" or
-"cannot tell (intervals overlap)"; writes `OUT/results.json`.
+"cannot tell", judged on paired resamples (`inatsounds_jax.compare`: on
+each corpus the two arms are scored on the same resampled validation
+files; "agrees" when on every corpus the difference's 95 % interval is
+above 0, "disagrees" when below); writes `OUT/results.json`.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import time
 
 import numpy as np
 
+from inatsounds_jax import compare
 from inatsounds_jax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -106,23 +110,19 @@ ORDERINGS = (
 )
 
 
-def verdict(better: dict, worse: dict) -> str:
-  """'agrees' / 'disagrees' when the runs' mean intervals do not overlap,
-  else 'cannot tell (intervals overlap)'."""
-  if better["low"] > worse["high"]:
-    return "agrees"
-  if worse["low"] > better["high"]:
-    return "disagrees"
-  return "cannot tell (intervals overlap)"
+def paired_top1(better, worse, num_samples: int) -> compare.Comparison:
+  """Top-1 (mean pooling) of two arms' validation rows, paired."""
+  found = compare.compare(better, worse, num_samples=num_samples)
+  return next(c for c in found if c.metric == "mean/no_prior/top1")
 
 
-def run_corpus(args, corpus_seed: int) -> dict:
-  """Every arm on corpus `corpus_seed`: {arm: {val_top1, low, high,
-  seconds} or {val_loss, seconds}}."""
+def run_corpus(args, corpus_seed: int) -> tuple[dict, dict]:
+  """Every arm on corpus `corpus_seed`: ({arm: {val_top1, low, high,
+  seconds} or {val_loss, seconds}}, {arm: its validation rows})."""
   data_dir = os.path.join(args.out, f"tfds_corpus{corpus_seed}")
   out = os.path.join(args.out, f"corpus{corpus_seed}_seed{args.seed}")
   dataset = dict(DATASET, seed=corpus_seed, world=args.world)
-  rows = {}
+  rows, scored = {}, {}
 
   def run(name, config):
     config.dataset_options = dict(dataset)
@@ -135,6 +135,7 @@ def run_corpus(args, corpus_seed: int) -> dict:
     rows[name] = {"seconds": round(time.perf_counter() - start, 1)}
     if "mean" in results["validation"].summary:
       rows[name].update(zip(("val_top1", "low", "high"), top1(results)))
+      scored[name] = results["validation"].rows["mean/no_prior"]
     else:
       rows[name]["val_loss"] = round(results["validation"].metrics["loss"], 4)
     print(corpus_seed, name, rows[name], flush=True)
@@ -157,7 +158,7 @@ def run_corpus(args, corpus_seed: int) -> dict:
                                           "tiny,linear_probe", mae_dir))
   run("linear_probe_random", finetune_config(data_dir, ft, seed,
                                              "tiny,linear_probe"))
-  return rows
+  return rows, scored
 
 
 ARMS = ("finetune_from_mae", "finetune_from_random",
@@ -178,12 +179,25 @@ def main():
   parser.add_argument("--bootstrap", type=int, default=200)
   parser.add_argument("--image", choices=sorted(IMAGE), default="64x128")
   args = parser.parse_args()
-  runs = {seed: run_corpus(args, seed) for seed in range(args.corpus_seeds)}
+  runs, scored = {}, {}
+  for seed in range(args.corpus_seeds):
+    runs[seed], scored[seed] = run_corpus(args, seed)
+  judged = {}
+  for better, worse, study in ORDERINGS:
+    pairs = [paired_top1(s[better], s[worse], args.bootstrap)
+             for s in scored.values()]
+    judged[study] = {
+        "better": better, "worse": worse,
+        "verdict": compare.ordering_verdict(pairs),
+        "per_corpus": [{f: getattr(c.difference, f)
+                        for f in ("estimate", "low", "high")}
+                       for c in pairs]}
   with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump({"dataset": DATASET, "world": args.world, "seed": args.seed,
                "image": args.image, "epochs_pretrain": args.epochs_pretrain,
                "epochs_finetune": args.epochs_finetune,
-               "runs": {str(k): v for k, v in runs.items()}}, f, indent=1)
+               "runs": {str(k): v for k, v in runs.items()},
+               "orderings": judged}, f, indent=1)
   print("\n| corpus | MAE val loss | " + " | ".join(ARMS) + " |\n|---|---:|"
         + "---:|" * len(ARMS))
   for seed, rows in runs.items():
@@ -198,10 +212,14 @@ def main():
   print("| mean (sd) | | " + " | ".join(
       f"{mean[a]['val_top1']:.3f} ({sd[a]:.3f}) [{mean[a]['low']:.3f}, "
       f"{mean[a]['high']:.3f}]" for a in ARMS) + " |")
-  print("\nAgainst the study's orderings (mean intervals over corpora):")
-  for better, worse, study in ORDERINGS:
-    print(f"- {study}: {better} vs {worse}: "
-          f"{verdict(mean[better], mean[worse])}")
+  print("\nAgainst the study's orderings (top-1 difference, paired "
+        f"bootstrap over validation files, {args.bootstrap} resamples, per "
+        "corpus):")
+  for study, j in judged.items():
+    print(f"- {study}: {j['better']} - {j['worse']}: " + "; ".join(
+        f"corpus {i} {d['estimate']:+.3f} [{d['low']:+.3f}, "
+        f"{d['high']:+.3f}]" for i, d in enumerate(j["per_corpus"]))
+        + f": {j['verdict']}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,14 @@ and data-order seeds on each of `--corpus_seeds` corpora (`--world`:
 brackets the mean over runs of each run's 95 % bootstrap interval over
 validation recordings (`--bootstrap` resamples).
 
+Then each of the paper's orderings (full > LS > EM > AN > the LL family;
+prior negatives and asset regularisation help; checklist > geo; the mean
+teacher beyond its EMA) is judged on paired resamples
+(`inatsounds_jax.compare`): the two cells' runs with the same corpus and
+seed are scored on the same resampled validation recordings, and the
+ordering "agrees" when every such pair's 95 % interval of the difference
+is above 0, "disagrees" when every one is below, else "cannot tell".
+
 Every run goes through `train.train_and_evaluate`, the library's one loop,
 by default with the `placeholder` backbone (a linear classifier on the
 window's mean spectrum) so that a run takes seconds on CPU: the table
@@ -46,6 +54,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np  # noqa: E402
 
+from inatsounds_jax import compare  # noqa: E402
 from inatsounds_jax import config_defaults  # noqa: E402
 from inatsounds_jax import train  # noqa: E402
 
@@ -61,6 +70,32 @@ METRIC = "no_prior/window_map"
 # negatives already) or that train on full labels: their +geo and +checklist
 # cells equal target-only, so they are not run again.
 MASK_FREE = ("full_bce", "an", "mean_teacher", "ema_only")
+# The paper's orderings (the Merlin L48 study, arXiv:2511.00252):
+# (better cell, worse cell, what the paper found); each cell (row, column).
+ORDERINGS = (
+    (("full_bce", "target_only"), ("an_ls", "target_only"),
+     "full labels > LS (62.4 vs 56.4)"),
+    (("an_ls", "target_only"), ("em", "target_only"), "LS > EM (56.4 vs 55.3)"),
+    (("em", "target_only"), ("an", "target_only"), "EM > AN (55.3 vs 52.2)"),
+    (("an", "target_only"), ("ll_r", "target_only"),
+     "AN > LL-R (52.2 vs 50.1)"),
+    (("ll_r", "target_only"), ("ll_ct", "target_only"),
+     "LL-R > LL-Ct (50.1 vs 48.0)"),
+    (("ll_ct", "target_only"), ("ll_cp", "target_only"),
+     "LL-Ct > LL-Cp (48.0 vs 43.8)"),
+    (("mean_teacher", "target_only"), ("ema_only", "target_only"),
+     "the mean teacher's consistency helps beyond its EMA"),
+    *(((row, "+geo"), (row, "target_only"), f"geo negatives help {row}")
+      for row in ROWS if row not in MASK_FREE),
+    *(((row, "+checklist"), (row, "target_only"),
+       f"checklist negatives help {row}")
+      for row in ROWS if row not in MASK_FREE),
+    *(((row, "+checklist"), (row, "+geo"), f"checklist > geo for {row}")
+      for row in ROWS if row not in MASK_FREE),
+    *(((row, "+asset_reg"), (row, "target_only"),
+       f"asset regularisation helps {row}")
+      for row in ROWS if row not in ("full_bce",)),
+)
 
 
 def base_config(seed: int, args, corpus_seed: int = 0) -> dict:
@@ -144,7 +179,7 @@ def main() -> None:
   parser.add_argument("--rows", default=",".join(ROWS))
   parser.add_argument("--columns", default=",".join(COLUMNS))
   args = parser.parse_args()
-  results = {}
+  results, rows = {}, {}
   start = time.time()
   for row in args.rows.split(","):
     for name in args.columns.split(","):
@@ -159,6 +194,8 @@ def main() -> None:
           window = outputs["strong"].summary["no_prior"]["window"]
           runs.append({"map": window["map"], "corpus_seed": corpus_seed,
                        "seed": seed, **window.get("interval", {})})
+          rows[(row, name, corpus_seed, seed)] = outputs["strong"].rows[
+              "no_prior/window"]
       results[(row, name)] = runs
       print(f"{row:12s} {name:12s} "
             + " ".join(f"{r['map']:.3f}" for r in runs)
@@ -174,10 +211,50 @@ def main() -> None:
         continue
       cells.append(cell_text(results[(row, name)]))
     print(f"| {row} | " + " | ".join(cells) + " |")
+  verdicts = judge_orderings(rows, args)
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({f"{r}/{c}": v for (r, c), v in results.items()}, f,
-                indent=1)
+      json.dump({"cells": {f"{r}/{c}": v for (r, c), v in results.items()},
+                 "orderings": verdicts}, f, indent=1)
+
+
+def same_cell(cell: tuple[str, str]) -> tuple[str, str]:
+  """The cell whose runs stand for `cell`: mask-free rows' prior columns
+  are their target-only runs (not run again)."""
+  row, column = cell
+  if row in MASK_FREE and column in ("+geo", "+checklist"):
+    return row, "target_only"
+  return cell
+
+
+def judge_orderings(rows: dict, args) -> list[dict]:
+  """Prints and returns each of ORDERINGS whose cells were run, judged on
+  paired resamples run by run (`compare.ordering_verdict`)."""
+  print(f"\nAgainst the paper's orderings (window mAP, paired bootstrap "
+        f"over validation recordings, {args.bootstrap} resamples, per "
+        "corpus and seed):")
+  out = []
+  for better, worse, paper in ORDERINGS:
+    better, worse = same_cell(better), same_cell(worse)
+    if better == worse:
+      continue
+    keys = sorted({k[2:] for k in rows if k[:2] == better}
+                  & {k[2:] for k in rows if k[:2] == worse})
+    if not keys:
+      continue
+    pairs = [compare.compare(rows[(*better, *k)], rows[(*worse, *k)],
+                             num_samples=args.bootstrap)[0] for k in keys]
+    difference = {f: float(np.mean([getattr(c.difference, f) for c in pairs])
+                           ) * 100 for f in ("estimate", "low", "high")}
+    verdict = compare.ordering_verdict(pairs)
+    print(f"- {paper}: {'/'.join(better)} - {'/'.join(worse)} "
+          f"{difference['estimate']:+.1f} [{difference['low']:+.1f}, "
+          f"{difference['high']:+.1f}] (mean over {len(pairs)} runs): "
+          f"{verdict}")
+    out.append({"paper": paper, "better": better, "worse": worse,
+                "difference": difference, "verdict": verdict,
+                "runs": len(pairs)})
+  return out
 
 
 def cell_text(runs: list[dict]) -> str:

@@ -26,7 +26,8 @@ positives matrix of the same shape `[rows, classes]`:
 - `reliability`: binned score against fraction positive, as
   `sklearn.calibration.calibration_curve` bins;
 - `bootstrap_over_recordings`: percentile intervals from resampled
-  recordings.
+  recordings; `paired_difference`: the interval of two models' difference
+  on the same resamples.
 
 Everything ranking-based comes from one sort of each column (`_Ranking`),
 vectorised over classes: no Python loop over 5,569 classes, and columns in
@@ -606,6 +607,43 @@ def bootstrap_over_recordings(metric: Callable[..., float | np.ndarray],
   return BootstrapInterval(
       estimate=out(estimate), low=out(low), high=out(high), std=out(std),
       level=level, num_samples=num_samples, num_valid=out(num_valid))
+
+
+def paired_difference(metric: Callable[..., float | np.ndarray],
+                      recordings: Sequence, a: Sequence[np.ndarray],
+                      b: Sequence[np.ndarray], num_samples: int = 1000,
+                      level: float = 0.95, seed: int = 0
+                      ) -> BootstrapInterval:
+  """Percentile bootstrap of `metric(*a) - metric(*b)`, both computed on
+  the same resampled recordings.
+
+  Two models scored on the same recordings share those recordings'
+  difficulty: a resample heavy in hard recordings lowers both metrics. The
+  interval of the difference leaves that shared part out, so it is what an
+  ordering of two models is judged by; two separate intervals that overlap
+  may still give a difference whose interval excludes 0.
+
+  Args:
+    metric: rows of each array -> a float or an array of floats.
+    recordings: `[rows]` recording id of each row, the same rows for both
+      models (row i of every array in `a` and `b` is the same window or
+      file).
+    a, b: the two models' arrays (e.g. `(scores, truth)` each), first axis
+      the rows.
+    num_samples, level, seed: as `bootstrap_over_recordings`.
+  """
+  if len(a) != len(b):
+    raise ValueError(f"both models need the same arrays; got {len(a)} and "
+                     f"{len(b)}")
+  n = len(a)
+
+  def difference(*arrays):
+    return (np.asarray(metric(*arrays[:n]), np.float64)
+            - np.asarray(metric(*arrays[n:]), np.float64))
+
+  return bootstrap_over_recordings(difference, recordings, *a, *b,
+                                   num_samples=num_samples, level=level,
+                                   seed=seed)
 
 
 @dataclasses.dataclass(frozen=True)

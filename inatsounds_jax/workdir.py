@@ -7,7 +7,9 @@
       best/<step>/         the best state by `config.best_metric`
       damaged_checkpoints/ checkpoints found damaged, set aside on restore
       eval_results.json    the latest evaluations' summaries
-      <evaluation>/        each evaluation's artefacts (plots, tables)
+      <evaluation>_*.png   each evaluation's artefacts (plots)
+      <evaluation>_rows.npz  its scored rows (`evaluators.common.ScoredRows`;
+                           the evaluator's option `save_rows`)
       range_model/         a classifier's own range model (`range_model`
                            set), itself a range-model workdir:
         range_model/         the saved SINR (`geo/range_model.py`)
@@ -35,6 +37,8 @@ DAMAGED_DIR = "damaged_checkpoints"
 EVAL_RESULTS_FILE = "eval_results.json"
 # A classifier run's own range model (`config.range_model`).
 RANGE_MODEL_DIR = "range_model"
+# After an evaluation's artefact prefix (`WORKDIR/<evaluation>`).
+EVAL_ROWS_SUFFIX = "_rows.npz"
 # Inside a range-model workdir.
 SAVED_RANGE_MODEL_DIR = "range_model"
 RANGE_RESULTS_FILE = "range_results.json"
@@ -44,3 +48,8 @@ RANGE_MAPS_FILE = "range_maps.png"
 def path(workdir: storage.PathLike, name: str) -> epath.Path:
   """`name` (one of this module's names) inside `workdir`, resolved."""
   return storage.resolve(workdir) / name
+
+
+def eval_rows_path(workdir: storage.PathLike, evaluation: str) -> epath.Path:
+  """The rows file of evaluation `evaluation` (its name in `config.evals`)."""
+  return storage.resolve(workdir) / (evaluation + EVAL_ROWS_SUFFIX)

@@ -202,3 +202,40 @@ def test_a_prior_that_covers_no_label_is_refused_at_construction(
                      match="geo_prior .*covers 0/8 labels.*Nomen nescio"):
     file_level.Evaluator(context(small_dataset), split="validation",
                          geo_prior=str(tmp_path))
+
+
+def test_file_level_rows_give_back_its_metrics_and_are_saved_on_request(
+    small_dataset, tmp_path):
+  evaluator = file_level.Evaluator(context(small_dataset), split="validation",
+                                   save_rows=True)
+  output = evaluator.run(fake_predict(len(evaluator.context.label_names)))
+  assert set(output.rows) == {"mean/no_prior", "max/no_prior"}
+  for key, rows in output.rows.items():
+    # One row per validation file, each file once.
+    assert len(np.unique(rows.recording)) == len(rows.recording) == len(
+        rows.truth) == output.summary["mean"]["no_prior"]["num_files"]
+    assert rows.metrics()(rows.scores, rows.truth) == {
+        name: value for name, value in output.metrics.items()
+        if name.startswith(key + "/")}
+  paths = output.write_artefacts(str(tmp_path / "val"))
+  assert paths[-1] == str(tmp_path / "val_rows.npz")
+  saved = common.read_rows(paths[-1])
+  assert list(saved) == list(output.rows)
+  for key, rows in saved.items():
+    assert (rows.evaluator, rows.key) == (file_level.__name__, key)
+    np.testing.assert_array_equal(rows.scores, output.rows[key].scores)
+    np.testing.assert_array_equal(rows.recording, output.rows[key].recording)
+  plain = file_level.Evaluator(context(small_dataset), split="validation")
+  assert len(plain.run(fake_predict(len(evaluator.context.label_names))
+                       ).write_artefacts(str(tmp_path / "plain"))) == 2
+
+
+def test_a_file_that_is_not_rows_is_refused_naming_it(tmp_path):
+  bad = tmp_path / "x_rows.npz"
+  bad.write_bytes(b"not a zip")
+  with pytest.raises(ValueError, match="x_rows.npz: not an evaluation's"):
+    common.read_rows(str(bad))
+  other = tmp_path / "other.npz"
+  np.savez(other, a=np.zeros(3))
+  with pytest.raises(ValueError, match="other.npz: holds no rows"):
+    common.read_rows(str(other))

@@ -369,6 +369,40 @@ def test_bootstrap_of_an_array_metric_skips_nan_resamples():
   assert out.std.tolist() == [0.0, 0.0]
 
 
+def test_paired_difference_draws_the_same_recordings_for_both_models():
+  # Model b is model a plus 0.1 on every recording: recordings differ a lot
+  # in difficulty (0..3), so the separate intervals overlap widely, but the
+  # difference is 0.1 in every resample.
+  recordings = np.repeat(["a", "b", "c", "d"], 3)
+  a = np.repeat([0.0, 1.0, 2.0, 3.0], 3)
+  b = a + 0.1
+  out = metrics.paired_difference(np.mean, recordings, [b], [a],
+                                  num_samples=500, seed=1)
+  assert out.estimate == pytest.approx(0.1)
+  assert out.low == pytest.approx(0.1) and out.high == pytest.approx(0.1)
+  assert out.std == pytest.approx(0.0, abs=1e-12)
+  alone = metrics.bootstrap_over_recordings(np.mean, recordings, b,
+                                            num_samples=500, seed=1)
+  assert alone.low < 1.5 < alone.high  # Unpaired: nothing told apart.
+
+
+def test_paired_difference_is_the_bootstrap_of_the_two_metrics_subtracted():
+  scores, positives = _multilabel(10, quantize=10, rows=120)
+  other = np.roll(scores, 1, axis=1)
+  recordings = np.repeat(np.arange(12), 10)
+  out = metrics.paired_difference(_cmap, recordings, (scores, positives),
+                                  (other, positives), num_samples=60, seed=2)
+  by_hand = metrics.bootstrap_over_recordings(
+      lambda s, o, p: _cmap(s, p) - _cmap(o, p), recordings, scores, other,
+      positives, num_samples=60, seed=2)
+  assert out.estimate == pytest.approx(_cmap(scores, positives)
+                                       - _cmap(other, positives))
+  assert (out.low, out.high) == pytest.approx((by_hand.low, by_hand.high))
+  with pytest.raises(ValueError, match="same arrays"):
+    metrics.paired_difference(_cmap, recordings, (scores, positives),
+                              (other,))
+
+
 def test_cross_fitting_never_fits_a_threshold_on_the_rows_it_judges():
   rng = np.random.default_rng(4)
   recordings = np.repeat(np.arange(6), 10)

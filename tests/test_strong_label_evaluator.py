@@ -112,6 +112,11 @@ def test_bootstrap_intervals_resample_recordings_and_hold_the_estimate(
     assert m["interval"]["std"] > 0
   # The same resamples each time: intervals are reproducible.
   assert run(200).summary == resampled.summary
+  # Its rows give back its metrics (what paired comparisons recompute).
+  for key, rows in resampled.rows.items():
+    assert rows.metrics()(rows.scores, rows.truth) == {
+        f"{key}_map": resampled.metrics[f"{key}_map"]}
+  assert set(resampled.rows) == {"no_prior/window", "no_prior/file"}
   assert "window mAP" in resampled.text and "[" in resampled.text
   with pytest.raises(registry.ConfigError, match="bootstrap=1"):
     strong_label.Evaluator(context(small_dataset), split="validation",

@@ -27,9 +27,10 @@ LAYERS = (
     ("jobs", ("train", "export", "curate", "inference", "soundscapes",
               "geo.train_range", "embedding_store", "custom_classifier",
               "agile_modelling")),
-    ("commands", ("main", "predict", "evaluate", "custom", "agile")),
+    ("commands", ("main", "predict", "evaluate", "custom", "agile",
+                  "compare")),
 )
-COMMANDS = ("main", "predict", "evaluate", "custom", "agile")
+COMMANDS = ("main", "predict", "evaluate", "custom", "agile", "compare")
 
 
 def modules() -> dict[str, pathlib.Path]:

@@ -18,7 +18,13 @@ much a better range model could add); `geo_threshold` (0.1);
 `min_prior_coverage` (warn when a prior covers fewer of the labels than
 this fraction; a prior covering none is refused); `bootstrap` (resamples of
 the files, 0 none: 95 % percentile intervals of the headline metrics, in
-`eval_results.json` and on the console).
+`eval_results.json` and on the console); `save_rows` (False: when True,
+the final evaluation also writes its rows, `WORKDIR/<name>_rows.npz`).
+
+Rows (`EvalOutput.rows`, for comparing two runs on the same resamples,
+`inatsounds_jax.compare`): "mean/no_prior" and "max/no_prior", one row per
+file (its pooled probabilities, its label); the prior views' rows are not
+kept (at the release's size each is files x 5,569 classes).
 
 Metrics: `<pooling>/<view>/<metric>` for pooling mean|max, view
 no_prior|prior|ceiling, metric top1|top5|map|mf1 (e.g. `mean/no_prior/map`,
@@ -41,6 +47,7 @@ from inatsounds_jax import input_pipeline
 from inatsounds_jax import metrics as metrics_lib
 from inatsounds_jax import plots
 from inatsounds_jax import registry
+from inatsounds_jax import workdir as workdir_lib
 from inatsounds_jax.evaluators import common
 from inatsounds_jax.geo import prior as prior_lib
 
@@ -73,9 +80,11 @@ class FilePooler:
         self._count[i] += 1
 
   def files(self) -> dict[str, np.ndarray]:
-    """{"labels" [files], "mean" [files, C], "max" [files, C]}."""
+    """{"recording", "labels" [files], "mean" [files, C], "max" [files, C]}.
+    """
     counts = np.asarray(self._count, np.float64)[:, None]
-    return {"labels": np.asarray(self.labels, np.int64),
+    return {"recording": np.fromiter(self.index, np.int64, len(self.index)),
+            "labels": np.asarray(self.labels, np.int64),
             "mean": np.stack(self._sum) / counts, "max": np.stack(self._max)}
 
 
@@ -93,7 +102,8 @@ def evaluate_split(predict: common.PredictFn,
 
   Returns:
     {"mean"|"max": {"no_prior"|<view>: metrics dict}, "num_windows",
-     "files": {"labels", "mean", "max"}} (files for plots, not for JSON).
+     "files": {"recording", "labels", "mean", "max"}} (files for plots and
+     rows, not for JSON).
   """
   priors = priors or {}
   poolers = {view: FilePooler() for view in ("no_prior", *priors)}
@@ -126,6 +136,17 @@ def evaluate_split(predict: common.PredictFn,
     if view == "no_prior":
       result["files"] = files
   return result
+
+
+def row_metrics(key: str) -> common.RowMetrics:
+  """The HEADLINE metrics, named `<key>/<metric>`, of rows `key`
+  ("<pooling>/<view>"): (pooled file probabilities, labels) -> metrics."""
+
+  def compute(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    m = metrics_lib.file_level_metrics(scores, labels)
+    return {f"{key}/{k}": m[k] for k in HEADLINE}
+
+  return compute
 
 
 def _intervals(scores: np.ndarray, labels: np.ndarray, num_samples: int
@@ -193,13 +214,14 @@ class Evaluator:
   def __init__(self, context: common.EvalContext, *, split: str,
                geo_prior: str = "", geo_ceiling_prior: str = "",
                geo_threshold: float = 0.1, min_prior_coverage: float = 0.5,
-               bootstrap: int = 0):
+               bootstrap: int = 0, save_rows: bool = False):
     splits = context.builder.info.splits
     if split not in splits:
       raise registry.ConfigError(
           f"split {split!r} is not in the dataset; it has {sorted(splits)}")
     self.context, self.split, self.threshold = context, split, geo_threshold
     self.bootstrap = common.bootstrap_resamples(bootstrap)
+    self.save_rows = save_rows
     self.priors = {
         view: context.priors(source, min_prior_coverage)
         for view, source in (("prior", geo_prior),
@@ -233,12 +255,22 @@ class Evaluator:
               f"training recordings ({m['num_classes']}): " + " ".join(
                   f"{k} {m[k]:.3f}" for k in HEADLINE)
               for name, m in sorted(by_count.items(), key=_bin_order)]
+    files = result["files"]
+    rows = {f"{pooling}/no_prior": common.ScoredRows(
+        __name__, f"{pooling}/no_prior", files["recording"], files[pooling],
+        files["labels"]) for pooling in POOLINGS}
+    plot = functools.partial(
+        plot_long_tail_and_confusions, result=result,
+        train_counts=self._train_counts(), label_names=c.label_names)
+
+    def write_artefacts(prefix: str) -> list[str]:
+      return plot(prefix) + ([common.write_rows(
+          prefix + workdir_lib.EVAL_ROWS_SUFFIX, rows)] if self.save_rows
+                             else [])
+
     return common.EvalOutput(
         metrics=metrics, summary=summary_for_json(result),
-        text="\n".join(lines),
-        write_artefacts=functools.partial(
-            plot_long_tail_and_confusions, result=result,
-            train_counts=self._train_counts(), label_names=c.label_names))
+        text="\n".join(lines), write_artefacts=write_artefacts, rows=rows)
 
   def _train_counts(self) -> np.ndarray:
     """Training recordings per label (1 each for records built before label

@@ -37,6 +37,12 @@ chunk, and `file_map` pools each whole recording):
 (`metrics.bootstrap_over_recordings`: windows of one recording are not
 independent, so recordings are resampled, not windows) giving each mAP a
 95 % interval, in the summary (`interval`: low, high, std) and the text.
+`save_rows` (False): when True, the final evaluation also writes its rows
+(`WORKDIR/<name>_rows.npz`).
+
+Rows (`EvalOutput.rows`, for comparing two runs on the same resamples,
+`inatsounds_jax.compare`): "<view>/window" (the annotated windows) and
+"<view>/file", each row's scores and positives.
 
 Metrics: `<view>/window_map`, `<view>/file_map` for view no_prior|prior.
 """
@@ -55,6 +61,7 @@ from inatsounds_jax import data
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import metrics as metrics_lib
 from inatsounds_jax import registry
+from inatsounds_jax import workdir as workdir_lib
 from inatsounds_jax.evaluators import common
 from inatsounds_jax.geo import prior as prior_lib
 
@@ -69,6 +76,13 @@ def mean_ap(scores: np.ndarray, positives: np.ndarray) -> dict:
   present = ~np.isnan(ap)
   return {"map": float(ap[present].mean()) if present.any() else float("nan"),
           "num_classes": int(present.sum()), "per_class_ap": ap}
+
+
+def row_metrics(key: str) -> common.RowMetrics:
+  """`<key>_map` of rows `key` ("<view>/window" or "<view>/file"):
+  (scores, positives) -> {name: mAP}."""
+  return lambda scores, positives: {f"{key}_map": mean_ap(scores,
+                                                          positives)["map"]}
 
 
 def soundscape_records(context: common.EvalContext, fields: dict
@@ -103,7 +117,8 @@ class Evaluator:
   def __init__(self, context: common.EvalContext, *, split: str,
                geo_prior: str = "", geo_threshold: float = 0.1,
                min_prior_coverage: float = 0.5, scores: str = "sigmoid",
-               soundscapes: Mapping | None = None, bootstrap: int = 0):
+               soundscapes: Mapping | None = None, bootstrap: int = 0,
+               save_rows: bool = False):
     if soundscapes is not None:
       context = dataclasses.replace(
           context, builder=soundscape_records(context, dict(soundscapes)))
@@ -124,6 +139,7 @@ class Evaluator:
           f"scores {scores!r}: choose from {sorted(SCORES)}")
     self.context, self.split, self.threshold = context, split, geo_threshold
     self.bootstrap = common.bootstrap_resamples(bootstrap)
+    self.save_rows = save_rows
     self.squash = SCORES[scores]
     self.prior = context.priors(geo_prior, min_prior_coverage)
     self.views = ("no_prior",) if self.prior is None else ("no_prior",
@@ -165,7 +181,7 @@ class Evaluator:
     files, file_of = np.unique(rows["recording"], return_inverse=True)
     file_truth = np.zeros((len(files), rows["truth"].shape[1]), np.uint8)
     np.maximum.at(file_truth, file_of, rows["truth"])
-    result, metrics, lines = {}, {}, []
+    result, metrics, lines, scored = {}, {}, [], {}
     for view in self.views:
       file_scores = np.full(file_truth.shape, -np.inf)
       np.maximum.at(file_scores, file_of, rows[view])
@@ -178,7 +194,9 @@ class Evaluator:
                       for level, inputs in level_rows.items()}
       texts = []
       for level, m in result[view].items():
-        metrics[f"{view}/{level}_map"] = m["map"]
+        key = f"{view}/{level}"
+        scored[key] = common.ScoredRows(__name__, key, *level_rows[level])
+        metrics[f"{key}_map"] = m["map"]
         texts.append(f"{level} mAP {m['map']:.3f}")
         if self.bootstrap:
           interval = metrics_lib.bootstrap_over_recordings(
@@ -202,5 +220,11 @@ class Evaluator:
     summary["num_windows"] = int(len(rows["truth"]))
     summary["num_annotated_windows"] = int(rows["annotated"].sum())
     summary["num_files"] = int(len(files))
+
+    def write_rows(prefix: str) -> list[str]:
+      return [common.write_rows(prefix + workdir_lib.EVAL_ROWS_SUFFIX,
+                                scored)] if self.save_rows else []
+
     return common.EvalOutput(metrics=metrics, summary=summary,
-                             text="\n".join(lines))
+                             text="\n".join(lines),
+                             write_artefacts=write_rows, rows=scored)
