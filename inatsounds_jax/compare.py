@@ -35,6 +35,7 @@ import numpy as np
 
 from inatsounds_jax import cli
 from inatsounds_jax import metrics as metrics_lib
+from inatsounds_jax import storage
 from inatsounds_jax import workdir as workdir_lib
 from inatsounds_jax.evaluators import common
 
@@ -150,8 +151,9 @@ def ordering_verdict(pairs: Sequence[Comparison]) -> str:
 
 
 def rows_file(path: str, evaluation: str) -> str:
-  """`path` itself, or a workdir's rows file of `evaluation`."""
-  if os.path.isdir(path):
+  """`path` itself, or a workdir's rows file of `evaluation` (local or
+  `gs://`)."""
+  if storage.resolve(path).is_dir():
     return os.fspath(workdir_lib.eval_rows_path(path, evaluation))
   return path
 
@@ -166,7 +168,7 @@ def compare_files(path_a: str, path_b: str, keys: list[str] | None = None,
   """
   rows = {}
   for path in (path_a, path_b):
-    if not os.path.exists(path):
+    if not storage.resolve(path).exists():
       raise ValueError(
           f"{path}: no such rows file; run the evaluation with its option "
           "save_rows=True (e.g. --config.evals.validation.save_rows=True)")

@@ -153,10 +153,10 @@ def _intervals(scores: np.ndarray, labels: np.ndarray, num_samples: int
                ) -> dict:
   """{metric: {low, high, std}} of the HEADLINE metrics, files resampled
   (a resample averages over the classes it holds)."""
+  metric = row_metrics("")
   interval = metrics_lib.bootstrap_over_recordings(
-      lambda s, y: [metrics_lib.file_level_metrics(s, y)[k]
-                    for k in HEADLINE],
-      np.arange(len(labels)), scores, labels, num_samples=num_samples)
+      lambda s, y: list(metric(s, y).values()), np.arange(len(labels)),
+      scores, labels, num_samples=num_samples)
   return {k: {"low": float(interval.low[i]), "high": float(interval.high[i]),
               "std": float(interval.std[i]), "num_samples": num_samples}
           for i, k in enumerate(HEADLINE)}
