@@ -56,7 +56,8 @@ def get_config(variant: str = ""):
   c.eval_batch_size = 64
   c.evals = ml_collections.ConfigDict({
       split: {"type": "strong_label", "split": split,
-              "every_epochs": 1.0 if split == "validation" else 0.0}
+              "every_epochs": 1.0 if split == "validation" else 0.0,
+              "bootstrap": 0, "save_rows": False}
       for split in ("validation", "test")})
   # Recording level: each test asset's clips pooled, scored against its
   # target species (top-1, mAP; no geographic prior, L48 has no locations).

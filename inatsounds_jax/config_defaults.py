@@ -116,7 +116,10 @@ def classifier() -> ml_collections.ConfigDict:
               "every_epochs": 1.0 if split == "validation" else 0.0,
               "geo_prior": c.get_ref("geo_prior"),
               "geo_ceiling_prior": c.get_ref("geo_ceiling_prior"),
-              "geo_threshold": c.get_ref("geo_threshold")}
+              "geo_threshold": c.get_ref("geo_threshold"),
+              # 95 % intervals over resampled files (0: none), and the
+              # rows written for `python -m inatsounds_jax.compare`.
+              "bootstrap": 0, "save_rows": False}
       for split in ("validation", "test")})
   # The best checkpoint: `<evaluation>/<metric>` of a periodic evaluation.
   c.best_metric = "validation/mean/no_prior/map"

@@ -538,8 +538,16 @@ def format_results(outputs: dict[str, evaluators.EvalOutput]) -> str:
 
 def evaluate_checkpoint(config, workdir: str, devices=None
                         ) -> dict[str, evaluators.EvalOutput]:
-  """`--mode=eval`: every evaluation of the best (else latest) checkpoint."""
+  """`--mode=eval`: every evaluation of the best (else latest) checkpoint.
+
+  Raises:
+    FileNotFoundError: `workdir` has no checkpoint; found before any work
+      (no range model trained, nothing written).
+  """
   checkpoints.check_bucket_client(workdir)  # Before any work.
+  if not any(workdir_lib.path(workdir, name).exists()
+             for name in (workdir_lib.CHECKPOINTS_DIR, workdir_lib.BEST_DIR)):
+    raise FileNotFoundError(f"no checkpoint in {workdir} to evaluate")
   config = with_own_range_model(config, workdir)
   run = setup(config, devices)
   ckpt = run_checkpoints(workdir, config)

@@ -21,6 +21,7 @@ from inatsounds_jax import config_defaults
 from inatsounds_jax import losses
 from inatsounds_jax import jobs
 from inatsounds_jax import train
+from inatsounds_jax.evaluators import common
 from inatsounds_jax.models import convert
 from tests import l48_fake
 
@@ -314,6 +315,11 @@ def test_quickstart_trains_its_own_range_prior_with_the_truth_as_ceiling(
     c.range_model.epochs = 5
     return c
 
+  # --mode=eval on a workdir without checkpoints is refused before any
+  # work: no range model is trained into it.
+  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    train.evaluate_checkpoint(config(), str(tmp_path / "empty"))
+  assert not (tmp_path / "empty").exists()
   train.train_and_evaluate(config(), str(tmp_path))
   range_dir = tmp_path / "range_model"
   range_results = json.loads((range_dir / "range_results.json").read_text())
@@ -327,9 +333,15 @@ def test_quickstart_trains_its_own_range_prior_with_the_truth_as_ceiling(
                                                  "ceiling"}
   # --mode=eval uses the range model the run trained; it trains no other.
   written = (range_dir / "range_results.json").stat().st_mtime_ns
-  again = train.evaluate_checkpoint(config(), str(tmp_path))
+  keep_rows = config()
+  keep_rows.evals.validation.save_rows = True  # The config has the field.
+  again = train.evaluate_checkpoint(keep_rows, str(tmp_path))
   assert (range_dir / "range_results.json").stat().st_mtime_ns == written
   assert again["test"].summary == saved["evals"]["test"]
+  # A finished run's rows, for `inatsounds_jax.compare`.
+  assert set(common.read_rows(str(
+      tmp_path / "validation_rows.npz"))) == {"mean/no_prior", "max/no_prior"}
+  assert not (tmp_path / "test_rows.npz").exists()
 
 
 def test_init_checkpoint_that_is_not_weights_is_named_in_one_line(
