@@ -35,9 +35,9 @@ import numpy as np
 
 from inatsounds_jax import cli
 from inatsounds_jax import metrics as metrics_lib
+from inatsounds_jax import scored_rows
 from inatsounds_jax import storage
 from inatsounds_jax import workdir as workdir_lib
-from inatsounds_jax.evaluators import common
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +68,8 @@ class Comparison:
     return {1: "A better", -1: "B better", 0: "cannot tell"}[self.sign]
 
 
-def aligned(a: common.ScoredRows, b: common.ScoredRows
-            ) -> tuple[common.ScoredRows, common.ScoredRows]:
+def aligned(a: scored_rows.ScoredRows, b: scored_rows.ScoredRows
+            ) -> tuple[scored_rows.ScoredRows, scored_rows.ScoredRows]:
   """`a` and `b` with their rows in one order: by recording, a recording's
   rows in their own order (processes may gather recordings in another
   order).
@@ -78,9 +78,9 @@ def aligned(a: common.ScoredRows, b: common.ScoredRows
     ValueError: the rows are not the same (another evaluator or row set,
       other recordings, other windows, other labels or classes).
   """
-  if (a.evaluator, a.key) != (b.evaluator, b.key):
-    raise ValueError(f"rows of {a.evaluator} {a.key!r} cannot be compared "
-                     f"with rows of {b.evaluator} {b.key!r}")
+  if (a.module, a.key) != (b.module, b.key):
+    raise ValueError(f"rows of {a.module} {a.key!r} cannot be compared "
+                     f"with rows of {b.module} {b.key!r}")
 
   def sort(rows):
     order = np.argsort(rows.recording, kind="stable")
@@ -103,7 +103,7 @@ def aligned(a: common.ScoredRows, b: common.ScoredRows
   return a, b
 
 
-def compare(a: common.ScoredRows, b: common.ScoredRows,
+def compare(a: scored_rows.ScoredRows, b: scored_rows.ScoredRows,
             num_samples: int = 1000, level: float = 0.95, seed: int = 0
             ) -> list[Comparison]:
   """Every metric of rows `a` and `b` (one row set of one evaluation in two
@@ -172,7 +172,7 @@ def compare_files(path_a: str, path_b: str, keys: list[str] | None = None,
       raise ValueError(
           f"{path}: no such rows file; run the evaluation with its option "
           "save_rows=True (e.g. --config.evals.validation.save_rows=True)")
-    rows[path] = common.read_rows(path)
+    rows[path] = scored_rows.read_rows(path)
   rows_a, rows_b = rows[path_a], rows[path_b]
   shared = [k for k in rows_a if k in rows_b]
   for key in keys or []:

@@ -8,7 +8,7 @@
       damaged_checkpoints/ checkpoints found damaged, set aside on restore
       eval_results.json    the latest evaluations' summaries
       <evaluation>_*.png   each evaluation's artefacts (plots)
-      <evaluation>_rows.npz  its scored rows (`evaluators.common.ScoredRows`;
+      <evaluation>_rows.npz  its scored rows (`scored_rows.ScoredRows`;
                            the evaluator's option `save_rows`)
       range_model/         a classifier's own range model (`range_model`
                            set), itself a range-model workdir:

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from inatsounds_jax import compare
-from inatsounds_jax.evaluators import common
+from inatsounds_jax import scored_rows
 from inatsounds_jax.evaluators import file_level
 
 NUM_FILES, NUM_CLASSES = 60, 6
 
 
 def file_rows(noise: float, seed: int = 0, labels_seed: int = 0
-              ) -> common.ScoredRows:
+              ) -> scored_rows.ScoredRows:
   """File-level rows of a model whose scores are the label plus noise:
   the more noise, the worse the model. Files differ in difficulty (the
   same per file for every model), as real recordings do."""
@@ -24,7 +24,7 @@ def file_rows(noise: float, seed: int = 0, labels_seed: int = 0
   scores = np.eye(NUM_CLASSES)[labels] + difficulty * np.random.default_rng(
       7).normal(size=(NUM_FILES, NUM_CLASSES)) + noise * (
           np.random.default_rng(seed).normal(size=(NUM_FILES, NUM_CLASSES)))
-  return common.ScoredRows(file_level.__name__, "mean/no_prior",
+  return scored_rows.ScoredRows(file_level.__name__, "mean/no_prior",
                            np.arange(100, 100 + NUM_FILES), scores, labels)
 
 
@@ -59,7 +59,7 @@ def test_a_run_against_itself_differs_by_nothing():
 def test_rows_in_another_order_are_aligned_by_recording():
   a, b = file_rows(noise=0.2), file_rows(noise=1.5, seed=1)
   order = np.random.default_rng(3).permutation(NUM_FILES)
-  shuffled = common.ScoredRows(b.evaluator, b.key, b.recording[order],
+  shuffled = scored_rows.ScoredRows(b.module, b.key, b.recording[order],
                                b.scores[order], b.truth[order])
   assert [c.difference for c in compare.compare(a, b, num_samples=40)] == [
       c.difference for c in compare.compare(a, shuffled, num_samples=40)]
@@ -83,13 +83,13 @@ def test_an_ordering_agrees_only_when_every_pair_of_runs_says_so():
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda r: common.ScoredRows(r.evaluator, "max/no_prior", r.recording,
+    (lambda r: scored_rows.ScoredRows(r.module, "max/no_prior", r.recording,
                                  r.scores, r.truth), "cannot be compared"),
-    (lambda r: common.ScoredRows(r.evaluator, r.key, r.recording + 1,
+    (lambda r: scored_rows.ScoredRows(r.module, r.key, r.recording + 1,
                                  r.scores, r.truth), "other recordings"),
-    (lambda r: common.ScoredRows(r.evaluator, r.key, r.recording,
+    (lambda r: scored_rows.ScoredRows(r.module, r.key, r.recording,
                                  r.scores[:, :-1], r.truth), "other classes"),
-    (lambda r: common.ScoredRows(r.evaluator, r.key, r.recording, r.scores,
+    (lambda r: scored_rows.ScoredRows(r.module, r.key, r.recording, r.scores,
                                  (r.truth + 1) % NUM_CLASSES),
      "other labels"),
 ])
@@ -100,7 +100,7 @@ def test_other_rows_are_refused(change, message):
 
 
 def test_files_without_rows_are_refused_naming_the_option(tmp_path):
-  path = common.write_rows(str(tmp_path / "a_rows.npz"),
+  path = scored_rows.write_rows(str(tmp_path / "a_rows.npz"),
                            {"mean/no_prior": file_rows(noise=1.0)})
   with pytest.raises(ValueError, match="missing_rows.npz: no such rows file"
                      ".*save_rows=True"):
@@ -114,7 +114,7 @@ def test_the_command_prints_a_line_per_metric_and_ends_a_problem_in_one_line(
     tmp_path):
   for name, noise, seed in (("a", 0.2, 0), ("b", 1.5, 1)):
     (tmp_path / name).mkdir()
-    common.write_rows(str(tmp_path / name / "validation_rows.npz"),
+    scored_rows.write_rows(str(tmp_path / name / "validation_rows.npz"),
                       {"mean/no_prior": file_rows(noise, seed)})
   done = subprocess.run(
       [sys.executable, "-m", "inatsounds_jax.compare",

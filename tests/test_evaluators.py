@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 from inatsounds_jax import data
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import registry
+from inatsounds_jax import scored_rows
 from inatsounds_jax.evaluators import common
 from inatsounds_jax.evaluators import file_level
 from inatsounds_jax.geo import prior as prior_lib
@@ -219,10 +220,10 @@ def test_file_level_rows_give_back_its_metrics_and_are_saved_on_request(
         if name.startswith(key + "/")}
   paths = output.write_artefacts(str(tmp_path / "val"))
   assert paths[-1] == str(tmp_path / "val_rows.npz")
-  saved = common.read_rows(paths[-1])
+  saved = scored_rows.read_rows(paths[-1])
   assert list(saved) == list(output.rows)
   for key, rows in saved.items():
-    assert (rows.evaluator, rows.key) == (file_level.__name__, key)
+    assert (rows.module, rows.key) == (file_level.__name__, key)
     np.testing.assert_array_equal(rows.scores, output.rows[key].scores)
     np.testing.assert_array_equal(rows.recording, output.rows[key].recording)
   plain = file_level.Evaluator(context(small_dataset), split="validation")
@@ -233,9 +234,9 @@ def test_file_level_rows_give_back_its_metrics_and_are_saved_on_request(
 def test_a_file_that_is_not_rows_is_refused_naming_it(tmp_path):
   bad = tmp_path / "x_rows.npz"
   bad.write_bytes(b"not a zip")
-  with pytest.raises(ValueError, match="x_rows.npz: not an evaluation's"):
-    common.read_rows(str(bad))
+  with pytest.raises(ValueError, match="x_rows.npz: not a rows file"):
+    scored_rows.read_rows(str(bad))
   other = tmp_path / "other.npz"
   np.savez(other, a=np.zeros(3))
   with pytest.raises(ValueError, match="other.npz: holds no rows"):
-    common.read_rows(str(other))
+    scored_rows.read_rows(str(other))

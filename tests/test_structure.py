@@ -10,6 +10,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "inatsounds_jax"
 # Lowest first; a module may import its own layer and those below.
 LAYERS = (
     ("base", ("inatsounds_jax", "registry", "storage", "sphere", "cli",
+              "scored_rows",
               "compilation", "plots", "metrics", "config_defaults",
               "processes", "workdir", "workdir_lock", "annotations",
               "tables", "jobs")),

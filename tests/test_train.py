@@ -20,8 +20,8 @@ import pytest
 from inatsounds_jax import config_defaults
 from inatsounds_jax import losses
 from inatsounds_jax import jobs
+from inatsounds_jax import scored_rows
 from inatsounds_jax import train
-from inatsounds_jax.evaluators import common
 from inatsounds_jax.models import convert
 from tests import l48_fake
 
@@ -339,7 +339,7 @@ def test_quickstart_trains_its_own_range_prior_with_the_truth_as_ceiling(
   assert (range_dir / "range_results.json").stat().st_mtime_ns == written
   assert again["test"].summary == saved["evals"]["test"]
   # A finished run's rows, for `inatsounds_jax.compare`.
-  assert set(common.read_rows(str(
+  assert set(scored_rows.read_rows(str(
       tmp_path / "validation_rows.npz"))) == {"mean/no_prior", "max/no_prior"}
   assert not (tmp_path / "test_rows.npz").exists()
 

@@ -19,21 +19,19 @@ best checkpoint by one of them (`config.best_metric`).
 
 An evaluator may also return the rows its metrics are computed from
 (`ScoredRows`: per file or per window, the scores, the truth and the
-recording), so that two runs can be compared on the same bootstrap
-resamples (`inatsounds_jax.compare`); with its option `save_rows` they are
-written beside its artefacts (`write_rows`, `read_rows`).
+recording: `scored_rows.ScoredRows`), so that two runs can be compared on
+the same bootstrap resamples (`inatsounds_jax.compare`); with its option
+`save_rows` they are written beside its artefacts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-import io
 import pkgutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
-from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -42,6 +40,7 @@ import tensorflow_datasets as tfds
 from inatsounds_jax import compilation
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import registry
+from inatsounds_jax import scored_rows
 from inatsounds_jax.geo import prior as prior_lib
 
 # (int16 waveforms `[batch, window_samples]` of this process, and
@@ -78,77 +77,6 @@ def bootstrap_resamples(value: int) -> int:
   return value
 
 
-# One metric set computed from rows: (scores, truth) -> {metric name: value}.
-RowMetrics = Callable[[np.ndarray, np.ndarray], dict[str, float]]
-
-
-@dataclasses.dataclass(frozen=True)
-class ScoredRows:
-  """The rows some of an evaluation's metrics are computed from.
-
-  Two runs evaluated on the same split have the same rows (the same files
-  or windows of the same recordings), so their metrics can be computed on
-  the same resampled recordings and their difference given an interval
-  (`metrics.paired_difference`).
-
-  Attributes:
-    evaluator: the evaluator's module; its `row_metrics(key)` gives the
-      `RowMetrics` of these rows (a function cannot be saved to a file).
-    key: which of the evaluator's row sets, e.g. "mean/no_prior".
-    recording: `[rows]` recording id of each row.
-    scores: `[rows, classes]`.
-    truth: `[rows]` labels or `[rows, classes]` positives.
-  """
-  evaluator: str
-  key: str
-  recording: np.ndarray
-  scores: np.ndarray
-  truth: np.ndarray
-
-  def metrics(self) -> RowMetrics:
-    return importlib.import_module(self.evaluator).row_metrics(self.key)
-
-
-_ROW_FIELDS = ("evaluator", "key", "recording", "scores", "truth")
-
-
-def write_rows(path: str, rows: Mapping[str, ScoredRows]) -> str:
-  """Writes `rows` (by key) to the `.npz` file `path` (local or `gs://`);
-  returns `path`."""
-  arrays = {f"{i}_{name}": np.asarray(getattr(r, name))
-            for i, r in enumerate(rows.values()) for name in _ROW_FIELDS}
-  buffer = io.BytesIO()  # np.savez writes local files only; epath URIs too.
-  np.savez_compressed(buffer, **arrays)
-  epath.Path(path).write_bytes(buffer.getvalue())
-  return path
-
-
-def read_rows(path: str) -> dict[str, ScoredRows]:
-  """The rows `write_rows` wrote to `path`, by key.
-
-  Raises:
-    ValueError: naming `path`, when it is not such a file.
-  """
-  try:
-    with epath.Path(path).open("rb") as f, np.load(f) as stored:
-      arrays = {k: stored[k] for k in stored.files}
-  except (OSError, ValueError, EOFError) as e:
-    raise ValueError(f"{path}: not an evaluation's rows file ({e})") from None
-  out = {}
-  for i in range(len(arrays) // len(_ROW_FIELDS)):
-    try:
-      fields = {name: arrays[f"{i}_{name}"] for name in _ROW_FIELDS}
-    except KeyError as e:
-      raise ValueError(f"{path}: not an evaluation's rows file (no {e})"
-                       ) from None
-    rows = ScoredRows(evaluator=str(fields.pop("evaluator")),
-                      key=str(fields.pop("key")), **fields)
-    out[rows.key] = rows
-  if not out:
-    raise ValueError(f"{path}: holds no rows")
-  return out
-
-
 @dataclasses.dataclass(frozen=True)
 class EvalOutput:
   """One evaluation's results.
@@ -159,13 +87,14 @@ class EvalOutput:
     text: lines for the console.
     write_artefacts: writes plots etc. to files starting with the given
       path prefix and returns their paths (called on process 0 only).
-    rows: the rows behind some of the metrics, by key (`ScoredRows`).
+    rows: the rows behind some of the metrics, by key.
   """
   metrics: dict[str, float]
   summary: dict[str, Any]
   text: str
   write_artefacts: Callable[[str], list[str]] = lambda prefix: []
-  rows: Mapping[str, ScoredRows] = dataclasses.field(default_factory=dict)
+  rows: Mapping[str, scored_rows.ScoredRows] = dataclasses.field(
+      default_factory=dict)
 
 
 class Evaluator(Protocol):

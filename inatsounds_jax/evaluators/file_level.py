@@ -47,6 +47,7 @@ from inatsounds_jax import input_pipeline
 from inatsounds_jax import metrics as metrics_lib
 from inatsounds_jax import plots
 from inatsounds_jax import registry
+from inatsounds_jax import scored_rows
 from inatsounds_jax import workdir as workdir_lib
 from inatsounds_jax.evaluators import common
 from inatsounds_jax.geo import prior as prior_lib
@@ -138,7 +139,7 @@ def evaluate_split(predict: common.PredictFn,
   return result
 
 
-def row_metrics(key: str) -> common.RowMetrics:
+def row_metrics(key: str) -> scored_rows.RowMetrics:
   """The HEADLINE metrics, named `<key>/<metric>`, of rows `key`
   ("<pooling>/<view>"): (pooled file probabilities, labels) -> metrics."""
 
@@ -256,7 +257,7 @@ class Evaluator:
                   f"{k} {m[k]:.3f}" for k in HEADLINE)
               for name, m in sorted(by_count.items(), key=_bin_order)]
     files = result["files"]
-    rows = {f"{pooling}/no_prior": common.ScoredRows(
+    rows = {f"{pooling}/no_prior": scored_rows.ScoredRows(
         __name__, f"{pooling}/no_prior", files["recording"], files[pooling],
         files["labels"]) for pooling in POOLINGS}
     plot = functools.partial(
@@ -264,7 +265,7 @@ class Evaluator:
         train_counts=self._train_counts(), label_names=c.label_names)
 
     def write_artefacts(prefix: str) -> list[str]:
-      return plot(prefix) + ([common.write_rows(
+      return plot(prefix) + ([scored_rows.write_rows(
           prefix + workdir_lib.EVAL_ROWS_SUFFIX, rows)] if self.save_rows
                              else [])
 

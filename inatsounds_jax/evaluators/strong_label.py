@@ -61,6 +61,7 @@ from inatsounds_jax import data
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import metrics as metrics_lib
 from inatsounds_jax import registry
+from inatsounds_jax import scored_rows
 from inatsounds_jax import workdir as workdir_lib
 from inatsounds_jax.evaluators import common
 from inatsounds_jax.geo import prior as prior_lib
@@ -78,7 +79,7 @@ def mean_ap(scores: np.ndarray, positives: np.ndarray) -> dict:
           "num_classes": int(present.sum()), "per_class_ap": ap}
 
 
-def row_metrics(key: str) -> common.RowMetrics:
+def row_metrics(key: str) -> scored_rows.RowMetrics:
   """`<key>_map` of rows `key` ("<view>/window" or "<view>/file"):
   (scores, positives) -> {name: mAP}."""
   return lambda scores, positives: {f"{key}_map": mean_ap(scores,
@@ -195,7 +196,7 @@ class Evaluator:
       texts = []
       for level, m in result[view].items():
         key = f"{view}/{level}"
-        scored[key] = common.ScoredRows(__name__, key, *level_rows[level])
+        scored[key] = scored_rows.ScoredRows(__name__, key, *level_rows[level])
         metrics[f"{key}_map"] = m["map"]
         texts.append(f"{level} mAP {m['map']:.3f}")
         if self.bootstrap:
@@ -222,7 +223,7 @@ class Evaluator:
     summary["num_files"] = int(len(files))
 
     def write_rows(prefix: str) -> list[str]:
-      return [common.write_rows(prefix + workdir_lib.EVAL_ROWS_SUFFIX,
+      return [scored_rows.write_rows(prefix + workdir_lib.EVAL_ROWS_SUFFIX,
                                 scored)] if self.save_rows else []
 
     return common.EvalOutput(metrics=metrics, summary=summary,
