@@ -4,10 +4,18 @@
         [--evaluation=validation] [--rows=mean/no_prior] \\
         [--bootstrap=1000] [--level=0.95] [--seed=0]
 
-Each run's evaluation must have kept its rows: the evaluator's option
-`save_rows` (e.g. `--config.evals.validation.save_rows=True`) writes them
-to `WORKDIR/<evaluation>_rows.npz` at the end of training; --a and --b
-take that file or the workdir. For every metric of the rows the command
+--a and --b name what was evaluated:
+
+- a training workdir: its evaluation --evaluation must have kept its rows
+  (the evaluator's option `save_rows`, e.g.
+  `--config.evals.validation.save_rows=True`, writes
+  `WORKDIR/<evaluation>_rows.npz` at the end of training; add it to a
+  finished run's command with `--mode=eval`);
+- the output folder of `inatsounds_jax.evaluate` (soundscapes; its
+  `rows.npz`): two models, or a model and BirdNET's tables, judged on the
+  same annotated recordings, where they scored the same species;
+- or a rows file itself.
+ For every metric of the rows the command
 prints A, B and A - B with its percentile interval over recordings drawn
 the same for both runs (`metrics.paired_difference`), and a verdict: "A
 better" or "B better" when the interval excludes 0, else "cannot tell".
@@ -36,6 +44,7 @@ import numpy as np
 from inatsounds_jax import cli
 from inatsounds_jax import metrics as metrics_lib
 from inatsounds_jax import scored_rows
+from inatsounds_jax import soundscapes
 from inatsounds_jax import storage
 from inatsounds_jax import workdir as workdir_lib
 
@@ -96,7 +105,9 @@ def aligned(a: scored_rows.ScoredRows, b: scored_rows.ScoredRows
         f"recordings, {len(a.recording)} and {len(b.recording)} rows)")
   if a.scores.shape != b.scores.shape:
     raise ValueError(f"rows {a.key!r}: the runs have other classes (scores "
-                     f"{a.scores.shape} and {b.scores.shape})")
+                     f"{a.scores.shape} and {b.scores.shape}: models with "
+                     "other labels, or soundscape evaluations that scored "
+                     "other species)")
   if not np.array_equal(a.truth, b.truth):
     raise ValueError(f"rows {a.key!r}: the same recordings have other "
                      "labels in the two runs (other records or labels)")
@@ -151,11 +162,14 @@ def ordering_verdict(pairs: Sequence[Comparison]) -> str:
 
 
 def rows_file(path: str, evaluation: str) -> str:
-  """`path` itself, or a workdir's rows file of `evaluation` (local or
-  `gs://`)."""
-  if storage.resolve(path).is_dir():
-    return os.fspath(workdir_lib.eval_rows_path(path, evaluation))
-  return path
+  """`path` itself, or a folder's rows file: a soundscape evaluation's, else
+  a training workdir's of `evaluation` (local or `gs://`)."""
+  folder = storage.resolve(path)
+  if not folder.is_dir():
+    return path
+  if (folder / soundscapes.ROWS_FILE).exists():
+    return os.fspath(folder / soundscapes.ROWS_FILE)
+  return os.fspath(workdir_lib.eval_rows_path(path, evaluation))
 
 
 def compare_files(path_a: str, path_b: str, keys: list[str] | None = None,

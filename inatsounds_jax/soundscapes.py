@@ -113,6 +113,12 @@ Outputs (`write_outputs`):
   prediction tables and rows, recordings that fail to decode),
   `precision_recall.png` (`precision_recall_prior.png`: window level,
   pooled and per species) and `calibration.png`.
+- `rows.npz` (`scored_rows`): every level and view's rows ("<level>/<view>",
+  e.g. "window/no_prior", "file/prior": the recording's path, the scores
+  of the scored species, the truth), so that two evaluations of the same
+  annotated recordings can be compared on the same resampled recordings:
+  `python -m inatsounds_jax.compare --a=OUT_A --b=OUT_B` (cmAP and
+  cmAUROC; two models compare where they scored the same species).
 """
 
 from __future__ import annotations
@@ -136,6 +142,7 @@ from inatsounds_jax import audio
 from inatsounds_jax import inference
 from inatsounds_jax import metrics as metrics_lib
 from inatsounds_jax import plots
+from inatsounds_jax import scored_rows
 from inatsounds_jax import tables
 from inatsounds_jax.geo import prior as prior_lib
 
@@ -145,6 +152,7 @@ PER_SPECIES_FILE = "per_species.csv"
 THRESHOLDS_FILE = "thresholds.csv"
 MAPPING_FILE = "mapping.tsv"
 PROBLEMS_FILE = "problems.tsv"
+ROWS_FILE = "rows.npz"
 CALIBRATION_PLOT = "calibration.png"
 THRESHOLD_COLUMNS = ("species", "threshold", "common_name", "rule",
                      "precision", "recall", "f1", "true_positives",
@@ -762,6 +770,26 @@ def _cmauroc(scores, truth) -> float:
                                 truth).value
 
 
+def row_metrics(key: str) -> scored_rows.RowMetrics:
+  """cmAP and cmAUROC of rows `key` ("<level>/<view>"), named
+  `<key>/cmap` and `<key>/cmauroc`, as metrics.json computes them:
+  (scores, truth) -> metrics."""
+  return lambda scores, truth: {f"{key}/cmap": _cmap(scores, truth),
+                                f"{key}/cmauroc": _cmauroc(scores, truth)}
+
+
+def level_rows(evaluation: Evaluation) -> dict[str, scored_rows.ScoredRows]:
+  """Every level and view's rows by "<level>/<view>", each row's recording
+  named by its path (the same in any evaluation of the same audio)."""
+  names = np.array([r.recording for r in evaluation.scores.recordings],
+                   dtype=str)
+  return {f"{level.name}/{view}": scored_rows.ScoredRows(
+      __name__, f"{level.name}/{view}", names[level.recording],
+      scores.scores, level.truth)
+          for level in evaluation.levels
+          for view, scores in level.views.items()}
+
+
 @dataclasses.dataclass
 class LevelMetrics:
   """One level and view: per-species arrays and the summary."""
@@ -1163,7 +1191,7 @@ def write_outputs(evaluation: Evaluation, output: str) -> dict[str, str]:
   os.makedirs(output, exist_ok=True)
   paths = {name: os.path.join(output, name) for name in (
       METRICS_FILE, PER_SPECIES_FILE, THRESHOLDS_FILE, MAPPING_FILE,
-      PROBLEMS_FILE)}
+      PROBLEMS_FILE, ROWS_FILE)}
   with open(paths[METRICS_FILE], "w", encoding="utf-8") as f:
     json.dump(_plain(evaluation.metrics), f, indent=1)
   _write_csv(paths[PER_SPECIES_FILE], evaluation.per_species,
@@ -1173,6 +1201,7 @@ def write_outputs(evaluation: Evaluation, output: str) -> dict[str, str]:
   annotations_lib.write_mapping_report(paths[MAPPING_FILE],
                                        evaluation.mapping)
   annotations_lib.write_problems(paths[PROBLEMS_FILE], evaluation.problems)
+  scored_rows.write_rows(paths[ROWS_FILE], level_rows(evaluation))
   for view in evaluation.scores.views:
     name = ("precision_recall.png" if view == NO_PRIOR
             else f"precision_recall_{view}.png")

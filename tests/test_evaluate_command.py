@@ -69,7 +69,7 @@ def test_the_model_run_writes_every_output_and_they_agree(model_run):
   out, stdout = model_run
   for name in (soundscapes.METRICS_FILE, soundscapes.PER_SPECIES_FILE,
                soundscapes.THRESHOLDS_FILE, soundscapes.MAPPING_FILE,
-               soundscapes.PROBLEMS_FILE):
+               soundscapes.PROBLEMS_FILE, soundscapes.ROWS_FILE):
     assert (out / name).stat().st_size > 0, name
   for name in ("precision_recall.png", soundscapes.CALIBRATION_PLOT):
     assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name

@@ -16,9 +16,11 @@ from sklearn import metrics as sk
 
 from inatsounds_jax import annotations
 from inatsounds_jax import audio
+from inatsounds_jax import compare
 from inatsounds_jax import inference
 from inatsounds_jax import metrics
 from inatsounds_jax import predict
+from inatsounds_jax import scored_rows
 from inatsounds_jax import soundscapes
 from inatsounds_jax import tables
 from inatsounds_jax.geo import range_model as range_lib
@@ -220,6 +222,41 @@ def test_metrics_agree_with_sklearn_and_hand_truth_on_a_constructed_case(
           if r["status"] == "scored"] == ["A a", "B b", "C c"]
   assert result.metrics["counts"]["labels_not_annotated"] == 1
   assert result.metrics["counts"]["events_of_unknown_species"] == 1
+
+
+def test_two_models_on_the_same_soundscapes_compare_on_paired_resamples(
+    tmp_path):
+  rng = np.random.default_rng(5)
+  good = rng.dirichlet(np.ones(4), size=8)
+  # The second model: the same, but its truth columns are worse.
+  worse = good.copy()
+  worse[:, :3] = np.roll(good[:, :3], 1, axis=0)
+  out = {}
+  for name, probabilities in (("good", good), ("worse", worse)):
+    result = soundscapes.evaluate(*_constructed(probabilities),
+                                  soundscapes.Settings(bootstrap=0))
+    paths = soundscapes.write_outputs(result, str(tmp_path / name))
+    out[name] = result
+    rows = scored_rows.read_rows(paths[soundscapes.ROWS_FILE])
+    assert set(rows) == {"window/no_prior", "file/no_prior"}
+    # The rows give back metrics.json's numbers, and name recordings.
+    for key, r in rows.items():
+      level, view = key.split("/")
+      m = result.metrics["levels"][level][view]
+      assert r.metrics()(r.scores, r.truth) == {
+          f"{key}/cmap": pytest.approx(m["cmap"]),
+          f"{key}/cmauroc": pytest.approx(m["cmauroc"])}
+    assert list(rows["window/no_prior"].recording) == ["a.wav"] * 5 + [
+        "b.wav"] * 3
+  found = compare.compare_files(
+      compare.rows_file(str(tmp_path / "good"), "validation"),
+      compare.rows_file(str(tmp_path / "worse"), "validation"),
+      ["window/no_prior"], num_samples=50)
+  cmap = found["window/no_prior"][0]
+  assert cmap.metric == "window/no_prior/cmap"
+  assert cmap.a == pytest.approx(
+      out["good"].metrics["levels"]["window"][NO_PRIOR]["cmap"])
+  assert cmap.difference.estimate == pytest.approx(cmap.a - cmap.b)
 
 
 def test_segments_pool_the_max_of_the_windows_overlapping_them():
