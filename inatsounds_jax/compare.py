@@ -57,11 +57,14 @@ class Comparison:
     metric: its name, as the evaluation logs it.
     a, b: each run's value on all rows.
     difference: a - b with its interval over paired resamples.
+    classes: the score columns compared (for runs with other labels, the
+      species both scored).
   """
   metric: str
   a: float
   b: float
   difference: metrics_lib.BootstrapInterval
+  classes: int
 
   @property
   def sign(self) -> int:
@@ -79,17 +82,25 @@ class Comparison:
 
 def aligned(a: scored_rows.ScoredRows, b: scored_rows.ScoredRows
             ) -> tuple[scored_rows.ScoredRows, scored_rows.ScoredRows]:
-  """`a` and `b` with their rows in one order: by recording, a recording's
-  rows in their own order (processes may gather recordings in another
-  order).
+  """`a` and `b` with their rows in one order (by recording, a recording's
+  rows in their own order: processes may gather recordings in another
+  order), and, where both name their columns differently and the truth is
+  per column (soundscapes: a model and BirdNET scored other species), on
+  the columns both hold, in `a`'s order.
 
   Raises:
     ValueError: the rows are not the same (another evaluator or row set,
-      other recordings, other windows, other labels or classes).
+      other recordings, other windows, other labels or classes, no shared
+      column).
   """
   if (a.module, a.key) != (b.module, b.key):
     raise ValueError(f"rows of {a.module} {a.key!r} cannot be compared "
                      f"with rows of {b.module} {b.key!r}")
+  if (a.columns is not None and b.columns is not None
+      and not np.array_equal(a.columns, b.columns)):
+    if a.truth.ndim != 2:  # Labels index the columns: they must agree.
+      raise ValueError(f"rows {a.key!r}: the runs have other labels")
+    a, b = _shared_columns(a, b)
 
   def sort(rows):
     order = np.argsort(rows.recording, kind="stable")
@@ -112,6 +123,24 @@ def aligned(a: scored_rows.ScoredRows, b: scored_rows.ScoredRows
     raise ValueError(f"rows {a.key!r}: the same recordings have other "
                      "labels in the two runs (other records or labels)")
   return a, b
+
+
+def _shared_columns(a: scored_rows.ScoredRows, b: scored_rows.ScoredRows
+                    ) -> tuple[scored_rows.ScoredRows, scored_rows.ScoredRows]:
+  """Both rows on the columns they both name, in `a`'s order."""
+  index_b = {name: j for j, name in enumerate(b.columns)}
+  keep_a = [j for j, name in enumerate(a.columns) if name in index_b]
+  if not keep_a:
+    raise ValueError(f"rows {a.key!r}: the two share no class (e.g. "
+                     f"{list(a.columns[:3])} and {list(b.columns[:3])})")
+  keep_b = [index_b[a.columns[j]] for j in keep_a]
+
+  def subset(rows, keep):
+    return dataclasses.replace(rows, scores=rows.scores[:, keep],
+                               truth=rows.truth[:, keep],
+                               columns=rows.columns[keep])
+
+  return subset(a, keep_a), subset(b, keep_b)
 
 
 def compare(a: scored_rows.ScoredRows, b: scored_rows.ScoredRows,
@@ -141,7 +170,7 @@ def compare(a: scored_rows.ScoredRows, b: scored_rows.ScoredRows,
       metrics_lib.BootstrapInterval(
           **{f: one(f, i) for f in ("estimate", "low", "high", "std",
                                     "num_valid")},
-          level=level, num_samples=num_samples))
+          level=level, num_samples=num_samples), a.scores.shape[1])
           for i, name in enumerate(names)]
 
 
@@ -203,9 +232,12 @@ def compare_files(path_a: str, path_b: str, keys: list[str] | None = None,
 
 
 def report(comparisons: Mapping[str, list[Comparison]]) -> str:
-  """One line per metric: A, B, A - B [interval], verdict."""
+  """Per row set, its classes compared; one line per metric: A, B, A - B
+  [interval], verdict."""
   lines = []
-  for found in comparisons.values():
+  for key, found in comparisons.items():
+    if found:
+      lines.append(f"{key}: {found[0].classes} classes")
     for c in found:
       d = c.difference
       lines.append(f"{c.metric:28s} A {c.a:.4f}  B {c.b:.4f}  A-B "

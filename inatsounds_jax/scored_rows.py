@@ -40,25 +40,31 @@ class ScoredRows:
     recording: `[rows]` the recording of each row (ids or names).
     scores: `[rows, classes]`.
     truth: `[rows]` labels or `[rows, classes]` positives.
+    columns: `[classes]` the name of each score column (for positives,
+      of each truth column too), so that two models with other labels can
+      be compared on the species they share; None: unnamed.
   """
   module: str
   key: str
   recording: np.ndarray
   scores: np.ndarray
   truth: np.ndarray
+  columns: np.ndarray | None = None
 
   def metrics(self) -> RowMetrics:
     return importlib.import_module(self.module).row_metrics(self.key)
 
 
 _FIELDS = ("module", "key", "recording", "scores", "truth")
+_OPTIONAL = ("columns",)
 
 
 def write_rows(path: str, rows: Mapping[str, ScoredRows]) -> str:
   """Writes `rows` (by key) to the `.npz` file `path` (local or `gs://`);
   returns `path`."""
   arrays = {f"{i}_{name}": np.asarray(getattr(r, name))
-            for i, r in enumerate(rows.values()) for name in _FIELDS}
+            for i, r in enumerate(rows.values())
+            for name in _FIELDS + _OPTIONAL if getattr(r, name) is not None}
   buffer = io.BytesIO()  # np.savez writes local files only; epath URIs too.
   np.savez_compressed(buffer, **arrays)
   epath.Path(path).write_bytes(buffer.getvalue())
@@ -77,11 +83,13 @@ def read_rows(path: str) -> dict[str, ScoredRows]:
   except (OSError, ValueError, EOFError) as e:
     raise ValueError(f"{path}: not a rows file ({e})") from None
   out = {}
-  for i in range(len(arrays) // len(_FIELDS)):
+  for i in range(sum(k.endswith("_module") for k in arrays)):
     try:
       fields = {name: arrays[f"{i}_{name}"] for name in _FIELDS}
     except KeyError as e:
       raise ValueError(f"{path}: not a rows file (no {e})") from None
+    fields.update({name: arrays[f"{i}_{name}"] for name in _OPTIONAL
+                   if f"{i}_{name}" in arrays})
     rows = ScoredRows(module=str(fields.pop("module")),
                       key=str(fields.pop("key")), **fields)
     out[rows.key] = rows

@@ -780,12 +780,15 @@ def row_metrics(key: str) -> scored_rows.RowMetrics:
 
 def level_rows(evaluation: Evaluation) -> dict[str, scored_rows.ScoredRows]:
   """Every level and view's rows by "<level>/<view>", each row's recording
-  named by its path (the same in any evaluation of the same audio)."""
-  names = np.array([r.recording for r in evaluation.scores.recordings],
-                   dtype=str)
+  named by its path (the same in any evaluation of the same audio), the
+  columns by the scored species' names."""
+  scores_of = evaluation.scores
+  names = np.array([r.recording for r in scores_of.recordings], dtype=str)
+  species = np.array([scores_of.labels[j]["species"]
+                      for j in scores_of.scored], dtype=str)
   return {f"{level.name}/{view}": scored_rows.ScoredRows(
       __name__, f"{level.name}/{view}", names[level.recording],
-      scores.scores, level.truth)
+      scores.scores, level.truth, species)
           for level in evaluation.levels
           for view, scores in level.views.items()}
 

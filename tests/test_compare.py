@@ -1,5 +1,6 @@
 """Two runs compared on the same resampled recordings (`compare`)."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 from inatsounds_jax import compare
 from inatsounds_jax import scored_rows
 from inatsounds_jax.evaluators import file_level
+from inatsounds_jax.evaluators import strong_label
 
 NUM_FILES, NUM_CLASSES = 60, 6
 
@@ -82,6 +84,36 @@ def test_an_ordering_agrees_only_when_every_pair_of_runs_says_so():
     compare.ordering_verdict([])
 
 
+def test_models_with_other_species_compare_on_the_species_both_scored():
+  # Window rows of a soundscape evaluation: positives per column. Model b
+  # scored B, C, D; model a A, B, C (say BirdNET and ours).
+  rng = np.random.default_rng(2)
+  truth = rng.random((40, 4)) < 0.3
+  scores = rng.random((40, 4)) + truth
+  recording = np.repeat(np.arange(8), 5)
+
+  def rows(columns, noise):
+    keep = ["ABCD".index(c) for c in columns]
+    return scored_rows.ScoredRows(
+        strong_label.__name__, "no_prior/window", recording,
+        scores[:, keep] + noise * rng.random((40, len(keep))),
+        truth[:, keep], np.array(list(columns)))
+
+  found = compare.compare(rows("ABC", 0.0), rows("BCD", 0.0), num_samples=30)
+  assert found[0].classes == 2
+  # On B and C both have the same scores: no difference.
+  assert found[0].difference.estimate == 0.0 and found[0].a == found[0].b
+  with pytest.raises(ValueError, match="share no class"):
+    compare.compare(rows("A", 0.0), rows("D", 0.0), num_samples=10)
+  files = file_rows(noise=1.0)
+  renamed = scored_rows.ScoredRows(
+      files.module, files.key, files.recording, files.scores, files.truth,
+      np.array([f"s{j}" for j in range(NUM_CLASSES)]))
+  other = dataclasses.replace(renamed, columns=renamed.columns[::-1])
+  with pytest.raises(ValueError, match="other labels"):
+    compare.compare(renamed, other, num_samples=10)
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda r: scored_rows.ScoredRows(r.module, "max/no_prior", r.recording,
                                  r.scores, r.truth), "cannot be compared"),
@@ -122,8 +154,9 @@ def test_the_command_prints_a_line_per_metric_and_ends_a_problem_in_one_line(
       capture_output=True, text=True, check=False)
   assert done.returncode == 0, done.stderr
   lines = done.stdout.strip().splitlines()
-  assert len(lines) == len(file_level.HEADLINE)
-  assert lines[0].startswith("mean/no_prior/top1") and "A better" in lines[0]
+  assert lines[0] == f"mean/no_prior: {NUM_CLASSES} classes"
+  assert len(lines) == 1 + len(file_level.HEADLINE)
+  assert lines[1].startswith("mean/no_prior/top1") and "A better" in lines[1]
   done = subprocess.run(
       [sys.executable, "-m", "inatsounds_jax.compare",
        f"--a={tmp_path / 'a'}", f"--b={tmp_path}", "--bootstrap=100"],

@@ -259,7 +259,8 @@ class Evaluator:
     files = result["files"]
     rows = {f"{pooling}/no_prior": scored_rows.ScoredRows(
         __name__, f"{pooling}/no_prior", files["recording"], files[pooling],
-        files["labels"]) for pooling in POOLINGS}
+        files["labels"], np.asarray(c.label_names))
+            for pooling in POOLINGS}
     plot = functools.partial(
         plot_long_tail_and_confusions, result=result,
         train_counts=self._train_counts(), label_names=c.label_names)

@@ -196,7 +196,8 @@ class Evaluator:
       texts = []
       for level, m in result[view].items():
         key = f"{view}/{level}"
-        scored[key] = scored_rows.ScoredRows(__name__, key, *level_rows[level])
+        scored[key] = scored_rows.ScoredRows(
+            __name__, key, *level_rows[level], np.asarray(c.label_names))
         metrics[f"{key}_map"] = m["map"]
         texts.append(f"{level} mAP {m['map']:.3f}")
         if self.bootstrap:
