@@ -23,7 +23,15 @@ windows, a window holds a species when one of its events overlaps it) and
 10-s segment cmAP (max over windows). Cells: mean and sample standard
 deviation (ddof=1) over seeds (initialisation and data order; the corpus
 and soundscapes are fixed), and the mean over seeds of the 95% bootstrap
-interval over soundscape recordings.
+interval over soundscape recordings. The soundscapes are of the training
+corpus's world (`--world`).
+
+Then the paper's two orderings (multiclass ahead in domain, on file mAP;
+multilabel ahead downstream, on window and segment cmAP) are judged on
+paired resamples (`inatsounds_jax.compare`): each seed's two runs scored
+on the same resampled validation files or soundscape recordings; "agrees"
+when every seed's 95 % interval of the difference is above 0,
+"disagrees" when every one is below, else "cannot tell".
 
 The default backbone is the quickstart's MobileNet-V3-Small at a 64 x 256
 single-channel image; `--model placeholder` (a linear classifier on the
@@ -48,6 +56,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import spml  # noqa: E402  (the corpus and schedule arguments and config)
 
+from inatsounds_jax import compare  # noqa: E402
 from inatsounds_jax import soundscapes  # noqa: E402
 from inatsounds_jax import synthetic  # noqa: E402
 from inatsounds_jax import train  # noqa: E402
@@ -59,6 +68,17 @@ COLUMNS = (("val file mAP", ("validation", "mean/no_prior/map")),
            ("val file top-1", ("validation", "mean/no_prior/top1")),
            ("window cmAP", ("window", "cmap")),
            ("10-s segment cmAP", ("segment", "cmap")))
+# The paper's orderings (Chasmai et al. 2025, s.5): (better, worse, rows
+# compared, metric, what the paper found).
+ORDERINGS = (
+    ("softmax_ce", "an", "mean/no_prior", "mean/no_prior/map",
+     "in domain: multiclass > multilabel (validation file mAP)"),
+    ("an", "softmax_ce", "window/no_prior", "window/no_prior/cmap",
+     "downstream: multilabel > multiclass (window cmAP; Powdermill "
+     "40.2 vs 33.8)"),
+    ("an", "softmax_ce", "segment/no_prior", "segment/no_prior/cmap",
+     "downstream: multilabel > multiclass (segment cmAP)"),
+)
 
 
 def run_config(row: str, seed: int, args):
@@ -79,9 +99,9 @@ def run_config(row: str, seed: int, args):
 
 
 def downstream(workdir: str, sets: dict, output: str, bootstrap: int
-               ) -> dict:
+               ) -> tuple[dict, dict]:
   """Window and segment level cmAP (value, interval low, high) of the
-  trained workdir on the soundscape set."""
+  trained workdir on the soundscape set, and the evaluation's rows."""
   inputs = soundscapes.Inputs(
       audio=sets["soundscapes"], annotations=sets["annotations"],
       output=output, model=workdir)
@@ -95,14 +115,16 @@ def downstream(workdir: str, sets: dict, output: str, bootstrap: int
     interval = summary["cmap_interval"] or {"low": np.nan, "high": np.nan}
     out[name] = {"cmap": summary["cmap"], "low": interval["low"],
                  "high": interval["high"]}
-  return out
+  return out, soundscapes.level_rows(evaluation)
 
 
 def soundscape_set(args) -> dict:
   """Writes (once) soundscapes of the benchmark corpus's species."""
-  folder = os.path.join(args.data_dir, "soundscapes")
-  corpus = synthetic.CorpusConfig(num_species=args.species,
-                                  num_recordings=args.recordings)
+  folder = os.path.join(args.data_dir, f"soundscapes_{args.world}")
+  # The training corpus's config, as the TFDS builder makes it.
+  corpus = synthetic.CorpusConfig(**{
+      **synthetic.WORLDS[args.world], "num_species": args.species,
+      "num_recordings": args.recordings})
   summary = synthetic.write_soundscapes(
       folder, corpus, num_recordings=args.soundscapes,
       seconds=args.soundscape_seconds, seed=1)
@@ -139,14 +161,17 @@ def main() -> None:
         f"{args.recordings} recordings; {args.model}, {args.epochs} epochs",
         flush=True)
   results: dict[str, list[dict]] = {}
+  rows = {}  # (objective, seed) -> {row set: rows}.
   start = time.time()
   for row in args.rows.split(","):
     for seed in range(args.seeds):
       with tempfile.TemporaryDirectory() as workdir:
         outputs = train.train_and_evaluate(run_config(row, seed, args),
                                            workdir)
-        found = downstream(workdir, sets, os.path.join(workdir, "eval"),
-                           args.bootstrap)
+        found, rows[(row, seed)] = downstream(
+            workdir, sets, os.path.join(workdir, "eval"), args.bootstrap)
+        rows[(row, seed)]["mean/no_prior"] = outputs["validation"].rows[
+            "mean/no_prior"]
       found["validation"] = {
           key: outputs["validation"].metrics[key]
           for _, (where, key) in COLUMNS if where == "validation"}
@@ -166,9 +191,27 @@ def main() -> None:
         cells.append(cell(values, [r[where]["low"] for r in runs],
                           [r[where]["high"] for r in runs]))
     print(f"| {row} | " + " | ".join(cells) + " |")
+  print(f"\nAgainst the paper's orderings (paired bootstrap, "
+        f"{args.bootstrap} resamples, per seed):")
+  judged = []
+  for better, worse, key, metric, paper in ORDERINGS:
+    seeds = [s for s in range(args.seeds)
+             if (better, s) in rows and (worse, s) in rows]
+    if not seeds:
+      continue
+    pairs = [next(c for c in compare.compare(
+        rows[(better, s)][key], rows[(worse, s)][key],
+        num_samples=args.bootstrap) if c.metric == metric) for s in seeds]
+    verdict = compare.ordering_verdict(pairs)
+    print(f"- {paper}: {better} - {worse}: " + "; ".join(
+        f"seed {s} {c.difference.estimate * 100:+.1f} "
+        f"[{c.difference.low * 100:+.1f}, {c.difference.high * 100:+.1f}]"
+        for s, c in zip(seeds, pairs)) + f": {verdict}")
+    judged.append({"paper": paper, "better": better, "worse": worse,
+                   "metric": metric, "verdict": verdict})
   if args.json:
     with open(args.json, "w") as f:
-      json.dump(results, f, indent=1)
+      json.dump({"runs": results, "orderings": judged}, f, indent=1)
 
 
 if __name__ == "__main__":
