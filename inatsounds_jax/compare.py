@@ -15,16 +15,18 @@
   `rows.npz`): two models, or a model and BirdNET's tables, judged on the
   same annotated recordings, where they scored the same species;
 - or a rows file itself.
- For every metric of the rows the command
-prints A, B and A - B with its percentile interval over recordings drawn
-the same for both runs (`metrics.paired_difference`), and a verdict: "A
-better" or "B better" when the interval excludes 0, else "cannot tell".
+
+For every metric of the rows the command prints A, B and A - B with its
+percentile interval over recordings drawn the same for both runs
+(`metrics.paired_difference`), and a verdict: "A better" or "B better"
+when the interval excludes 0, else "cannot tell".
 
 Why paired: two runs scored on the same recordings share those
 recordings' difficulty, which dominates each run's own interval on a small
 split; the difference's interval leaves it out. Runs with overlapping
 intervals (each from `bootstrap`) can still be told apart this way, and
-benchmarks/spml.py and benchmarks/mae.py judge the studies' orderings so.
+benchmarks/spml.py, mae.py and soundscape_transfer.py judge the studies'
+orderings so.
 
 Both runs must have been evaluated on the same rows (the same split of
 the same records, the same labels); anything else is refused, naming the
@@ -155,8 +157,13 @@ def compare(a: scored_rows.ScoredRows, b: scored_rows.ScoredRows,
   a, b = aligned(a, b)
   compute = a.metrics()
   names = list(compute(a.scores, a.truth))
+
+  def values(s, t):
+    found = compute(s, t)
+    return [found[n] for n in names]
+
   difference = metrics_lib.paired_difference(
-      lambda s, t: [compute(s, t)[n] for n in names], a.recording,
+      values, a.recording,
       (a.scores, a.truth), (b.scores, b.truth), num_samples=num_samples,
       level=level, seed=seed)
   value_a = compute(a.scores, a.truth)
@@ -214,7 +221,8 @@ def compare_files(path_a: str, path_b: str, keys: list[str] | None = None,
     if not storage.resolve(path).exists():
       raise ValueError(
           f"{path}: no such rows file; run the evaluation with its option "
-          "save_rows=True (e.g. --config.evals.validation.save_rows=True)")
+          "save_rows=True (e.g. --config.evals.validation.save_rows=True; "
+          "inatsounds_jax.evaluate writes rows.npz itself)")
     rows[path] = scored_rows.read_rows(path)
   rows_a, rows_b = rows[path_a], rows[path_b]
   shared = [k for k in rows_a if k in rows_b]
@@ -250,8 +258,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """The command's flags, on `flag_values` (defined only when this module
   is the program, as the other commands' flags)."""
   fv = {"flag_values": flag_values}
-  flags.DEFINE_string("a", None, "Run A: a training workdir, or the rows "
-                      "file of an evaluation (<evaluation>_rows.npz).", **fv)
+  flags.DEFINE_string("a", None, "Run A: a training workdir, the output "
+                      "folder of inatsounds_jax.evaluate, or a rows file.",
+                      **fv)
   flags.DEFINE_string("b", None, "Run B, as --a.", **fv)
   flags.DEFINE_string("evaluation", "validation",
                       "The evaluation's name in config.evals (for "

@@ -165,4 +165,5 @@ def test_the_command_prints_a_line_per_metric_and_ends_a_problem_in_one_line(
   assert done.stderr.strip().splitlines() == [
       f"error: {tmp_path / 'validation_rows.npz'}: no such rows file; run "
       "the evaluation with its option save_rows=True (e.g. "
-      "--config.evals.validation.save_rows=True)"]
+      "--config.evals.validation.save_rows=True; inatsounds_jax.evaluate "
+      "writes rows.npz itself)"]
