@@ -224,8 +224,10 @@ class Evaluator:
     summary["num_files"] = int(len(files))
 
     def write_rows(prefix: str) -> list[str]:
-      return [scored_rows.write_rows(prefix + workdir_lib.EVAL_ROWS_SUFFIX,
-                                scored)] if self.save_rows else []
+      if not self.save_rows:
+        return []
+      return [scored_rows.write_rows(
+          prefix + workdir_lib.EVAL_ROWS_SUFFIX, scored)]
 
     return common.EvalOutput(metrics=metrics, summary=summary,
                              text="\n".join(lines),
