@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 from inatsounds_jax import data
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import registry
+from inatsounds_jax import scored_rows
 from inatsounds_jax.evaluators import common
 from inatsounds_jax.evaluators import strong_label
 from tests.test_evaluators import context
@@ -94,15 +95,16 @@ def test_strong_label_evaluation_refuses_records_without_strong_labels(
 
 
 def test_bootstrap_intervals_resample_recordings_and_hold_the_estimate(
-    small_dataset):
+    small_dataset, tmp_path):
   names = small_dataset.info.features["label"].names
   predict = fake_predict(len(names))
 
-  def run(bootstrap):
+  def run(bootstrap, save_rows=False):
     return strong_label.Evaluator(context(small_dataset), split="validation",
-                                  bootstrap=bootstrap).run(predict)
+                                  bootstrap=bootstrap,
+                                  save_rows=save_rows).run(predict)
 
-  plain, resampled = run(0), run(200)
+  plain, resampled = run(0), run(200, save_rows=True)
   assert plain.metrics == resampled.metrics
   assert "interval" not in plain.summary["no_prior"]["window"]
   for level in ("window", "file"):
@@ -117,6 +119,9 @@ def test_bootstrap_intervals_resample_recordings_and_hold_the_estimate(
     assert rows.metrics()(rows.scores, rows.truth) == {
         f"{key}_map": resampled.metrics[f"{key}_map"]}
   assert set(resampled.rows) == {"no_prior/window", "no_prior/file"}
+  assert plain.write_artefacts(str(tmp_path / "plain")) == []
+  [path] = resampled.write_artefacts(str(tmp_path / "strong"))
+  assert set(scored_rows.read_rows(path)) == set(resampled.rows)
   assert "window mAP" in resampled.text and "[" in resampled.text
   with pytest.raises(registry.ConfigError, match="bootstrap=1"):
     strong_label.Evaluator(context(small_dataset), split="validation",
