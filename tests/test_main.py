@@ -112,6 +112,7 @@ def test_a_read_only_workdir_is_one_line_naming_it(tmp_path):
   assert line.startswith(f"error: cannot write in {workdir} (")
 
 
+@pytest.mark.slow  # A subprocess start (~6 s): the default suite's budget.
 def test_a_file_that_cannot_be_read_is_one_line_naming_it(tmp_path):
   missing = tmp_path / "observations.csv"
   line = _error_line(run_main(
@@ -159,6 +160,7 @@ def test_ctrl_c_says_whether_the_same_command_resumes(tmp_path):
       "same command again to start it over")
 
 
+@pytest.mark.slow  # A subprocess start (~6 s): the default suite's budget.
 def test_a_truncated_annotation_json_is_one_line_naming_it(small_corpus,
                                                            tmp_path):
   manual_dir = tmp_path / "release"
