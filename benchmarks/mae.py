@@ -112,8 +112,9 @@ ORDERINGS = (
 
 def paired_top1(better, worse, num_samples: int) -> compare.Comparison:
   """Top-1 (mean pooling) of two arms' validation rows, paired."""
-  found = compare.compare(better, worse, num_samples=num_samples)
-  return next(c for c in found if c.metric == "mean/no_prior/top1")
+  [found] = compare.compare(better, worse, num_samples=num_samples,
+                            metrics=["mean/no_prior/top1"])
+  return found
 
 
 def run_corpus(args, corpus_seed: int) -> tuple[dict, dict]:

@@ -199,9 +199,9 @@ def main() -> None:
              if (better, s) in rows and (worse, s) in rows]
     if not seeds:
       continue
-    pairs = [next(c for c in compare.compare(
-        rows[(better, s)][key], rows[(worse, s)][key],
-        num_samples=args.bootstrap) if c.metric == metric) for s in seeds]
+    pairs = [compare.compare(rows[(better, s)][key], rows[(worse, s)][key],
+                             num_samples=args.bootstrap, metrics=[metric])[0]
+             for s in seeds]
     verdict = compare.ordering_verdict(pairs)
     print(f"- {paper}: {better} - {worse}: " + "; ".join(
         f"seed {s} {c.difference.estimate * 100:+.1f} "

@@ -7,7 +7,7 @@
 --a and --b name what was evaluated:
 
 - a training workdir: its evaluation --evaluation must have kept its rows
-  (the evaluator's option `save_rows`, e.g.
+  (the evaluation's option `save_rows`, e.g.
   `--config.evals.validation.save_rows=True`, writes
   `WORKDIR/<evaluation>_rows.npz` at the end of training; add it to a
   finished run's command with `--mode=eval`);
@@ -146,17 +146,24 @@ def _shared_columns(a: scored_rows.ScoredRows, b: scored_rows.ScoredRows
 
 
 def compare(a: scored_rows.ScoredRows, b: scored_rows.ScoredRows,
-            num_samples: int = 1000, level: float = 0.95, seed: int = 0
-            ) -> list[Comparison]:
-  """Every metric of rows `a` and `b` (one row set of one evaluation in two
-  runs), A - B with its paired interval.
+            num_samples: int = 1000, level: float = 0.95, seed: int = 0,
+            metrics: Sequence[str] | None = None) -> list[Comparison]:
+  """The metrics of rows `a` and `b` (one row set of one evaluation in two
+  runs), A - B with its paired interval: every metric the rows give, or
+  those named in `metrics`, in that order.
 
   Raises:
-    ValueError: the rows are not the same (`aligned`).
+    ValueError: the rows are not the same (`aligned`), or `metrics` names
+      one the rows do not give.
   """
   a, b = aligned(a, b)
   compute = a.metrics()
-  names = list(compute(a.scores, a.truth))
+  value_a, value_b = compute(a.scores, a.truth), compute(b.scores, b.truth)
+  names = list(value_a) if metrics is None else list(metrics)
+  unknown = sorted(set(names) - set(value_a))
+  if unknown:
+    raise ValueError(f"rows {a.key!r} give no metric {unknown}; they give "
+                     f"{sorted(value_a)}")
 
   def values(s, t):
     found = compute(s, t)
@@ -166,8 +173,6 @@ def compare(a: scored_rows.ScoredRows, b: scored_rows.ScoredRows,
       values, a.recording,
       (a.scores, a.truth), (b.scores, b.truth), num_samples=num_samples,
       level=level, seed=seed)
-  value_a = compute(a.scores, a.truth)
-  value_b = compute(b.scores, b.truth)
 
   def one(field, i):
     return np.atleast_1d(getattr(difference, field))[i].item()

@@ -6,8 +6,8 @@ and the recording the row belongs to. Two models evaluated on the same
 rows can be compared on the same resampled recordings
 (`metrics.paired_difference`, `inatsounds_jax.compare`), which needs the
 rows of both, possibly from two runs on two days: so they are written to a
-file (`write_rows`) beside the other outputs, by the training job's
-evaluators (their option `save_rows`) and by soundscape evaluation.
+file (`write_rows`) beside the other outputs, by the training loop (an
+evaluation's option `save_rows`) and by soundscape evaluation.
 
 A saved row set names the module whose `row_metrics(key)` computes its
 metrics (a function cannot be saved), so whoever reads it computes them
@@ -61,13 +61,17 @@ _OPTIONAL = ("columns",)
 
 def write_rows(path: str, rows: Mapping[str, ScoredRows]) -> str:
   """Writes `rows` (by key) to the `.npz` file `path` (local or `gs://`);
-  returns `path`."""
+  returns `path`. The file appears whole or not at all: it is written
+  under a temporary name and renamed, so a kill mid-write leaves no
+  truncated file under `path`."""
   arrays = {f"{i}_{name}": np.asarray(getattr(r, name))
             for i, r in enumerate(rows.values())
             for name in _FIELDS + _OPTIONAL if getattr(r, name) is not None}
   buffer = io.BytesIO()  # np.savez writes local files only; epath URIs too.
   np.savez_compressed(buffer, **arrays)
-  epath.Path(path).write_bytes(buffer.getvalue())
+  partial = epath.Path(path + ".partial")
+  partial.write_bytes(buffer.getvalue())
+  partial.replace(path)
   return path
 
 

@@ -59,6 +59,7 @@ from inatsounds_jax import mean_teacher
 from inatsounds_jax import objectives
 from inatsounds_jax import processes
 from inatsounds_jax import registry
+from inatsounds_jax import scored_rows
 from inatsounds_jax import storage
 from inatsounds_jax import trained
 from inatsounds_jax import workdir as workdir_lib
@@ -470,8 +471,11 @@ def run_evaluators(run: RunContext, state: TrainState, use_ema: bool,
 
 def write_outputs(workdir: str, step: int,
                   outputs: dict[str, evaluators.EvalOutput],
-                  artefacts: bool) -> None:
-  """`eval_results.json` (and each evaluation's artefacts), process 0."""
+                  final: Sequence[evaluators.ScheduledEvaluator] = ()
+                  ) -> None:
+  """`eval_results.json`, process 0; for the `final` evaluations also
+  their artefacts and, with `save_rows`, their rows
+  (`workdir.eval_rows_path`)."""
   if jax.process_index() != 0:
     return
   workdir = storage.resolve(workdir)
@@ -479,9 +483,12 @@ def write_outputs(workdir: str, step: int,
                      {"step": int(step),
                       "evals": {name: o.summary
                                 for name, o in outputs.items()}})
-  if artefacts:
-    for name, output in outputs.items():
-      output.write_artefacts(os.fspath(workdir / name))
+  for s in final:
+    outputs[s.name].write_artefacts(os.fspath(workdir / s.name))
+    if s.save_rows:
+      scored_rows.write_rows(
+          os.fspath(workdir_lib.eval_rows_path(workdir, s.name)),
+          outputs[s.name].rows)
 
 
 def write_label_table(workdir: str, builder: tfds.core.DatasetBuilder) -> None:
@@ -557,7 +564,7 @@ def evaluate_checkpoint(config, workdir: str, devices=None
     raise FileNotFoundError(f"no checkpoint in {workdir} to evaluate")
   state, step = restored
   outputs = run_evaluators(run, state, bool(config.ema_decay), run.evaluators)
-  write_outputs(workdir, step, outputs, artefacts=True)
+  write_outputs(workdir, step, outputs, run.evaluators)
   return outputs
 
 
@@ -686,7 +693,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         writer.write_scalars(step, {f"{name}/{k}": v
                                     for name, o in outputs.items()
                                     for k, v in o.metrics.items()})
-        write_outputs(workdir, step, outputs, artefacts=False)
+        write_outputs(workdir, step, outputs)
         name, _, metric = config.best_metric.partition("/")
         if name in outputs:
           ckpt.save_best(step, state, outputs[name].metrics[metric])
@@ -701,6 +708,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   todo = [s for s in run.evaluators if s.name not in outputs]
   outputs.update(run_evaluators(run, state, use_ema, todo))
   outputs = {s.name: outputs[s.name] for s in run.evaluators}
-  write_outputs(workdir, int(state.step), outputs, artefacts=True)
+  write_outputs(workdir, int(state.step), outputs, run.evaluators)
   writer.flush()
   return outputs

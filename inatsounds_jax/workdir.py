@@ -9,7 +9,7 @@
       eval_results.json    the latest evaluations' summaries
       <evaluation>_*.png   each evaluation's artefacts (plots)
       <evaluation>_rows.npz  its scored rows (`scored_rows.ScoredRows`;
-                           the evaluator's option `save_rows`)
+                           an evaluation's option `save_rows`)
       range_model/         a classifier's own range model (`range_model`
                            set), itself a range-model workdir:
         range_model/         the saved SINR (`geo/range_model.py`)
@@ -37,8 +37,6 @@ DAMAGED_DIR = "damaged_checkpoints"
 EVAL_RESULTS_FILE = "eval_results.json"
 # A classifier run's own range model (`config.range_model`).
 RANGE_MODEL_DIR = "range_model"
-# After an evaluation's artefact prefix (`WORKDIR/<evaluation>`).
-EVAL_ROWS_SUFFIX = "_rows.npz"
 # Inside a range-model workdir.
 SAVED_RANGE_MODEL_DIR = "range_model"
 RANGE_RESULTS_FILE = "range_results.json"
@@ -51,5 +49,6 @@ def path(workdir: storage.PathLike, name: str) -> epath.Path:
 
 
 def eval_rows_path(workdir: storage.PathLike, evaluation: str) -> epath.Path:
-  """The rows file of evaluation `evaluation` (its name in `config.evals`)."""
-  return storage.resolve(workdir) / (evaluation + EVAL_ROWS_SUFFIX)
+  """The rows file of evaluation `evaluation` (its name in `config.evals`),
+  written when its option `save_rows` is set."""
+  return storage.resolve(workdir) / f"{evaluation}_rows.npz"

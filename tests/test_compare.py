@@ -48,6 +48,14 @@ def test_a_better_run_is_told_apart_though_its_interval_overlaps():
   assert alone["a"]["low"] < alone["b"]["high"]
   swapped = by_metric(compare.compare(worse, better, num_samples=300))
   assert swapped["mean/no_prior/top1"].verdict == "B better"
+  # One metric alone, on the same resamples: the same comparison.
+  [alone_top1] = compare.compare(better, worse, num_samples=300,
+                                 metrics=["mean/no_prior/top1"])
+  assert alone_top1.difference.std == pytest.approx(top1.difference.std)
+  assert alone_top1 == dataclasses.replace(top1, difference=dataclasses.replace(
+      top1.difference, std=alone_top1.difference.std))
+  with pytest.raises(ValueError, match=r"give no metric \['top1'\]"):
+    compare.compare(better, worse, metrics=["top1"])
 
 
 def test_a_run_against_itself_differs_by_nothing():

@@ -113,8 +113,12 @@ def test_file_level_bootstrap_gives_reproducible_intervals_per_metric(
 def test_evaluators_are_built_from_the_config_by_type(small_dataset):
   built = common.from_config(
       {"val": {"type": "file_level", "split": "validation",
-               "every_epochs": 2.0}}, context(small_dataset))
-  assert [(s.name, s.every_epochs) for s in built] == [("val", 2.0)]
+               "every_epochs": 2.0, "save_rows": True},
+       "test": {"type": "file_level", "split": "test"}},
+      context(small_dataset))
+  # The schedule and the rows are the loop's business (train.write_outputs).
+  assert [(s.name, s.every_epochs, s.save_rows) for s in built] == [
+      ("val", 2.0, True), ("test", 1.0, False)]
   assert isinstance(built[0].evaluator, file_level.Evaluator)
 
 
@@ -126,6 +130,10 @@ def test_evaluators_are_built_from_the_config_by_type(small_dataset):
     ({"v": {"type": "file_level", "split": "validation", "pooling": "x"}},
      "evals.v \\(file_level\\): .*'pooling'"),
     ({"v": {"type": "file_level", "split": "dev"}}, "split 'dev' is not"),
+    ({"v": {"type": "reconstruction", "split": "validation",
+            "save_rows": True}},
+     r"evals.v \(reconstruction\): save_rows=True, but this evaluation "
+     "returns no rows"),
 ])
 def test_bad_evaluation_configs_fail_at_construction(small_dataset, evals,
                                                      message):
@@ -205,10 +213,9 @@ def test_a_prior_that_covers_no_label_is_refused_at_construction(
                          geo_prior=str(tmp_path))
 
 
-def test_file_level_rows_give_back_its_metrics_and_are_saved_on_request(
+def test_file_level_rows_give_back_its_metrics_and_survive_a_rows_file(
     small_dataset, tmp_path):
-  evaluator = file_level.Evaluator(context(small_dataset), split="validation",
-                                   save_rows=True)
+  evaluator = file_level.Evaluator(context(small_dataset), split="validation")
   output = evaluator.run(fake_predict(len(evaluator.context.label_names)))
   assert set(output.rows) == {"mean/no_prior", "max/no_prior"}
   for key, rows in output.rows.items():
@@ -218,11 +225,10 @@ def test_file_level_rows_give_back_its_metrics_and_are_saved_on_request(
     assert rows.metrics()(rows.scores, rows.truth) == {
         name: value for name, value in output.metrics.items()
         if name.startswith(key + "/")}
-  paths = output.write_artefacts(str(tmp_path / "val"))
-  # The plots, then the rows (without save_rows, the plots alone:
-  # test_file_level_evaluator_reports_named_metrics_and_artefacts).
-  assert paths[2:] == [str(tmp_path / "val_rows.npz")]
-  saved = scored_rows.read_rows(paths[-1])
+  assert set(evaluator.row_keys) == set(output.rows)
+  path = scored_rows.write_rows(str(tmp_path / "val_rows.npz"), output.rows)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["val_rows.npz"]
+  saved = scored_rows.read_rows(path)
   assert list(saved) == list(output.rows)
   for key, rows in saved.items():
     assert (rows.module, rows.key) == (file_level.__name__, key)

@@ -11,7 +11,8 @@ An evaluation is configured by name in `config.evals`:
 
 `type` names a module in `inatsounds_jax.evaluators` (or any importable
 module path) whose `Evaluator(context, **options)` builds the evaluation;
-`every_epochs` (0 = only at the end of training) is the loop's business.
+`every_epochs` (0 = only at the end of training) and `save_rows` (below)
+are the loop's business.
 Construction happens before training starts, so a bad split, prior or option
 fails at start-up. `Evaluator.run(predict, write_artefacts)` returns an
 `EvalOutput`; the loop logs its metrics as `<name>/<metric>` and picks the
@@ -20,8 +21,10 @@ best checkpoint by one of them (`config.best_metric`).
 An evaluator may also return the rows its metrics are computed from
 (`ScoredRows`: per file or per window, the scores, the truth and the
 recording: `scored_rows.ScoredRows`), so that two runs can be compared on
-the same bootstrap resamples (`inatsounds_jax.compare`); with its option
-`save_rows` they are written beside its artefacts.
+the same bootstrap resamples (`inatsounds_jax.compare`). With the option
+`save_rows` (False) the loop writes the final evaluation's rows to
+`WORKDIR/<name>_rows.npz` (`workdir.eval_rows_path`); asking it of an
+evaluator that returns no rows fails at start-up.
 """
 
 from __future__ import annotations
@@ -103,6 +106,8 @@ class Evaluator(Protocol):
   # The keys of `run(...).metrics`, known before it runs (so that a
   # `best_metric` naming none of them fails at start-up).
   metric_names: tuple[str, ...]
+  # The keys of `run(...).rows` (empty: it returns none).
+  row_keys: tuple[str, ...]
 
   def run(self, predict: PredictFn) -> EvalOutput:
     ...
@@ -126,6 +131,7 @@ class ScheduledEvaluator:
   name: str
   evaluator: Evaluator
   every_epochs: float  # 0: only at the end.
+  save_rows: bool = False  # Write the final evaluation's rows.
 
 
 def from_config(evals: Mapping[str, Mapping[str, Any]],
@@ -143,13 +149,18 @@ def from_config(evals: Mapping[str, Mapping[str, Any]],
       raise registry.ConfigError(f"evals.{name} has no 'type'; choose from "
                                  f"{EVALUATORS.names()}")
     every = float(options.pop("every_epochs", 1.0))
+    save_rows = bool(options.pop("save_rows", False))
     path = EVALUATORS.get(kind) if "." not in kind else kind
     module = importlib.import_module(path)
     try:
       evaluator = module.Evaluator(context, **options)
     except TypeError as e:  # An unknown or missing option.
       raise registry.ConfigError(f"evals.{name} ({kind}): {e}") from None
-    out.append(ScheduledEvaluator(name, evaluator, every))
+    if save_rows and not evaluator.row_keys:
+      raise registry.ConfigError(
+          f"evals.{name} ({kind}): save_rows=True, but this evaluation "
+          "returns no rows to save")
+    out.append(ScheduledEvaluator(name, evaluator, every, save_rows))
   return out
 
 

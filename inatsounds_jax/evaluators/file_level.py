@@ -18,8 +18,8 @@ much a better range model could add); `geo_threshold` (0.1);
 `min_prior_coverage` (warn when a prior covers fewer of the labels than
 this fraction; a prior covering none is refused); `bootstrap` (resamples of
 the files, 0 none: 95 % percentile intervals of the headline metrics, in
-`eval_results.json` and on the console); `save_rows` (False: when True,
-the final evaluation also writes its rows, `WORKDIR/<name>_rows.npz`).
+`eval_results.json` and on the console); `save_rows` (as for every
+evaluator, `evaluators.common`).
 
 Rows (`EvalOutput.rows`, for comparing two runs on the same resamples,
 `inatsounds_jax.compare`): "mean/no_prior" and "max/no_prior", one row per
@@ -48,7 +48,6 @@ from inatsounds_jax import metrics as metrics_lib
 from inatsounds_jax import plots
 from inatsounds_jax import registry
 from inatsounds_jax import scored_rows
-from inatsounds_jax import workdir as workdir_lib
 from inatsounds_jax.evaluators import common
 from inatsounds_jax.geo import prior as prior_lib
 
@@ -215,14 +214,13 @@ class Evaluator:
   def __init__(self, context: common.EvalContext, *, split: str,
                geo_prior: str = "", geo_ceiling_prior: str = "",
                geo_threshold: float = 0.1, min_prior_coverage: float = 0.5,
-               bootstrap: int = 0, save_rows: bool = False):
+               bootstrap: int = 0):
     splits = context.builder.info.splits
     if split not in splits:
       raise registry.ConfigError(
           f"split {split!r} is not in the dataset; it has {sorted(splits)}")
     self.context, self.split, self.threshold = context, split, geo_threshold
     self.bootstrap = common.bootstrap_resamples(bootstrap)
-    self.save_rows = save_rows
     self.priors = {
         view: context.priors(source, min_prior_coverage)
         for view, source in (("prior", geo_prior),
@@ -230,6 +228,7 @@ class Evaluator:
     views = ("no_prior", *self.priors)
     self.metric_names = tuple(f"{pooling}/{view}/{k}" for pooling in POOLINGS
                               for view in views for k in HEADLINE)
+    self.row_keys = tuple(f"{pooling}/no_prior" for pooling in POOLINGS)
     self.groups = {"training_recordings": metrics_lib.training_count_bins(
         self._train_counts())}
     classes = data.class_table(context.builder)
@@ -257,22 +256,15 @@ class Evaluator:
                   f"{k} {m[k]:.3f}" for k in HEADLINE)
               for name, m in sorted(by_count.items(), key=_bin_order)]
     files = result["files"]
-    rows = {f"{pooling}/no_prior": scored_rows.ScoredRows(
-        __name__, f"{pooling}/no_prior", files["recording"], files[pooling],
-        files["labels"], np.asarray(c.label_names))
-            for pooling in POOLINGS}
-    plot = functools.partial(
-        plot_long_tail_and_confusions, result=result,
-        train_counts=self._train_counts(), label_names=c.label_names)
-
-    def write_artefacts(prefix: str) -> list[str]:
-      return plot(prefix) + ([scored_rows.write_rows(
-          prefix + workdir_lib.EVAL_ROWS_SUFFIX, rows)] if self.save_rows
-                             else [])
-
+    rows = {key: scored_rows.ScoredRows(
+        __name__, key, files["recording"], files[key.split("/")[0]],
+        files["labels"], np.asarray(c.label_names)) for key in self.row_keys}
     return common.EvalOutput(
         metrics=metrics, summary=summary_for_json(result),
-        text="\n".join(lines), write_artefacts=write_artefacts, rows=rows)
+        text="\n".join(lines), write_artefacts=functools.partial(
+            plot_long_tail_and_confusions, result=result,
+            train_counts=self._train_counts(), label_names=c.label_names),
+        rows=rows)
 
   def _train_counts(self) -> np.ndarray:
     """Training recordings per label (1 each for records built before label

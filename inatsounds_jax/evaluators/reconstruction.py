@@ -85,6 +85,7 @@ class Evaluator:
     self.context, self.split = context, split
     self.max_windows, self.num_figures = max_windows, num_figures
     self.metric_names = ("loss",)
+    self.row_keys = ()
 
   def run(self, predict: common.PredictFn) -> common.EvalOutput:
     c = self.context

@@ -37,8 +37,7 @@ chunk, and `file_map` pools each whole recording):
 (`metrics.bootstrap_over_recordings`: windows of one recording are not
 independent, so recordings are resampled, not windows) giving each mAP a
 95 % interval, in the summary (`interval`: low, high, std) and the text.
-`save_rows` (False): when True, the final evaluation also writes its rows
-(`WORKDIR/<name>_rows.npz`).
+`save_rows`: as for every evaluator (`evaluators.common`).
 
 Rows (`EvalOutput.rows`, for comparing two runs on the same resamples,
 `inatsounds_jax.compare`): "<view>/window" (the annotated windows) and
@@ -62,7 +61,6 @@ from inatsounds_jax import input_pipeline
 from inatsounds_jax import metrics as metrics_lib
 from inatsounds_jax import registry
 from inatsounds_jax import scored_rows
-from inatsounds_jax import workdir as workdir_lib
 from inatsounds_jax.evaluators import common
 from inatsounds_jax.geo import prior as prior_lib
 
@@ -118,8 +116,7 @@ class Evaluator:
   def __init__(self, context: common.EvalContext, *, split: str,
                geo_prior: str = "", geo_threshold: float = 0.1,
                min_prior_coverage: float = 0.5, scores: str = "sigmoid",
-               soundscapes: Mapping | None = None, bootstrap: int = 0,
-               save_rows: bool = False):
+               soundscapes: Mapping | None = None, bootstrap: int = 0):
     if soundscapes is not None:
       context = dataclasses.replace(
           context, builder=soundscape_records(context, dict(soundscapes)))
@@ -140,13 +137,14 @@ class Evaluator:
           f"scores {scores!r}: choose from {sorted(SCORES)}")
     self.context, self.split, self.threshold = context, split, geo_threshold
     self.bootstrap = common.bootstrap_resamples(bootstrap)
-    self.save_rows = save_rows
     self.squash = SCORES[scores]
     self.prior = context.priors(geo_prior, min_prior_coverage)
     self.views = ("no_prior",) if self.prior is None else ("no_prior",
                                                            "prior")
     self.metric_names = tuple(f"{view}/{level}_map" for view in self.views
                               for level in ("window", "file"))
+    self.row_keys = tuple(f"{view}/{level}" for view in self.views
+                          for level in ("window", "file"))
 
   def _window_scores(self, predict: common.PredictFn, batches) -> dict:
     """Every valid window's scores per view, truth and recording id."""
@@ -222,13 +220,5 @@ class Evaluator:
     summary["num_windows"] = int(len(rows["truth"]))
     summary["num_annotated_windows"] = int(rows["annotated"].sum())
     summary["num_files"] = int(len(files))
-
-    def write_rows(prefix: str) -> list[str]:
-      if not self.save_rows:
-        return []
-      return [scored_rows.write_rows(
-          prefix + workdir_lib.EVAL_ROWS_SUFFIX, scored)]
-
     return common.EvalOutput(metrics=metrics, summary=summary,
-                             text="\n".join(lines),
-                             write_artefacts=write_rows, rows=scored)
+                             text="\n".join(lines), rows=scored)
