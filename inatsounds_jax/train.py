@@ -329,6 +329,10 @@ class RunContext:
   steps_per_epoch: int
   total_steps: int
   init: Callable[[], TrainState]  # Jitted, sharded fresh state.
+  # (variables, waveform[, location]) -> the model's outputs: one function
+  # for the whole run, so that jit compiles the evaluations' program once
+  # (a new function would be traced and compiled at every evaluation).
+  apply_logits: Callable
   abstract_state: TrainState
   state_sharding: TrainState
   evaluators: tuple[evaluators.ScheduledEvaluator, ...]
@@ -429,6 +433,12 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
   teacher = mean_teacher.from_config(config, steps_per_epoch, priors)
   model = objective.make_model(config, len(label_names), loss.multilabel)
   windows = trained.window_config(model, config.eval_stride_frames)
+
+  def apply_logits(variables, inputs, *location):
+    # `location` only for a model with a location input (not the MAE).
+    return model.apply(variables, inputs,
+                       **({"location": location[0]} if location else {}))
+
   tx = make_optimizer(config, schedule)
   init = functools.partial(init_state, model, tx, loss,
                            jax.random.PRNGKey(config.seed),
@@ -448,7 +458,8 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
       priors=priors, location=location, teacher=teacher, schedule=schedule,
       tx=tx, steps_per_epoch=steps_per_epoch,
       total_steps=int(config.num_epochs * steps_per_epoch),
-      init=jax.jit(init, out_shardings=sharding), abstract_state=abstract,
+      init=jax.jit(init, out_shardings=sharding), apply_logits=apply_logits,
+      abstract_state=abstract,
       state_sharding=sharding, evaluators=scheduled)
 
 
@@ -459,13 +470,9 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
 def run_evaluators(run: RunContext, state: TrainState, use_ema: bool,
                    scheduled: Sequence[evaluators.ScheduledEvaluator]
                    ) -> dict[str, evaluators.EvalOutput]:
-  def apply(variables, inputs, *location):
-    # `location` only for a model with a location input (not the MAE).
-    return run.model.apply(variables, inputs,
-                           **({"location": location[0]} if location else {}))
-
-  predict = evaluators.make_predict_fn(apply, state.variables(use_ema),
-                                       run.data_sharding, run.location)
+  predict = evaluators.make_predict_fn(
+      run.apply_logits, state.variables(use_ema), run.data_sharding,
+      run.location)
   return {s.name: s.evaluator.run(predict) for s in scheduled}
 
 

@@ -5,6 +5,7 @@ These runs take tens of seconds each, so they are marked slow.
 
 import importlib.util
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -72,9 +73,15 @@ def assert_trees_close(a, b, **tolerances):
                a, b)
 
 
-def test_tiny_run_trains_evaluates_and_writes_results(data_dir, tmp_path):
+def test_tiny_run_trains_evaluates_and_writes_results(data_dir, tmp_path,
+                                                      caplog):
   c = tiny_config(data_dir, geo_prior="synthetic_truth", num_epochs=2.0)
-  results = train.train_and_evaluate(c, str(tmp_path))
+  with jax.log_compiles(), caplog.at_level(logging.WARNING):
+    results = train.train_and_evaluate(c, str(tmp_path))
+  # Validation after each epoch, then the test split: windows of one shape,
+  # so one program, traced and compiled once for the whole run.
+  assert len([r for r in caplog.records if r.getMessage().startswith(
+      "Compiling jit(apply_logits)")]) == 1
   with open(tmp_path / "eval_results.json") as f:
     saved = json.load(f)
   assert saved["step"] >= 1
@@ -236,9 +243,11 @@ def test_run_starts_from_a_torchvision_checkpoint_resumes_and_evaluates(
   weights = tmp_path / "resnet18.pth"
   torch.manual_seed(0)
   torch.save(torchvision.models.resnet18().state_dict(), weights)
-  # Learning rate 0: the trained parameters are the imported ones.
+  # Learning rate 0: the trained parameters are the imported ones. One
+  # evaluation (of the validation split) is enough to compare runs.
   c = tiny_config(data_dir, model="resnet18", init_checkpoint=str(weights),
                   learning_rate=0.0, num_epochs=1.0)
+  del c.evals["test"]
   workdir = str(tmp_path / "run")
   first = train.train_and_evaluate(c, workdir)
   _, params = final_params(workdir)

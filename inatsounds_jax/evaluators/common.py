@@ -173,6 +173,8 @@ def make_predict_fn(apply_logits: Callable, variables,
   `apply_logits(variables, waveform)`, or with `location_features` (a
   `location_input.LocationFeatures`: `(latitude, longitude, n) -> [n,
   width]` on the host) `apply_logits(variables, waveform, location)`.
+  Pass the same `apply_logits` object at every evaluation: jit keeps its
+  compiled program by function, and a new function compiles again.
   """
   jitted = compilation.jit(apply_logits, out_shardings=sharding)
 
