@@ -62,7 +62,8 @@ def get_config(variant: str = ""):
   # Recording level: each test asset's clips pooled, scored against its
   # target species (top-1, mAP; no geographic prior, L48 has no locations).
   c.evals.test_assets = {"type": "file_level", "split": "test",
-                         "every_epochs": 0.0}
+                         "every_epochs": 0.0, "bootstrap": 0,
+                         "save_rows": False}
   c.best_metric = "validation/no_prior/window_map"
   if variant == "tiny":
     c.update(init_checkpoint="", model="placeholder", batch_size=8,

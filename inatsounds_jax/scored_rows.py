@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 import dataclasses
 import importlib
 import io
+import os
 
 from etils import epath
 import numpy as np
@@ -69,7 +70,7 @@ def write_rows(path: str, rows: Mapping[str, ScoredRows]) -> str:
             for name in _FIELDS + _OPTIONAL if getattr(r, name) is not None}
   buffer = io.BytesIO()  # np.savez writes local files only; epath URIs too.
   np.savez_compressed(buffer, **arrays)
-  partial = epath.Path(path + ".partial")
+  partial = epath.Path(os.fspath(path) + ".partial")
   partial.write_bytes(buffer.getvalue())
   partial.replace(path)
   return path

@@ -329,9 +329,8 @@ class RunContext:
   steps_per_epoch: int
   total_steps: int
   init: Callable[[], TrainState]  # Jitted, sharded fresh state.
-  # (variables, waveform[, location]) -> the model's outputs: one function
-  # for the whole run, so that jit compiles the evaluations' program once
-  # (a new function would be traced and compiled at every evaluation).
+  # Jitted (variables, waveform[, location]) -> the model's outputs, for
+  # the evaluations: jitted once per run, so that it compiles once.
   apply_logits: Callable
   abstract_state: TrainState
   state_sharding: TrainState
@@ -450,15 +449,17 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> RunContext:
           builder=builder, windows=windows, batch_size=config.eval_batch_size,
           label_names=label_names, priors=priors)))
   _check_best_metric(config.best_metric, scheduled)
+  data_sharding = jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec("data"))
   return RunContext(
-      mesh=mesh, data_sharding=jax.sharding.NamedSharding(
-          mesh, jax.sharding.PartitionSpec("data")),
+      mesh=mesh, data_sharding=data_sharding,
       builder=builder, train_sources=train_sources, objective=objective,
       model=model, windows=windows, loss=loss, labels=labels,
       priors=priors, location=location, teacher=teacher, schedule=schedule,
       tx=tx, steps_per_epoch=steps_per_epoch,
       total_steps=int(config.num_epochs * steps_per_epoch),
-      init=jax.jit(init, out_shardings=sharding), apply_logits=apply_logits,
+      init=jax.jit(init, out_shardings=sharding),
+      apply_logits=evaluators.jit_apply(apply_logits, data_sharding),
       abstract_state=abstract,
       state_sharding=sharding, evaluators=scheduled)
 

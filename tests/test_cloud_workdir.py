@@ -19,6 +19,7 @@ from inatsounds_jax import config_defaults
 from inatsounds_jax import export
 from inatsounds_jax import plots
 from inatsounds_jax import registry
+from inatsounds_jax import scored_rows
 from inatsounds_jax import storage
 from inatsounds_jax import train
 from inatsounds_jax import workdir as workdir_lib
@@ -133,11 +134,16 @@ def test_tiny_run_on_a_bucket_workdir_writes_there_and_resumes(
   # The run trains its own range prior into gs://bucket/run/range_model.
   c.range_model = config_defaults.range_model("synthetic")
   c.range_model.epochs = 2
+  c.evals.validation.save_rows = True
   first = train.train_and_evaluate(c, WORKDIR)
   run = bucket / "bucket" / "run"
   for name in ("config.json", "classes.json", "eval_results.json",
-               "range_model/range_results.json", "range_model/range_maps.png"):
+               "range_model/range_results.json", "range_model/range_maps.png",
+               "validation_rows.npz"):
     assert (run / name).exists(), name
+  assert not list(run.glob("*.partial"))
+  assert set(scored_rows.read_rows(f"{WORKDIR}/validation_rows.npz")) == {
+      "mean/no_prior", "max/no_prior"}
   assert storage.read_json(f"{WORKDIR}/config.json")["geo_prior"] == (
       f"{WORKDIR}/range_model")
   assert "prior" in storage.read_json(f"{WORKDIR}/eval_results.json")[

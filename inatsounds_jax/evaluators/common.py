@@ -14,7 +14,7 @@ module path) whose `Evaluator(context, **options)` builds the evaluation;
 `every_epochs` (0 = only at the end of training) and `save_rows` (below)
 are the loop's business.
 Construction happens before training starts, so a bad split, prior or option
-fails at start-up. `Evaluator.run(predict, write_artefacts)` returns an
+fails at start-up. `Evaluator.run(predict)` returns an
 `EvalOutput`; the loop logs its metrics as `<name>/<metric>` and picks the
 best checkpoint by one of them (`config.best_metric`).
 
@@ -106,7 +106,7 @@ class Evaluator(Protocol):
   # The keys of `run(...).metrics`, known before it runs (so that a
   # `best_metric` naming none of them fails at start-up).
   metric_names: tuple[str, ...]
-  # The keys of `run(...).rows` (empty: it returns none).
+  # The keys of `run(...).rows` (empty or absent: it returns none).
   row_keys: tuple[str, ...]
 
   def run(self, predict: PredictFn) -> EvalOutput:
@@ -156,7 +156,7 @@ def from_config(evals: Mapping[str, Mapping[str, Any]],
       evaluator = module.Evaluator(context, **options)
     except TypeError as e:  # An unknown or missing option.
       raise registry.ConfigError(f"evals.{name} ({kind}): {e}") from None
-    if save_rows and not evaluator.row_keys:
+    if save_rows and not getattr(evaluator, "row_keys", ()):
       raise registry.ConfigError(
           f"evals.{name} ({kind}): save_rows=True, but this evaluation "
           "returns no rows to save")
@@ -164,19 +164,25 @@ def from_config(evals: Mapping[str, Mapping[str, Any]],
   return out
 
 
-def make_predict_fn(apply_logits: Callable, variables,
+def jit_apply(apply_logits: Callable, sharding: jax.sharding.NamedSharding
+              ) -> Callable:
+  """`apply_logits` jitted for `make_predict_fn`, outputs sharded like the
+  batch. Jit it once and pass the result at every evaluation: each new jit
+  traces and compiles the model again."""
+  return compilation.jit(apply_logits, out_shardings=sharding)
+
+
+def make_predict_fn(jitted_apply: Callable, variables,
                     sharding: jax.sharding.NamedSharding,
                     location_features: Callable | None = None) -> PredictFn:
-  """Jitted, mesh-sharded `PredictFn` (logits or a dict of per-window
-  arrays) for this process's batches.
+  """Mesh-sharded `PredictFn` (logits or a dict of per-window arrays) for
+  this process's batches.
 
-  `apply_logits(variables, waveform)`, or with `location_features` (a
-  `location_input.LocationFeatures`: `(latitude, longitude, n) -> [n,
-  width]` on the host) `apply_logits(variables, waveform, location)`.
-  Pass the same `apply_logits` object at every evaluation: jit keeps its
-  compiled program by function, and a new function compiles again.
+  `jitted_apply` (`jit_apply`) runs `apply_logits(variables, waveform)`,
+  or with `location_features` (a `location_input.LocationFeatures`:
+  `(latitude, longitude, n) -> [n, width]` on the host)
+  `apply_logits(variables, waveform, location)`, on the global batch.
   """
-  jitted = compilation.jit(apply_logits, out_shardings=sharding)
 
   def predict(waveform: np.ndarray, latitude=None, longitude=None
               ) -> np.ndarray:
@@ -185,7 +191,7 @@ def make_predict_fn(apply_logits: Callable, variables,
       inputs["location"] = location_features(latitude, longitude,
                                              len(waveform))
     x = input_pipeline.shard_batch(inputs, sharding)
-    logits = jitted(variables, x["w"], *(
+    logits = jitted_apply(variables, x["w"], *(
         [x["location"]] if location_features is not None else []))
     if jax.process_count() > 1:  # Only this process's rows.
       logits = multihost_utils.global_array_to_host_local_array(

@@ -18,8 +18,8 @@ much a better range model could add); `geo_threshold` (0.1);
 `min_prior_coverage` (warn when a prior covers fewer of the labels than
 this fraction; a prior covering none is refused); `bootstrap` (resamples of
 the files, 0 none: 95 % percentile intervals of the headline metrics, in
-`eval_results.json` and on the console); `save_rows` (as for every
-evaluator, `evaluators.common`).
+`eval_results.json` and on the console); `save_rows` (an option of every
+evaluation: `evaluators.common`).
 
 Rows (`EvalOutput.rows`, for comparing two runs on the same resamples,
 `inatsounds_jax.compare`): "mean/no_prior" and "max/no_prior", one row per

@@ -37,7 +37,7 @@ chunk, and `file_map` pools each whole recording):
 (`metrics.bootstrap_over_recordings`: windows of one recording are not
 independent, so recordings are resampled, not windows) giving each mAP a
 95 % interval, in the summary (`interval`: low, high, std) and the text.
-`save_rows`: as for every evaluator (`evaluators.common`).
+`save_rows`: an option of every evaluation (`evaluators.common`).
 
 Rows (`EvalOutput.rows`, for comparing two runs on the same resamples,
 `inatsounds_jax.compare`): "<view>/window" (the annotated windows) and
