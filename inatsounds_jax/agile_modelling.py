@@ -91,6 +91,7 @@ from inatsounds_jax import embedding_store
 from inatsounds_jax import export
 from inatsounds_jax import inference
 from inatsounds_jax import registry
+from inatsounds_jax import storage
 from inatsounds_jax import trained as trained_lib
 
 PROBES = ("linear", "prototype")
@@ -544,9 +545,7 @@ def train_round(store_folder: str, base: str, label_files: Sequence[str],
       "problems": labels.problems,
       "scored": scored,
   }
-  with open(os.path.join(round_folder, REPORT_FILE), "w",
-            encoding="utf-8") as f:
-    json.dump(report, f, indent=1)
+  storage.write_json(os.path.join(round_folder, REPORT_FILE), report)
   export.write_bundle(custom, os.path.join(round_folder, MODEL_DIR),
                       overwrite=settings.overwrite, description={
                           "training_data": {"dataset": "agile labels",

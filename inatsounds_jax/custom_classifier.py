@@ -43,7 +43,6 @@ import copy
 import csv
 import dataclasses
 import functools
-import json
 import math
 import os
 import sys
@@ -65,6 +64,7 @@ from inatsounds_jax import jobs
 from inatsounds_jax import losses
 from inatsounds_jax import metrics
 from inatsounds_jax import registry
+from inatsounds_jax import storage
 from inatsounds_jax import trained as trained_lib
 from inatsounds_jax.models import classifier as classifier_lib
 
@@ -730,9 +730,7 @@ def _write(settings: Settings, report: dict, thresholds: list[dict],
   os.makedirs(settings.work_folder, exist_ok=True)
   _write_thresholds(os.path.join(settings.work_folder, THRESHOLDS_FILE),
                     thresholds)
-  with open(os.path.join(settings.work_folder, REPORT_FILE), "w",
-            encoding="utf-8") as f:
-    json.dump(report, f, indent=1)
+  storage.write_json(os.path.join(settings.work_folder, REPORT_FILE), report)
   export.write_bundle(custom, settings.output, overwrite=settings.overwrite,
                       flag="output", description={
                           "training_data": {"dataset": "class folders",

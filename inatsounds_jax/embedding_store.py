@@ -52,6 +52,7 @@ import numpy as np
 from inatsounds_jax import audio
 from inatsounds_jax import inference
 from inatsounds_jax import registry
+from inatsounds_jax import storage
 from inatsounds_jax import tables
 from inatsounds_jax import trained as trained_lib
 
@@ -142,14 +143,6 @@ def windows_in(times: np.ndarray, start_s: float, end_s: float
       times[:, 1] >= end_s - tolerance)
 
 
-def _write_json(path: str, content) -> None:
-  """Replaces `path` whole (readers see the old file or the new one)."""
-  partial = path + ".partial"
-  with open(partial, "w", encoding="utf-8") as f:
-    json.dump(content, f, indent=1)
-  os.replace(partial, path)
-
-
 class EmbeddingStore:
   """A store's recordings and their windows' embeddings (module docstring).
 
@@ -224,8 +217,8 @@ class EmbeddingStore:
     os.makedirs(os.path.join(folder, SHARDS_DIR), exist_ok=True)
     windows = model.windows(inference.stride_frames(hop_seconds,
                                                     model.model.frontend))
-    _write_json(os.path.join(folder, INDEX_FILE),
-                {"num_shards": 0, "recordings": []})
+    storage.write_json(os.path.join(folder, INDEX_FILE),
+                       {"num_shards": 0, "recordings": []})
     description = {
         "store_format": STORE_FORMAT,
         "model": str(model.config.get("model", "")),
@@ -235,7 +228,7 @@ class EmbeddingStore:
         "sample_rate": audio.SAMPLE_RATE,
         "embedding_dim": None,  # Known from the first embeddings.
     }
-    _write_json(description_path, description)
+    storage.write_json(description_path, description)
     return cls(folder, description, model, batch_size)
 
   # -- Adding ------------------------------------------------------------------
@@ -304,12 +297,12 @@ class EmbeddingStore:
             np.concatenate([f[4] for f in found]).astype(np.float64))
     if self.description["embedding_dim"] is None:
       self.description["embedding_dim"] = int(found[0][3].shape[1])
-      _write_json(os.path.join(self.folder, DESCRIPTION_FILE),
-                  self.description)
+      storage.write_json(os.path.join(self.folder, DESCRIPTION_FILE),
+                         self.description)
     self.num_shards += 1
     self._mean = None
     self.recordings.update((row.digest, row) for row in rows)
-    _write_json(os.path.join(self.folder, INDEX_FILE), {
+    storage.write_json(os.path.join(self.folder, INDEX_FILE), {
         "num_shards": self.num_shards,
         "recordings": [dataclasses.asdict(r)
                        for r in self.recordings.values()]})

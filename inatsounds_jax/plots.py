@@ -2,7 +2,7 @@
 
 import io
 
-from etils import epath
+from inatsounds_jax import storage
 
 
 def pyplot():
@@ -14,11 +14,11 @@ def pyplot():
 
 
 def save(fig, path: str, dpi: int = 120) -> str:
-  """Writes `fig` as PNG at `path` (local or `gs://`), closes it; returns
-  `path`."""
+  """Writes `fig` as PNG at `path` (local or `gs://`, written whole:
+  `storage.write_whole`), closes it; returns `path`."""
   # Through a buffer: matplotlib writes only local files, epath also URIs.
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-  epath.Path(path).write_bytes(buffer.getvalue())
+  storage.write_whole(path, buffer.getvalue())
   pyplot().close(fig)
   return path

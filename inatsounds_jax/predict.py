@@ -156,8 +156,7 @@ def _record_settings(output: str, settings: dict) -> None:
           + ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}"
                       for k in changed[:6])
           + "); use another --output, or the same settings to resume")
-  with open(path, "w") as f:
-    json.dump(settings, f, indent=1)
+  storage.write_json(path, settings)
 
 
 # ---------------------------------------------------------------------------

@@ -21,10 +21,11 @@ from collections.abc import Callable, Mapping
 import dataclasses
 import importlib
 import io
-import os
 
 from etils import epath
 import numpy as np
+
+from inatsounds_jax import storage
 
 # One metric set computed from rows: (scores, truth) -> {metric name: value}.
 RowMetrics = Callable[[np.ndarray, np.ndarray], dict[str, float]]
@@ -62,17 +63,14 @@ _OPTIONAL = ("columns",)
 
 def write_rows(path: str, rows: Mapping[str, ScoredRows]) -> str:
   """Writes `rows` (by key) to the `.npz` file `path` (local or `gs://`);
-  returns `path`. The file appears whole or not at all: it is written
-  under a temporary name and renamed, so a kill mid-write leaves no
-  truncated file under `path`."""
+  returns `path`. The file appears whole or not at all
+  (`storage.write_whole`)."""
   arrays = {f"{i}_{name}": np.asarray(getattr(r, name))
             for i, r in enumerate(rows.values())
             for name in _FIELDS + _OPTIONAL if getattr(r, name) is not None}
   buffer = io.BytesIO()  # np.savez writes local files only; epath URIs too.
   np.savez_compressed(buffer, **arrays)
-  partial = epath.Path(os.fspath(path) + ".partial")
-  partial.write_bytes(buffer.getvalue())
-  partial.replace(path)
+  storage.write_whole(path, buffer.getvalue())
   return path
 
 

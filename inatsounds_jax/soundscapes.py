@@ -127,7 +127,6 @@ import collections
 import csv
 import dataclasses
 import functools
-import json
 import math
 import os
 import sys
@@ -143,6 +142,7 @@ from inatsounds_jax import inference
 from inatsounds_jax import metrics as metrics_lib
 from inatsounds_jax import plots
 from inatsounds_jax import scored_rows
+from inatsounds_jax import storage
 from inatsounds_jax import tables
 from inatsounds_jax.geo import prior as prior_lib
 
@@ -1195,8 +1195,7 @@ def write_outputs(evaluation: Evaluation, output: str) -> dict[str, str]:
   paths = {name: os.path.join(output, name) for name in (
       METRICS_FILE, PER_SPECIES_FILE, THRESHOLDS_FILE, MAPPING_FILE,
       PROBLEMS_FILE, ROWS_FILE)}
-  with open(paths[METRICS_FILE], "w", encoding="utf-8") as f:
-    json.dump(_plain(evaluation.metrics), f, indent=1)
+  storage.write_json(paths[METRICS_FILE], _plain(evaluation.metrics))
   _write_csv(paths[PER_SPECIES_FILE], evaluation.per_species,
              per_species_columns(evaluation))
   _write_csv(paths[THRESHOLDS_FILE], evaluation.thresholds,

@@ -18,6 +18,9 @@ from typing import Any
 from etils import epath
 
 PathLike = str | os.PathLike
+# What a file is called while it is being written (`write_whole`,
+# `tables.PartialFile`): a file under its own name is always complete.
+PARTIAL_SUFFIX = ".partial"
 
 
 def is_uri(path: PathLike) -> bool:
@@ -31,11 +34,26 @@ def resolve(path: PathLike) -> epath.Path:
   return epath.Path(path if is_uri(path) else os.path.abspath(path))
 
 
-def write_json(path: PathLike, value: Any, **dump_options) -> None:
-  """`value` as indented JSON at `path` (local or URI), its folder made."""
+def write_whole(path: PathLike, data: bytes | str) -> None:
+  """Writes `data` at `path` (local or URI), its folder made, so that the
+  file appears whole or not at all: written under `path + PARTIAL_SUFFIX`,
+  then renamed over `path`. A run killed mid-write leaves the previous
+  file (a checkpointed run's `eval_results.json`, say) as it was, and a
+  `.partial` file that the next write replaces."""
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(value, indent=1, **dump_options))
+  partial = path.with_name(path.name + PARTIAL_SUFFIX)
+  if isinstance(data, str):
+    partial.write_text(data, encoding="utf-8")
+  else:
+    partial.write_bytes(data)
+  partial.replace(path)
+
+
+def write_json(path: PathLike, value: Any, **dump_options) -> None:
+  """`value` as indented JSON at `path` (local or URI), written whole
+  (`write_whole`)."""
+  write_whole(path, json.dumps(value, indent=1, **dump_options))
 
 
 def read_json(path: PathLike) -> Any:

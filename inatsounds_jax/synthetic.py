@@ -76,6 +76,7 @@ from inatsounds_jax import audio as audio_lib
 from inatsounds_jax import registry
 from inatsounds_jax import release
 from inatsounds_jax import sphere
+from inatsounds_jax import storage
 
 SR = audio_lib.SAMPLE_RATE
 # Random streams beside the main one, keyed `(seed, index, stream)`: each
@@ -1022,11 +1023,8 @@ def _read_manifest(out_dir: str) -> dict | None:
 
 
 def _write_manifest(out_dir: str, manifest: dict) -> None:
-  """Replaces the manifest atomically (a crash leaves the old or the new)."""
-  path = os.path.join(out_dir, MANIFEST)
-  with open(path + ".tmp", "w") as f:
-    json.dump(manifest, f, indent=1)
-  os.replace(path + ".tmp", path)
+  """Replaces the manifest whole (a crash leaves the old or the new)."""
+  storage.write_json(os.path.join(out_dir, MANIFEST), manifest)
 
 
 def _refuse_foreign_files(out_dir: str, owned: set[str]) -> None:
@@ -1038,7 +1036,8 @@ def _refuse_foreign_files(out_dir: str, owned: set[str]) -> None:
              if os.path.islink(os.path.join(root, name))]
     for name in files + links:
       rel = os.path.relpath(os.path.join(root, name), out_dir)
-      if rel not in owned and rel not in (MANIFEST, MANIFEST + ".tmp"):
+      if rel not in owned and rel not in (
+          MANIFEST, MANIFEST + storage.PARTIAL_SUFFIX):
         foreign.append(rel)
   if foreign:
     foreign.sort()
@@ -1267,9 +1266,7 @@ def _write_raven_table(path: str, events: list[dict], names: list[str]
         str(number), "Spectrogram 1", "1", f"{e['start']:.6f}",
         f"{e['end']:.6f}", f"{e['low_hz']:.1f}", f"{e['high_hz']:.1f}",
         names[e["category_id"]])))
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
-  os.replace(path + ".tmp", path)
+  storage.write_whole(path, "\n".join(lines) + "\n")
 
 
 def write_soundscapes(out_dir: str, config: CorpusConfig = CorpusConfig(),

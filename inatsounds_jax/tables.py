@@ -49,6 +49,7 @@ import numpy as np
 
 from inatsounds_jax import annotations as annotations_lib
 from inatsounds_jax import registry
+from inatsounds_jax import storage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +76,8 @@ def _number(x: float, digits: int = 4) -> str:
 
 
 class PartialFile:
-  """A file written under `path + ".partial"` and renamed when complete.
+  """A file written under `path + storage.PARTIAL_SUFFIX` and renamed when
+  complete: `storage.write_whole` for a file streamed as it is made.
 
   So a file that exists under its name is complete: a run killed part way
   leaves only a `.partial` file, which the next run overwrites.
@@ -84,7 +86,7 @@ class PartialFile:
   def __init__(self, path: str):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     self.path = path
-    self.tmp = path + ".partial"
+    self.tmp = path + storage.PARTIAL_SUFFIX
 
   def _close(self) -> None:
     """Flushes and closes what the subclass has open."""

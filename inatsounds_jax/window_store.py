@@ -87,6 +87,7 @@ from array_record.python import array_record_module
 from inatsounds_jax import cli
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import registry
+from inatsounds_jax import storage
 from inatsounds_jax import windows as windows_lib
 
 with epy.lazy_imports():
@@ -221,17 +222,15 @@ def write(builder: tfds.core.DatasetBuilder, split: str, out_dir: str,
   index = _merged_index(shards)
   np.savez(os.path.join(out_dir, _index_name(split)), **index)
   num_samples = int(index["num_samples"].sum())
-  with open(manifest + ".tmp", "w") as f:
-    json.dump({
-        "format": _FORMAT, "split": split, "chunk_samples": chunk_samples,
-        "num_classes": builder.info.features["label"].num_classes,
-        "shards": [{"file": shard_name(split, i, num_shards),
-                    "records": s["records"]} for i, s in enumerate(shards)],
-        "source": {"dataset": builder.info.full_name,
-                   "data_dir": os.fspath(builder.data_dir),
-                   "examples": builder.info.splits[split].num_examples},
-    }, f, indent=1)
-  os.replace(manifest + ".tmp", manifest)
+  storage.write_json(manifest, {
+      "format": _FORMAT, "split": split, "chunk_samples": chunk_samples,
+      "num_classes": builder.info.features["label"].num_classes,
+      "shards": [{"file": shard_name(split, i, num_shards),
+                  "records": s["records"]} for i, s in enumerate(shards)],
+      "source": {"dataset": builder.info.full_name,
+                 "data_dir": os.fspath(builder.data_dir),
+                 "examples": builder.info.splits[split].num_examples},
+  })
   seconds = time.perf_counter() - start
   size = num_samples * _BYTES_PER_SAMPLE
   return {"recordings": len(index["label"]),
