@@ -2,7 +2,7 @@
 
     nice -n 10 python benchmarks/spml.py [--seeds 3 --epochs 30] \
         [--world hard --corpus_seeds 2 --bootstrap 200] \
-        [--model mobilenet_v3_small --learning_rate 3e-3]
+        [--model mobilenet_v3_small --learning_rate 3e-3] [--out DIR]
 
 Rows: `full_bce` (trained on every species calling in each training
 window: the upper bound), `an`, `an_ls`, `wan`, `em`, `epr`, `role`,
@@ -39,6 +39,13 @@ species (about four per continent), so that range priors leave unknown
 entries: with the tiny corpus's six species the true ranges make almost
 every entry known.
 Prints a Markdown table; `--json` also writes the raw numbers.
+
+`--out DIR` keeps every run's workdir (`DIR/<row>/<column>/corpus<c>_seed
+<s>`, its validation rows saved), so that the same command run again
+picks up where a killed one stopped: finished runs are read back, a run
+cut short resumes from its last checkpoint (the library's resume), and a
+changed command is refused (the resume's config check). Without it each
+run trains in a temporary folder.
 """
 
 from __future__ import annotations
@@ -54,9 +61,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np  # noqa: E402
 
+from inatsounds_jax import checkpoints  # noqa: E402
 from inatsounds_jax import compare  # noqa: E402
+from inatsounds_jax import compilation  # noqa: E402
 from inatsounds_jax import config_defaults  # noqa: E402
+from inatsounds_jax import registry  # noqa: E402
+from inatsounds_jax import scored_rows  # noqa: E402
+from inatsounds_jax import storage  # noqa: E402
 from inatsounds_jax import train  # noqa: E402
+from inatsounds_jax import workdir as workdir_lib  # noqa: E402
 
 ROWS = ("full_bce", "an", "an_ls", "wan", "em", "epr", "role", "ll_r",
         "ll_ct", "ll_cp", "mean_teacher", "ema_only")
@@ -131,7 +144,8 @@ def run_config(row: str, column: dict, seed: int, args,
                corpus_seed: int = 0) -> dict:
   c = base_config(seed, args, corpus_seed)
   c.evals = {"strong": {"type": "strong_label", "split": "validation",
-                        "every_epochs": 0.0, "bootstrap": args.bootstrap}}
+                        "every_epochs": 0.0, "bootstrap": args.bootstrap,
+                        "save_rows": bool(args.out)}}
   c.best_metric = "strong/" + METRIC
   c.evals.strong.every_epochs = float(args.epochs)
   c.update(column)
@@ -166,6 +180,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, name: str,
   parser.add_argument("--data_dir", default=os.path.join(
       tempfile.gettempdir(), f"inatsounds_{name}_benchmark_tfds"))
   parser.add_argument("--json", default="")
+  parser.add_argument("--out", default="",
+                      help="keep the runs here and resume them (module "
+                      "docstring); default: temporary folders")
   parser.add_argument("--model", default="placeholder",
                       help="placeholder, or a backbone name "
                       "(e.g. mobilenet_v3_small)")
@@ -179,6 +196,9 @@ def main() -> None:
   parser.add_argument("--rows", default=",".join(ROWS))
   parser.add_argument("--columns", default=",".join(COLUMNS))
   args = parser.parse_args()
+  # As `main` does: the runs share their evaluation program, and a command
+  # run again compiles none of its programs.
+  compilation.use_persistent_cache()
   results, rows = {}, {}
   start = time.time()
   for row in args.rows.split(","):
@@ -189,13 +209,17 @@ def main() -> None:
       for corpus_seed in range(args.corpus_seeds):
         for seed in range(args.seeds):
           config = run_config(row, COLUMNS[name], seed, args, corpus_seed)
-          with tempfile.TemporaryDirectory() as workdir:
-            outputs = train.train_and_evaluate(config, workdir)
-          window = outputs["strong"].summary["no_prior"]["window"]
+          if args.out:
+            window, found = kept_run(config, os.path.join(
+                args.out, row, name.lstrip("+"),
+                f"corpus{corpus_seed}_seed{seed}"))
+          else:
+            with tempfile.TemporaryDirectory() as workdir:
+              window, found = window_results(
+                  train.train_and_evaluate(config, workdir)["strong"])
           runs.append({"map": window["map"], "corpus_seed": corpus_seed,
                        "seed": seed, **window.get("interval", {})})
-          rows[(row, name, corpus_seed, seed)] = outputs["strong"].rows[
-              "no_prior/window"]
+          rows[(row, name, corpus_seed, seed)] = found
       results[(row, name)] = runs
       print(f"{row:12s} {name:12s} "
             + " ".join(f"{r['map']:.3f}" for r in runs)
@@ -216,6 +240,32 @@ def main() -> None:
     with open(args.json, "w") as f:
       json.dump({"cells": {f"{r}/{c}": v for (r, c), v in results.items()},
                  "orderings": verdicts}, f, indent=1)
+
+
+def window_results(output) -> tuple[dict, scored_rows.ScoredRows]:
+  """A run's window-level summary (no prior) and validation rows."""
+  return output.summary["no_prior"]["window"], output.rows["no_prior/window"]
+
+
+def kept_run(config, workdir: str) -> tuple[dict, scored_rows.ScoredRows]:
+  """`window_results` of the run of `config` in `workdir`: read back when
+  an earlier invocation finished it (its final evaluation wrote the rows),
+  else trained there, resuming from its last checkpoint if any."""
+  rows_path = workdir_lib.eval_rows_path(workdir, "strong")
+  try:
+    if not rows_path.exists():
+      return window_results(
+          train.train_and_evaluate(config, workdir)["strong"])
+    # Refuses a command that would change the finished run, as resuming.
+    checkpoints.check_config_for_resume(
+        workdir, config, resuming=True, defaults=config_defaults.classifier())
+  except registry.ConfigError as e:
+    raise SystemExit(f"{e}\n(benchmarks/spml.py: the --out of another "
+                     "command; give this one its own --out)") from None
+  summary = storage.read_json(workdir_lib.path(
+      workdir, workdir_lib.EVAL_RESULTS_FILE))["evals"]["strong"]
+  return (summary["no_prior"]["window"],
+          scored_rows.read_rows(os.fspath(rows_path))["no_prior/window"])
 
 
 def same_cell(cell: tuple[str, str]) -> tuple[str, str]:
