@@ -5,8 +5,10 @@ what this process reads and writes recorded.
 
 At exit it writes `RECORD_DIR/process<i>.json`: the recording ids of every
 training batch, those of the windows of its last pass over each evaluation
-split (unpadded), and the files it opened for writing in the workdir
-(checkpoints aside: orbax writes them through its own file layer).
+split (unpadded), and the files it opened for writing in the workdir, by
+the name they end under (a whole file is written as `<name>.partial`,
+then renamed; checkpoints aside: orbax writes them through its own file
+layer).
 """
 
 import atexit
@@ -22,6 +24,7 @@ import tensorflow_datasets as tfds
 from inatsounds_jax import data_sources
 from inatsounds_jax import input_pipeline
 from inatsounds_jax import main
+from inatsounds_jax import storage
 
 record_dir = sys.argv.pop(1)
 workdir = os.path.abspath(next(a.split("=", 1)[1] for a in sys.argv
@@ -56,7 +59,8 @@ def _eval_dataset(builder, split, *args,
 def _open(file, mode="r", *args, original=builtins.open, **kwargs):
   if (isinstance(file, (str, os.PathLike)) and set(mode) & set("wax") and
       os.path.abspath(file).startswith(workdir)):
-    record["written"].append(os.path.relpath(file, workdir))
+    record["written"].append(os.path.relpath(file, workdir).removesuffix(
+        storage.PARTIAL_SUFFIX))
   return original(file, mode, *args, **kwargs)
 
 

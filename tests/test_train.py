@@ -105,13 +105,24 @@ def test_tiny_run_trains_evaluates_and_writes_results(data_dir, tmp_path,
           {k: o.summary for k, o in results.items()})
 
 
+def parameters_only(c):
+  """`c` for a test that compares trained parameters only: one evaluation
+  at the end (the loop needs the best metric's), a checkpoint at the end."""
+  del c.evals["test"]
+  c.evals.validation.every_epochs = c.num_epochs
+  c.checkpoint_every_steps = 100_000
+  return c
+
+
 def _one_and_eight_devices(data_dir, tmp_path, collection="params",
                            **overrides):
   # SGD: Adam's m / sqrt(v) would magnify float noise in near-zero gradients.
   # The unquantised frontend: float noise between partitionings can flip the
   # rounding of a pixel in the paper's 8-bit image, a real input change.
-  c = tiny_config(data_dir, optimizer="sgd", learning_rate=0.01,
-                  frontend_preset="inatsounds_float", **overrides)
+  c = parameters_only(tiny_config(data_dir, optimizer="sgd",
+                                  learning_rate=0.01,
+                                  frontend_preset="inatsounds_float",
+                                  **overrides))
   train.train_and_evaluate(c, str(tmp_path / "one"), devices=jax.devices()[:1])
   train.train_and_evaluate(c, str(tmp_path / "eight"), devices=jax.devices())
   step_one, one = final_params(str(tmp_path / "one"), collection)
@@ -142,8 +153,8 @@ def test_one_device_and_eight_devices_agree_over_an_epoch(data_dir, tmp_path):
 
 
 def test_parameter_sharding_matches_replicated(data_dir, tmp_path):
-  c = tiny_config(data_dir, model="vit_mu16", num_epochs=1.0,
-                  optimizer="sgd", learning_rate=0.01)
+  c = parameters_only(tiny_config(data_dir, model="vit_mu16", num_epochs=1.0,
+                                  optimizer="sgd", learning_rate=0.01))
   train.train_and_evaluate(c, str(tmp_path / "replicated"))
   c.shard_params = True
   train.train_and_evaluate(c, str(tmp_path / "sharded"))
@@ -244,10 +255,11 @@ def test_run_starts_from_a_torchvision_checkpoint_resumes_and_evaluates(
   torch.manual_seed(0)
   torch.save(torchvision.models.resnet18().state_dict(), weights)
   # Learning rate 0: the trained parameters are the imported ones. One
-  # evaluation (of the validation split) is enough to compare runs.
-  c = tiny_config(data_dir, model="resnet18", init_checkpoint=str(weights),
-                  learning_rate=0.0, num_epochs=1.0)
-  del c.evals["test"]
+  # evaluation (of the validation split, at the end) is enough to compare
+  # runs.
+  c = parameters_only(tiny_config(data_dir, model="resnet18",
+                                  init_checkpoint=str(weights),
+                                  learning_rate=0.0, num_epochs=1.0))
   workdir = str(tmp_path / "run")
   first = train.train_and_evaluate(c, workdir)
   _, params = final_params(workdir)
