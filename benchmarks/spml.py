@@ -252,10 +252,10 @@ def kept_run(config, workdir: str) -> tuple[dict, scored_rows.ScoredRows]:
   an earlier invocation finished it (its final evaluation wrote the rows),
   else trained there, resuming from its last checkpoint if any."""
   rows_path = workdir_lib.eval_rows_path(workdir, "strong")
+  if not rows_path.exists():
+    # A resume refused here names its workdir, which is under --out.
+    return window_results(train.train_and_evaluate(config, workdir)["strong"])
   try:
-    if not rows_path.exists():
-      return window_results(
-          train.train_and_evaluate(config, workdir)["strong"])
     # Refuses a command that would change the finished run, as resuming.
     checkpoints.check_config_for_resume(
         workdir, config, resuming=True, defaults=config_defaults.classifier())

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 
 from absl import app
 from absl import flags
@@ -66,16 +65,15 @@ class Scores:
     return Scores({k: v[keep] for k, v in self.columns.items()})
 
   def write(self, path: str) -> str:
-    """Writes the CSV at `path` (local or `gs://`, written whole:
-    `storage.write_whole`); returns `path`."""
-    text = io.StringIO()
-    writer = csv.writer(text)
-    writer.writerow(COLUMNS)
-    for row in zip(*(self.columns[k] for k in COLUMNS)):
-      writer.writerow([f"{v:.6g}" if isinstance(v, np.floating) else
-                       (v.decode() if isinstance(v, bytes) else v)
-                       for v in row])
-    storage.write_whole(path, text.getvalue())
+    """Writes the CSV at `path` (local or `gs://`), streamed and whole or
+    not at all (`storage.writing_whole`); returns `path`."""
+    with storage.writing_whole(path, encoding="utf-8") as f:
+      writer = csv.writer(f)
+      writer.writerow(COLUMNS)
+      for row in zip(*(self.columns[k] for k in COLUMNS)):
+        writer.writerow([f"{v:.6g}" if isinstance(v, np.floating) else
+                         (v.decode() if isinstance(v, bytes) else v)
+                         for v in row])
     return path
 
 

@@ -11,14 +11,15 @@ local folder named `gs:` instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any
+from typing import IO, Any, Iterator
 
 from etils import epath
 
 PathLike = str | os.PathLike
-# What a file is called while it is being written (`write_whole`,
+# What a file is called while it is being written (`writing_whole`,
 # `tables.PartialFile`): a file under its own name is always complete.
 PARTIAL_SUFFIX = ".partial"
 
@@ -34,20 +35,34 @@ def resolve(path: PathLike) -> epath.Path:
   return epath.Path(path if is_uri(path) else os.path.abspath(path))
 
 
-def write_whole(path: PathLike, data: bytes | str) -> None:
-  """Writes `data` at `path` (local or URI), its folder made, so that the
-  file appears whole or not at all: written under `path + PARTIAL_SUFFIX`,
-  then renamed over `path`. A run killed mid-write leaves the previous
-  file (a checkpointed run's `eval_results.json`, say) as it was, and a
-  `.partial` file that the next write replaces."""
+@contextlib.contextmanager
+def writing_whole(path: PathLike, mode: str = "w",
+                  **open_options) -> Iterator[IO]:
+  """Streams a file into being at `path` (local or URI), its folder made,
+  so that it appears whole or not at all: yields `path + PARTIAL_SUFFIX`
+  open in `mode`, renamed over `path` when the block ends normally and
+  removed when it raises. A run killed mid-write leaves the previous file
+  (a checkpointed run's `eval_results.json`, say) as it was, and at worst
+  a `.partial` file that the next write replaces. Streaming keeps memory
+  flat for files as long as a release's window scores."""
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   partial = path.with_name(path.name + PARTIAL_SUFFIX)
-  if isinstance(data, str):
-    partial.write_text(data, encoding="utf-8")
-  else:
-    partial.write_bytes(data)
+  try:
+    with partial.open(mode, **open_options) as f:
+      yield f
+  except BaseException:
+    partial.unlink(missing_ok=True)
+    raise
   partial.replace(path)
+
+
+def write_whole(path: PathLike, data: bytes | str) -> None:
+  """Writes `data` at `path` whole or not at all (`writing_whole`)."""
+  text = isinstance(data, str)
+  with writing_whole(path, "w" if text else "wb",
+                     **({"encoding": "utf-8"} if text else {})) as f:
+    f.write(data)
 
 
 def write_json(path: PathLike, value: Any, **dump_options) -> None:

@@ -77,7 +77,10 @@ def _number(x: float, digits: int = 4) -> str:
 
 class PartialFile:
   """A file written under `path + storage.PARTIAL_SUFFIX` and renamed when
-  complete: `storage.write_whole` for a file streamed as it is made.
+  complete: `storage.writing_whole` for a file whose writing outlives one
+  block (prediction keeps a table per format open across a recording's
+  batches, and the parquet and npz writers need a local path, not an
+  open file).
 
   So a file that exists under its name is complete: a run killed part way
   leaves only a `.partial` file, which the next run overwrites.

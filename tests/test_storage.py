@@ -4,6 +4,7 @@ from etils import epath
 import numpy as np
 import pytest
 
+from inatsounds_jax import curate
 from inatsounds_jax import plots
 from inatsounds_jax import scored_rows
 from inatsounds_jax import storage
@@ -15,19 +16,31 @@ class Killed(Exception):
 
 @pytest.fixture
 def kill_writes_half_way(monkeypatch):
-  """Every epath write stores the first half of its data, then dies."""
+  """Every file opened through epath stores the first half of the first
+  data written to it, then dies."""
   path_type = type(epath.Path("/"))
+  original_open = path_type.open
 
-  def half(method):
-    original = getattr(path_type, method)
+  class HalfFile:
+    def __init__(self, file):
+      self._file = file
 
-    def write(self, data, *args, **kwargs):
-      original(self, data[:len(data) // 2], *args, **kwargs)
-      raise Killed(self)
-    return write
+    def write(self, data):
+      self._file.write(data[:len(data) // 2])
+      self._file.flush()
+      raise Killed()
 
-  for method in ("write_text", "write_bytes"):
-    monkeypatch.setattr(path_type, method, half(method))
+    def __getattr__(self, name):
+      return getattr(self._file, name)
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      return self._file.__exit__(*exc)
+
+  monkeypatch.setattr(path_type, "open", lambda self, *args, **kwargs:
+                      HalfFile(original_open(self, *args, **kwargs)))
 
 
 def _rows(value: float) -> dict[str, scored_rows.ScoredRows]:
@@ -35,6 +48,13 @@ def _rows(value: float) -> dict[str, scored_rows.ScoredRows]:
       module="inatsounds_jax.evaluators.file_level", key="mean/no_prior",
       recording=np.array(["a", "b"]), scores=np.full((2, 3), value),
       truth=np.array([0, 2]))}
+
+
+def _scores(value: float) -> dict[str, np.ndarray]:
+  columns = {name: np.array([0, 1]) for name in curate.COLUMNS}
+  columns["recording_id"] = np.array([b"a", b"b"])
+  columns["score"] = np.array([value, value / 2], np.float32)
+  return columns
 
 
 def _save_figure(path: str, title: str) -> None:
@@ -50,6 +70,8 @@ WRITERS = {
     "rows": (scored_rows.write_rows, _rows(0.5), _rows(0.9),
              lambda p: float(scored_rows.read_rows(p)["mean/no_prior"]
                              .scores[0, 0])),
+    "scores csv": (lambda p, v: curate.Scores(v).write(p), _scores(0.5),
+                   _scores(0.9), lambda p: epath.Path(p).read_text()),
     "figure": (_save_figure, "before", "after",
                lambda p: epath.Path(p).read_bytes()),
 }
@@ -90,3 +112,15 @@ def test_a_partial_file_left_by_a_killed_write_is_replaced_by_the_next(
   assert storage.read_json(path) == {"step": 2}
   assert not (tmp_path / ("eval_results.json" + storage.PARTIAL_SUFFIX)
               ).exists()
+
+
+def test_a_write_that_raises_keeps_the_previous_file_and_no_partial(
+    tmp_path):
+  path = tmp_path / "scores.csv"
+  storage.write_whole(path, "before")
+  with pytest.raises(ValueError):
+    with storage.writing_whole(path) as f:
+      f.write("half of the rows")
+      raise ValueError("a bad row")
+  assert path.read_text() == "before"
+  assert [p.name for p in tmp_path.iterdir()] == ["scores.csv"]
